@@ -1,0 +1,80 @@
+"""The interface between the ZRTP engine and a retained-secret store.
+
+The engine is sans-I/O, but retained secrets must be looked up as soon as the
+peer's ZID is known and saved once Confirm has been exchanged; like aioquic's
+session-ticket callbacks, the engine calls a small synchronous store for that.
+
+Entries are keyed by (own ZID, peer ZID, own URI, peer URI). bzrtp (Linphone)
+keeps one rs1 per (peer ZID, self URI, peer URI); a PBX that uses one ZID for
+every extension must key the same way or a phone that calls two extensions
+through it would see a cache mismatch on every other call. URIs default to "".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+#: Cache expiration interval meaning "never expires" (RFC 6189 §4.9).
+NEVER_EXPIRES = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    self_zid: bytes
+    peer_zid: bytes
+    self_uri: str = ""
+    peer_uri: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.self_zid) != 12 or len(self.peer_zid) != 12:
+            raise ValueError("a ZID is 12 bytes")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """What a store knows about one peer; expired secrets are already left out."""
+
+    rs1: bytes | None = None
+    rs2: bytes | None = None
+    sas_verified: bool = False
+    pbx_secret: bytes | None = None
+
+    def __repr__(self) -> str:  # never show secrets
+        return (
+            f"CacheEntry(rs1={'set' if self.rs1 else None}, rs2={'set' if self.rs2 else None}, "
+            f"sas_verified={self.sas_verified}, pbx_secret={'set' if self.pbx_secret else None})"
+        )
+
+
+class SecretCache(ABC):
+    """A store of retained secrets. Every method is atomic on its own."""
+
+    @abstractmethod
+    def lookup(self, key: CacheKey) -> CacheEntry:
+        """Return the unexpired secrets for ``key`` (an empty entry if none)."""
+
+    @abstractmethod
+    def update_retained_secret(
+        self, key: CacheKey, rs1: bytes, lifetime: int, *, keep_previous: bool
+    ) -> None:
+        """Store a new rs1 valid for ``lifetime`` seconds.
+
+        With ``keep_previous`` (DH mode) the old rs1 becomes rs2 first (§4.6.1).
+        ``lifetime`` is ``NEVER_EXPIRES`` for no expiry; 0 erases rs1 and rs2.
+        """
+
+    @abstractmethod
+    def set_sas_verified(self, key: CacheKey, verified: bool) -> None:
+        """Persist the SAS-verified flag (V, §7.1); creates the entry if needed."""
+
+    @abstractmethod
+    def store_pbx_secret(self, key: CacheKey, secret: bytes, lifetime: int) -> None:
+        """Store a trusted-MiTM pbxsecret (§7.3.1); lifetime as above."""
+
+    @abstractmethod
+    def forget(self, key: CacheKey) -> None:
+        """Erase everything known about ``key`` (e.g. after a SAS mismatch)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; the default store needs none."""
