@@ -13,6 +13,7 @@ through it would see a cache mismatch on every other call. URIs default to "".
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Cache expiration interval meaning "never expires" (RFC 6189 §4.9).
@@ -75,6 +76,14 @@ class SecretCache(ABC):
     @abstractmethod
     def forget(self, key: CacheKey) -> None:
         """Erase everything known about ``key`` (e.g. after a SAS mismatch)."""
+
+    @abstractmethod
+    def local_zid(self, create: Callable[[], bytes], name: str = "default") -> bytes:
+        """Our own ZID for identity ``name``: created once with ``create``, then stable.
+
+        The ZID lives with the secrets it indexes, so a cache shared by several
+        relays gives them one PBX identity (§4.9, §10).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default store needs none."""

@@ -1,0 +1,174 @@
+"""The ``pbx-zrtp`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.memory import MemorySecretCache
+from pbx_zrtp.cache.sqlite import SqliteSecretCache
+from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpoint
+from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
+
+
+def parse_address(value: str) -> Address:
+    """'HOST:PORT' (IPv6 as '[::1]:PORT') -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: port must be 0-65535")
+    return host, number
+
+
+def _algorithms(value: str) -> tuple[bytes, ...]:
+    try:
+        blocks = parse_algorithm_list(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not blocks:
+        raise argparse.ArgumentTypeError("empty algorithm list")
+    return blocks
+
+
+def _print(result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def _endpoint_parser(sub: Any) -> None:
+    ep = sub.add_parser(
+        "endpoint",
+        help="run one ZRTP exchange with a peer over UDP and print the outcome as JSON",
+        description="A diagnostic ZRTP endpoint, like openssl s_client for TLS.",
+    )
+    ep.add_argument("--bind", type=parse_address, default=("127.0.0.1", 0), metavar="HOST:PORT")
+    ep.add_argument("--peer", type=parse_address, metavar="HOST:PORT",
+                    help="peer address (omitted: answer whoever sends first)")
+    ep.add_argument("--role", choices=("auto", "initiator", "responder"), default="auto")
+    ep.add_argument("--key-agreement", type=_algorithms, metavar="LIST")
+    ep.add_argument("--hash", type=_algorithms, metavar="LIST")
+    ep.add_argument("--cipher", type=_algorithms, metavar="LIST")
+    ep.add_argument("--auth-tag", type=_algorithms, metavar="LIST")
+    ep.add_argument("--sas", type=_algorithms, metavar="LIST")
+    ep.add_argument("--cache", metavar="PATH", help="SQLite retained-secret cache (created 0600)")
+    ep.add_argument("--self-uri", default="", help="our URI in the cache key")
+    ep.add_argument("--peer-uri", default="", help="the peer's URI in the cache key")
+    ep.add_argument("--mark-verified", action="store_true", help="mark the SAS verified once secure")
+    ep.add_argument("--srtp", type=int, default=0, metavar="N", help="send N SRTP packets when secure")
+    ep.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    ep.add_argument("--port-file", metavar="PATH", help="write the bound UDP port here")
+
+
+def _build_configuration(args: argparse.Namespace, zid: bytes) -> ZrtpConfiguration:
+    options: dict[str, Any] = {"zid": zid, "role": args.role, "self_uri": args.self_uri,
+                               "peer_uri": args.peer_uri}
+    for name in ("key_agreement", "hash", "cipher", "auth_tag", "sas"):
+        value = getattr(args, name)
+        if value is not None:
+            field = {"key_agreement": "key_agreement_types", "hash": "hash_types",
+                     "cipher": "cipher_types", "auth_tag": "auth_tag_types", "sas": "sas_types"}[name]
+            options[field] = value
+    return ZrtpConfiguration(**options)
+
+
+async def _endpoint_main(args: argparse.Namespace) -> int:
+    cache: SecretCache
+    try:
+        cache = SqliteSecretCache(args.cache) if args.cache else MemorySecretCache()
+        zid = cache.local_zid(lambda: os.urandom(12))
+        configuration = _build_configuration(args, zid)
+        if args.srtp < 0:
+            raise ValueError("--srtp must be >= 0")
+        if args.timeout <= 0:
+            raise ValueError("--timeout must be > 0")
+    except (ValueError, OSError) as exc:
+        _print({"ok": False, "error": f"bad argument: {exc}"})
+        return 2
+    options = EndpointOptions(
+        bind=args.bind, peer=args.peer, srtp_count=args.srtp, timeout=args.timeout,
+        mark_verified=args.mark_verified,
+    )
+    ready: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+    if args.port_file:
+        ready.add_done_callback(lambda f: _write_port(args.port_file, f.result()[1]))
+    try:
+        result = await run_endpoint(configuration, options, cache=cache, ready=ready)
+    except EndpointError as exc:
+        _print({"ok": False, "error": str(exc)})
+        return 1
+    finally:
+        cache.close()
+    _print(result)
+    return 0
+
+
+def _write_port(path: str, port: int) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+async def _demo_main(args: argparse.Namespace) -> int:
+    """Two endpoints of this install talk ZRTP over loopback UDP, then SRTP."""
+    loop = asyncio.get_running_loop()
+    responder_ready: asyncio.Future[Address] = loop.create_future()
+    responder = asyncio.ensure_future(
+        run_endpoint(
+            ZrtpConfiguration(zid=os.urandom(12), role="responder"),
+            EndpointOptions(bind=("127.0.0.1", 0), peer=None, srtp_count=args.srtp, timeout=10),
+            ready=responder_ready,
+        )
+    )
+    address = await responder_ready
+    try:
+        initiator = await run_endpoint(
+            ZrtpConfiguration(zid=os.urandom(12), role="initiator"),
+            EndpointOptions(bind=("127.0.0.1", 0), peer=address, srtp_count=args.srtp, timeout=10),
+        )
+        answer = await responder
+    except EndpointError as exc:
+        responder.cancel()
+        _print({"ok": False, "error": str(exc)})
+        return 1
+    ok = initiator["sas"] == answer["sas"] and initiator["srtp"]["received_ok"] == args.srtp
+    _print({"ok": ok, "initiator": _public(initiator), "responder": _public(answer)})
+    return 0 if ok else 1
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.startswith("srtp_")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbx-zrtp", description="ZRTP for Asterisk and FreeSWITCH")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _endpoint_parser(sub)
+    demo = sub.add_parser("demo", help="run a ZRTP exchange and SRTP between two local endpoints")
+    demo.add_argument("--srtp", type=int, default=50, metavar="N")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "endpoint":
+        return asyncio.run(_endpoint_main(args))
+    if args.command == "demo":
+        return asyncio.run(_demo_main(args))
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

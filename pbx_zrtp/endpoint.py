@@ -1,0 +1,208 @@
+"""``pbx-zrtp endpoint``: one ZRTP endpoint over UDP, for admins and tests.
+
+A thin asyncio host of the sans-I/O engine (like ``openssl s_client`` for TLS):
+it runs one ZRTP exchange with a peer, optionally sends SRTP, and reports the
+outcome as one JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.srtp import SrtpContext
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from pbx_zrtp.zrtp.connection import ZrtpConnection
+from pbx_zrtp.zrtp.events import HandshakeFailed, Secured, SrtpKeysReady
+from pbx_zrtp.zrtp.packets import is_zrtp_packet
+
+Address = tuple[str, int]
+
+#: SRTP test stream: one packet every 20 ms, PT 0 (PCMU), 160 bytes of silence.
+SRTP_INTERVAL = 0.020
+SRTP_PAYLOAD = b"\xff" * 160
+#: After our last SRTP packet, how long to wait for the peer's.
+SRTP_LINGER = 1.5
+
+
+class EndpointError(Exception):
+    """The exchange failed; the message says what failed, without secrets."""
+
+
+@dataclass
+class EndpointOptions:
+    bind: Address
+    peer: Address | None
+    srtp_count: int = 0
+    timeout: float = 10.0
+    mark_verified: bool = False
+
+
+@dataclass
+class _Outcome:
+    secured: Secured | None = None
+    failure: str | None = None
+    srtp_sent: int = 0
+    srtp_received_ok: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _EndpointProtocol(asyncio.DatagramProtocol):
+    """Feeds the engine from the socket and the loop's clock; nothing else."""
+
+    def __init__(self, connection: ZrtpConnection, options: EndpointOptions, outcome: _Outcome) -> None:
+        self.connection = connection
+        self.options = options
+        self.outcome = outcome
+        self.peer = options.peer
+        self.transport: asyncio.DatagramTransport | None = None
+        self.srtp: SrtpContext | None = None
+        self.secure = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.peer is not None:
+            self.connection.start(self._loop.time())
+            self._pump()
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        source = (addr[0], addr[1])
+        if self.peer is None:
+            self.peer = source  # no --peer: answer whoever speaks first
+        elif source != self.peer:
+            return
+        now = self._loop.time()
+        if is_zrtp_packet(data):
+            self.connection.receive_datagram(data, now)
+        elif self.srtp is not None and self.srtp.unprotect(data) is not None:
+            self.outcome.srtp_received_ok += 1
+            self.connection.srtp_authenticated(now)
+        self._pump()
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
+        pass
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.connection.handle_timer(self._loop.time())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the engine queued, handle its events, re-arm its timer."""
+        assert self.transport is not None
+        for datagram in self.connection.datagrams_to_send():
+            if self.peer is not None:
+                self.transport.sendto(datagram, self.peer)
+        while (event := self.connection.next_event()) is not None:
+            if isinstance(event, SrtpKeysReady) and self.srtp is None:
+                self.srtp = SrtpContext(event.keys)
+            elif isinstance(event, Secured):
+                if self.srtp is None:
+                    self.srtp = SrtpContext(event.keys)
+                if self.options.mark_verified:
+                    self.connection.set_sas_verified(True)
+                self.outcome.secured = event
+                self.secure.set()
+            elif isinstance(event, HandshakeFailed):
+                self.outcome.failure = event.reason
+                self.outcome.done.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.connection.get_timer()
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def send_srtp(self, sequence: int, ssrc: int) -> bool:
+        assert self.transport is not None and self.srtp is not None and self.peer is not None
+        header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, ssrc)
+        packet = self.srtp.protect(header + SRTP_PAYLOAD)
+        if packet is None:
+            return False
+        self.transport.sendto(packet, self.peer)
+        return True
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.connection.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def run_endpoint(
+    configuration: ZrtpConfiguration,
+    options: EndpointOptions,
+    *,
+    cache: SecretCache | None = None,
+    ssrc: int | None = None,
+    ready: asyncio.Future[Address] | None = None,
+) -> dict[str, Any]:
+    """Run one exchange; returns the JSON-ready result or raises EndpointError."""
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    if ssrc is None:
+        ssrc = int.from_bytes(os.urandom(4), "big")
+    connection = ZrtpConnection(configuration, ssrc=ssrc, random=os.urandom, cache=cache)
+    outcome = _Outcome()
+    try:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _EndpointProtocol(connection, options, outcome), local_addr=options.bind
+        )
+    except OSError as exc:
+        raise EndpointError(f"cannot bind {options.bind[0]}:{options.bind[1]}: {exc.strerror}") from None
+    bound = transport.get_extra_info("sockname")
+    if ready is not None and not ready.done():
+        ready.set_result((bound[0], bound[1]))
+    deadline = loop.time() + options.timeout
+    try:
+        secure_wait = asyncio.ensure_future(protocol.secure.wait())
+        fail_wait = asyncio.ensure_future(outcome.done.wait())
+        await asyncio.wait({secure_wait, fail_wait}, timeout=options.timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        secure_wait.cancel()
+        fail_wait.cancel()
+        if outcome.secured is None:
+            if outcome.failure:
+                raise EndpointError(outcome.failure)
+            state = connection.state.value
+            raise EndpointError(f"time-out after {options.timeout:g} s in state {state}")
+        secured = outcome.secured
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for sequence in range(1, options.srtp_count + 1):
+            if protocol.send_srtp(sequence, ssrc):
+                outcome.srtp_sent += 1
+            await asyncio.sleep(SRTP_INTERVAL)
+        linger_until = min(deadline + SRTP_LINGER, loop.time() + SRTP_LINGER)
+        while outcome.srtp_received_ok < options.srtp_count and loop.time() < linger_until:
+            await asyncio.sleep(0.01)
+    finally:
+        protocol.close()
+    keys = secured.keys
+    return {
+        "ok": True,
+        "sas": secured.sas,
+        "sas_type": secured.sas_type,
+        "key_agreement": secured.key_agreement,
+        "hash": secured.hash,
+        "cipher": secured.cipher,
+        "auth_tag": secured.auth_tag,
+        "role": secured.role,
+        "zid_self": configuration.zid.hex(),
+        "zid_peer": secured.peer_zid.hex(),
+        "srtp_self_key": keys.local_key.hex(),
+        "srtp_self_salt": keys.local_salt.hex(),
+        "srtp_peer_key": keys.remote_key.hex(),
+        "srtp_peer_salt": keys.remote_salt.hex(),
+        "cache_mismatch": secured.cache_mismatch,
+        "previously_verified": secured.previously_verified,
+        "srtp": {"sent": outcome.srtp_sent, "received_ok": outcome.srtp_received_ok},
+        "elapsed_ms": round(elapsed_ms, 1),
+    }

@@ -1,0 +1,71 @@
+"""SRTP/SRTCP for the keys ZRTP negotiates, over libsrtp (pylibsrtp).
+
+pylibsrtp is wrapped here and nowhere else. It raises ``ValueError`` for
+oversize packets and ``pylibsrtp.Error`` for authentication or replay failures;
+both mean "drop and count", so ``unprotect`` returns None and the datagram
+path never sees an exception.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pylibsrtp
+
+from pbx_zrtp.zrtp.events import SrtpKeys
+
+_PROFILES = {
+    ("AES1", "HS80"): pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    ("AES1", "HS32"): pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+}
+
+#: Ciphers this SRTP layer can use; AES3 needs an AES-256-CM profile pylibsrtp lacks.
+SUPPORTED_CIPHERS = ("AES1",)
+
+
+def is_rtcp(packet: bytes) -> bool:
+    """RFC 5761 demultiplexing: RTCP packet types 192-223 sit where RTP has M+PT."""
+    return len(packet) >= 2 and 192 <= packet[1] <= 223
+
+
+class SrtpContext:
+    """Both directions of one stream: protect ours, unprotect the peer's."""
+
+    def __init__(self, keys: SrtpKeys, *, replay_window: int = 1024) -> None:
+        profile = _PROFILES.get((keys.cipher, keys.auth_tag))
+        if profile is None:
+            raise ValueError(f"no SRTP profile for {keys.cipher}/{keys.auth_tag}")
+        self.stats: Counter[str] = Counter()
+        self._tx = pylibsrtp.Session(
+            self._policy(keys.local_key + keys.local_salt, profile, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, replay_window)
+        )
+        self._rx = pylibsrtp.Session(
+            self._policy(keys.remote_key + keys.remote_salt, profile, pylibsrtp.Policy.SSRC_ANY_INBOUND, replay_window)
+        )
+
+    @staticmethod
+    def _policy(key: bytes, profile: int, ssrc_type: int, window: int) -> pylibsrtp.Policy:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
+        policy.window_size = window
+        policy.allow_repeat_tx = True  # our relay may resend a PBX packet verbatim
+        return policy
+
+    def protect(self, packet: bytes) -> bytes | None:
+        """Encrypt an outgoing RTP or RTCP packet; None (counted) if libsrtp refuses it."""
+        try:
+            if is_rtcp(packet):
+                return bytes(self._tx.protect_rtcp(packet))
+            return bytes(self._tx.protect(packet))
+        except (pylibsrtp.Error, ValueError):
+            self.stats["protect_failed"] += 1
+            return None
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        """Authenticate and decrypt an incoming packet; None (counted) when it fails."""
+        try:
+            if is_rtcp(packet):
+                return bytes(self._rx.unprotect_rtcp(packet))
+            return bytes(self._rx.unprotect(packet))
+        except (pylibsrtp.Error, ValueError):
+            self.stats["unprotect_failed"] += 1
+            return None

@@ -1,0 +1,1101 @@
+"""The ZRTP state machine (RFC 6189), sans-I/O in the style of aioquic.
+
+``ZrtpConnection`` never reads a clock, never touches a socket and takes its
+randomness as an argument. The host feeds it datagrams and timer expiries and
+collects datagrams to send and events:
+
+    conn = ZrtpConnection(config, ssrc=ssrc, random=os.urandom, cache=cache)
+    conn.start(now)
+    ... conn.receive_datagram(data, now) / conn.handle_timer(now)
+    for datagram in conn.datagrams_to_send(): sock.sendto(datagram, peer)
+    while (event := conn.next_event()) is not None: ...
+
+Every transition is listed in ``TRANSITIONS``: (state, message type) -> handler
+and the states the handler may move to. Messages not listed for a state are
+ignored, as ZRTP's retransmissions make stale duplicates normal.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from pbx_zrtp.cache.base import CacheEntry, CacheKey, SecretCache
+from pbx_zrtp.zrtp import packets as p
+from pbx_zrtp.zrtp.config import (
+    MANDATORY_AUTH_TAGS,
+    MANDATORY_CIPHER,
+    MANDATORY_HASH,
+    MANDATORY_KEY_AGREEMENT,
+    MANDATORY_SAS,
+    PROTOCOL_VERSION,
+    ZrtpConfiguration,
+)
+from pbx_zrtp.zrtp.crypto import (
+    AUTH_TAGS,
+    CIPHERS,
+    HASHES,
+    IMPLICIT_HASH,
+    CipherType,
+    HashAlgorithm,
+    aes_cfb,
+    constant_time_equal,
+    hash_chain,
+    implicit_mac,
+)
+from pbx_zrtp.zrtp.errors import ErrorCode, ZrtpProtocolError
+from pbx_zrtp.zrtp.events import (
+    Event,
+    GoClearRefused,
+    HandshakeFailed,
+    PeerHelloReceived,
+    Secured,
+    SecurityWarning,
+    SrtpKeys,
+    SrtpKeysReady,
+    WentClear,
+)
+from pbx_zrtp.zrtp.keyagreement import (
+    KEY_AGREEMENTS,
+    MULTISTREAM,
+    SPEED_ORDER,
+    KeyAgreement,
+    RandomSource,
+    create_key_agreement,
+)
+from pbx_zrtp.zrtp.sas import render_sas
+
+INITIATOR = "initiator"
+RESPONDER = "responder"
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    DISCOVERY = "discovery"  # sending Hello, waiting for the peer's Hello/HelloACK
+    COMMIT_SENT = "commit-sent"  # initiator: waiting for DHPart1 (or Confirm1 in Mult)
+    DHPART2_SENT = "dhpart2-sent"  # initiator: waiting for Confirm1
+    CONFIRM2_SENT = "confirm2-sent"  # initiator: waiting for Conf2ACK or SRTP
+    DHPART1_SENT = "dhpart1-sent"  # responder: waiting for DHPart2
+    CONFIRM1_SENT = "confirm1-sent"  # responder: waiting for Confirm2
+    SECURE = "secure"
+    CLEAR = "clear"  # went clear after an accepted GoClear
+    FAILED = "failed"
+
+
+class _Drop(Exception):
+    """A packet that must not be used (false packet, §9) but does not end the exchange."""
+
+
+@dataclass(frozen=True)
+class ZrtpSession:
+    """What a finished DH exchange leaves for Multistream streams of the same call (§4.4.3)."""
+
+    zrtp_sess: bytes = field(repr=False)
+    hash: bytes
+    cipher: bytes
+    auth_tag: bytes
+    sas: str
+    sas_type: bytes
+    key_agreement: bytes
+    peer_zid: bytes
+    previously_verified: bool
+    cache_mismatch: bool
+    used_nonces: set[bytes] = field(default_factory=set, repr=False)
+
+
+@dataclass
+class _Retransmission:
+    message: p.Message
+    interval: float
+    cap: float
+    remaining: int
+    due: float
+
+
+def with_mandatory(types: tuple[bytes, ...], mandatory: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A Hello list with the implicitly supported mandatory types appended (§5.2)."""
+    return types + tuple(m for m in mandatory if m not in types)
+
+
+def choose_key_agreement(ours: tuple[bytes, ...], theirs: tuple[bytes, ...]) -> bytes:
+    """§4.1.2: intersect, compare both first choices, take the faster one."""
+    ours_dh = [t for t in with_mandatory(ours, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS]
+    theirs_dh = [t for t in with_mandatory(theirs, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS]
+    ours_common = [t for t in ours_dh if t in theirs_dh]
+    theirs_common = [t for t in theirs_dh if t in ours_dh]
+    if not ours_common:
+        raise ZrtpProtocolError("no key agreement in common", ErrorCode.UNSUPPORTED_KEY_AGREEMENT)
+    a, b = ours_common[0], theirs_common[0]
+    rank = {name: index for index, name in enumerate(SPEED_ORDER)}
+    return a if rank.get(a, len(rank)) <= rank.get(b, len(rank)) else b
+
+
+def _choose(ours: tuple[bytes, ...], theirs: tuple[bytes, ...], mandatory: tuple[bytes, ...]) -> bytes:
+    theirs_all = with_mandatory(theirs, mandatory)
+    for candidate in with_mandatory(ours, mandatory):
+        if candidate in theirs_all:
+            return candidate
+    raise ZrtpProtocolError("no algorithm in common", ErrorCode.HELLO_COMPONENTS_MISMATCH)
+
+
+def _name(block: bytes) -> str:
+    return block.decode("ascii", "replace").strip()
+
+
+class ZrtpConnection:
+    """One ZRTP media stream endpoint."""
+
+    def __init__(
+        self,
+        configuration: ZrtpConfiguration,
+        *,
+        ssrc: int,
+        random: RandomSource = os.urandom,
+        cache: SecretCache | None = None,
+        session: ZrtpSession | None = None,
+    ) -> None:
+        if not 0 <= ssrc <= 0xFFFFFFFF:
+            raise ValueError("ssrc must be a 32-bit unsigned integer")
+        self._config = configuration
+        self._ssrc = ssrc
+        self._random = random
+        self._cache = cache
+        self._session_in = session
+        self._state = State.IDLE
+        self._events: deque[Event] = deque()
+        self._outgoing: list[bytes] = []
+        # bzrtp drops a packet whose sequence number is not above the last one and
+        # does not handle wrap-around: start low, never reuse.
+        self._sequence = int.from_bytes(random(2), "big") & 0x0FFF
+        self.stats: Counter[str] = Counter()
+
+        self._h0, self._h1, self._h2, self._h3 = hash_chain(random(32))
+        self._hello = p.Hello(
+            version=PROTOCOL_VERSION,
+            client_id=configuration.client_id,
+            h3=self._h3,
+            zid=configuration.zid,
+            signature_capable=False,  # never set S: libzrtp peers ignore such Hellos
+            mitm=configuration.mitm,
+            passive=configuration.role == "responder",
+            hash_types=configuration.hash_types[:7],
+            cipher_types=configuration.cipher_types[:7],
+            auth_tag_types=configuration.auth_tag_types[:7],
+            key_agreement_types=configuration.hello_key_agreements(),
+            sas_types=configuration.sas_types[:7],
+            mac=b"\x00" * 8,
+        )
+        unsigned = self._hello.serialize()
+        self._hello = _replace_mac(self._hello, implicit_mac(self._h2, unsigned[:-8]))
+        self._hello_bytes = self._hello.serialize()
+
+        # Peer and negotiation state.
+        self._peer_hello: p.Hello | None = None
+        self._peer_hello_bytes = b""
+        self._peer_ssrc: int | None = None
+        self._hello_acked = False
+        self._role: str | None = None
+        self._cached = CacheEntry()
+        self._hash: HashAlgorithm | None = None
+        self._cipher: CipherType | None = None
+        self._auth_tag = b""
+        self._sas_type = b""
+        self._key_agreement_type = b""
+        self._key_agreement: KeyAgreement | None = None
+        self._commit: p.Commit | None = None
+        self._commit_bytes = b""  # the Commit that won (ours or the peer's)
+        self._own_commit_bytes = b""
+        self._dhpart1_bytes = b""
+        self._dhpart2_bytes = b""
+        self._own_dhpart: p.DHPart1 | p.DHPart2 | None = None
+        self._peer_dhpart: p.DHPart1 | p.DHPart2 | None = None
+        self._peer_commit: p.Commit | None = None
+        self._peer_h1: bytes | None = None
+        self._peer_h2: bytes | None = None
+        self._confirm_sent: p.Confirm1 | p.Confirm2 | None = None
+        self._peer_confirm_bytes = b""
+        self._peer_confirm: p.ConfirmPlaintext | None = None
+        # Keys (dropped as soon as they are no longer needed).
+        self._zidi = b""
+        self._zidr = b""
+        self._kdf_context = b""
+        self._mackey_i = b""
+        self._mackey_r = b""
+        self._zrtpkey_i = b""
+        self._zrtpkey_r = b""
+        self._srtp_keys: SrtpKeys | None = None
+        self._sas = ""
+        self._new_rs1: bytes | None = None
+        self._cache_mismatch = False
+        self._previously_verified = False
+        self._session: ZrtpSession | None = None
+        self._secured_event: Secured | None = None
+        self._pending_cache_update = False
+        self._cache_lifetime = 0
+        # Timers.
+        self._retransmission: _Retransmission | None = None
+        self._hello_deadline: float | None = None
+        self._inactivity_deadline: float | None = None
+
+    # ------------------------------------------------------------------ host API
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def role(self) -> str | None:
+        return self._role
+
+    @property
+    def zid(self) -> bytes:
+        return self._config.zid
+
+    @property
+    def peer_zid(self) -> bytes | None:
+        return self._peer_hello.zid if self._peer_hello else None
+
+    @property
+    def session(self) -> ZrtpSession | None:
+        """After a DH exchange, the material Multistream streams need."""
+        return self._session
+
+    @property
+    def hello_hash(self) -> str:
+        """Our a=zrtp-hash value (§8.1): version, space, hex SHA-256 of our Hello."""
+        return f"{PROTOCOL_VERSION.decode()} {IMPLICIT_HASH.digest(self._hello_bytes).hex()}"
+
+    def start(self, now: float) -> None:
+        """Begin discovery: send Hello on the T1 schedule."""
+        if self._state is not State.IDLE:
+            return
+        self._state = State.DISCOVERY
+        self._hello_deadline = now + self._config.t1_extended
+        self._send(self._hello)
+        self._retransmission = _Retransmission(
+            self._hello,
+            self._config.t1_initial,
+            self._config.t1_cap,
+            self._config.t1_retries,
+            now + self._config.t1_initial,
+        )
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Handle one datagram from the peer. Bad input is counted and dropped."""
+        if self._state is State.IDLE:
+            self.start(now)
+        try:
+            packet = p.ZrtpPacket.parse(data)
+        except ZrtpProtocolError as exc:
+            self.stats["dropped_bad_crc" if exc.code is None else "dropped_malformed"] += 1
+            return
+        message = packet.message
+        entry = TRANSITIONS.get((self._state, type(message)))
+        if entry is None:
+            self.stats["ignored"] += 1
+            return
+        handler, targets = entry
+        before = self._state
+        try:
+            handler(self, packet, p.message_bytes(data), now)
+        except _Drop as exc:
+            self.stats["dropped_false_packet"] += 1
+            self._events.append(SecurityWarning(str(exc)))
+            return
+        except ZrtpProtocolError as exc:
+            code = exc.code if exc.code is not None else ErrorCode.MALFORMED_PACKET
+            self._fail(str(exc), int(code), now, send_error=True)
+            return
+        if self._state is not before and self._state not in targets and self._state is not State.FAILED:
+            raise AssertionError(f"transition {before} -> {self._state} not in table")
+        self.stats["received"] += 1
+
+    def handle_timer(self, now: float) -> None:
+        """Run retransmissions and time-outs that are due."""
+        if self._inactivity_deadline is not None and now >= self._inactivity_deadline:
+            self._inactivity_deadline = None
+            self._fail("responder time-out: no message from the initiator",
+                       int(ErrorCode.PROTOCOL_TIMEOUT), now, send_error=True)
+            return
+        if (
+            self._hello_deadline is not None
+            and now >= self._hello_deadline
+            and self._state is State.DISCOVERY
+        ):
+            self._hello_deadline = None
+            self._fail(self._discovery_failure(), None, now, send_error=False)
+            return
+        rtx = self._retransmission
+        if rtx is None or now < rtx.due:
+            return
+        if rtx.remaining <= 0:
+            self._retransmission = None
+            if isinstance(rtx.message, p.Hello):
+                if self._peer_hello is None or self._hello_deadline is None:
+                    self._fail(self._discovery_failure(), None, now, send_error=False)
+                return
+            if isinstance(rtx.message, p.Error):
+                return  # the Error was already reported when it was first sent
+            self._fail(
+                f"time-out waiting for the answer to {_name(rtx.message.MESSAGE_TYPE)}",
+                int(ErrorCode.PROTOCOL_TIMEOUT),
+                now,
+                send_error=False,
+            )
+            return
+        self._send(rtx.message)
+        self.stats["retransmitted"] += 1
+        rtx.remaining -= 1
+        rtx.interval = min(rtx.interval * 2, rtx.cap)
+        rtx.due = now + rtx.interval
+
+    def get_timer(self) -> float | None:
+        """The next time ``handle_timer`` must be called, or None."""
+        deadlines = [
+            d
+            for d in (
+                self._retransmission.due if self._retransmission else None,
+                self._hello_deadline if self._state is State.DISCOVERY else None,
+                self._inactivity_deadline,
+            )
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def srtp_authenticated(self, now: float) -> None:
+        """The host got a valid SRTP packet from the peer: for the initiator that
+        completes the exchange like a Conf2ACK (§4.6)."""
+        if self._state is State.CONFIRM2_SENT:
+            self._complete_initiator(now)
+
+    def set_sas_verified(self, verified: bool) -> None:
+        """The user compared the SAS (True) or found a mismatch (False), §7.1.
+
+        Persists the V flag; a cache update held back by a cache mismatch
+        (§4.6.1.1) is carried out once the SAS is verified. A mismatch erases the
+        retained secrets of this peer.
+        """
+        key = self._cache_key()
+        if self._cache is None or key is None:
+            return
+        if verified:
+            self._cache.set_sas_verified(key, True)
+            if self._pending_cache_update:
+                self._pending_cache_update = False
+                self._update_cache()
+        else:
+            self._pending_cache_update = False
+            self._cache.forget(key)
+
+    def close(self) -> None:
+        """Drop all key material and stop every timer (§4.7.3)."""
+        self._retransmission = None
+        self._hello_deadline = None
+        self._inactivity_deadline = None
+        self._wipe_keys()
+        self._new_rs1 = None
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, message: p.Message) -> None:
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._outgoing.append(p.ZrtpPacket(self._sequence, self._ssrc, message).serialize())
+        self.stats["sent"] += 1
+
+    def _send_reliably(self, message: p.Message, now: float) -> None:
+        """Send on the T2 schedule until the matching answer arrives (§6)."""
+        self._send(message)
+        self._retransmission = _Retransmission(
+            message, self._config.t2_initial, self._config.t2_cap, self._config.t2_retries,
+            now + self._config.t2_initial,
+        )
+
+    def _fail(self, reason: str, code: int | None, now: float, *, send_error: bool,
+              by_peer: bool = False) -> None:
+        if self._state is State.FAILED:
+            return
+        self._state = State.FAILED
+        self._hello_deadline = None
+        self._inactivity_deadline = None
+        self._retransmission = None
+        self._wipe_keys()
+        if send_error and code is not None:
+            self._send_reliably(p.Error(code=code), now)
+        self._events.append(HandshakeFailed(reason, code, by_peer))
+
+    def _discovery_failure(self) -> str:
+        if self._peer_hello is None:
+            return "time-out: no ZRTP Hello from the peer"
+        return "time-out: the peer never acknowledged our Hello"
+
+    def _wipe_keys(self) -> None:
+        self._mackey_i = self._mackey_r = b""
+        self._zrtpkey_i = self._zrtpkey_r = b""
+        self._key_agreement = None
+
+    # ------------------------------------------------------------------ discovery
+
+    def _on_hello(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        hello = packet.message
+        assert isinstance(hello, p.Hello)
+        if self._peer_hello is not None:
+            if raw == self._peer_hello_bytes:  # retransmission: our HelloACK was lost
+                if self._state is State.DISCOVERY or self._role == RESPONDER:
+                    self._send(p.HelloAck())
+            else:
+                self.stats["ignored_other_hello"] += 1
+            return
+        version = hello.version[:3]
+        if version > PROTOCOL_VERSION[:3]:
+            self.stats["ignored_newer_version"] += 1  # §4.1.1: ignore, keep sending ours
+            return
+        if version < PROTOCOL_VERSION[:3]:
+            raise ZrtpProtocolError(
+                f"peer ZRTP version {hello.version!r} is not supported", ErrorCode.UNSUPPORTED_VERSION
+            )
+        if hello.zid == self._config.zid:
+            raise ZrtpProtocolError("peer uses our own ZID", ErrorCode.EQUAL_ZID)
+        if packet.ssrc == self._ssrc:
+            raise ZrtpProtocolError("SSRC collision", ErrorCode.SSRC_COLLISION)
+        expected = self._config.peer_hello_hash
+        if expected is not None:
+            digest = IMPLICIT_HASH.digest(raw).hex()
+            if not constant_time_equal(digest.encode(), expected.lower().encode()):
+                raise _Drop("Hello does not match the a=zrtp-hash from the signalling")
+        self._peer_hello = hello
+        self._peer_hello_bytes = raw
+        self._peer_ssrc = packet.ssrc
+        key = self._cache_key()
+        if self._cache is not None and key is not None:
+            self._cached = self._cache.lookup(key)
+        self._events.append(
+            PeerHelloReceived(
+                peer_zid=hello.zid,
+                client_id=hello.client_id.decode("ascii", "replace").strip(),
+                version=hello.version.decode("ascii", "replace"),
+                mitm=hello.mitm,
+                passive=hello.passive,
+            )
+        )
+        # §6: the peer speaks ZRTP, so keep our Hello going for t1_extended.
+        if self._retransmission is not None and isinstance(self._retransmission.message, p.Hello):
+            span = self._config.t1_extended / self._config.t1_cap
+            self._retransmission.remaining = max(self._retransmission.remaining, int(span))
+        self._send(p.HelloAck())
+        self._maybe_commit(now)
+
+    def _on_hello_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        if not self._hello_acked:
+            self._hello_acked = True
+            self._retransmission = None
+        self._maybe_commit(now)
+
+    def _maybe_commit(self, now: float) -> None:
+        if (
+            self._state is not State.DISCOVERY
+            or self._config.role == "responder"
+            or self._peer_hello is None
+            or not self._hello_acked
+        ):
+            return
+        peer = self._peer_hello
+        self._role = INITIATOR
+        self._zidi, self._zidr = self._config.zid, peer.zid
+        multistream = (
+            self._session_in is not None
+            and MULTISTREAM in peer.key_agreement_types
+            and self._config.multistream
+        )
+        if multistream:
+            assert self._session_in is not None
+            session = self._session_in
+            self._hash = HASHES[session.hash]
+            self._cipher = CIPHERS[session.cipher]
+            self._auth_tag = session.auth_tag
+            self._sas_type = session.sas_type
+            self._key_agreement_type = MULTISTREAM
+            nonce = self._random(16)
+            commit = p.Commit(
+                h2=self._h2, zid=self._config.zid, hash_type=session.hash,
+                cipher_type=session.cipher, auth_tag_type=session.auth_tag,
+                key_agreement_type=MULTISTREAM, sas_type=session.sas_type,
+                nonce=nonce, mac=b"\x00" * 8,
+            )
+        else:
+            self._negotiate_as_initiator(peer)
+            assert self._hash is not None and self._cipher is not None
+            self._key_agreement = create_key_agreement(
+                self._key_agreement_type, self._random, self._cipher.key_length * 16
+            )
+            self._own_dhpart = self._build_dhpart(p.DHPart2, b"Initiator")
+            self._dhpart2_bytes = self._own_dhpart.serialize()
+            hvi = self._hash.digest(self._dhpart2_bytes + self._peer_hello_bytes)[:32]
+            commit = p.Commit(
+                h2=self._h2, zid=self._config.zid, hash_type=self._hash.name,
+                cipher_type=self._cipher.name, auth_tag_type=self._auth_tag,
+                key_agreement_type=self._key_agreement_type, sas_type=self._sas_type,
+                hvi=hvi, mac=b"\x00" * 8,
+            )
+        commit = _replace_mac(commit, implicit_mac(self._h1, commit.serialize()[:-8]))
+        self._commit = commit
+        self._own_commit_bytes = self._commit_bytes = commit.serialize()
+        if multistream:
+            assert self._session_in is not None
+            self._derive_multistream(self._session_in)
+        self._state = State.COMMIT_SENT
+        self._send_reliably(commit, now)
+
+    def _negotiate_as_initiator(self, peer: p.Hello) -> None:
+        cfg = self._config
+        self._key_agreement_type = choose_key_agreement(
+            cfg.key_agreement_types, peer.key_agreement_types
+        )
+        hash_pref = cfg.hash_types
+        if self._key_agreement_type == b"EC38" and b"S384" in hash_pref:
+            hash_pref = (b"S384",) + tuple(h for h in hash_pref if h != b"S384")
+        self._hash = HASHES[_choose(hash_pref, peer.hash_types, (MANDATORY_HASH,))]
+        self._cipher = CIPHERS[_choose(cfg.cipher_types, peer.cipher_types, (MANDATORY_CIPHER,))]
+        self._auth_tag = _choose(cfg.auth_tag_types, peer.auth_tag_types, MANDATORY_AUTH_TAGS)
+        self._sas_type = _choose(cfg.sas_types, peer.sas_types, (MANDATORY_SAS,))
+
+    # ------------------------------------------------------------------ commit
+
+    def _on_commit(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        commit = packet.message
+        assert isinstance(commit, p.Commit)
+        peer = self._peer_hello
+        if peer is None:
+            raise _Drop("Commit before the peer's Hello")
+        self._check_preimage(commit.h2, peer.h3, "Commit H2")
+        if commit.zid != peer.zid:
+            raise _Drop("Commit ZID differs from the Hello's")
+        if self._state is State.COMMIT_SENT:
+            assert self._commit is not None
+            ours = self._commit
+            if ours.is_multistream != commit.is_multistream:
+                raise ZrtpProtocolError(
+                    "Multistream Commit against a DH Commit", ErrorCode.CRITICAL_SOFTWARE_ERROR
+                )
+            ours_value = ours.nonce if ours.is_multistream else ours.hvi
+            theirs_value = commit.nonce if commit.is_multistream else commit.hvi
+            assert ours_value is not None and theirs_value is not None
+            if ours_value >= theirs_value:
+                self.stats["commit_contention_won"] += 1
+                return  # §4.2: the lower Commit is discarded; the peer becomes responder
+            self.stats["commit_contention_lost"] += 1
+            self._retransmission = None
+        self._respond_to_commit(commit, raw, now)
+
+    def _respond_to_commit(self, commit: p.Commit, raw: bytes, now: float) -> None:
+        peer = self._peer_hello
+        assert peer is not None
+        # The Hello's MAC is keyed by the H2 we have just learned (§8.1.1).
+        self._check_mac(implicit_mac(commit.h2, self._peer_hello_bytes[:-8]), peer.mac, "Hello")
+        cfg = self._config
+        self._check_offered(commit.hash_type, cfg.hash_types, (MANDATORY_HASH,), ErrorCode.UNSUPPORTED_HASH)
+        self._check_offered(commit.cipher_type, cfg.cipher_types, (MANDATORY_CIPHER,), ErrorCode.UNSUPPORTED_CIPHER)
+        self._check_offered(commit.auth_tag_type, cfg.auth_tag_types, MANDATORY_AUTH_TAGS, ErrorCode.UNSUPPORTED_AUTH_TAG)
+        self._check_offered(commit.sas_type, cfg.sas_types, (MANDATORY_SAS,), ErrorCode.UNSUPPORTED_SAS)
+        self._role = RESPONDER
+        self._zidi, self._zidr = peer.zid, self._config.zid
+        self._hash = HASHES[commit.hash_type]
+        self._cipher = CIPHERS[commit.cipher_type]
+        self._auth_tag = commit.auth_tag_type
+        self._sas_type = commit.sas_type
+        self._key_agreement_type = commit.key_agreement_type
+        self._peer_commit = commit
+        self._peer_h2 = commit.h2
+        self._commit = commit
+        self._commit_bytes = raw
+        self._hello_acked = True
+        if self._retransmission is not None and isinstance(self._retransmission.message, p.Hello):
+            self._retransmission = None
+        self._inactivity_deadline = now + cfg.responder_timeout
+        if commit.is_multistream:
+            session = self._session_in
+            if session is None or not cfg.multistream:
+                raise ZrtpProtocolError(
+                    "Multistream Commit without a ZRTP session", ErrorCode.NO_SHARED_SECRET
+                )
+            assert commit.nonce is not None
+            if commit.nonce in session.used_nonces:
+                raise ZrtpProtocolError("Multistream nonce reuse", ErrorCode.NONCE_REUSE)
+            session.used_nonces.add(commit.nonce)
+            self._derive_multistream(session)
+            self._send_confirm(p.Confirm1, now, reliably=False)
+            self._state = State.CONFIRM1_SENT
+            return
+        if commit.key_agreement_type not in cfg.key_agreement_types + (MANDATORY_KEY_AGREEMENT,):
+            raise ZrtpProtocolError(
+                f"key agreement {_name(commit.key_agreement_type)} was not offered",
+                ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
+            )
+        assert self._cipher is not None
+        self._key_agreement = create_key_agreement(
+            commit.key_agreement_type, self._random, self._cipher.key_length * 16
+        )
+        dhpart1 = self._build_dhpart(p.DHPart1, b"Responder")
+        self._own_dhpart = dhpart1
+        self._dhpart1_bytes = dhpart1.serialize()
+        self._send(dhpart1)
+        self._state = State.DHPART1_SENT
+
+    def _on_commit_repeat(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        """The initiator resent its Commit: our DHPart1 (or Confirm1) was lost."""
+        if raw != self._commit_bytes:
+            return
+        self._inactivity_deadline = now + self._config.responder_timeout
+        if self._state is State.DHPART1_SENT and self._own_dhpart is not None:
+            self._send(self._own_dhpart)
+        elif self._state is State.CONFIRM1_SENT and self._commit and self._commit.is_multistream:
+            assert self._confirm_sent is not None
+            self._send(self._confirm_sent)
+
+    def _check_offered(
+        self, value: bytes, offered: tuple[bytes, ...], mandatory: tuple[bytes, ...], code: ErrorCode
+    ) -> None:
+        if value not in with_mandatory(offered, mandatory):
+            raise ZrtpProtocolError(f"Commit chose {_name(value)}, which we did not offer", code)
+
+    # ------------------------------------------------------------------ DH parts
+
+    def _build_dhpart(self, cls: type[p.DHPart1] | type[p.DHPart2], label: bytes) -> p.DHPart1 | p.DHPart2:
+        assert self._hash is not None and self._key_agreement is not None
+        mac = self._hash.mac
+        cached = self._cached
+        rs1_id = mac(cached.rs1, label) if cached.rs1 else self._random(8)
+        rs2_id = mac(cached.rs2, label) if cached.rs2 else self._random(8)
+        aux = self._config.aux_secret
+        aux_id = mac(aux, self._h3) if aux else self._random(8)
+        pbx_id = mac(cached.pbx_secret, label) if cached.pbx_secret else self._random(8)
+        part = cls(
+            h1=self._h1, rs1_id=rs1_id, rs2_id=rs2_id, aux_secret_id=aux_id,
+            pbx_secret_id=pbx_id, pv=self._key_agreement.public_value, mac=b"\x00" * 8,
+        )
+        return _replace_mac(part, implicit_mac(self._h0, part.serialize()[:-8]))
+
+    def _on_dhpart1(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        part = packet.message
+        assert isinstance(part, p.DHPart1) and self._peer_hello is not None
+        h2 = IMPLICIT_HASH.digest(part.h1)
+        self._check_preimage(h2, self._peer_hello.h3, "DHPart1 H1")
+        self._check_mac(implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello")
+        self._peer_h1, self._peer_h2 = part.h1, h2
+        assert self._key_agreement is not None and self._own_dhpart is not None
+        if len(part.pv) != self._key_agreement.pv_length:
+            raise ZrtpProtocolError("DHPart1 public value has the wrong length")
+        dh_result = self._key_agreement.compute(part.pv)
+        self._peer_dhpart = part
+        self._dhpart1_bytes = raw
+        self._derive_dh(dh_result, part, b"Responder")
+        self._state = State.DHPART2_SENT
+        self._send_reliably(self._own_dhpart, now)
+
+    def _on_dhpart2(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        part = packet.message
+        assert isinstance(part, p.DHPart2) and self._peer_commit is not None
+        self._check_preimage(part.h1, self._peer_commit.h2, "DHPart2 H1")
+        commit = self._peer_commit
+        self._check_mac(implicit_mac(part.h1, self._commit_bytes[:-8]), commit.mac, "Commit")
+        assert self._hash is not None and self._key_agreement is not None
+        hvi = self._hash.digest(raw + self._hello_bytes)[:32]
+        if commit.hvi is None or not constant_time_equal(hvi, commit.hvi):
+            raise ZrtpProtocolError("hvi does not match DHPart2", ErrorCode.HVI_MISMATCH)
+        if len(part.pv) != self._key_agreement.pv_length:
+            raise ZrtpProtocolError("DHPart2 public value has the wrong length")
+        dh_result = self._key_agreement.compute(part.pv)
+        self._peer_h1 = part.h1
+        self._peer_dhpart = part
+        self._dhpart2_bytes = raw
+        self._inactivity_deadline = now + self._config.responder_timeout
+        self._derive_dh(dh_result, part, b"Initiator")
+        self._send_confirm(p.Confirm1, now, reliably=False)
+        self._state = State.CONFIRM1_SENT
+
+    def _on_dhpart2_repeat(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        if raw == self._dhpart2_bytes and self._confirm_sent is not None:
+            self._inactivity_deadline = now + self._config.responder_timeout
+            self._send(self._confirm_sent)
+
+    # ------------------------------------------------------------------ key derivation
+
+    def _match_secrets(self, part: p.DHPart1 | p.DHPart2, peer_label: bytes) -> tuple[bytes, bytes, bytes]:
+        """s1, s2, s3 per §4.3 (empty bytes for null)."""
+        assert self._hash is not None and self._peer_hello is not None
+        mac = self._hash.mac
+        cached = self._cached
+        s1 = b""
+        if self._role == RESPONDER:
+            # Initiator's rs1 first, then its rs2, each against our rs1 and rs2.
+            for received in (part.rs1_id, part.rs2_id):
+                for ours in (cached.rs1, cached.rs2):
+                    if ours and constant_time_equal(mac(ours, peer_label), received):
+                        s1 = ours
+                        break
+                if s1:
+                    break
+        else:
+            for ours in (cached.rs1, cached.rs2):
+                if ours and any(
+                    constant_time_equal(mac(ours, peer_label), r) for r in (part.rs1_id, part.rs2_id)
+                ):
+                    s1 = ours
+                    break
+        aux = self._config.aux_secret
+        s2 = aux if aux and constant_time_equal(mac(aux, self._peer_hello.h3), part.aux_secret_id) else b""
+        pbx = cached.pbx_secret
+        s3 = pbx if pbx and constant_time_equal(mac(pbx, peer_label), part.pbx_secret_id) else b""
+        self._cache_mismatch = cached.rs1 is not None and not s1
+        if aux and not s2:
+            self._events.append(SecurityWarning("auxsecret mismatch"))
+        return s1, s2, s3
+
+    def _total_hash(self, *messages: bytes) -> bytes:
+        assert self._hash is not None
+        return self._hash.digest(b"".join(messages))
+
+    def _derive_dh(self, dh_result: bytes, part: p.DHPart1 | p.DHPart2, peer_label: bytes) -> None:
+        assert self._hash is not None
+        s1, s2, s3 = self._match_secrets(part, peer_label)
+        responder_hello = self._peer_hello_bytes if self._role == INITIATOR else self._hello_bytes
+        total_hash = self._total_hash(
+            responder_hello, self._commit_bytes, self._dhpart1_bytes, self._dhpart2_bytes
+        )
+        self._kdf_context = self._zidi + self._zidr + total_hash
+        s0 = self._hash.digest(
+            b"\x00\x00\x00\x01" + dh_result + b"ZRTP-HMAC-KDF" + self._zidi + self._zidr
+            + total_hash
+            + len(s1).to_bytes(4, "big") + s1
+            + len(s2).to_bytes(4, "big") + s2
+            + len(s3).to_bytes(4, "big") + s3
+        )
+        del dh_result, s1, s2, s3
+        kdf = self._hash.kdf
+        ctx = self._kdf_context
+        hash_bits = self._hash.digest_size * 8
+        zrtp_sess = kdf(s0, b"ZRTP Session Key", ctx, hash_bits)
+        sas_hash = kdf(s0, b"SAS", ctx, 256)
+        self._sas = render_sas(self._sas_type, sas_hash[:4])
+        self._new_rs1 = kdf(s0, b"retained secret", ctx, 256)
+        self._derive_stream_keys(s0)
+        verified = self._cached.sas_verified and not self._cache_mismatch
+        self._previously_verified = verified
+        self._session = ZrtpSession(
+            zrtp_sess=zrtp_sess, hash=self._hash.name, cipher=self._cipher_name(),
+            auth_tag=self._auth_tag, sas=self._sas, sas_type=self._sas_type,
+            key_agreement=self._key_agreement_type,
+            peer_zid=self._peer_hello.zid if self._peer_hello else b"",
+            previously_verified=verified, cache_mismatch=self._cache_mismatch,
+        )
+
+    def _derive_multistream(self, session: ZrtpSession) -> None:
+        assert self._hash is not None
+        responder_hello = self._peer_hello_bytes if self._role == INITIATOR else self._hello_bytes
+        total_hash = self._total_hash(responder_hello, self._commit_bytes)
+        self._kdf_context = self._zidi + self._zidr + total_hash
+        s0 = self._hash.kdf(
+            session.zrtp_sess, b"ZRTP MSK", self._kdf_context, self._hash.digest_size * 8
+        )
+        self._sas = session.sas
+        self._previously_verified = session.previously_verified
+        self._cache_mismatch = session.cache_mismatch
+        self._derive_stream_keys(s0)
+
+    def _cipher_name(self) -> bytes:
+        assert self._cipher is not None
+        return self._cipher.name
+
+    def _derive_stream_keys(self, s0: bytes) -> None:
+        assert self._hash is not None and self._cipher is not None
+        kdf = self._hash.kdf
+        ctx = self._kdf_context
+        key_bits = self._cipher.key_length * 8
+        hash_bits = self._hash.digest_size * 8
+        key_i = kdf(s0, b"Initiator SRTP master key", ctx, key_bits)
+        salt_i = kdf(s0, b"Initiator SRTP master salt", ctx, 112)
+        key_r = kdf(s0, b"Responder SRTP master key", ctx, key_bits)
+        salt_r = kdf(s0, b"Responder SRTP master salt", ctx, 112)
+        self._mackey_i = kdf(s0, b"Initiator HMAC key", ctx, hash_bits)
+        self._mackey_r = kdf(s0, b"Responder HMAC key", ctx, hash_bits)
+        self._zrtpkey_i = kdf(s0, b"Initiator ZRTP key", ctx, key_bits)
+        self._zrtpkey_r = kdf(s0, b"Responder ZRTP key", ctx, key_bits)
+        initiator = self._role == INITIATOR
+        self._srtp_keys = SrtpKeys(
+            cipher=_name(self._cipher.name),
+            auth_tag=_name(self._auth_tag),
+            local_key=key_i if initiator else key_r,
+            local_salt=salt_i if initiator else salt_r,
+            remote_key=key_r if initiator else key_i,
+            remote_salt=salt_r if initiator else salt_i,
+        )
+
+    # ------------------------------------------------------------------ confirm
+
+    def _send_confirm(self, cls: type[p.Confirm1] | type[p.Confirm2], now: float, *, reliably: bool) -> None:
+        initiator = self._role == INITIATOR
+        multistream = self._key_agreement_type == MULTISTREAM
+        plaintext = p.ConfirmPlaintext(
+            h0=self._h0,
+            enrollment=False,
+            sas_verified=self._previously_verified,
+            allow_clear=self._config.allow_clear,
+            disclosure=self._config.disclosure,
+            cache_expiration=0xFFFFFFFF if multistream else self._config.cache_expiration,
+        )
+        iv = self._random(16)
+        key = self._zrtpkey_i if initiator else self._zrtpkey_r
+        encrypted = aes_cfb(key, iv, plaintext.serialize(), encrypt=True)
+        assert self._hash is not None
+        mac = self._hash.mac(self._mackey_i if initiator else self._mackey_r, encrypted)
+        confirm = cls(confirm_mac=mac, cfb_iv=iv, encrypted=encrypted)
+        self._confirm_sent = confirm
+        if reliably:
+            self._send_reliably(confirm, now)
+        else:
+            self._send(confirm)
+
+    def _open_confirm(self, confirm: p.Confirm1 | p.Confirm2) -> p.ConfirmPlaintext:
+        """Check the peer's confirm_mac, decrypt, and check its H0 (§4.6, §9)."""
+        assert self._hash is not None
+        peer_is_initiator = self._role == RESPONDER
+        mackey = self._mackey_i if peer_is_initiator else self._mackey_r
+        zrtpkey = self._zrtpkey_i if peer_is_initiator else self._zrtpkey_r
+        self._check_mac(self._hash.mac(mackey, confirm.encrypted), confirm.confirm_mac, "Confirm")
+        plaintext = p.ConfirmPlaintext.parse(aes_cfb(zrtpkey, confirm.cfb_iv, confirm.encrypted, encrypt=False))
+        h1 = IMPLICIT_HASH.digest(plaintext.h0)
+        if self._key_agreement_type == MULTISTREAM:
+            # DHPart messages were skipped: climb the chain to what we know (§9).
+            h2 = IMPLICIT_HASH.digest(h1)
+            if self._role == INITIATOR:
+                assert self._peer_hello is not None
+                self._check_preimage(h2, self._peer_hello.h3, "Confirm1 H0")
+                self._check_mac(implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello")
+            else:
+                assert self._peer_commit is not None and self._peer_h2 is not None
+                self._check_preimage(h1, self._peer_h2, "Confirm2 H0")
+                self._check_mac(implicit_mac(h1, self._commit_bytes[:-8]), self._peer_commit.mac, "Commit")
+        else:
+            assert self._peer_h1 is not None and self._peer_dhpart is not None
+            self._check_preimage(plaintext.h0, self._peer_h1, "Confirm H0")
+            peer_part = self._dhpart2_bytes if peer_is_initiator else self._dhpart1_bytes
+            self._check_mac(implicit_mac(plaintext.h0, peer_part[:-8]), self._peer_dhpart.mac, "DHPart")
+        return plaintext
+
+    def _on_confirm1(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        confirm = packet.message
+        assert isinstance(confirm, p.Confirm1)
+        plaintext = self._open_confirm(confirm)
+        self._peer_confirm = plaintext
+        self._peer_confirm_bytes = raw
+        self._send_confirm(p.Confirm2, now, reliably=True)
+        self._state = State.CONFIRM2_SENT
+        assert self._srtp_keys is not None
+        self._events.append(SrtpKeysReady(self._srtp_keys))
+
+    def _on_confirm2(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        confirm = packet.message
+        assert isinstance(confirm, p.Confirm2)
+        plaintext = self._open_confirm(confirm)
+        self._peer_confirm = plaintext
+        self._peer_confirm_bytes = raw
+        self._inactivity_deadline = None
+        self._send(p.Conf2Ack())
+        self._state = State.SECURE
+        assert self._srtp_keys is not None
+        self._events.append(SrtpKeysReady(self._srtp_keys))
+        self._secure()
+
+    def _on_confirm2_repeat(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        if raw == self._peer_confirm_bytes and self._role == RESPONDER:
+            self._send(p.Conf2Ack())
+
+    def _on_conf2ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        self._complete_initiator(now)
+
+    def _complete_initiator(self, now: float) -> None:
+        self._retransmission = None
+        self._state = State.SECURE
+        self._secure()
+
+    def _secure(self) -> None:
+        """Both sides confirmed: update the cache (§4.6.1) and report."""
+        peer_confirm = self._peer_confirm
+        assert peer_confirm is not None and self._peer_hello is not None
+        assert self._srtp_keys is not None and self._hash is not None
+        multistream = self._key_agreement_type == MULTISTREAM
+        previously_verified = self._previously_verified and peer_confirm.sas_verified
+        if not multistream:
+            lifetime = min(self._config.cache_expiration, peer_confirm.cache_expiration)
+            self._cache_lifetime = lifetime
+            if self._cache_mismatch and self._cache is not None:
+                key = self._cache_key()
+                if key is not None and self._cached.sas_verified:
+                    self._cache.set_sas_verified(key, False)  # a mismatch voids the old V
+                self._pending_cache_update = True  # §4.6.1.1: wait for a SAS verify
+            else:
+                self._update_cache()
+        self._retransmission = None
+        self._wipe_confirm_keys()
+        event = Secured(
+            role=self._role or "",
+            sas=self._sas,
+            sas_type=_name(self._sas_type),
+            key_agreement=_name(self._key_agreement_type),
+            hash=_name(self._hash.name),
+            cipher=self._srtp_keys.cipher,
+            auth_tag=self._srtp_keys.auth_tag,
+            peer_zid=self._peer_hello.zid,
+            peer_client_id=self._peer_hello.client_id.decode("ascii", "replace").strip(),
+            keys=self._srtp_keys,
+            cache_mismatch=self._cache_mismatch,
+            previously_verified=previously_verified,
+            peer_mitm=self._peer_hello.mitm,
+            peer_disclosure=peer_confirm.disclosure,
+            peer_allows_clear=peer_confirm.allow_clear,
+            multistream=multistream,
+        )
+        self._secured_event = event
+        self._events.append(event)
+
+    def _wipe_confirm_keys(self) -> None:
+        """Confirm keys are no longer needed; mac keys stay for GoClear."""
+        self._zrtpkey_i = self._zrtpkey_r = b""
+        self._key_agreement = None
+
+    def _update_cache(self) -> None:
+        key = self._cache_key()
+        if self._cache is None or key is None or self._new_rs1 is None:
+            return
+        self._cache.update_retained_secret(
+            key, self._new_rs1, self._cache_lifetime, keep_previous=True
+        )
+        self._new_rs1 = None
+
+    def _cache_key(self) -> CacheKey | None:
+        if self._peer_hello is None:
+            return None
+        return CacheKey(self._config.zid, self._peer_hello.zid, self._config.self_uri, self._config.peer_uri)
+
+    # ------------------------------------------------------------------ errors, clear, ping
+
+    def _on_error(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        error = packet.message
+        assert isinstance(error, p.Error)
+        self._send(p.ErrorAck())
+        if self._state in (State.SECURE, State.CLEAR):
+            self._events.append(SecurityWarning(f"peer sent Error 0x{error.code:x} after going secure"))
+            return
+        try:
+            name = ErrorCode(error.code).name.lower().replace("_", " ")
+        except ValueError:
+            name = "unknown error"
+        self._fail(f"peer sent Error 0x{error.code:x} ({name})", error.code, now,
+                   send_error=False, by_peer=True)
+
+    def _on_error_in_failed(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        self._send(p.ErrorAck())
+
+    def _on_error_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        if self._retransmission is not None and isinstance(self._retransmission.message, p.Error):
+            self._retransmission = None
+
+    def _on_goclear(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        goclear = packet.message
+        assert isinstance(goclear, p.GoClear) and self._hash is not None
+        peer_mackey = self._mackey_i if self._role == RESPONDER else self._mackey_r
+        expected = self._hash.mac(peer_mackey, p.GoClear.MESSAGE_TYPE)
+        if not constant_time_equal(expected, goclear.clear_mac):
+            raise _Drop("GoClear with a bad MAC")  # §4.7.2: no ClearACK, not acted on
+        if not self._config.allow_clear:
+            self._events.append(GoClearRefused())
+            self._send(p.Error(code=int(ErrorCode.GOCLEAR_NOT_ALLOWED)))
+            return
+        self._send(p.ClearAck())
+        self._state = State.CLEAR
+        self._srtp_keys = None
+        self._events.append(WentClear())
+
+    def _on_goclear_repeat(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        self._send(p.ClearAck())
+
+    def _on_ping(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        ping = packet.message
+        assert isinstance(ping, p.Ping)
+        own = hashlib.sha256(self._config.zid + self._config.self_uri.encode()).digest()[:8]
+        self._send(
+            p.PingAck(version=PROTOCOL_VERSION, sender_endpoint_hash=own,
+                      received_endpoint_hash=ping.endpoint_hash, ssrc=packet.ssrc)
+        )
+
+    # ------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check_preimage(image: bytes, expected: bytes, what: str) -> None:
+        """A wrong hash image means a false packet: drop it, keep going (§9)."""
+        if not constant_time_equal(IMPLICIT_HASH.digest(image), expected):
+            raise _Drop(f"{what} is not the preimage of what the peer sent before")
+
+    @staticmethod
+    def _check_mac(expected: bytes, received: bytes, what: str) -> None:
+        """A bad MAC on an earlier message is a MiTM alarm (§8.1.1)."""
+        if not constant_time_equal(expected, received):
+            raise ZrtpProtocolError(f"bad MAC on the peer's {what}", ErrorCode.BAD_CONFIRM_MAC)
+
+
+_M = TypeVar("_M", p.Hello, p.Commit, p.DHPart1, p.DHPart2)
+
+
+def _replace_mac(message: _M, mac: bytes) -> _M:
+    return replace(message, mac=mac)
+
+
+_PRE_SECURE = (
+    State.DISCOVERY,
+    State.COMMIT_SENT,
+    State.DHPART2_SENT,
+    State.CONFIRM2_SENT,
+    State.DHPART1_SENT,
+    State.CONFIRM1_SENT,
+)
+
+Handler = Callable[[ZrtpConnection, p.ZrtpPacket, bytes, float], None]
+C = ZrtpConnection
+S = State
+
+#: Every transition of the state machine: (state, message) -> (handler, states it may lead to).
+#: Any handler may also end in FAILED. Pairs that are absent are ignored.
+TRANSITIONS: dict[tuple[State, type[p.Message]], tuple[Handler, frozenset[State]]] = {
+    **{(s, p.Hello): (C._on_hello, frozenset({S.COMMIT_SENT})) for s in (*_PRE_SECURE, S.SECURE)},
+    (S.DISCOVERY, p.HelloAck): (C._on_hello_ack, frozenset({S.COMMIT_SENT})),
+    (S.DISCOVERY, p.Commit): (C._on_commit, frozenset({S.DHPART1_SENT, S.CONFIRM1_SENT})),
+    (S.COMMIT_SENT, p.Commit): (C._on_commit, frozenset({S.DHPART1_SENT, S.CONFIRM1_SENT})),
+    (S.DHPART1_SENT, p.Commit): (C._on_commit_repeat, frozenset()),
+    (S.CONFIRM1_SENT, p.Commit): (C._on_commit_repeat, frozenset()),
+    (S.COMMIT_SENT, p.DHPart1): (C._on_dhpart1, frozenset({S.DHPART2_SENT})),
+    (S.DHPART1_SENT, p.DHPart2): (C._on_dhpart2, frozenset({S.CONFIRM1_SENT})),
+    (S.CONFIRM1_SENT, p.DHPart2): (C._on_dhpart2_repeat, frozenset()),
+    (S.COMMIT_SENT, p.Confirm1): (C._on_confirm1, frozenset({S.CONFIRM2_SENT})),  # Multistream
+    (S.DHPART2_SENT, p.Confirm1): (C._on_confirm1, frozenset({S.CONFIRM2_SENT})),
+    (S.CONFIRM1_SENT, p.Confirm2): (C._on_confirm2, frozenset({S.SECURE})),
+    (S.SECURE, p.Confirm2): (C._on_confirm2_repeat, frozenset()),
+    (S.CONFIRM2_SENT, p.Conf2Ack): (C._on_conf2ack, frozenset({S.SECURE})),
+    **{(s, p.Error): (C._on_error, frozenset({S.FAILED})) for s in (*_PRE_SECURE, S.SECURE, S.CLEAR)},
+    (S.FAILED, p.Error): (C._on_error_in_failed, frozenset()),
+    (S.FAILED, p.ErrorAck): (C._on_error_ack, frozenset()),
+    (S.SECURE, p.ErrorAck): (C._on_error_ack, frozenset()),
+    (S.SECURE, p.GoClear): (C._on_goclear, frozenset({S.CLEAR})),
+    (S.CLEAR, p.GoClear): (C._on_goclear_repeat, frozenset()),
+    **{(s, p.Ping): (C._on_ping, frozenset()) for s in (*_PRE_SECURE, S.SECURE, S.CLEAR, S.FAILED)},
+}

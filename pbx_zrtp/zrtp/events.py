@@ -1,0 +1,100 @@
+"""Events the ZRTP engine reports to its host (``ZrtpConnection.next_event``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SrtpKeys:
+    """SRTP master keys for one media stream, from this endpoint's point of view.
+
+    ``local_*`` protect the packets we send, ``remote_*`` unprotect the peer's.
+    """
+
+    cipher: str  # "AES1" or "AES3"
+    auth_tag: str  # "HS32" or "HS80"
+    local_key: bytes = field(repr=False)
+    local_salt: bytes = field(repr=False)
+    remote_key: bytes = field(repr=False)
+    remote_salt: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of engine events."""
+
+
+@dataclass(frozen=True)
+class PeerHelloReceived(Event):
+    """The peer speaks ZRTP: its first acceptable Hello arrived."""
+
+    peer_zid: bytes
+    client_id: str
+    version: str
+    mitm: bool
+    passive: bool
+
+
+@dataclass(frozen=True)
+class SrtpKeysReady(Event):
+    """Keys are known; the host may start unprotecting the peer's SRTP.
+
+    The initiator gets this after sending Confirm2 (the responder's first valid
+    SRTP packet then completes the exchange, §4.6); the responder together
+    with ``Secured``.
+    """
+
+    keys: SrtpKeys
+
+
+@dataclass(frozen=True)
+class Secured(Event):
+    """The exchange completed: protect outgoing media with ``keys`` from now on."""
+
+    role: str  # "initiator" | "responder"
+    sas: str
+    sas_type: str
+    key_agreement: str
+    hash: str
+    cipher: str
+    auth_tag: str
+    peer_zid: bytes
+    peer_client_id: str
+    keys: SrtpKeys
+    cache_mismatch: bool
+    previously_verified: bool
+    peer_mitm: bool
+    peer_disclosure: bool
+    peer_allows_clear: bool
+    multistream: bool
+
+
+@dataclass(frozen=True)
+class HandshakeFailed(Event):
+    """ZRTP ended without securing the stream.
+
+    ``error_code`` is the §5.9 code we sent or received (None for plain
+    timeouts without a peer); ``by_peer`` tells whether the peer sent it.
+    """
+
+    reason: str
+    error_code: int | None = None
+    by_peer: bool = False
+
+
+@dataclass(frozen=True)
+class WentClear(Event):
+    """The peer's authenticated GoClear was accepted: media is clear from now on."""
+
+
+@dataclass(frozen=True)
+class GoClearRefused(Event):
+    """The peer asked to go clear but our policy does not allow it; we stay secure."""
+
+
+@dataclass(frozen=True)
+class SecurityWarning(Event):
+    """Something suspicious that did not stop the exchange (bad MAC, hash image...)."""
+
+    reason: str
