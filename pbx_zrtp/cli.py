@@ -54,8 +54,12 @@ def _endpoint_parser(sub: Any) -> None:
         description="A diagnostic ZRTP endpoint, like openssl s_client for TLS.",
     )
     ep.add_argument("--bind", type=parse_address, default=("127.0.0.1", 0), metavar="HOST:PORT")
-    ep.add_argument("--peer", type=parse_address, metavar="HOST:PORT",
-                    help="peer address (omitted: answer whoever sends first)")
+    ep.add_argument(
+        "--peer",
+        type=parse_address,
+        metavar="HOST:PORT",
+        help="peer address (omitted: answer whoever sends first)",
+    )
     ep.add_argument("--role", choices=("auto", "initiator", "responder"), default="auto")
     ep.add_argument("--key-agreement", type=_algorithms, metavar="LIST")
     ep.add_argument("--hash", type=_algorithms, metavar="LIST")
@@ -65,20 +69,33 @@ def _endpoint_parser(sub: Any) -> None:
     ep.add_argument("--cache", metavar="PATH", help="SQLite retained-secret cache (created 0600)")
     ep.add_argument("--self-uri", default="", help="our URI in the cache key")
     ep.add_argument("--peer-uri", default="", help="the peer's URI in the cache key")
-    ep.add_argument("--mark-verified", action="store_true", help="mark the SAS verified once secure")
-    ep.add_argument("--srtp", type=int, default=0, metavar="N", help="send N SRTP packets when secure")
+    ep.add_argument(
+        "--mark-verified", action="store_true", help="mark the SAS verified once secure"
+    )
+    ep.add_argument(
+        "--srtp", type=int, default=0, metavar="N", help="send N SRTP packets when secure"
+    )
     ep.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     ep.add_argument("--port-file", metavar="PATH", help="write the bound UDP port here")
 
 
 def _build_configuration(args: argparse.Namespace, zid: bytes) -> ZrtpConfiguration:
-    options: dict[str, Any] = {"zid": zid, "role": args.role, "self_uri": args.self_uri,
-                               "peer_uri": args.peer_uri}
+    options: dict[str, Any] = {
+        "zid": zid,
+        "role": args.role,
+        "self_uri": args.self_uri,
+        "peer_uri": args.peer_uri,
+    }
     for name in ("key_agreement", "hash", "cipher", "auth_tag", "sas"):
         value = getattr(args, name)
         if value is not None:
-            field = {"key_agreement": "key_agreement_types", "hash": "hash_types",
-                     "cipher": "cipher_types", "auth_tag": "auth_tag_types", "sas": "sas_types"}[name]
+            field = {
+                "key_agreement": "key_agreement_types",
+                "hash": "hash_types",
+                "cipher": "cipher_types",
+                "auth_tag": "auth_tag_types",
+                "sas": "sas_types",
+            }[name]
             options[field] = value
     return ZrtpConfiguration(**options)
 
@@ -97,7 +114,10 @@ async def _endpoint_main(args: argparse.Namespace) -> int:
         _print({"ok": False, "error": f"bad argument: {exc}"})
         return 2
     options = EndpointOptions(
-        bind=args.bind, peer=args.peer, srtp_count=args.srtp, timeout=args.timeout,
+        bind=args.bind,
+        peer=args.peer,
+        srtp_count=args.srtp,
+        timeout=args.timeout,
         mark_verified=args.mark_verified,
     )
     ready: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
@@ -153,7 +173,9 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pbx-zrtp", description="ZRTP for Asterisk and FreeSWITCH")
+    parser = argparse.ArgumentParser(
+        prog="pbx-zrtp", description="ZRTP for Asterisk and FreeSWITCH"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _endpoint_parser(sub)
     demo = sub.add_parser("demo", help="run a ZRTP exchange and SRTP between two local endpoints")

@@ -55,7 +55,9 @@ class _Outcome:
 class _EndpointProtocol(asyncio.DatagramProtocol):
     """Feeds the engine from the socket and the loop's clock; nothing else."""
 
-    def __init__(self, connection: ZrtpConnection, options: EndpointOptions, outcome: _Outcome) -> None:
+    def __init__(
+        self, connection: ZrtpConnection, options: EndpointOptions, outcome: _Outcome
+    ) -> None:
         self.connection = connection
         self.options = options
         self.outcome = outcome
@@ -122,7 +124,9 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
 
     def send_srtp(self, sequence: int, ssrc: int) -> bool:
         assert self.transport is not None and self.srtp is not None and self.peer is not None
-        header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, ssrc)
+        header = struct.pack(
+            "!BBHII", 0x80, 0, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, ssrc
+        )
         packet = self.srtp.protect(header + SRTP_PAYLOAD)
         if packet is None:
             return False
@@ -157,7 +161,9 @@ async def run_endpoint(
             lambda: _EndpointProtocol(connection, options, outcome), local_addr=options.bind
         )
     except OSError as exc:
-        raise EndpointError(f"cannot bind {options.bind[0]}:{options.bind[1]}: {exc.strerror}") from None
+        raise EndpointError(
+            f"cannot bind {options.bind[0]}:{options.bind[1]}: {exc.strerror}"
+        ) from None
     bound = transport.get_extra_info("sockname")
     if ready is not None and not ready.done():
         ready.set_result((bound[0], bound[1]))
@@ -165,8 +171,9 @@ async def run_endpoint(
     try:
         secure_wait = asyncio.ensure_future(protocol.secure.wait())
         fail_wait = asyncio.ensure_future(outcome.done.wait())
-        await asyncio.wait({secure_wait, fail_wait}, timeout=options.timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {secure_wait, fail_wait}, timeout=options.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         secure_wait.cancel()
         fail_wait.cancel()
         if outcome.secured is None:

@@ -37,10 +37,20 @@ class SrtpContext:
             raise ValueError(f"no SRTP profile for {keys.cipher}/{keys.auth_tag}")
         self.stats: Counter[str] = Counter()
         self._tx = pylibsrtp.Session(
-            self._policy(keys.local_key + keys.local_salt, profile, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, replay_window)
+            self._policy(
+                keys.local_key + keys.local_salt,
+                profile,
+                pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                replay_window,
+            )
         )
         self._rx = pylibsrtp.Session(
-            self._policy(keys.remote_key + keys.remote_salt, profile, pylibsrtp.Policy.SSRC_ANY_INBOUND, replay_window)
+            self._policy(
+                keys.remote_key + keys.remote_salt,
+                profile,
+                pylibsrtp.Policy.SSRC_ANY_INBOUND,
+                replay_window,
+            )
         )
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,9 +94,7 @@ class ZrtpConfiguration:
         self.cipher_types = self._check("cipher", self.cipher_types, CIPHERS)
         self.auth_tag_types = self._check("auth tag", self.auth_tag_types, AUTH_TAGS)
         known = {**KEY_AGREEMENTS, MULTISTREAM: None}
-        self.key_agreement_types = self._check(
-            "key agreement", self.key_agreement_types, known
-        )
+        self.key_agreement_types = self._check("key agreement", self.key_agreement_types, known)
         self.sas_types = self._check("SAS", self.sas_types, dict.fromkeys(SAS_TYPES))
         if not 0 <= self.cache_expiration <= NEVER_EXPIRES:
             raise ValueError("cache_expiration must be a 32-bit unsigned number of seconds")
@@ -103,7 +102,9 @@ class ZrtpConfiguration:
             raise ValueError("aux_secret must not be empty")
 
     @staticmethod
-    def _check(kind: str, values: tuple[bytes, ...], known: dict[bytes, object]) -> tuple[bytes, ...]:
+    def _check(
+        kind: str, values: tuple[bytes, ...], known: Mapping[bytes, object]
+    ) -> tuple[bytes, ...]:
         blocks = tuple(_block(v) for v in values)
         for value in blocks:
             if value not in known:

@@ -37,7 +37,6 @@ from pbx_zrtp.zrtp.config import (
     ZrtpConfiguration,
 )
 from pbx_zrtp.zrtp.crypto import (
-    AUTH_TAGS,
     CIPHERS,
     HASHES,
     IMPLICIT_HASH,
@@ -125,7 +124,9 @@ def with_mandatory(types: tuple[bytes, ...], mandatory: tuple[bytes, ...]) -> tu
 def choose_key_agreement(ours: tuple[bytes, ...], theirs: tuple[bytes, ...]) -> bytes:
     """§4.1.2: intersect, compare both first choices, take the faster one."""
     ours_dh = [t for t in with_mandatory(ours, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS]
-    theirs_dh = [t for t in with_mandatory(theirs, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS]
+    theirs_dh = [
+        t for t in with_mandatory(theirs, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS
+    ]
     ours_common = [t for t in ours_dh if t in theirs_dh]
     theirs_common = [t for t in theirs_dh if t in ours_dh]
     if not ours_common:
@@ -135,7 +136,9 @@ def choose_key_agreement(ours: tuple[bytes, ...], theirs: tuple[bytes, ...]) -> 
     return a if rank.get(a, len(rank)) <= rank.get(b, len(rank)) else b
 
 
-def _choose(ours: tuple[bytes, ...], theirs: tuple[bytes, ...], mandatory: tuple[bytes, ...]) -> bytes:
+def _choose(
+    ours: tuple[bytes, ...], theirs: tuple[bytes, ...], mandatory: tuple[bytes, ...]
+) -> bytes:
     theirs_all = with_mandatory(theirs, mandatory)
     for candidate in with_mandatory(ours, mandatory):
         if candidate in theirs_all:
@@ -311,7 +314,11 @@ class ZrtpConnection:
             code = exc.code if exc.code is not None else ErrorCode.MALFORMED_PACKET
             self._fail(str(exc), int(code), now, send_error=True)
             return
-        if self._state is not before and self._state not in targets and self._state is not State.FAILED:
+        if (
+            self._state is not before
+            and self._state not in targets
+            and self._state is not State.FAILED
+        ):
             raise AssertionError(f"transition {before} -> {self._state} not in table")
         self.stats["received"] += 1
 
@@ -319,8 +326,12 @@ class ZrtpConnection:
         """Run retransmissions and time-outs that are due."""
         if self._inactivity_deadline is not None and now >= self._inactivity_deadline:
             self._inactivity_deadline = None
-            self._fail("responder time-out: no message from the initiator",
-                       int(ErrorCode.PROTOCOL_TIMEOUT), now, send_error=True)
+            self._fail(
+                "responder time-out: no message from the initiator",
+                int(ErrorCode.PROTOCOL_TIMEOUT),
+                now,
+                send_error=True,
+            )
             return
         if (
             self._hello_deadline is not None
@@ -418,12 +429,16 @@ class ZrtpConnection:
         """Send on the T2 schedule until the matching answer arrives (§6)."""
         self._send(message)
         self._retransmission = _Retransmission(
-            message, self._config.t2_initial, self._config.t2_cap, self._config.t2_retries,
+            message,
+            self._config.t2_initial,
+            self._config.t2_cap,
+            self._config.t2_retries,
             now + self._config.t2_initial,
         )
 
-    def _fail(self, reason: str, code: int | None, now: float, *, send_error: bool,
-              by_peer: bool = False) -> None:
+    def _fail(
+        self, reason: str, code: int | None, now: float, *, send_error: bool, by_peer: bool = False
+    ) -> None:
         if self._state is State.FAILED:
             return
         self._state = State.FAILED
@@ -463,7 +478,8 @@ class ZrtpConnection:
             return
         if version < PROTOCOL_VERSION[:3]:
             raise ZrtpProtocolError(
-                f"peer ZRTP version {hello.version!r} is not supported", ErrorCode.UNSUPPORTED_VERSION
+                f"peer ZRTP version {hello.version!r} is not supported",
+                ErrorCode.UNSUPPORTED_VERSION,
             )
         if hello.zid == self._config.zid:
             raise ZrtpProtocolError("peer uses our own ZID", ErrorCode.EQUAL_ZID)
@@ -528,10 +544,15 @@ class ZrtpConnection:
             self._key_agreement_type = MULTISTREAM
             nonce = self._random(16)
             commit = p.Commit(
-                h2=self._h2, zid=self._config.zid, hash_type=session.hash,
-                cipher_type=session.cipher, auth_tag_type=session.auth_tag,
-                key_agreement_type=MULTISTREAM, sas_type=session.sas_type,
-                nonce=nonce, mac=b"\x00" * 8,
+                h2=self._h2,
+                zid=self._config.zid,
+                hash_type=session.hash,
+                cipher_type=session.cipher,
+                auth_tag_type=session.auth_tag,
+                key_agreement_type=MULTISTREAM,
+                sas_type=session.sas_type,
+                nonce=nonce,
+                mac=b"\x00" * 8,
             )
         else:
             self._negotiate_as_initiator(peer)
@@ -543,10 +564,15 @@ class ZrtpConnection:
             self._dhpart2_bytes = self._own_dhpart.serialize()
             hvi = self._hash.digest(self._dhpart2_bytes + self._peer_hello_bytes)[:32]
             commit = p.Commit(
-                h2=self._h2, zid=self._config.zid, hash_type=self._hash.name,
-                cipher_type=self._cipher.name, auth_tag_type=self._auth_tag,
-                key_agreement_type=self._key_agreement_type, sas_type=self._sas_type,
-                hvi=hvi, mac=b"\x00" * 8,
+                h2=self._h2,
+                zid=self._config.zid,
+                hash_type=self._hash.name,
+                cipher_type=self._cipher.name,
+                auth_tag_type=self._auth_tag,
+                key_agreement_type=self._key_agreement_type,
+                sas_type=self._sas_type,
+                hvi=hvi,
+                mac=b"\x00" * 8,
             )
         commit = _replace_mac(commit, implicit_mac(self._h1, commit.serialize()[:-8]))
         self._commit = commit
@@ -564,7 +590,7 @@ class ZrtpConnection:
         )
         hash_pref = cfg.hash_types
         if self._key_agreement_type == b"EC38" and b"S384" in hash_pref:
-            hash_pref = (b"S384",) + tuple(h for h in hash_pref if h != b"S384")
+            hash_pref = (b"S384", *(h for h in hash_pref if h != b"S384"))
         self._hash = HASHES[_choose(hash_pref, peer.hash_types, (MANDATORY_HASH,))]
         self._cipher = CIPHERS[_choose(cfg.cipher_types, peer.cipher_types, (MANDATORY_CIPHER,))]
         self._auth_tag = _choose(cfg.auth_tag_types, peer.auth_tag_types, MANDATORY_AUTH_TAGS)
@@ -604,10 +630,21 @@ class ZrtpConnection:
         # The Hello's MAC is keyed by the H2 we have just learned (§8.1.1).
         self._check_mac(implicit_mac(commit.h2, self._peer_hello_bytes[:-8]), peer.mac, "Hello")
         cfg = self._config
-        self._check_offered(commit.hash_type, cfg.hash_types, (MANDATORY_HASH,), ErrorCode.UNSUPPORTED_HASH)
-        self._check_offered(commit.cipher_type, cfg.cipher_types, (MANDATORY_CIPHER,), ErrorCode.UNSUPPORTED_CIPHER)
-        self._check_offered(commit.auth_tag_type, cfg.auth_tag_types, MANDATORY_AUTH_TAGS, ErrorCode.UNSUPPORTED_AUTH_TAG)
-        self._check_offered(commit.sas_type, cfg.sas_types, (MANDATORY_SAS,), ErrorCode.UNSUPPORTED_SAS)
+        self._check_offered(
+            commit.hash_type, cfg.hash_types, (MANDATORY_HASH,), ErrorCode.UNSUPPORTED_HASH
+        )
+        self._check_offered(
+            commit.cipher_type, cfg.cipher_types, (MANDATORY_CIPHER,), ErrorCode.UNSUPPORTED_CIPHER
+        )
+        self._check_offered(
+            commit.auth_tag_type,
+            cfg.auth_tag_types,
+            MANDATORY_AUTH_TAGS,
+            ErrorCode.UNSUPPORTED_AUTH_TAG,
+        )
+        self._check_offered(
+            commit.sas_type, cfg.sas_types, (MANDATORY_SAS,), ErrorCode.UNSUPPORTED_SAS
+        )
         self._role = RESPONDER
         self._zidi, self._zidr = peer.zid, self._config.zid
         self._hash = HASHES[commit.hash_type]
@@ -637,7 +674,7 @@ class ZrtpConnection:
             self._send_confirm(p.Confirm1, now, reliably=False)
             self._state = State.CONFIRM1_SENT
             return
-        if commit.key_agreement_type not in cfg.key_agreement_types + (MANDATORY_KEY_AGREEMENT,):
+        if commit.key_agreement_type not in (*cfg.key_agreement_types, MANDATORY_KEY_AGREEMENT):
             raise ZrtpProtocolError(
                 f"key agreement {_name(commit.key_agreement_type)} was not offered",
                 ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
@@ -664,14 +701,20 @@ class ZrtpConnection:
             self._send(self._confirm_sent)
 
     def _check_offered(
-        self, value: bytes, offered: tuple[bytes, ...], mandatory: tuple[bytes, ...], code: ErrorCode
+        self,
+        value: bytes,
+        offered: tuple[bytes, ...],
+        mandatory: tuple[bytes, ...],
+        code: ErrorCode,
     ) -> None:
         if value not in with_mandatory(offered, mandatory):
             raise ZrtpProtocolError(f"Commit chose {_name(value)}, which we did not offer", code)
 
     # ------------------------------------------------------------------ DH parts
 
-    def _build_dhpart(self, cls: type[p.DHPart1] | type[p.DHPart2], label: bytes) -> p.DHPart1 | p.DHPart2:
+    def _build_dhpart(
+        self, cls: type[p.DHPart1] | type[p.DHPart2], label: bytes
+    ) -> p.DHPart1 | p.DHPart2:
         assert self._hash is not None and self._key_agreement is not None
         mac = self._hash.mac
         cached = self._cached
@@ -681,8 +724,13 @@ class ZrtpConnection:
         aux_id = mac(aux, self._h3) if aux else self._random(8)
         pbx_id = mac(cached.pbx_secret, label) if cached.pbx_secret else self._random(8)
         part = cls(
-            h1=self._h1, rs1_id=rs1_id, rs2_id=rs2_id, aux_secret_id=aux_id,
-            pbx_secret_id=pbx_id, pv=self._key_agreement.public_value, mac=b"\x00" * 8,
+            h1=self._h1,
+            rs1_id=rs1_id,
+            rs2_id=rs2_id,
+            aux_secret_id=aux_id,
+            pbx_secret_id=pbx_id,
+            pv=self._key_agreement.public_value,
+            mac=b"\x00" * 8,
         )
         return _replace_mac(part, implicit_mac(self._h0, part.serialize()[:-8]))
 
@@ -691,7 +739,9 @@ class ZrtpConnection:
         assert isinstance(part, p.DHPart1) and self._peer_hello is not None
         h2 = IMPLICIT_HASH.digest(part.h1)
         self._check_preimage(h2, self._peer_hello.h3, "DHPart1 H1")
-        self._check_mac(implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello")
+        self._check_mac(
+            implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello"
+        )
         self._peer_h1, self._peer_h2 = part.h1, h2
         assert self._key_agreement is not None and self._own_dhpart is not None
         if len(part.pv) != self._key_agreement.pv_length:
@@ -731,7 +781,9 @@ class ZrtpConnection:
 
     # ------------------------------------------------------------------ key derivation
 
-    def _match_secrets(self, part: p.DHPart1 | p.DHPart2, peer_label: bytes) -> tuple[bytes, bytes, bytes]:
+    def _match_secrets(
+        self, part: p.DHPart1 | p.DHPart2, peer_label: bytes
+    ) -> tuple[bytes, bytes, bytes]:
         """s1, s2, s3 per §4.3 (empty bytes for null)."""
         assert self._hash is not None and self._peer_hello is not None
         mac = self._hash.mac
@@ -749,12 +801,17 @@ class ZrtpConnection:
         else:
             for ours in (cached.rs1, cached.rs2):
                 if ours and any(
-                    constant_time_equal(mac(ours, peer_label), r) for r in (part.rs1_id, part.rs2_id)
+                    constant_time_equal(mac(ours, peer_label), r)
+                    for r in (part.rs1_id, part.rs2_id)
                 ):
                     s1 = ours
                     break
         aux = self._config.aux_secret
-        s2 = aux if aux and constant_time_equal(mac(aux, self._peer_hello.h3), part.aux_secret_id) else b""
+        s2 = (
+            aux
+            if aux and constant_time_equal(mac(aux, self._peer_hello.h3), part.aux_secret_id)
+            else b""
+        )
         pbx = cached.pbx_secret
         s3 = pbx if pbx and constant_time_equal(mac(pbx, peer_label), part.pbx_secret_id) else b""
         self._cache_mismatch = cached.rs1 is not None and not s1
@@ -775,11 +832,18 @@ class ZrtpConnection:
         )
         self._kdf_context = self._zidi + self._zidr + total_hash
         s0 = self._hash.digest(
-            b"\x00\x00\x00\x01" + dh_result + b"ZRTP-HMAC-KDF" + self._zidi + self._zidr
+            b"\x00\x00\x00\x01"
+            + dh_result
+            + b"ZRTP-HMAC-KDF"
+            + self._zidi
+            + self._zidr
             + total_hash
-            + len(s1).to_bytes(4, "big") + s1
-            + len(s2).to_bytes(4, "big") + s2
-            + len(s3).to_bytes(4, "big") + s3
+            + len(s1).to_bytes(4, "big")
+            + s1
+            + len(s2).to_bytes(4, "big")
+            + s2
+            + len(s3).to_bytes(4, "big")
+            + s3
         )
         del dh_result, s1, s2, s3
         kdf = self._hash.kdf
@@ -793,11 +857,16 @@ class ZrtpConnection:
         verified = self._cached.sas_verified and not self._cache_mismatch
         self._previously_verified = verified
         self._session = ZrtpSession(
-            zrtp_sess=zrtp_sess, hash=self._hash.name, cipher=self._cipher_name(),
-            auth_tag=self._auth_tag, sas=self._sas, sas_type=self._sas_type,
+            zrtp_sess=zrtp_sess,
+            hash=self._hash.name,
+            cipher=self._cipher_name(),
+            auth_tag=self._auth_tag,
+            sas=self._sas,
+            sas_type=self._sas_type,
             key_agreement=self._key_agreement_type,
             peer_zid=self._peer_hello.zid if self._peer_hello else b"",
-            previously_verified=verified, cache_mismatch=self._cache_mismatch,
+            previously_verified=verified,
+            cache_mismatch=self._cache_mismatch,
         )
 
     def _derive_multistream(self, session: ZrtpSession) -> None:
@@ -843,7 +912,9 @@ class ZrtpConnection:
 
     # ------------------------------------------------------------------ confirm
 
-    def _send_confirm(self, cls: type[p.Confirm1] | type[p.Confirm2], now: float, *, reliably: bool) -> None:
+    def _send_confirm(
+        self, cls: type[p.Confirm1] | type[p.Confirm2], now: float, *, reliably: bool
+    ) -> None:
         initiator = self._role == INITIATOR
         multistream = self._key_agreement_type == MULTISTREAM
         plaintext = p.ConfirmPlaintext(
@@ -873,7 +944,9 @@ class ZrtpConnection:
         mackey = self._mackey_i if peer_is_initiator else self._mackey_r
         zrtpkey = self._zrtpkey_i if peer_is_initiator else self._zrtpkey_r
         self._check_mac(self._hash.mac(mackey, confirm.encrypted), confirm.confirm_mac, "Confirm")
-        plaintext = p.ConfirmPlaintext.parse(aes_cfb(zrtpkey, confirm.cfb_iv, confirm.encrypted, encrypt=False))
+        plaintext = p.ConfirmPlaintext.parse(
+            aes_cfb(zrtpkey, confirm.cfb_iv, confirm.encrypted, encrypt=False)
+        )
         h1 = IMPLICIT_HASH.digest(plaintext.h0)
         if self._key_agreement_type == MULTISTREAM:
             # DHPart messages were skipped: climb the chain to what we know (§9).
@@ -881,16 +954,22 @@ class ZrtpConnection:
             if self._role == INITIATOR:
                 assert self._peer_hello is not None
                 self._check_preimage(h2, self._peer_hello.h3, "Confirm1 H0")
-                self._check_mac(implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello")
+                self._check_mac(
+                    implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello"
+                )
             else:
                 assert self._peer_commit is not None and self._peer_h2 is not None
                 self._check_preimage(h1, self._peer_h2, "Confirm2 H0")
-                self._check_mac(implicit_mac(h1, self._commit_bytes[:-8]), self._peer_commit.mac, "Commit")
+                self._check_mac(
+                    implicit_mac(h1, self._commit_bytes[:-8]), self._peer_commit.mac, "Commit"
+                )
         else:
             assert self._peer_h1 is not None and self._peer_dhpart is not None
             self._check_preimage(plaintext.h0, self._peer_h1, "Confirm H0")
             peer_part = self._dhpart2_bytes if peer_is_initiator else self._dhpart1_bytes
-            self._check_mac(implicit_mac(plaintext.h0, peer_part[:-8]), self._peer_dhpart.mac, "DHPart")
+            self._check_mac(
+                implicit_mac(plaintext.h0, peer_part[:-8]), self._peer_dhpart.mac, "DHPart"
+            )
         return plaintext
 
     def _on_confirm1(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
@@ -986,7 +1065,9 @@ class ZrtpConnection:
     def _cache_key(self) -> CacheKey | None:
         if self._peer_hello is None:
             return None
-        return CacheKey(self._config.zid, self._peer_hello.zid, self._config.self_uri, self._config.peer_uri)
+        return CacheKey(
+            self._config.zid, self._peer_hello.zid, self._config.self_uri, self._config.peer_uri
+        )
 
     # ------------------------------------------------------------------ errors, clear, ping
 
@@ -995,14 +1076,21 @@ class ZrtpConnection:
         assert isinstance(error, p.Error)
         self._send(p.ErrorAck())
         if self._state in (State.SECURE, State.CLEAR):
-            self._events.append(SecurityWarning(f"peer sent Error 0x{error.code:x} after going secure"))
+            self._events.append(
+                SecurityWarning(f"peer sent Error 0x{error.code:x} after going secure")
+            )
             return
         try:
             name = ErrorCode(error.code).name.lower().replace("_", " ")
         except ValueError:
             name = "unknown error"
-        self._fail(f"peer sent Error 0x{error.code:x} ({name})", error.code, now,
-                   send_error=False, by_peer=True)
+        self._fail(
+            f"peer sent Error 0x{error.code:x} ({name})",
+            error.code,
+            now,
+            send_error=False,
+            by_peer=True,
+        )
 
     def _on_error_in_failed(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         self._send(p.ErrorAck())
@@ -1035,8 +1123,12 @@ class ZrtpConnection:
         assert isinstance(ping, p.Ping)
         own = hashlib.sha256(self._config.zid + self._config.self_uri.encode()).digest()[:8]
         self._send(
-            p.PingAck(version=PROTOCOL_VERSION, sender_endpoint_hash=own,
-                      received_endpoint_hash=ping.endpoint_hash, ssrc=packet.ssrc)
+            p.PingAck(
+                version=PROTOCOL_VERSION,
+                sender_endpoint_hash=own,
+                received_endpoint_hash=ping.endpoint_hash,
+                ssrc=packet.ssrc,
+            )
         )
 
     # ------------------------------------------------------------------ checks
@@ -1054,7 +1146,7 @@ class ZrtpConnection:
             raise ZrtpProtocolError(f"bad MAC on the peer's {what}", ErrorCode.BAD_CONFIRM_MAC)
 
 
-_M = TypeVar("_M", p.Hello, p.Commit, p.DHPart1, p.DHPart2)
+_M = TypeVar("_M", bound=p.Hello | p.Commit | p.DHPart1 | p.DHPart2)
 
 
 def _replace_mac(message: _M, mac: bytes) -> _M:
@@ -1091,7 +1183,10 @@ TRANSITIONS: dict[tuple[State, type[p.Message]], tuple[Handler, frozenset[State]
     (S.CONFIRM1_SENT, p.Confirm2): (C._on_confirm2, frozenset({S.SECURE})),
     (S.SECURE, p.Confirm2): (C._on_confirm2_repeat, frozenset()),
     (S.CONFIRM2_SENT, p.Conf2Ack): (C._on_conf2ack, frozenset({S.SECURE})),
-    **{(s, p.Error): (C._on_error, frozenset({S.FAILED})) for s in (*_PRE_SECURE, S.SECURE, S.CLEAR)},
+    **{
+        (s, p.Error): (C._on_error, frozenset({S.FAILED}))
+        for s in (*_PRE_SECURE, S.SECURE, S.CLEAR)
+    },
     (S.FAILED, p.Error): (C._on_error_in_failed, frozenset()),
     (S.FAILED, p.ErrorAck): (C._on_error_ack, frozenset()),
     (S.SECURE, p.ErrorAck): (C._on_error_ack, frozenset()),

@@ -56,6 +56,10 @@ class KeyAgreement(ABC):
     name: ClassVar[bytes]
     pv_length: ClassVar[int]  # bytes on the wire
 
+    @abstractmethod
+    def __init__(self, random: RandomSource, secret_bits: int = 256) -> None:
+        """Make a fresh key pair from ``random`` (``secret_bits`` for finite-field DH)."""
+
     @property
     @abstractmethod
     def public_value(self) -> bytes:
