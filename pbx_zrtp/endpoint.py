@@ -18,7 +18,7 @@ from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
-from pbx_zrtp.zrtp.events import HandshakeFailed, Secured, SrtpKeysReady
+from pbx_zrtp.zrtp.events import HandshakeFailed, Secured, SrtpKeys, SrtpKeysReady
 from pbx_zrtp.zrtp.packets import is_zrtp_packet
 
 Address = tuple[str, int]
@@ -104,10 +104,10 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
                 self.transport.sendto(datagram, self.peer)
         while (event := self.connection.next_event()) is not None:
             if isinstance(event, SrtpKeysReady) and self.srtp is None:
-                self.srtp = SrtpContext(event.keys)
+                self.srtp = self._srtp_context(event.keys)
             elif isinstance(event, Secured):
                 if self.srtp is None:
-                    self.srtp = SrtpContext(event.keys)
+                    self.srtp = self._srtp_context(event.keys)
                 if self.options.mark_verified:
                     self.connection.set_sas_verified(True)
                 self.outcome.secured = event
@@ -122,8 +122,23 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
         if deadline is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
+    def _srtp_context(self, keys: SrtpKeys) -> SrtpContext | None:
+        """An SRTP context, or None for keys our SRTP layer cannot use (AES3).
+
+        Without --srtp the exchange is still useful: it shows the derived keys.
+        """
+        try:
+            return SrtpContext(keys)
+        except ValueError:
+            if self.options.srtp_count:
+                self.outcome.failure = f"no SRTP profile for {keys.cipher}/{keys.auth_tag}"
+                self.outcome.done.set()
+            return None
+
     def send_srtp(self, sequence: int, ssrc: int) -> bool:
-        assert self.transport is not None and self.srtp is not None and self.peer is not None
+        assert self.transport is not None and self.peer is not None
+        if self.srtp is None:
+            return False
         header = struct.pack(
             "!BBHII", 0x80, 0, sequence & 0xFFFF, (sequence * 160) & 0xFFFFFFFF, ssrc
         )
@@ -176,7 +191,7 @@ async def run_endpoint(
         )
         secure_wait.cancel()
         fail_wait.cancel()
-        if outcome.secured is None:
+        if outcome.secured is None or outcome.failure:
             if outcome.failure:
                 raise EndpointError(outcome.failure)
             state = connection.state.value

@@ -468,6 +468,8 @@ class ZrtpConnection:
         if self._peer_hello is not None:
             if raw == self._peer_hello_bytes:  # retransmission: our HelloACK was lost
                 if self._state is State.DISCOVERY or self._role == RESPONDER:
+                    # A forced initiator stays silent once, hoping to answer with its
+                    # Commit; if the peer keeps asking, fall back to contention.
                     self._send(p.HelloAck())
             else:
                 self.stats["ignored_other_hello"] += 1
@@ -509,7 +511,11 @@ class ZrtpConnection:
         if self._retransmission is not None and isinstance(self._retransmission.message, p.Hello):
             span = self._config.t1_extended / self._config.t1_cap
             self._retransmission.remaining = max(self._retransmission.remaining, int(span))
-        self._send(p.HelloAck())
+        if self._config.role != "initiator":
+            # A forced initiator answers the Hello with its Commit instead (§6:
+            # Hello ends on HelloACK *or* Commit), so a peer that commits only
+            # after its Hello is acknowledged (bzrtp) becomes the responder.
+            self._send(p.HelloAck())
         self._maybe_commit(now)
 
     def _on_hello_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:

@@ -1,0 +1,1 @@
+"""Known-answer test data copied from public sources (see each module)."""
