@@ -86,6 +86,10 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
+#: Distinct peer Hellos remembered before a Commit settles which one is live.
+_MAX_HELLOS = 4
+
+
 class _Drop(Exception):
     """A packet that must not be used (false packet, §9) but does not end the exchange."""
 
@@ -202,6 +206,7 @@ class ZrtpConnection:
         self._peer_hello_bytes = b""
         self._peer_ssrc: int | None = None
         self._hello_acked = False
+        self._hello_candidates: list[tuple[p.Hello, bytes, int]] = []
         self._role: str | None = None
         self._cached = CacheEntry()
         self._hash: HashAlgorithm | None = None
@@ -298,6 +303,9 @@ class ZrtpConnection:
             self.stats["dropped_bad_crc" if exc.code is None else "dropped_malformed"] += 1
             return
         message = packet.message
+        if self._role is not None and packet.ssrc != self._peer_ssrc:
+            self.stats["dropped_other_ssrc"] += 1  # not our peer's stream
+            return
         entry = TRANSITIONS.get((self._state, type(message)))
         if entry is None:
             self.stats["ignored"] += 1
@@ -327,7 +335,7 @@ class ZrtpConnection:
         if self._inactivity_deadline is not None and now >= self._inactivity_deadline:
             self._inactivity_deadline = None
             self._fail(
-                "responder time-out: no message from the initiator",
+                "responder time-out: no message from the initiator" + self._mitm_hint(),
                 int(ErrorCode.PROTOCOL_TIMEOUT),
                 now,
                 send_error=True,
@@ -352,8 +360,9 @@ class ZrtpConnection:
                 return
             if isinstance(rtx.message, p.Error):
                 return  # the Error was already reported when it was first sent
+            hint = self._mitm_hint()
             self._fail(
-                f"time-out waiting for the answer to {_name(rtx.message.MESSAGE_TYPE)}",
+                f"time-out waiting for the answer to {_name(rtx.message.MESSAGE_TYPE)}{hint}",
                 int(ErrorCode.PROTOCOL_TIMEOUT),
                 now,
                 send_error=False,
@@ -364,6 +373,12 @@ class ZrtpConnection:
         rtx.remaining -= 1
         rtx.interval = min(rtx.interval * 2, rtx.cap)
         rtx.due = now + rtx.interval
+
+    def _mitm_hint(self) -> str:
+        bad = self.stats["bad_confirm_mac"]
+        if not bad:
+            return ""
+        return f" ({bad} Confirm messages with a bad MAC were dropped: possible man in the middle)"
 
     def get_timer(self) -> float | None:
         """The next time ``handle_timer`` must be called, or None."""
@@ -465,52 +480,46 @@ class ZrtpConnection:
     def _on_hello(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         hello = packet.message
         assert isinstance(hello, p.Hello)
+        if self._peer_hello is not None and raw == self._peer_hello_bytes:
+            # Retransmission: our HelloACK was lost.
+            if self._state is State.DISCOVERY or self._role == RESPONDER:
+                # A forced initiator stays silent once, hoping to answer with its
+                # Commit; if the peer keeps asking, fall back to contention.
+                self._send(p.HelloAck())
+            return
+        if any(raw == known for _, known, _ in self._hello_candidates):
+            if self._config.role != "initiator":
+                self._send(p.HelloAck())
+            return
+        if self._peer_hello is not None and (
+            self._state is not State.DISCOVERY or len(self._hello_candidates) >= _MAX_HELLOS
+        ):
+            self.stats["ignored_other_hello"] += 1
+            return
+        if not self._acceptable_hello(hello, raw, packet.ssrc):
+            return
         if self._peer_hello is not None:
-            if raw == self._peer_hello_bytes:  # retransmission: our HelloACK was lost
-                if self._state is State.DISCOVERY or self._role == RESPONDER:
-                    # A forced initiator stays silent once, hoping to answer with its
-                    # Commit; if the peer keeps asking, fall back to contention.
-                    self._send(p.HelloAck())
-            else:
-                self.stats["ignored_other_hello"] += 1
-            return
-        version = hello.version[:3]
-        if version > PROTOCOL_VERSION[:3]:
-            self.stats["ignored_newer_version"] += 1  # §4.1.1: ignore, keep sending ours
-            return
-        if version < PROTOCOL_VERSION[:3]:
-            raise ZrtpProtocolError(
-                f"peer ZRTP version {hello.version!r} is not supported",
-                ErrorCode.UNSUPPORTED_VERSION,
+            # Another Hello before any Commit: maybe the real one, the first being a
+            # replay from an older call. Keep it; Commit/HelloACK decide (§9).
+            self._hello_candidates.append((hello, raw, packet.ssrc))
+            self.stats["alternate_hello"] += 1
+        else:
+            self._hello_candidates.append((hello, raw, packet.ssrc))
+            self._adopt_hello(hello, raw, packet.ssrc)
+            self._events.append(
+                PeerHelloReceived(
+                    peer_zid=hello.zid,
+                    client_id=hello.client_id.decode("ascii", "replace").strip(),
+                    version=hello.version.decode("ascii", "replace"),
+                    mitm=hello.mitm,
+                    passive=hello.passive,
+                )
             )
-        if hello.zid == self._config.zid:
-            raise ZrtpProtocolError("peer uses our own ZID", ErrorCode.EQUAL_ZID)
-        if packet.ssrc == self._ssrc:
-            raise ZrtpProtocolError("SSRC collision", ErrorCode.SSRC_COLLISION)
-        expected = self._config.peer_hello_hash
-        if expected is not None:
-            digest = IMPLICIT_HASH.digest(raw).hex()
-            if not constant_time_equal(digest.encode(), expected.lower().encode()):
-                raise _Drop("Hello does not match the a=zrtp-hash from the signalling")
-        self._peer_hello = hello
-        self._peer_hello_bytes = raw
-        self._peer_ssrc = packet.ssrc
-        key = self._cache_key()
-        if self._cache is not None and key is not None:
-            self._cached = self._cache.lookup(key)
-        self._events.append(
-            PeerHelloReceived(
-                peer_zid=hello.zid,
-                client_id=hello.client_id.decode("ascii", "replace").strip(),
-                version=hello.version.decode("ascii", "replace"),
-                mitm=hello.mitm,
-                passive=hello.passive,
-            )
-        )
-        # §6: the peer speaks ZRTP, so keep our Hello going for t1_extended.
-        if self._retransmission is not None and isinstance(self._retransmission.message, p.Hello):
-            span = self._config.t1_extended / self._config.t1_cap
-            self._retransmission.remaining = max(self._retransmission.remaining, int(span))
+            # §6: the peer speaks ZRTP, so keep our Hello going for t1_extended.
+            rtx = self._retransmission
+            if rtx is not None and isinstance(rtx.message, p.Hello):
+                span = self._config.t1_extended / self._config.t1_cap
+                rtx.remaining = max(rtx.remaining, int(span))
         if self._config.role != "initiator":
             # A forced initiator answers the Hello with its Commit instead (§6:
             # Hello ends on HelloACK *or* Commit), so a peer that commits only
@@ -518,10 +527,52 @@ class ZrtpConnection:
             self._send(p.HelloAck())
         self._maybe_commit(now)
 
+    def _acceptable_hello(self, hello: p.Hello, raw: bytes, ssrc: int) -> bool:
+        """§4.1.1 version rules, ZID/SSRC collisions and the a=zrtp-hash binding."""
+        version = hello.version[:3]
+        if version > PROTOCOL_VERSION[:3]:
+            self.stats["ignored_newer_version"] += 1  # §4.1.1: ignore, keep sending ours
+            return False
+        if version < PROTOCOL_VERSION[:3]:
+            raise ZrtpProtocolError(
+                f"peer ZRTP version {hello.version!r} is not supported",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+        if hello.zid == self._config.zid and ssrc == self._ssrc:
+            raise _Drop("our own Hello reflected back")  # not worth ending the call for
+        if hello.zid == self._config.zid:
+            raise ZrtpProtocolError("peer uses our own ZID", ErrorCode.EQUAL_ZID)
+        if ssrc == self._ssrc:
+            raise ZrtpProtocolError("SSRC collision", ErrorCode.SSRC_COLLISION)
+        expected = self._config.peer_hello_hash
+        if expected is not None:
+            digest = IMPLICIT_HASH.digest(raw).hex()
+            if not constant_time_equal(digest.encode(), expected.lower().encode()):
+                raise _Drop("Hello does not match the a=zrtp-hash from the signalling")
+        return True
+
+    def _adopt_hello(self, hello: p.Hello, raw: bytes, ssrc: int) -> None:
+        """Take this Hello as the peer's: its H3 anchors the hash chain from now on."""
+        if self._peer_hello is not None and raw == self._peer_hello_bytes:
+            return
+        self._peer_hello = hello
+        self._peer_hello_bytes = raw
+        self._peer_ssrc = ssrc
+        key = self._cache_key()
+        self._cached = CacheEntry()
+        if self._cache is not None and key is not None:
+            self._cached = self._cache.lookup(key)
+
     def _on_hello_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         if not self._hello_acked:
             self._hello_acked = True
             self._retransmission = None
+        # With several candidate Hellos, the one from the SSRC that acknowledged
+        # ours is the live peer.
+        for hello, hello_raw, ssrc in self._hello_candidates:
+            if ssrc == packet.ssrc:
+                self._adopt_hello(hello, hello_raw, ssrc)
+                break
         self._maybe_commit(now)
 
     def _maybe_commit(self, now: float) -> None:
@@ -607,6 +658,14 @@ class ZrtpConnection:
     def _on_commit(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         commit = packet.message
         assert isinstance(commit, p.Commit)
+        if self._state is State.DISCOVERY:
+            # The Commit's H2 tells which candidate Hello is the live one (§9).
+            for hello, hello_raw, ssrc in self._hello_candidates:
+                if ssrc == packet.ssrc and constant_time_equal(
+                    IMPLICIT_HASH.digest(commit.h2), hello.h3
+                ):
+                    self._adopt_hello(hello, hello_raw, ssrc)
+                    break
         peer = self._peer_hello
         if peer is None:
             raise _Drop("Commit before the peer's Hello")
@@ -616,6 +675,8 @@ class ZrtpConnection:
         if self._state is State.COMMIT_SENT:
             assert self._commit is not None
             ours = self._commit
+            if commit.is_preshared:
+                raise _Drop("Preshared Commit against our DH Commit")  # §4.2: Prsh loses
             if ours.is_multistream != commit.is_multistream:
                 raise ZrtpProtocolError(
                     "Multistream Commit against a DH Commit", ErrorCode.CRITICAL_SOFTWARE_ERROR
@@ -743,6 +804,8 @@ class ZrtpConnection:
     def _on_dhpart1(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         part = packet.message
         assert isinstance(part, p.DHPart1) and self._peer_hello is not None
+        if self._key_agreement is None or self._own_dhpart is None:
+            raise _Drop("DHPart1 in a Multistream exchange")
         h2 = IMPLICIT_HASH.digest(part.h1)
         self._check_preimage(h2, self._peer_hello.h3, "DHPart1 H1")
         self._check_mac(
@@ -949,7 +1012,11 @@ class ZrtpConnection:
         peer_is_initiator = self._role == RESPONDER
         mackey = self._mackey_i if peer_is_initiator else self._mackey_r
         zrtpkey = self._zrtpkey_i if peer_is_initiator else self._zrtpkey_r
-        self._check_mac(self._hash.mac(mackey, confirm.encrypted), confirm.confirm_mac, "Confirm")
+        if not constant_time_equal(self._hash.mac(mackey, confirm.encrypted), confirm.confirm_mac):
+            # Not fatal: a forged Confirm must not end the exchange, and a real MiTM
+            # (different keys on each side) shows as a time-out that names this count.
+            self.stats["bad_confirm_mac"] += 1
+            raise _Drop("Confirm with a bad MAC")
         plaintext = p.ConfirmPlaintext.parse(
             aes_cfb(zrtpkey, confirm.cfb_iv, confirm.encrypted, encrypt=False)
         )
@@ -981,6 +1048,8 @@ class ZrtpConnection:
     def _on_confirm1(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         confirm = packet.message
         assert isinstance(confirm, p.Confirm1)
+        if self._state is State.COMMIT_SENT and self._key_agreement_type != MULTISTREAM:
+            raise _Drop("Confirm1 before DHPart1 in a DH exchange")
         plaintext = self._open_confirm(confirm)
         self._peer_confirm = plaintext
         self._peer_confirm_bytes = raw

@@ -185,7 +185,7 @@ LIBZRTPCPP_ZRTP_HASH = "1.10 3be3a5d605f6bc51951f6eb151a6ecbc071a9a2f4273ddd4aff
 
 # --- bzrtpCryptoTest.cc: KDF known answers (HMAC-SHA-256 KDF, RFC 6189 section 4.5.1) ---
 
-# keyKDF: the KDF key (an s0).
+# keyKDF: the KDF key (in ZRTP these labels are all keyed by s0).
 KDF_KEY = bytes.fromhex("33e66c01ca6fe64fb76ffde31cabc0fbad3d3102676b0c090fc996381e0a8c2f")
 
 # patternKDFContext (the same 56 octets in all nine rows): ZIDi || ZIDr || total_hash.
