@@ -518,3 +518,28 @@ def test_forged_confirm_is_dropped_and_a_real_mitm_times_out_naming_it() -> None
     assert fa and fb
     assert "bad MAC" in fb[0].reason and "possible man in the middle" in fb[0].reason
     assert not any(type(e).__name__ == "Secured" for e in net.events_b)
+
+
+def test_flags_travel_in_confirm_and_hello() -> None:
+    a, b = pair(
+        a={
+            "role": "initiator",
+            "mitm": True,
+            "enrollment": True,
+            "disclosure": True,
+            "allow_clear": True,
+        },
+        b={"role": "responder"},
+    )
+    net = Network(a, b)
+    net.run()
+    sa, sb = net.secured()
+    assert sb.peer_mitm and sb.peer_enrollment and sb.peer_disclosure and sb.peer_allows_clear
+    assert not sa.peer_mitm and not sa.peer_enrollment and not sa.peer_disclosure
+    hello = p.ZrtpPacket.parse(next(d for (d,) in [(x,) for _, x in net.wire])).message
+    assert isinstance(hello, p.Hello) and hello.mitm and not hello.signature_capable
+
+
+def test_enrollment_requires_mitm() -> None:
+    with pytest.raises(ValueError, match="trusted MiTM"):
+        make_connection(ZID_A, seed=1, ssrc=1, enrollment=True)

@@ -61,6 +61,8 @@ class ZrtpConfiguration:
     allow_clear: bool = False
     #: D flag: we disclose session keys to a third party (§11).
     disclosure: bool = False
+    #: E flag: a trusted MiTM (``mitm``) invites the peer to enroll (§7.3.1).
+    enrollment: bool = False
     #: Offer multistream ("Mult") for additional streams of the same call.
     multistream: bool = True
     cache_expiration: int = NEVER_EXPIRES
@@ -98,6 +100,8 @@ class ZrtpConfiguration:
         self.sas_types = self._check("SAS", self.sas_types, dict.fromkeys(SAS_TYPES))
         if not 0 <= self.cache_expiration <= NEVER_EXPIRES:
             raise ValueError("cache_expiration must be a 32-bit unsigned number of seconds")
+        if self.enrollment and not self.mitm:
+            raise ValueError("enrollment (E flag) is only for a trusted MiTM: set mitm too")
         if self.aux_secret is not None and not self.aux_secret:
             raise ValueError("aux_secret must not be empty")
 

@@ -988,7 +988,7 @@ class ZrtpConnection:
         multistream = self._key_agreement_type == MULTISTREAM
         plaintext = p.ConfirmPlaintext(
             h0=self._h0,
-            enrollment=False,
+            enrollment=self._config.enrollment and not multistream,
             sas_verified=self._previously_verified,
             allow_clear=self._config.allow_clear,
             disclosure=self._config.disclosure,
@@ -1118,6 +1118,7 @@ class ZrtpConnection:
             peer_mitm=self._peer_hello.mitm,
             peer_disclosure=peer_confirm.disclosure,
             peer_allows_clear=peer_confirm.allow_clear,
+            peer_enrollment=peer_confirm.enrollment and self._peer_hello.mitm,
             multistream=multistream,
         )
         self._secured_event = event

@@ -67,6 +67,9 @@ class Secured(Event):
     peer_mitm: bool
     peer_disclosure: bool
     peer_allows_clear: bool
+    #: The peer is a trusted MiTM (M flag) inviting us to enroll (E flag, §7.3.1);
+    #: acting on it needs the user's consent, which is the host's business.
+    peer_enrollment: bool
     multistream: bool
 
 
