@@ -1,0 +1,306 @@
+"""The relay: owns the mirrors, allocates ports, publishes call state.
+
+Adapters and admins drive it through the control API (``control.py``); this
+module is the in-process interface both use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx_zrtp.relay.mirror import (
+    Address,
+    CallIdentity,
+    CallReport,
+    CallState,
+    Mirror,
+    MirrorSettings,
+    Policy,
+)
+
+log = logging.getLogger("pbx_zrtp.relay")
+
+#: Events a slow subscriber may fall behind by before it is disconnected.
+SUBSCRIBER_QUEUE = 1000
+
+
+class RelayError(Exception):
+    """A request the relay refuses; the message is safe to show to the caller."""
+
+
+@dataclass
+class RelayLayout:
+    """Where the relay may bind and what it forwards to."""
+
+    relay_host: str  # R: the address the PBX advertises to phones
+    pbx_host: str  # A: the PBX's own RTP address
+    port_min: int = 10000
+    port_max: int = 20000
+    #: Ports bound at start for PBXs whose port appears too late (FreeSWITCH).
+    prebind: tuple[int, ...] = ()
+    #: Policy for media that reaches a pre-bound port before the adapter names the call.
+    prebind_policy: Policy = Policy.REQUIRED
+    rtcp: bool = True
+
+    def check_port(self, port: int) -> None:
+        if not self.port_min <= port <= self.port_max - (1 if self.rtcp else 0):
+            raise RelayError(
+                f"port {port} is outside the relay's range {self.port_min}-{self.port_max}"
+            )
+        if port % 2 and self.rtcp:
+            raise RelayError(f"port {port} is odd: RTP uses even ports, RTCP the next one")
+
+
+@dataclass
+class Totals:
+    """Counters of calls that have ended (live calls are summed at read time)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    packets: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)
+    handshake_ms: list[float] = field(default_factory=list)
+
+
+class Subscription:
+    """A bounded stream of state events for one control client."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.overflowed = False
+
+    def push(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True  # the reader is stuck: end its stream rather than block
+            self.close()
+
+    def close(self) -> None:
+        self._relay._subscribers.discard(self)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+
+class Relay:
+    """All mirrors of one relay process."""
+
+    def __init__(self, layout: RelayLayout, settings: MirrorSettings) -> None:
+        if layout.relay_host == layout.pbx_host:
+            raise ValueError(
+                "relay address and PBX address must differ:"
+                " the relay would take the PBX's own ports"
+            )
+        self.layout = layout
+        self.settings = settings
+        self._by_port: dict[int, Mirror] = {}
+        self._by_call: dict[str, Mirror] = {}
+        self._prebound: set[int] = set()
+        self._subscribers: set[Subscription] = set()
+        self._listeners: list[Any] = []  # callables(report) e.g. metrics
+        self.totals = Totals()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        for port in self.layout.prebind:
+            self.layout.check_port(port)
+            mirror = await self._open_mirror(port, self.layout.pbx_host, None)
+            self._prebound.add(port)
+            del mirror
+        if self.layout.prebind:
+            log.info("pre-bound %d ports on %s", len(self.layout.prebind), self.layout.relay_host)
+
+    async def close(self) -> None:
+        for call_id in list(self._by_call):
+            self.delete(call_id, "relay shutting down")
+        for mirror in list(self._by_port.values()):
+            mirror.close_sockets()
+        self._by_port.clear()
+        for sub in list(self._subscribers):
+            sub.close()
+
+    async def _open_mirror(self, port: int, pbx_host: str, pbx_port: int | None) -> Mirror:
+        mirror = Mirror(
+            self.settings,
+            self.layout.relay_host,
+            port,
+            pbx_host,
+            pbx_port,
+            rtcp=self.layout.rtcp,
+            on_change=self._changed,
+            on_unclaimed=self._unclaimed,
+        )
+        try:
+            await mirror.open()
+        except OSError as exc:
+            raise RelayError(
+                f"cannot bind {self.layout.relay_host}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._by_port[port] = mirror
+        return mirror
+
+    # ------------------------------------------------------------------ calls
+
+    async def create(
+        self,
+        call_id: str,
+        port: int,
+        policy: Policy,
+        *,
+        pbx_host: str | None = None,
+        pbx_port: int | None = None,
+        self_uri: str = "",
+        peer_uri: str = "",
+        payload_type: int = 0,
+        phone_hint: Address | None = None,
+    ) -> CallReport:
+        """Mirror the PBX's port ``port`` for ``call_id`` (or name the call on a
+        pre-bound port that may already carry its media)."""
+        if not call_id or len(call_id) > 200:
+            raise RelayError("call_id must be 1-200 characters")
+        if call_id in self._by_call:
+            raise RelayError(f"call {call_id!r} already has a mirror")
+        if payload_type not in (0, 8):
+            raise RelayError("payload_type must be 0 (PCMU) or 8 (PCMA)")
+        self.layout.check_port(port)
+        identity = CallIdentity(call_id, policy, self_uri, peer_uri, payload_type, phone_hint)
+        mirror = self._by_port.get(port)
+        if mirror is not None:
+            if port not in self._prebound:
+                owner = mirror.identity.call_id if mirror.identity else "?"
+                raise RelayError(f"port {port} is already mirrored for call {owner!r}")
+            if mirror.identity is not None and not mirror.identity.call_id.startswith("port-"):
+                raise RelayError(
+                    f"pre-bound port {port} already carries call {mirror.identity.call_id!r}"
+                )
+            if mirror.identity is not None:  # media came first: name the call now
+                self._by_call.pop(mirror.identity.call_id, None)
+                mirror.identity.call_id = call_id
+                mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
+                self._by_call[call_id] = mirror
+                mirror.set_policy(policy)
+                self._changed(mirror)
+                return mirror.report()
+        else:
+            mirror = await self._open_mirror(port, pbx_host or self.layout.pbx_host, pbx_port)
+        self._by_call[call_id] = mirror
+        mirror.attach(identity)
+        return mirror.report()
+
+    def _unclaimed(self, mirror: Mirror) -> None:
+        """Media on a pre-bound port before the adapter named the call."""
+        if mirror.port not in self._prebound or mirror.identity is not None:
+            return
+        call_id = f"port-{mirror.port}"
+        self._by_call[call_id] = mirror
+        mirror.attach(CallIdentity(call_id, self.layout.prebind_policy))
+
+    def _mirror(self, call_id: str) -> Mirror:
+        mirror = self._by_call.get(call_id)
+        if mirror is None:
+            raise RelayError(f"no call {call_id!r}")
+        return mirror
+
+    def update(self, call_id: str, *, policy: Policy | None = None) -> CallReport:
+        mirror = self._mirror(call_id)
+        if policy is not None:
+            try:
+                mirror.set_policy(policy)
+            except ValueError as exc:
+                raise RelayError(str(exc)) from None
+        return mirror.report()
+
+    def delete(self, call_id: str, reason: str = "hangup") -> CallReport:
+        mirror = self._by_call.pop(call_id, None)
+        if mirror is None:
+            raise RelayError(f"no call {call_id!r}")
+        final = mirror.end(reason)
+        self._account(final)
+        if mirror.port not in self._prebound:
+            self._by_port.pop(mirror.port, None)
+            mirror.close_sockets()
+        return final
+
+    def get(self, call_id: str) -> CallReport:
+        return self._mirror(call_id).report()
+
+    def calls(self) -> list[CallReport]:
+        return [m.report() for m in self._by_call.values()]
+
+    def verify(self, call_id: str, verified: bool = True) -> CallReport:
+        mirror = self._mirror(call_id)
+        try:
+            mirror.mark_verified(verified)
+        except ValueError as exc:
+            raise RelayError(str(exc)) from None
+        return mirror.report()
+
+    def mirrors(self) -> Iterable[Mirror]:
+        return self._by_port.values()
+
+    # ------------------------------------------------------------------ events, stats
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        self._subscribers.add(sub)
+        return sub
+
+    def add_listener(self, listener: Any) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self, mirror: Mirror) -> None:
+        report = mirror.report()
+        if not report.call_id:
+            return
+        event = {"event": "state", "call": report.as_dict()}
+        for sub in list(self._subscribers):
+            sub.push(event)
+        for listener in self._listeners:
+            listener(report)
+
+    def _account(self, final: CallReport) -> None:
+        totals = self.totals
+        totals.calls[final.state] += 1
+        counters = final.counters
+        for key in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
+            totals.packets[key] += int(counters.get(key, 0))
+        for reason, count in counters.get("drops", {}).items():
+            totals.drops[reason] += int(count)
+
+    def stats(self) -> dict[str, Any]:
+        by_state: Counter[str] = Counter(m.state.value for m in self._by_call.values())
+        packets = Counter(self.totals.packets)
+        drops = Counter(self.totals.drops)
+        for mirror in self._by_port.values():
+            c = mirror.counters
+            packets.update(
+                {
+                    "phone_in": c.phone_in,
+                    "phone_out": c.phone_out,
+                    "pbx_in": c.pbx_in,
+                    "pbx_out": c.pbx_out,
+                }
+            )
+            drops.update(c.drops)
+        return {
+            "calls": dict(by_state),
+            "ended": dict(self.totals.calls),
+            "packets": dict(packets),
+            "drops": dict(drops),
+            "prebound_ports": len(self._prebound),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+
+__all__ = ["CallState", "Policy", "Relay", "RelayError", "RelayLayout", "Subscription"]

@@ -1,0 +1,711 @@
+"""A mirror: one call's media path through the relay (DESIGN §1, §3).
+
+The PBX advertises the relay address R with its own port P to the phone. The
+mirror binds R:P (and R:P+1 for RTCP) toward the phone and forwards to the PBX's
+A:P (and A:P+1) from its own sockets on the PBX side. Toward the phone it is a
+ZRTP endpoint and speaks SRTP once secure; toward the PBX always plain RTP.
+
+Until the PBX's first packet reaches the relay, the mirror sends silence RTP to
+A:P (closed-loop priming) so the PBX's symmetric RTP latches onto the relay
+instead of sending clear audio straight to the phone.
+
+Nothing that arrives on a socket can raise out of the datagram path: every
+packet is forwarded, or dropped and counted under a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.srtp import SrtpContext
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from pbx_zrtp.zrtp.connection import ZrtpConnection
+from pbx_zrtp.zrtp.events import (
+    GoClearRefused,
+    HandshakeFailed,
+    PeerHelloReceived,
+    Secured,
+    SecurityWarning,
+    SrtpKeysReady,
+    WentClear,
+)
+
+log = logging.getLogger("pbx_zrtp.relay")
+
+Address = tuple[str, int]
+
+#: Largest datagram a mirror accepts; anything bigger is dropped as oversize.
+MAX_DATAGRAM = 1500
+#: Priming: one silence packet per 20 ms, for at most this long.
+PRIMING_INTERVAL = 0.020
+PRIMING_LIMIT = 60.0
+#: Silence payloads for the codecs a PBX offers first (160 samples = 20 ms).
+SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
+
+
+class Policy(enum.Enum):
+    OFF = "off"  # pure pass-through, byte-exact, no ZRTP
+    OPTIONAL = "optional"  # secure if the phone speaks ZRTP, else clear after a time-out
+    REQUIRED = "required"  # nothing clear ever flows; "failed" if not secure in time
+
+
+class CallState(enum.Enum):
+    IDLE = "idle"  # a pre-bound port without a call
+    OFF = "off"
+    PENDING = "pending"
+    SECURE = "secure"
+    CLEAR = "clear"
+    FAILED = "failed"
+    ENDED = "ended"
+
+
+@dataclass
+class MirrorSettings:
+    """What the relay decides for every mirror (from its configuration)."""
+
+    zrtp: Callable[[str, str], ZrtpConfiguration]  # (self_uri, peer_uri) -> configuration
+    cache: SecretCache | None
+    optional_timeout: float = 5.0  # optional: report "clear" after this long without ZRTP
+    required_timeout: float = 10.0  # required: report "failed" after this long
+
+
+@dataclass
+class CallIdentity:
+    """What the adapter tells the relay about the call."""
+
+    call_id: str
+    policy: Policy
+    self_uri: str = ""  # the extension the phone talks to (cache key, like bzrtp)
+    peer_uri: str = ""  # the phone
+    payload_type: int = 0  # codec for priming: 0 PCMU, 8 PCMA
+    phone_hint: Address | None = None  # the phone's SDP address, if known
+
+
+@dataclass
+class Counters:
+    phone_in: int = 0
+    phone_in_bytes: int = 0
+    phone_out: int = 0
+    phone_out_bytes: int = 0
+    pbx_in: int = 0
+    pbx_in_bytes: int = 0
+    pbx_out: int = 0
+    pbx_out_bytes: int = 0
+    priming_sent: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "drops"}
+        data["drops"] = dict(self.drops)
+        return data
+
+
+@dataclass(frozen=True)
+class CallReport:
+    """A call's state as reported to adapters and admins (never any key)."""
+
+    call_id: str
+    port: int
+    state: str
+    policy: str
+    reason: str = ""
+    sas: str = ""
+    sas_type: str = ""
+    sas_verified: bool = False
+    key_agreement: str = ""
+    hash: str = ""
+    cipher: str = ""
+    auth_tag: str = ""
+    peer_zid: str = ""
+    peer_client_id: str = ""
+    cache_mismatch: bool = False
+    previously_verified: bool = False
+    handshake_ms: float | None = None
+    phone: str = ""
+    counters: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Socket(asyncio.DatagramProtocol):
+    """Calls ``handler(data, addr)`` for each datagram; swallows ICMP errors."""
+
+    __slots__ = ("handler", "transport")
+
+    def __init__(self, handler: Callable[[bytes, Address], None]) -> None:
+        self.handler = handler
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.handler(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable from a peer that went away: not our problem
+
+
+class Mirror:
+    """One call's media path: phone side on R:P (+1), PBX side toward A:P (+1)."""
+
+    def __init__(
+        self,
+        settings: MirrorSettings,
+        relay_host: str,
+        port: int,
+        pbx_host: str,
+        pbx_port: int | None = None,
+        *,
+        rtcp: bool = True,
+        on_change: Callable[[Mirror], None] = lambda mirror: None,
+        on_unclaimed: Callable[[Mirror], None] = lambda mirror: None,
+    ) -> None:
+        self.settings = settings
+        self.relay_host = relay_host
+        self.port = port
+        self.pbx = (pbx_host, pbx_port if pbx_port is not None else port)
+        self.pbx_rtcp = (pbx_host, self.pbx[1] + 1)
+        self.with_rtcp = rtcp
+        self.on_change = on_change
+        #: Called when media reaches a mirror with no call (a pre-bound port): the
+        #: relay attaches its default policy so nothing waits for the adapter.
+        self.on_unclaimed = on_unclaimed
+        self.identity: CallIdentity | None = None
+        self.state = CallState.IDLE
+        self.reason = ""
+        self.counters = Counters()
+        self.phone: Address | None = None
+        self.phone_rtcp: Address | None = None
+        self._loop = asyncio.get_running_loop()
+        self._sockets: list[asyncio.DatagramTransport] = []
+        self._phone_rtp: asyncio.DatagramTransport | None = None
+        self._phone_rtcp_sock: asyncio.DatagramTransport | None = None
+        self._pbx_rtp: asyncio.DatagramTransport | None = None
+        self._pbx_rtcp_sock: asyncio.DatagramTransport | None = None
+        self._engine: ZrtpConnection | None = None
+        self._engine_timer: asyncio.TimerHandle | None = None
+        self._policy_timer: asyncio.TimerHandle | None = None
+        self._srtp: SrtpContext | None = None
+        self._protect_out = False  # True once Secured: PBX -> phone goes out as SRTP
+        self._secured: Secured | None = None
+        self._sas_verified = False
+        self._activated_at = 0.0
+        self._handshake_ms: float | None = None
+        self._pbx_heard = False
+        self._priming: asyncio.TimerHandle | None = None
+        self._priming_until = 0.0
+        self._prime_seq = int.from_bytes(os.urandom(2), "big")
+        self._prime_ts = int.from_bytes(os.urandom(4), "big")
+        self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Bind R:P (+1) toward the phone and two sockets on R toward the PBX."""
+        try:
+            self._phone_rtp = await self._bind((self.relay_host, self.port), self._from_phone)
+            self._pbx_rtp = await self._bind((self.relay_host, 0), self._from_pbx)
+            if self.with_rtcp:
+                self._phone_rtcp_sock = await self._bind(
+                    (self.relay_host, self.port + 1), self._from_phone_rtcp
+                )
+                self._pbx_rtcp_sock = await self._bind((self.relay_host, 0), self._from_pbx_rtcp)
+        except OSError:
+            self.close_sockets()
+            raise
+
+    async def _bind(
+        self, address: Address, handler: Callable[[bytes, Address], None]
+    ) -> asyncio.DatagramTransport:
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Socket(handler), local_addr=address
+        )
+        self._sockets.append(transport)
+        return transport
+
+    @property
+    def pbx_side_port(self) -> int:
+        """The relay port the PBX sees our packets come from."""
+        assert self._pbx_rtp is not None
+        return int(self._pbx_rtp.get_extra_info("sockname")[1])
+
+    def attach(self, identity: CallIdentity) -> None:
+        """Give this mirror a call (at creation, or later for a pre-bound port)."""
+        self.identity = identity
+        if identity.phone_hint is not None and self.phone is None:
+            self.phone = identity.phone_hint
+        self.reason = ""
+        self._activated_at = self._loop.time()
+        self._start_priming()
+        self._apply_policy(identity.policy)
+
+    def set_policy(self, policy: Policy) -> None:
+        """Change the policy of a live call (the dialplan decided later)."""
+        if self.identity is None:
+            raise ValueError("no call is attached to this mirror")
+        if policy is self.identity.policy:
+            return
+        if self.state is CallState.SECURE and policy is Policy.OFF:
+            raise ValueError("a secured call cannot be switched off; hang it up instead")
+        self.identity.policy = policy
+        self._activated_at = self._loop.time()
+        self._apply_policy(policy)
+
+    def _apply_policy(self, policy: Policy) -> None:
+        self._cancel_policy_timer()
+        if policy is Policy.OFF:
+            self._stop_engine()
+            self._set_state(CallState.OFF)
+            return
+        if self.state in (CallState.SECURE,):
+            return  # already secure: a stricter policy changes nothing
+        if self.state is CallState.FAILED and policy is Policy.OPTIONAL:
+            self._set_state(CallState.CLEAR, self.reason)
+            return
+        self._set_state(CallState.PENDING)
+        timeout = (
+            self.settings.required_timeout
+            if policy is Policy.REQUIRED
+            else self.settings.optional_timeout
+        )
+        self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
+        if self.phone is not None:
+            self._start_engine()
+
+    def _policy_timeout(self) -> None:
+        self._policy_timer = None
+        if self.state is not CallState.PENDING or self.identity is None:
+            return
+        if self.identity.policy is Policy.REQUIRED:
+            why = self._engine_progress()
+            self._set_state(
+                CallState.FAILED, f"not secure within {self.settings.required_timeout:g} s ({why})"
+            )
+        else:
+            self._set_state(CallState.CLEAR, f"no ZRTP within {self.settings.optional_timeout:g} s")
+
+    def _engine_progress(self) -> str:
+        if self.phone is None:
+            return "no packet from the phone"
+        if self._engine is None:
+            return "ZRTP not started"
+        if self._engine.peer_zid is None:
+            return "the phone sent no ZRTP Hello"
+        return f"ZRTP stopped in state {self._engine.state.value}"
+
+    def report(self) -> CallReport:
+        identity = self.identity
+        secured = self._secured
+        return CallReport(
+            call_id=identity.call_id if identity else "",
+            port=self.port,
+            state=self.state.value,
+            policy=identity.policy.value if identity else "",
+            reason=self.reason,
+            sas=secured.sas if secured else "",
+            sas_type=secured.sas_type if secured else "",
+            sas_verified=self._sas_verified,
+            key_agreement=secured.key_agreement if secured else "",
+            hash=secured.hash if secured else "",
+            cipher=secured.cipher if secured else "",
+            auth_tag=secured.auth_tag if secured else "",
+            peer_zid=secured.peer_zid.hex() if secured else "",
+            peer_client_id=secured.peer_client_id if secured else "",
+            cache_mismatch=secured.cache_mismatch if secured else False,
+            previously_verified=secured.previously_verified if secured else False,
+            handshake_ms=self._handshake_ms,
+            phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
+            counters=self.counters.as_dict(),
+        )
+
+    def mark_verified(self, verified: bool) -> None:
+        """The humans compared the SAS: persist it (V flag) in the cache."""
+        if self._engine is None or self._secured is None:
+            raise ValueError("the call is not secure: there is no SAS to verify")
+        self._engine.set_sas_verified(verified)
+        self._sas_verified = verified
+        self.on_change(self)
+
+    def end(self, reason: str = "hangup") -> CallReport:
+        """The call is over: report ``ended`` and go back to idle (sockets stay bound)."""
+        self._stop_engine()
+        self._cancel_policy_timer()
+        self._stop_priming()
+        self._set_state(CallState.ENDED, reason)
+        final = self.report()
+        self.identity = None
+        self.phone = self.phone_rtcp = None
+        self._secured = None
+        self._sas_verified = False
+        self._handshake_ms = None
+        self._pbx_heard = False
+        self.counters = Counters()
+        self.state = CallState.IDLE
+        self.reason = ""
+        return final
+
+    def close_sockets(self) -> None:
+        self._closed = True
+        self._stop_engine()
+        self._cancel_policy_timer()
+        self._stop_priming()
+        for transport in self._sockets:
+            transport.close()
+        self._sockets.clear()
+
+    def _set_state(self, state: CallState, reason: str = "") -> None:
+        if state is self.state and reason == self.reason:
+            return
+        self.state = state
+        self.reason = reason
+        if state is CallState.FAILED:
+            log.warning("call %s on port %d failed: %s", self._call_id(), self.port, reason)
+        else:
+            log.info("call %s on port %d: %s %s", self._call_id(), self.port, state.value, reason)
+        self.on_change(self)
+
+    def _call_id(self) -> str:
+        return self.identity.call_id if self.identity else "-"
+
+    def _cancel_policy_timer(self) -> None:
+        if self._policy_timer is not None:
+            self._policy_timer.cancel()
+            self._policy_timer = None
+
+    # ------------------------------------------------------------------ priming
+
+    def _start_priming(self) -> None:
+        if self._pbx_heard or self._priming is not None or self._pbx_rtp is None:
+            return
+        self._priming_until = self._loop.time() + PRIMING_LIMIT
+        self._prime()
+
+    def _prime(self) -> None:
+        """Silence to A:P until the PBX's first packet reaches us (closed loop)."""
+        self._priming = None
+        if self._pbx_heard or self._closed or self._pbx_rtp is None:
+            return
+        if self._loop.time() > self._priming_until:
+            self.counters.drops["priming_gave_up"] += 1
+            return
+        pt = self.identity.payload_type if self.identity else 0
+        self._prime_seq = (self._prime_seq + 1) & 0xFFFF
+        self._prime_ts = (self._prime_ts + 160) & 0xFFFFFFFF
+        header = struct.pack(
+            "!BBHII", 0x80, pt & 0x7F, self._prime_seq, self._prime_ts, self._prime_ssrc
+        )
+        self._pbx_rtp.sendto(header + SILENCE.get(pt, SILENCE[0]), self.pbx)
+        self.counters.priming_sent += 1
+        self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
+
+    def _stop_priming(self) -> None:
+        if self._priming is not None:
+            self._priming.cancel()
+            self._priming = None
+
+    # ------------------------------------------------------------------ ZRTP engine
+
+    def _start_engine(self) -> None:
+        if self._engine is not None or self.identity is None or self._closed:
+            return
+        configuration = self.settings.zrtp(self.identity.self_uri, self.identity.peer_uri)
+        ssrc = int.from_bytes(os.urandom(4), "big")
+        self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
+        self._engine.start(self._loop.time())
+        self._pump()
+
+    def _stop_engine(self) -> None:
+        if self._engine_timer is not None:
+            self._engine_timer.cancel()
+            self._engine_timer = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self._srtp = None
+        self._protect_out = False
+
+    def _on_engine_timer(self) -> None:
+        self._engine_timer = None
+        if self._engine is not None:
+            self._engine.handle_timer(self._loop.time())
+            self._pump()
+
+    def _pump(self) -> None:
+        """Send what the engine queued, act on its events, re-arm its timer."""
+        engine = self._engine
+        if engine is None:
+            return
+        for datagram in engine.datagrams_to_send():
+            self._to_phone(datagram)
+        while (event := engine.next_event()) is not None:
+            self._on_engine_event(event)
+            if self._engine is None:
+                return
+        if self._engine_timer is not None:
+            self._engine_timer.cancel()
+            self._engine_timer = None
+        deadline = engine.get_timer()
+        if deadline is not None:
+            self._engine_timer = self._loop.call_at(deadline, self._on_engine_timer)
+
+    def _on_engine_event(self, event: object) -> None:
+        if isinstance(event, SrtpKeysReady):
+            self._srtp = self._srtp_context(event)
+        elif isinstance(event, Secured):
+            if self._srtp is None:
+                self._srtp = self._srtp_context(event)
+            if self._srtp is None:
+                return
+            self._secured = event
+            self._protect_out = True
+            self._handshake_ms = round((self._loop.time() - self._activated_at) * 1000, 1)
+            self._cancel_policy_timer()
+            self._set_state(CallState.SECURE)
+        elif isinstance(event, HandshakeFailed):
+            self._srtp = None
+            self._protect_out = False
+            policy = self.identity.policy if self.identity else Policy.REQUIRED
+            if self.state is CallState.SECURE:
+                self._set_state(CallState.FAILED, f"ZRTP ended: {event.reason}")
+            elif policy is Policy.REQUIRED:
+                self._cancel_policy_timer()
+                self._set_state(CallState.FAILED, f"ZRTP failed: {event.reason}")
+            else:
+                self._cancel_policy_timer()
+                self._set_state(CallState.CLEAR, f"ZRTP failed: {event.reason}")
+        elif isinstance(event, WentClear):
+            self._srtp = None
+            self._protect_out = False
+            self._set_state(CallState.CLEAR, "the phone went clear (GoClear)")
+        elif isinstance(event, GoClearRefused):
+            self.counters.drops["goclear_refused"] += 1
+        elif isinstance(event, SecurityWarning):
+            self.counters.drops["zrtp_false_packet"] += 1
+        elif isinstance(event, PeerHelloReceived):
+            pass
+
+    def _srtp_context(self, event: SrtpKeysReady | Secured) -> SrtpContext | None:
+        try:
+            return SrtpContext(event.keys)
+        except ValueError as exc:
+            self._set_state(CallState.FAILED, f"SRTP unavailable: {exc}")
+            return None
+
+    # ------------------------------------------------------------------ phone side
+
+    def _from_phone(self, data: bytes, addr: Address) -> None:
+        counters = self.counters
+        size = len(data)
+        if size > MAX_DATAGRAM:
+            counters.drops["oversize"] += 1
+            return
+        if size < 12:
+            counters.drops["runt"] += 1
+            return
+        if self.identity is None:
+            self.on_unclaimed(self)
+            if self.identity is None:
+                counters.drops["no_call"] += 1
+                return
+        first = data[0]
+        if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
+            self._zrtp_from_phone(data, addr)
+            return
+        if first >> 6 != 2:
+            counters.drops["not_rtp"] += 1
+            return
+        srtp = self._srtp
+        if addr != self.phone:
+            if self.phone is not None:
+                # Latched already. Only an authenticated SRTP packet may move the
+                # phone (NAT rebinding); anything else from elsewhere is dropped.
+                plain = srtp.unprotect(data) if srtp is not None else None
+                if plain is None:
+                    counters.drops["wrong_source"] += 1
+                    return
+                self.phone = addr
+                counters.drops["relatched"] += 1
+                counters.phone_in += 1
+                counters.phone_in_bytes += size
+                self._to_pbx(plain)
+                return
+            self.phone = addr  # symmetric-RTP latching on the first valid packet
+            self._start_engine_if_due()
+        counters.phone_in += 1
+        counters.phone_in_bytes += size
+        if srtp is not None:
+            plain = srtp.unprotect(data)
+            if plain is None:
+                counters.drops["srtp_auth"] += 1
+                return
+            engine = self._engine
+            if not self._protect_out and engine is not None:
+                engine.srtp_authenticated(self._loop.time())  # completes the initiator
+                self._pump()
+            self._to_pbx(plain)
+            return
+        if self._clear_allowed():
+            self._to_pbx(data)
+        else:
+            counters.drops["clear_blocked"] += 1
+
+    def _start_engine_if_due(self) -> None:
+        if self.identity is not None and self.state is CallState.PENDING:
+            self._start_engine()
+
+    def _zrtp_from_phone(self, data: bytes, addr: Address) -> None:
+        counters = self.counters
+        identity = self.identity
+        assert identity is not None
+        if identity.policy is Policy.OFF:
+            if self.phone is None:
+                self.phone = addr
+            if addr == self.phone:
+                self._to_pbx(data)  # off means byte-exact pass-through
+            else:
+                counters.drops["wrong_source"] += 1
+            return
+        if self.phone is None:
+            self.phone = addr
+        elif addr != self.phone:
+            counters.drops["wrong_source"] += 1
+            return
+        counters.phone_in += 1
+        counters.phone_in_bytes += len(data)
+        if self._engine is None:
+            self._start_engine()
+        engine = self._engine
+        if engine is None:
+            counters.drops["zrtp_no_engine"] += 1
+            return
+        engine.receive_datagram(data, self._loop.time())
+        self._pump()
+
+    def _from_phone_rtcp(self, data: bytes, addr: Address) -> None:
+        counters = self.counters
+        if len(data) > MAX_DATAGRAM or len(data) < 8 or data[0] >> 6 != 2:
+            counters.drops["rtcp_malformed"] += 1
+            return
+        if self.identity is None:
+            counters.drops["no_call"] += 1
+            return
+        if self.phone_rtcp is None:
+            self.phone_rtcp = addr
+        elif addr != self.phone_rtcp:
+            counters.drops["wrong_source"] += 1
+            return
+        srtp = self._srtp
+        if srtp is not None:
+            plain = srtp.unprotect(data)
+            if plain is None:
+                counters.drops["srtcp_auth"] += 1
+                return
+            self._send_pbx_rtcp(plain)
+        elif self._clear_allowed():
+            self._send_pbx_rtcp(data)
+        else:
+            counters.drops["clear_blocked"] += 1
+
+    def _clear_allowed(self) -> bool:
+        identity = self.identity
+        if identity is None:
+            return False
+        if identity.policy is Policy.OFF:
+            return True
+        if identity.policy is Policy.REQUIRED:
+            return False
+        return self.state in (CallState.PENDING, CallState.CLEAR)
+
+    def _to_phone(self, data: bytes) -> None:
+        if self.phone is None or self._phone_rtp is None:
+            self.counters.drops["phone_unknown"] += 1
+            return
+        self._phone_rtp.sendto(data, self.phone)
+        self.counters.phone_out += 1
+        self.counters.phone_out_bytes += len(data)
+
+    def _to_pbx(self, data: bytes) -> None:
+        """RTP, and RTCP multiplexed on the RTP port (RFC 5761), go to A:P."""
+        if self._pbx_rtp is None:
+            return
+        self._pbx_rtp.sendto(data, self.pbx)
+        self.counters.pbx_out += 1
+        self.counters.pbx_out_bytes += len(data)
+
+    def _send_pbx_rtcp(self, data: bytes) -> None:
+        if self._pbx_rtcp_sock is not None:
+            self._pbx_rtcp_sock.sendto(data, self.pbx_rtcp)
+            self.counters.pbx_out += 1
+            self.counters.pbx_out_bytes += len(data)
+
+    # ------------------------------------------------------------------ PBX side
+
+    def _from_pbx(self, data: bytes, addr: Address) -> None:
+        counters = self.counters
+        if addr != self.pbx:
+            counters.drops["wrong_source"] += 1
+            return
+        if not self._pbx_heard:
+            self._pbx_heard = True  # the PBX latched onto us: stop priming
+            self._stop_priming()
+        size = len(data)
+        if size > MAX_DATAGRAM or size < 12:
+            counters.drops["oversize" if size > MAX_DATAGRAM else "runt"] += 1
+            return
+        counters.pbx_in += 1
+        counters.pbx_in_bytes += size
+        if self.identity is None:
+            counters.drops["no_call"] += 1
+            return
+        if self._protect_out:
+            srtp = self._srtp
+            assert srtp is not None
+            packet = srtp.protect(data)
+            if packet is None:
+                counters.drops["srtp_protect"] += 1
+                return
+            self._to_phone(packet)
+        elif self._clear_allowed():
+            self._to_phone(data)
+        else:
+            counters.drops["clear_blocked"] += 1
+
+    def _from_pbx_rtcp(self, data: bytes, addr: Address) -> None:
+        counters = self.counters
+        if addr != self.pbx_rtcp:
+            counters.drops["wrong_source"] += 1
+            return
+        if len(data) > MAX_DATAGRAM or len(data) < 8 or self.identity is None:
+            counters.drops["rtcp_malformed"] += 1
+            return
+        target = self.phone_rtcp
+        if target is None or self._phone_rtcp_sock is None:
+            counters.drops["phone_unknown"] += 1
+            return
+        if self._protect_out:
+            srtp = self._srtp
+            assert srtp is not None
+            packet = srtp.protect(data)
+            if packet is None:
+                counters.drops["srtp_protect"] += 1
+                return
+            self._phone_rtcp_sock.sendto(packet, target)
+        elif self._clear_allowed():
+            self._phone_rtcp_sock.sendto(data, target)
+        else:
+            counters.drops["clear_blocked"] += 1
+            return
+        counters.phone_out += 1
+        counters.phone_out_bytes += len(data)

@@ -1,0 +1,152 @@
+"""Loopback lab for relay tests: a relay on 127.0.0.2, a 'PBX' on 127.0.0.3, phones on 127.0.0.4+.
+
+Linux routes all of 127.0.0.0/8 to lo, so these behave like separate hosts'
+addresses without any setup. Ports come from the kernel (bind to 0) and every
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx_zrtp.cache.memory import MemorySecretCache
+from pbx_zrtp.relay.core import Relay, RelayError, RelayLayout
+from pbx_zrtp.relay.mirror import CallReport, MirrorSettings, Policy
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+
+RELAY_HOST = "127.0.0.2"
+PBX_HOST = "127.0.0.3"
+PHONE_HOST = "127.0.0.4"
+
+
+def free_even_port() -> int:
+    """An even port free on both the relay and the PBX address (and +1)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((RELAY_HOST, 0))
+            port = probe.getsockname()[1] & ~1
+        if port < 1024 or port + 1 > 65535:
+            continue
+        try:
+            for host in (RELAY_HOST, PBX_HOST):
+                for p in (port, port + 1):
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                        s.bind((host, p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free even port pair")
+
+
+def make_relay(
+    *,
+    prebind: tuple[int, ...] = (),
+    optional_timeout: float = 2.0,
+    required_timeout: float = 3.0,
+    cache: MemorySecretCache | None = None,
+    prebind_policy: Policy = Policy.REQUIRED,
+) -> Relay:
+    cache = cache or MemorySecretCache()
+    zid = cache.local_zid(lambda: os.urandom(12))
+
+    def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
+        return ZrtpConfiguration(zid=zid, mitm=True, self_uri=self_uri, peer_uri=peer_uri)
+
+    settings = MirrorSettings(
+        zrtp=zrtp, cache=cache, optional_timeout=optional_timeout, required_timeout=required_timeout
+    )
+    return Relay(
+        RelayLayout(
+            RELAY_HOST,
+            PBX_HOST,
+            port_min=1024,
+            port_max=65535,
+            prebind=prebind,
+            prebind_policy=prebind_policy,
+        ),
+        settings,
+    )
+
+
+async def create_call(relay: Relay, call_id: str, policy: Policy, **kwargs: Any) -> int:
+    for _ in range(20):
+        port = free_even_port()
+        try:
+            await relay.create(call_id, port, policy, **kwargs)
+            return port
+        except RelayError:
+            continue
+    raise RuntimeError("could not create a mirror")
+
+
+@dataclass
+class EchoPbx:
+    """A PBX stand-in on A:P (and A:P+1): symmetric RTP that echoes to whoever sent last."""
+
+    port: int
+    received: list[bytes] = field(default_factory=list)
+    rtcp_received: list[bytes] = field(default_factory=list)
+    echo: bool = True
+    transports: list[asyncio.DatagramTransport] = field(default_factory=list)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for port, sink in ((self.port, self.received), (self.port + 1, self.rtcp_received)):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda sink=sink: _Echo(sink, self), local_addr=(PBX_HOST, port)
+            )
+            self.transports.append(transport)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for t in self.transports:
+            t.close()
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def __init__(self, sink: list[bytes], pbx: EchoPbx) -> None:
+        self.sink = sink
+        self.pbx = pbx
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.sink.append(data)
+        if self.pbx.echo:
+            self.transport.sendto(data, addr)
+
+
+class Recorder:
+    """Collects the relay's state events."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.events: list[CallReport] = []
+        relay.add_listener(self.events.append)
+
+    def states(self, call_id: str) -> list[str]:
+        return [e.state for e in self.events if e.call_id == call_id]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(
+                    f"timed out; events: {[(e.call_id, e.state, e.reason) for e in self.events]}"
+                )
+            await asyncio.sleep(0.01)
+
+
+def rtp(seq: int, ssrc: int = 0x01020304, payload: bytes = b"\x7f" * 160, pt: int = 0) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, seq * 160, ssrc) + payload
+
+
+def rtcp_sr(ssrc: int = 0x01020304) -> bytes:
+    # A minimal RTCP sender report (PT 200), 28 bytes.
+    return struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, 0, 0, 0, 0, 0)
