@@ -29,6 +29,7 @@ from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
+from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 from pbx_zrtp.zrtp.events import (
     GoClearRefused,
     HandshakeFailed,
@@ -521,10 +522,18 @@ class Mirror:
                 return
         first = data[0]
         if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
+            hint = self.identity.phone_hint
+            if hint is not None and addr[0] != hint[0]:
+                counters.drops["wrong_source"] += 1
+                return
             self._zrtp_from_phone(data, addr)
             return
         if first >> 6 != 2:
             counters.drops["not_rtp"] += 1
+            return
+        hint = self.identity.phone_hint
+        if hint is not None and addr[0] != hint[0]:
+            counters.drops["wrong_source"] += 1  # the SDP named the phone's address
             return
         srtp = self._srtp
         if addr != self.phone:
@@ -577,11 +586,13 @@ class Mirror:
             else:
                 counters.drops["wrong_source"] += 1
             return
-        if self.phone is None:
+        if addr != self.phone:
+            if self.phone is not None and not self._hello_may_relatch(data):
+                counters.drops["wrong_source"] += 1
+                return
+            if self.phone is not None:
+                counters.drops["relatched"] += 1
             self.phone = addr
-        elif addr != self.phone:
-            counters.drops["wrong_source"] += 1
-            return
         counters.phone_in += 1
         counters.phone_in_bytes += len(data)
         if self._engine is None:
@@ -592,6 +603,18 @@ class Mirror:
             return
         engine.receive_datagram(data, self._loop.time())
         self._pump()
+
+    def _hello_may_relatch(self, data: bytes) -> bool:
+        """A ZRTP Hello from a new address moves the latch while no Hello has been
+        accepted yet: whatever sent plain RTP first (a stray or hostile source) must
+        not keep the real ZRTP phone out. Once a Hello is accepted the phone is
+        fixed until secure; then only authenticated SRTP may move it."""
+        if self._engine is not None and self._engine.peer_zid is not None:
+            return False
+        try:
+            return isinstance(ZrtpPacket.parse(data).message, Hello)
+        except ValueError:
+            return False
 
     def _from_phone_rtcp(self, data: bytes, addr: Address) -> None:
         counters = self.counters
