@@ -81,6 +81,8 @@ def _endpoint_parser(sub: Any) -> None:
 
 def _build_configuration(args: argparse.Namespace, zid: bytes) -> ZrtpConfiguration:
     options: dict[str, Any] = {
+        # D flag (§11): this diagnostic prints the SRTP keys, so it says it discloses them.
+        "disclosure": True,
         "zid": zid,
         "role": args.role,
         "self_uri": args.self_uri,

@@ -57,15 +57,19 @@ KEY_AGREEMENTS = ["DH3k", "DH2k", "EC25", "EC38", "X255", "X448"]
         for ka, h, t, s in itertools.product(
             KEY_AGREEMENTS, ["S256", "S384"], ["HS32", "HS80"], ["B32", "B256"]
         )
-        # exercise every key agreement with every other axis at least once, without 96 DH3k runs
+        # exercise every key agreement with every other axis at least once, without 96 DH3k
+        # runs; EC38 only with S384, which §5.1.5 requires
         if (
-            KEY_AGREEMENTS.index(ka)
-            + ["S256", "S384"].index(h)
-            + ["HS32", "HS80"].index(t)
-            + ["B32", "B256"].index(s)
+            not (ka == "EC38" and h == "S256")
+            and (
+                KEY_AGREEMENTS.index(ka)
+                + ["S256", "S384"].index(h)
+                + ["HS32", "HS80"].index(t)
+                + ["B32", "B256"].index(s)
+            )
+            % 2
+            == 0
         )
-        % 2
-        == 0
         or ka in ("X255", "EC25")
     ],
 )
@@ -522,24 +526,89 @@ def test_forged_confirm_is_dropped_and_a_real_mitm_times_out_naming_it() -> None
 
 def test_flags_travel_in_confirm_and_hello() -> None:
     a, b = pair(
-        a={
-            "role": "initiator",
-            "mitm": True,
-            "enrollment": True,
-            "disclosure": True,
-            "allow_clear": True,
-        },
-        b={"role": "responder"},
+        a={"role": "initiator", "mitm": True, "enrollment": True, "disclosure": True},
+        b={"role": "responder", "allow_clear": True},
     )
     net = Network(a, b)
     net.run()
     sa, sb = net.secured()
-    assert sb.peer_mitm and sb.peer_enrollment and sb.peer_disclosure and sb.peer_allows_clear
+    assert sb.peer_mitm and sb.peer_enrollment and sb.peer_disclosure
+    assert not sb.peer_allows_clear  # E implies not A (§7.3.1)
     assert not sa.peer_mitm and not sa.peer_enrollment and not sa.peer_disclosure
-    hello = p.ZrtpPacket.parse(next(d for (d,) in [(x,) for _, x in net.wire])).message
+    assert sa.peer_allows_clear
+    direction, first = net.wire[0]
+    hello = p.ZrtpPacket.parse(first).message
+    assert direction == "a->b"
     assert isinstance(hello, p.Hello) and hello.mitm and not hello.signature_capable
 
 
 def test_enrollment_requires_mitm() -> None:
     with pytest.raises(ValueError, match="trusted MiTM"):
         make_connection(ZID_A, seed=1, ssrc=1, enrollment=True)
+
+
+def test_enrollment_excludes_allow_clear() -> None:
+    with pytest.raises(ValueError, match="excludes allow_clear"):
+        make_connection(ZID_A, seed=1, ssrc=1, mitm=True, enrollment=True, allow_clear=True)
+
+
+def test_ec38_is_only_chosen_with_s384() -> None:
+    a, b = pair(
+        a={"key_agreement_types": (b"EC38", b"X255"), "hash_types": (b"S256",)},
+        b={"key_agreement_types": (b"EC38", b"X255")},
+    )
+    net = Network(a, b)
+    net.run()
+    assert net.secured()[0].key_agreement != "EC38"
+    a, b = pair(
+        a={"key_agreement_types": (b"EC38",), "hash_types": (b"S256", b"S384")},
+        b={"key_agreement_types": (b"EC38",)},
+    )
+    net = Network(a, b)
+    net.run()
+    sa, _ = net.secured()
+    assert (sa.key_agreement, sa.hash) == ("EC38", "S384")
+
+
+def test_cacheless_endpoint_sends_zero_cache_expiration() -> None:
+    cache_a = MemorySecretCache()
+    a, b = pair(a={"role": "initiator"}, b={"role": "responder"}, cache_a=cache_a)  # b: no cache
+    net = Network(a, b)
+    net.run()
+    net.secured()
+    # b told a not to keep the new secret (§4.9.1), so a stores nothing either.
+    assert a._peer_confirm is not None and a._peer_confirm.cache_expiration == 0
+    assert cache_a.lookup(_key(ZID_A, ZID_B)).rs1 is None
+
+
+def test_goclear_accepted_rekeys_the_session_and_close_drops_keys() -> None:
+    a, b = pair(a={"role": "initiator"}, b={"role": "responder", "allow_clear": True})
+    net = Network(a, b)
+    net.run()
+    net.secured()
+    assert b.session is not None
+    before = b.session.zrtp_sess
+    mac = a._hash.mac(a._mackey_i, p.GoClear.MESSAGE_TYPE)  # type: ignore[union-attr]
+    goclear = p.ZrtpPacket(999, 0x1111, p.GoClear(clear_mac=mac)).serialize()
+    b.receive_datagram(goclear, 10.0)
+    assert b.state is State.CLEAR and b.session is not None
+    assert b.session.zrtp_sess != before and len(b.session.zrtp_sess) == len(before)
+    b.datagrams_to_send()
+    forged = p.ZrtpPacket(1000, 0x1111, p.GoClear(clear_mac=bytes(8))).serialize()
+    b.receive_datagram(forged, 10.1)
+    assert b.datagrams_to_send() == []  # a forged GoClear gets no ClearACK
+    b.receive_datagram(p.ZrtpPacket(1001, 0x1111, p.GoClear(clear_mac=mac)).serialize(), 10.2)
+    assert [type(p.ZrtpPacket.parse(d).message) for d in b.datagrams_to_send()] == [p.ClearAck]
+    b.close()
+    assert b.session is None
+
+
+def test_ping_from_another_ssrc_is_answered_after_the_exchange() -> None:
+    a, b = pair()
+    net = Network(a, b)
+    net.run()
+    net.secured()
+    a.datagrams_to_send()
+    ping = p.Ping(version=b"1.10", endpoint_hash=b"x" * 8)
+    a.receive_datagram(p.ZrtpPacket(7, 0xDEAD, ping).serialize(), 20.0)
+    assert [type(p.ZrtpPacket.parse(d).message) for d in a.datagrams_to_send()] == [p.PingAck]

@@ -29,7 +29,6 @@ from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
-from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 from pbx_zrtp.zrtp.events import (
     GoClearRefused,
     HandshakeFailed,
@@ -39,6 +38,7 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeysReady,
     WentClear,
 )
+from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 
 log = logging.getLogger("pbx_zrtp.relay")
 

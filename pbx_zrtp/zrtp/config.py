@@ -102,6 +102,8 @@ class ZrtpConfiguration:
             raise ValueError("cache_expiration must be a 32-bit unsigned number of seconds")
         if self.enrollment and not self.mitm:
             raise ValueError("enrollment (E flag) is only for a trusted MiTM: set mitm too")
+        if self.enrollment and self.allow_clear:
+            raise ValueError("enrollment (E flag) excludes allow_clear (A flag), §7.3.1")
         if self.aux_secret is not None and not self.aux_secret:
             raise ValueError("aux_secret must not be empty")
 

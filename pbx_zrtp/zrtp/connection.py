@@ -303,7 +303,11 @@ class ZrtpConnection:
             self.stats["dropped_bad_crc" if exc.code is None else "dropped_malformed"] += 1
             return
         message = packet.message
-        if self._role is not None and packet.ssrc != self._peer_ssrc:
+        if (
+            self._role is not None
+            and packet.ssrc != self._peer_ssrc
+            and not isinstance(message, p.Ping)  # every Ping gets a PingACK (§5.15)
+        ):
             self.stats["dropped_other_ssrc"] += 1  # not our peer's stream
             return
         entry = TRANSITIONS.get((self._state, type(message)))
@@ -431,7 +435,11 @@ class ZrtpConnection:
         self._hello_deadline = None
         self._inactivity_deadline = None
         self._wipe_keys()
+        self._mackey_i = self._mackey_r = b""
         self._new_rs1 = None
+        self._srtp_keys = None
+        self._session = None
+        self._pending_cache_update = False
 
     # ------------------------------------------------------------------ sending
 
@@ -642,11 +650,12 @@ class ZrtpConnection:
 
     def _negotiate_as_initiator(self, peer: p.Hello) -> None:
         cfg = self._config
-        self._key_agreement_type = choose_key_agreement(
-            cfg.key_agreement_types, peer.key_agreement_types
-        )
+        ours = cfg.key_agreement_types
+        if not (b"S384" in cfg.hash_types and b"S384" in peer.hash_types):
+            ours = tuple(t for t in ours if t != b"EC38")  # §5.1.5: EC38 MUST use S384
+        self._key_agreement_type = choose_key_agreement(ours, peer.key_agreement_types)
         hash_pref = cfg.hash_types
-        if self._key_agreement_type == b"EC38" and b"S384" in hash_pref:
+        if self._key_agreement_type == b"EC38":
             hash_pref = (b"S384", *(h for h in hash_pref if h != b"S384"))
         self._hash = HASHES[_choose(hash_pref, peer.hash_types, (MANDATORY_HASH,))]
         self._cipher = CIPHERS[_choose(cfg.cipher_types, peer.cipher_types, (MANDATORY_CIPHER,))]
@@ -741,6 +750,8 @@ class ZrtpConnection:
             self._send_confirm(p.Confirm1, now, reliably=False)
             self._state = State.CONFIRM1_SENT
             return
+        if commit.key_agreement_type == b"EC38" and commit.hash_type != b"S384":
+            raise ZrtpProtocolError("EC38 needs the S384 hash (§5.1.5)", ErrorCode.UNSUPPORTED_HASH)
         if commit.key_agreement_type not in (*cfg.key_agreement_types, MANDATORY_KEY_AGREEMENT):
             raise ZrtpProtocolError(
                 f"key agreement {_name(commit.key_agreement_type)} was not offered",
@@ -992,7 +1003,10 @@ class ZrtpConnection:
             sas_verified=self._previously_verified,
             allow_clear=self._config.allow_clear,
             disclosure=self._config.disclosure,
-            cache_expiration=0xFFFFFFFF if multistream else self._config.cache_expiration,
+            # §4.9: Multistream sends 0xffffffff (ignored); a cacheless endpoint sends 0.
+            cache_expiration=0xFFFFFFFF
+            if multistream
+            else (self._config.cache_expiration if self._cache is not None else 0),
         )
         iv = self._random(16)
         key = self._zrtpkey_i if initiator else self._zrtpkey_r
@@ -1117,7 +1131,7 @@ class ZrtpConnection:
             previously_verified=previously_verified,
             peer_mitm=self._peer_hello.mitm,
             peer_disclosure=peer_confirm.disclosure,
-            peer_allows_clear=peer_confirm.allow_clear,
+            peer_allows_clear=peer_confirm.allow_clear and not peer_confirm.enrollment,  # §7.3.1
             peer_enrollment=peer_confirm.enrollment and self._peer_hello.mitm,
             multistream=multistream,
         )
@@ -1176,12 +1190,7 @@ class ZrtpConnection:
             self._retransmission = None
 
     def _on_goclear(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
-        goclear = packet.message
-        assert isinstance(goclear, p.GoClear) and self._hash is not None
-        peer_mackey = self._mackey_i if self._role == RESPONDER else self._mackey_r
-        expected = self._hash.mac(peer_mackey, p.GoClear.MESSAGE_TYPE)
-        if not constant_time_equal(expected, goclear.clear_mac):
-            raise _Drop("GoClear with a bad MAC")  # §4.7.2: no ClearACK, not acted on
+        self._check_goclear_mac(packet)
         if not self._config.allow_clear:
             self._events.append(GoClearRefused())
             self._send(p.Error(code=int(ErrorCode.GOCLEAR_NOT_ALLOWED)))
@@ -1189,10 +1198,29 @@ class ZrtpConnection:
         self._send(p.ClearAck())
         self._state = State.CLEAR
         self._srtp_keys = None
+        if self._session is not None and self._hash is not None:
+            # §4.7.2.1: keep only a one-way successor of ZRTPSess, for a later Mult.
+            successor = self._hash.kdf(
+                self._session.zrtp_sess,
+                b"New ZRTP Session",
+                self._zidi + self._zidr,
+                self._hash.digest_size * 8,
+            )
+            self._session = replace(self._session, zrtp_sess=successor)
         self._events.append(WentClear())
 
     def _on_goclear_repeat(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        """Our ClearACK was lost; a GoClear with a bad MAC gets none (§4.7.2)."""
+        self._check_goclear_mac(packet)
         self._send(p.ClearAck())
+
+    def _check_goclear_mac(self, packet: p.ZrtpPacket) -> None:
+        goclear = packet.message
+        assert isinstance(goclear, p.GoClear) and self._hash is not None
+        peer_mackey = self._mackey_i if self._role == RESPONDER else self._mackey_r
+        expected = self._hash.mac(peer_mackey, p.GoClear.MESSAGE_TYPE)
+        if not peer_mackey or not constant_time_equal(expected, goclear.clear_mac):
+            raise _Drop("GoClear with a bad MAC")  # §4.7.2: no ClearACK, not acted on
 
     def _on_ping(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         ping = packet.message
