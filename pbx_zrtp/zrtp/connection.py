@@ -215,6 +215,7 @@ class ZrtpConnection:
         self._sas_type = b""
         self._key_agreement_type = b""
         self._key_agreement: KeyAgreement | None = None
+        self._dh_secret_bits = 0
         self._commit: p.Commit | None = None
         self._commit_bytes = b""  # the Commit that won (ours or the peer's)
         self._own_commit_bytes = b""
@@ -622,8 +623,9 @@ class ZrtpConnection:
         else:
             self._negotiate_as_initiator(peer)
             assert self._hash is not None and self._cipher is not None
+            self._dh_secret_bits = self._cipher.key_length * 16
             self._key_agreement = create_key_agreement(
-                self._key_agreement_type, self._random, self._cipher.key_length * 16
+                self._key_agreement_type, self._random, self._dh_secret_bits
             )
             self._own_dhpart = self._build_dhpart(p.DHPart2, b"Initiator")
             self._dhpart2_bytes = self._own_dhpart.serialize()
@@ -758,9 +760,18 @@ class ZrtpConnection:
                 ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
             )
         assert self._cipher is not None
-        self._key_agreement = create_key_agreement(
-            commit.key_agreement_type, self._random, self._cipher.key_length * 16
-        )
+        reusable = self._key_agreement
+        if (
+            reusable is None
+            or reusable.name != commit.key_agreement_type
+            or (self._dh_secret_bits != self._cipher.key_length * 16)
+        ):
+            # §4.2: after losing contention the key pair of our own discarded Commit may
+            # serve as the responder's if the type matches (its pv was only committed to
+            # by hash, never sent); otherwise make a fresh one.
+            self._key_agreement = create_key_agreement(
+                commit.key_agreement_type, self._random, self._cipher.key_length * 16
+            )
         dhpart1 = self._build_dhpart(p.DHPart1, b"Responder")
         self._own_dhpart = dhpart1
         self._dhpart1_bytes = dhpart1.serialize()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeAlias
 
 import crc32c as _crc32c
@@ -1002,19 +1002,23 @@ class ZrtpPacket:
     sequence: int
     ssrc: int
     message: Message
+    #: The serialised message, computed once in __post_init__ (size check) and reused.
+    _message_bytes: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_uint("sequence", self.sequence, 16)
         _check_uint("ssrc", self.ssrc, 32)
         if not isinstance(self.message, _MESSAGE_CLASSES):
             raise ZrtpProtocolError(f"not a ZRTP message: {type(self.message).__name__}")
-        size = HEADER_SIZE + len(self.message.serialize()) + CRC_SIZE
+        body = self.message.serialize()
+        size = HEADER_SIZE + len(body) + CRC_SIZE
         if size > MAX_PACKET_SIZE:
             raise ZrtpProtocolError(f"packet of {size} octets exceeds {MAX_PACKET_SIZE}")
+        object.__setattr__(self, "_message_bytes", body)
 
     def serialize(self) -> bytes:
         head = _PACKET_HEADER.pack(_FIRST_BYTE, 0, self.sequence, ZRTP_COOKIE, self.ssrc)
-        data = head + self.message.serialize()
+        data = head + self._message_bytes
         return data + crc32c_of(data).to_bytes(CRC_SIZE, "little")
 
     @classmethod
