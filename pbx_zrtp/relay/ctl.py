@@ -1,0 +1,288 @@
+"""``pbx-zrtp ctl``: drive a running relay through its control API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from pbx_zrtp.relay.control import ControlClient, ControlError, parse_control_address
+from pbx_zrtp.relay.mirror import Policy
+
+DEFAULT_CONTROL = "unix:/run/pbx-zrtp/control.sock"
+PROG = "pbx-zrtp ctl"
+
+_POLICIES = [p.value for p in Policy]
+
+
+def _control_address(value: str) -> str:
+    try:
+        parse_control_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _json_flag(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="print the relay's answer as JSON"
+    )
+
+
+def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``ctl`` options and commands to ``parser`` (e.g. a ``pbx-zrtp`` subparser)."""
+    parser.add_argument(
+        "--control",
+        type=_control_address,
+        default=DEFAULT_CONTROL,
+        metavar="ADDRESS",
+        help=f"unix:/PATH or tcp:HOST:PORT of the relay's control API (default {DEFAULT_CONTROL})",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the control token (required over TCP)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="wait this long per reply"
+    )
+    _json_flag(parser, default=False)
+    # Subcommands take --json too; SUPPRESS keeps theirs from hiding the global one.
+    commands = parser.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+
+    create = commands.add_parser("create", help="mirror a PBX port for a call")
+    create.add_argument("call_id", metavar="CALL_ID")
+    create.add_argument("port", type=int, metavar="PORT", help="the PBX's RTP port (even)")
+    create.add_argument("--policy", required=True, choices=_POLICIES)
+    create.add_argument("--pbx-host", metavar="IP", help="the PBX's RTP address for this call")
+    create.add_argument("--pbx-port", type=int, metavar="PORT", help="default: PORT")
+    create.add_argument("--self-uri", metavar="URI", help="the extension the phone talks to")
+    create.add_argument("--peer-uri", metavar="URI", help="the phone's URI")
+    create.add_argument(
+        "--payload-type", type=int, choices=(0, 8), help="codec for priming: 0 PCMU, 8 PCMA"
+    )
+
+    commands.add_parser("list", help="list the calls (table: call, port, state, policy, SAS)")
+    show = commands.add_parser("show", help="show one call")
+    show.add_argument("call_id", metavar="CALL_ID")
+    verify = commands.add_parser("verify", help="mark a call's SAS as compared by the humans")
+    verify.add_argument("call_id", metavar="CALL_ID")
+    verify.add_argument("--unverify", action="store_true", help="clear the verified flag")
+    update = commands.add_parser("update", help="change a call's policy")
+    update.add_argument("call_id", metavar="CALL_ID")
+    update.add_argument("--policy", required=True, choices=_POLICIES)
+    delete = commands.add_parser("delete", help="end a call's mirror")
+    delete.add_argument("call_id", metavar="CALL_ID")
+    delete.add_argument("--reason", default="deleted by pbx-zrtp ctl")
+    commands.add_parser("stats", help="relay counters")
+    commands.add_parser("ping", help="check that the relay answers")
+    commands.add_parser("watch", help="print call state changes as they happen (Ctrl-C stops)")
+    for sub in commands.choices.values():
+        _json_flag(sub, default=argparse.SUPPRESS)
+
+
+def build_ctl_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Drive a running pbx-zrtp relay.")
+    add_ctl_arguments(parser)
+    return parser
+
+
+def ctl_main(argv: list[str]) -> int:
+    """``pbx-zrtp ctl ARGV``: the exit status (argparse errors give 2)."""
+    try:
+        args = build_ctl_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return run_ctl(args)
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    """Run the parsed ``ctl`` command; 0 on success, 1 (one line on stderr) on error."""
+    try:
+        token = _read_token(args.token_file) if args.token_file else None
+        return asyncio.run(_run(args, token))
+    except ControlError as exc:
+        _fail(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 0 if args.ctl_command == "watch" else 130
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"{PROG}: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ControlError(f"cannot read the token file {path}: {reason}") from None
+    if not token:
+        raise ControlError(f"the token file {path} is empty")
+    return token
+
+
+async def _run(args: argparse.Namespace, token: str | None) -> int:
+    command: str = args.ctl_command
+    async with ControlClient(args.control, token=token, timeout=args.timeout) as client:
+        if command == "watch":
+            return await _watch(client, args.json)
+        result = await _request(client, args)
+    if args.json:
+        _out(json.dumps(result, indent=2))
+    elif command == "list":
+        _out(format_table(result))
+    elif command == "stats":
+        _out(format_stats(result))
+    elif command == "ping":
+        _out(str(result))
+    else:
+        _out(format_call(result))
+    return 0
+
+
+async def _request(client: ControlClient, args: argparse.Namespace) -> Any:
+    command: str = args.ctl_command
+    if command == "create":
+        options = {
+            "pbx_host": args.pbx_host,
+            "pbx_port": args.pbx_port,
+            "self_uri": args.self_uri,
+            "peer_uri": args.peer_uri,
+            "payload_type": args.payload_type,
+        }
+        given = {name: value for name, value in options.items() if value is not None}
+        return await client.request(
+            "create", call_id=args.call_id, port=args.port, policy=args.policy, **given
+        )
+    if command == "update":
+        return await client.request("update", call_id=args.call_id, policy=args.policy)
+    if command == "verify":
+        return await client.request("verify", call_id=args.call_id, verified=not args.unverify)
+    if command == "delete":
+        return await client.request("delete", call_id=args.call_id, reason=args.reason)
+    if command == "show":
+        return await client.request("show", call_id=args.call_id)
+    return await client.request(command)  # list, stats, ping
+
+
+async def _watch(client: ControlClient, as_json: bool) -> int:
+    await client.request("subscribe")
+    async for event in client.events():
+        if as_json:
+            _out(json.dumps(event, separators=(",", ":")))
+        elif event.get("event") == "state" and isinstance(event.get("call"), dict):
+            _out(f"{time.strftime('%H:%M:%S')} {format_event(event['call'])}")
+        elif event.get("event") != "end":
+            _out(f"{time.strftime('%H:%M:%S')} {json.dumps(event)}")
+        if event.get("event") == "end":
+            _fail(f"the event stream ended: {event.get('reason', '')}")
+            return 1
+    return 0
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+def _yes(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def format_table(calls: list[dict[str, Any]]) -> str:
+    """The ``list`` table: call, port, state, policy, SAS, verified."""
+    if not calls:
+        return "no calls"
+    header = ("CALL", "PORT", "STATE", "POLICY", "SAS", "VERIFIED")
+    rows = [
+        (
+            str(call.get("call_id", "")),
+            str(call.get("port", "")),
+            str(call.get("state", "")),
+            str(call.get("policy", "")),
+            str(call.get("sas") or "-"),
+            _yes(call.get("sas_verified")) if call.get("sas") else "-",
+        )
+        for call in calls
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    head = "  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))
+    return "\n".join(line.rstrip() for line in [head, *lines])
+
+
+def _pairs(mapping: Any) -> str:
+    if not isinstance(mapping, dict) or not mapping:
+        return "-"
+    return ", ".join(f"{key} {value}" for key, value in sorted(mapping.items()))
+
+
+def format_call(call: dict[str, Any]) -> str:
+    """One call report as aligned ``name: value`` lines."""
+    fields: list[tuple[str, str]] = [
+        ("call", str(call.get("call_id", ""))),
+        ("port", str(call.get("port", ""))),
+        ("state", str(call.get("state", ""))),
+    ]
+    if call.get("reason"):
+        fields.append(("reason", str(call["reason"])))
+    fields.append(("policy", str(call.get("policy", ""))))
+    if call.get("phone"):
+        fields.append(("phone", str(call["phone"])))
+    if call.get("sas"):
+        verified = "verified" if call.get("sas_verified") else "not verified"
+        fields.append(("SAS", f"{call['sas']} ({call.get('sas_type', '')}, {verified})"))
+        algorithms = [call.get(k, "") for k in ("key_agreement", "hash", "cipher", "auth_tag")]
+        fields.append(("algorithms", " ".join(str(a) for a in algorithms if a)))
+        fields.append(("peer ZID", str(call.get("peer_zid", ""))))
+        if call.get("peer_client_id"):
+            fields.append(("peer client", str(call["peer_client_id"])))
+        fields.append(("previously verified", _yes(call.get("previously_verified"))))
+        if call.get("cache_mismatch"):
+            fields.append(("WARNING", "retained secret mismatch: compare the SAS"))
+    if call.get("handshake_ms") is not None:
+        fields.append(("handshake", f"{call['handshake_ms']} ms"))
+    counters = call.get("counters")
+    if isinstance(counters, dict) and counters:
+        packets = {
+            name: counters[name]
+            for name in ("phone_in", "phone_out", "pbx_in", "pbx_out", "priming_sent")
+            if name in counters
+        }
+        fields.append(("packets", _pairs(packets)))
+        fields.append(("drops", _pairs(counters.get("drops"))))
+    width = max(len(name) for name, _ in fields) + 1
+    return "\n".join(f"{(name + ':').ljust(width)} {value}" for name, value in fields)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    lines = []
+    for key, value in stats.items():
+        text = _pairs(value) if isinstance(value, dict) else str(value)
+        lines.append((key.replace("_", " "), text))
+    width = max((len(name) for name, _ in lines), default=0) + 1
+    return "\n".join(f"{(name + ':').ljust(width)} {text}" for name, text in lines)
+
+
+def format_event(call: dict[str, Any]) -> str:
+    """One state event as a line: call, port, state, reason, SAS."""
+    text = f"{call.get('call_id', '')} port {call.get('port', '')} {call.get('state', '')}"
+    if call.get("reason"):
+        text += f" ({call['reason']})"
+    if call.get("sas"):
+        verified = "verified" if call.get("sas_verified") else "not verified"
+        text += f" SAS {call['sas']} {verified}"
+    return text
+
+
+__all__ = ["DEFAULT_CONTROL", "add_ctl_arguments", "build_ctl_parser", "ctl_main", "run_ctl"]
