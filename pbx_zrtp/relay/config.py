@@ -1,0 +1,301 @@
+"""The relay's TOML configuration, with embedded defaults and precise errors.
+
+Every problem is reported as ``ConfigError("section.key: what is wrong")`` so an
+admin knows which line to fix. Unknown keys are errors too: a typo must not
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.srtp import SUPPORTED_CIPHERS
+from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the setting."""
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/pbx-zrtp")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pbx-zrtp"
+
+
+def _default_runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/pbx-zrtp")
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "pbx-zrtp" if base else Path(f"/tmp/pbx-zrtp-{os.getuid()}")
+
+
+@dataclass
+class ZrtpSettings:
+    key_agreements: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
+    hashes: tuple[bytes, ...] = (b"S256", b"S384")
+    ciphers: tuple[bytes, ...] = (b"AES1",)
+    auth_tags: tuple[bytes, ...] = (b"HS32", b"HS80")
+    sas: tuple[bytes, ...] = (b"B32 ", b"B256")
+    client_id: str = "pbx_zrtp relay"
+    cache_expiration: int = 0xFFFFFFFF
+
+    def configuration(self, zid: bytes, self_uri: str, peer_uri: str) -> ZrtpConfiguration:
+        """The per-call engine configuration: the relay is a trusted MiTM (M flag)."""
+        return ZrtpConfiguration(
+            zid=zid,
+            client_id=self.client_id.encode("ascii")[:16].ljust(16),
+            key_agreement_types=self.key_agreements,
+            hash_types=self.hashes,
+            cipher_types=self.ciphers,
+            auth_tag_types=self.auth_tags,
+            sas_types=self.sas,
+            mitm=True,
+            cache_expiration=self.cache_expiration,
+            self_uri=self_uri,
+            peer_uri=peer_uri,
+        )
+
+
+@dataclass
+class RelayConfig:
+    relay_address: str = "127.0.0.2"
+    pbx_address: str = "127.0.0.1"
+    port_min: int = 10000
+    port_max: int = 20000
+    prebind: tuple[int, ...] = ()
+    prebind_policy: Policy = Policy.REQUIRED
+    rtcp: bool = True
+    zrtp: ZrtpSettings = field(default_factory=ZrtpSettings)
+    cache_path: str | None = None  # None: in memory (no key continuity across restarts)
+    optional_timeout: float = 5.0
+    required_timeout: float = 10.0
+    control_socket: str | None = None
+    control_tcp: tuple[str, int] | None = None
+    control_token_file: str | None = None
+    metrics: tuple[str, int] | None = ("127.0.0.1", 9597)
+    log_level: str = "info"
+
+    @classmethod
+    def defaults(cls) -> RelayConfig:
+        config = cls()
+        config.cache_path = str(_default_state_dir() / "cache.db")
+        config.control_socket = str(_default_runtime_dir() / "control.sock")
+        return config
+
+
+_SCHEMA: dict[str, set[str]] = {
+    "relay": {"address", "pbx_address", "ports", "prebind", "prebind_policy", "rtcp"},
+    "zrtp": {
+        "key_agreements",
+        "hashes",
+        "ciphers",
+        "auth_tags",
+        "sas",
+        "client_id",
+        "cache_expiration",
+    },
+    "cache": {"path"},
+    "timeouts": {"optional", "required"},
+    "control": {"socket", "tcp", "token_file"},
+    "metrics": {"listen"},
+    "log": {"level"},
+}
+
+
+def load_config(path: str | os.PathLike[str] | None) -> RelayConfig:
+    """Read ``path`` (None: embedded defaults only)."""
+    config = RelayConfig.defaults()
+    if path is None:
+        return config
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    apply(config, data)
+    return config
+
+
+def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
+    for section, values in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(sorted(_SCHEMA))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a table [{section}]")
+        for key in values:
+            if key not in _SCHEMA[section]:
+                known = ", ".join(sorted(_SCHEMA[section]))
+                raise ConfigError(f"{section}.{key}: unknown setting (known: {known})")
+    relay = data.get("relay", {})
+    if "address" in relay:
+        config.relay_address = _ip("relay.address", relay["address"])
+    if "pbx_address" in relay:
+        config.pbx_address = _ip("relay.pbx_address", relay["pbx_address"])
+    if "ports" in relay:
+        config.port_min, config.port_max = _range("relay.ports", relay["ports"])
+    if "prebind" in relay:
+        low, high = _range("relay.prebind", relay["prebind"])
+        config.prebind = tuple(p for p in range(low, high + 1) if p % 2 == 0)
+    if "prebind_policy" in relay:
+        config.prebind_policy = _policy("relay.prebind_policy", relay["prebind_policy"])
+    if "rtcp" in relay:
+        config.rtcp = _bool("relay.rtcp", relay["rtcp"])
+    zrtp = data.get("zrtp", {})
+    names = {
+        "key_agreements": "key agreement",
+        "hashes": "hash",
+        "ciphers": "cipher",
+        "auth_tags": "auth tag",
+        "sas": "SAS",
+    }
+    for key in names:
+        if key in zrtp:
+            setattr(config.zrtp, key, _algorithms(f"zrtp.{key}", zrtp[key]))
+    if "client_id" in zrtp:
+        value = zrtp["client_id"]
+        if not isinstance(value, str) or not value.isascii() or not 1 <= len(value) <= 16:
+            raise ConfigError("zrtp.client_id: must be 1-16 ASCII characters")
+        config.zrtp.client_id = value
+    if "cache_expiration" in zrtp:
+        value = zrtp["cache_expiration"]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
+            raise ConfigError("zrtp.cache_expiration: seconds, 0-4294967295 (4294967295 = never)")
+        config.zrtp.cache_expiration = value
+    cache = data.get("cache", {})
+    if "path" in cache:
+        value = cache["path"]
+        if not isinstance(value, str) or not value:
+            raise ConfigError('cache.path: a file path, or "memory" for no persistent cache')
+        config.cache_path = None if value == "memory" else value
+    timeouts = data.get("timeouts", {})
+    for key in ("optional", "required"):
+        if key in timeouts:
+            value = timeouts[key]
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0.5 <= value <= 120
+            ):
+                raise ConfigError(f"timeouts.{key}: seconds between 0.5 and 120")
+            setattr(config, f"{key}_timeout", float(value))
+    control = data.get("control", {})
+    if "socket" in control:
+        value = control["socket"]
+        if not isinstance(value, str):
+            raise ConfigError('control.socket: a path, or "" to disable the Unix socket')
+        config.control_socket = value or None
+    if "tcp" in control:
+        config.control_tcp = _listen("control.tcp", control["tcp"])
+    if "token_file" in control:
+        value = control["token_file"]
+        if not isinstance(value, str) or not value:
+            raise ConfigError("control.token_file: a path")
+        config.control_token_file = value
+    if config.control_tcp is not None and config.control_token_file is None:
+        raise ConfigError("control.tcp: needs control.token_file (any local user can reach TCP)")
+    metrics = data.get("metrics", {})
+    if "listen" in metrics:
+        value = metrics["listen"]
+        config.metrics = None if value == "" else _listen("metrics.listen", value)
+    log = data.get("log", {})
+    if "level" in log:
+        value = log["level"]
+        if value not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log.level: one of debug, info, warning, error")
+        config.log_level = value
+    validate(config)
+    return config
+
+
+def validate(config: RelayConfig) -> None:
+    if config.relay_address == config.pbx_address:
+        raise ConfigError(
+            "relay.address: must differ from relay.pbx_address, or the relay would take the"
+            " PBX's own RTP ports (bind the PBX's SIP/RTP to its own address)"
+        )
+    for port in config.prebind:
+        if not config.port_min <= port <= config.port_max:
+            raise ConfigError(f"relay.prebind: port {port} is outside relay.ports")
+    for cipher in config.zrtp.ciphers:
+        if cipher.decode() not in SUPPORTED_CIPHERS:
+            raise ConfigError(
+                f"zrtp.ciphers: {cipher.decode()} cannot be used for SRTP here"
+                f" (supported: {', '.join(SUPPORTED_CIPHERS)})"
+            )
+    try:
+        ZrtpSettings.configuration(config.zrtp, b"\x00" * 12, "", "")
+    except ValueError as exc:
+        raise ConfigError(f"zrtp: {exc}") from None
+
+
+def _ip(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: an IP address as a string")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not an IP address") from None
+    if address.is_unspecified:
+        raise ConfigError(f"{name}: must be a specific address, not {value}")
+    return str(address)
+
+
+def _range(name: str, value: object) -> tuple[int, int]:
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    parts = text.split("-") if text is not None else []
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, -1)
+    except ValueError:
+        low, high = 0, -1
+    if not 1024 <= low <= high <= 65534:
+        raise ConfigError(f"{name}: {value!r} is not a port range LOW-HIGH within 1024-65534")
+    return low, high
+
+
+def _policy(name: str, value: object) -> Policy:
+    try:
+        return Policy(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not one of off, optional, required") from None
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: true or false")
+    return value
+
+
+def _algorithms(name: str, value: object) -> tuple[bytes, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'{name}: a list of type names such as ["X255", "DH3k"]')
+    try:
+        return parse_algorithm_list(",".join(value))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _listen(name: str, value: object) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{name}: HOST:PORT")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not HOST:PORT with an IP address") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{name}: port out of range")
+    return host, number
