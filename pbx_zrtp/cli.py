@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,10 @@ from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpoint
+from pbx_zrtp.relay.config import ConfigError, load_config
+from pbx_zrtp.relay.core import RelayError
+from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
+from pbx_zrtp.relay.service import run_relay
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
 
@@ -174,11 +179,48 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if not k.startswith("srtp_")}
 
 
+def _relay_parsers(sub: Any) -> None:
+    for name, text in (
+        ("run", "run pbx_zrtp: the relay (and, once configured, the PBX adapters)"),
+        ("relay", "run the ZRTP media relay with its control API and metrics"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in)")
+        cmd.add_argument("--check", action="store_true", help="check the configuration and exit")
+    ctl = sub.add_parser(
+        "ctl", help="drive a running relay (create, list, show, verify, delete...)"
+    )
+    add_ctl_arguments(ctl)
+
+
+def _relay_main(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.check:
+        sys.stdout.write("configuration OK\n")
+        return 0
+    try:
+        return asyncio.run(run_relay(config))
+    except ConfigError as exc:
+        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
+        return 2
+    except (RelayError, OSError) as exc:
+        sys.stderr.write(f"pbx-zrtp: cannot start the relay: {exc}\n")
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pbx-zrtp", description="ZRTP for Asterisk and FreeSWITCH"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _relay_parsers(sub)
     _endpoint_parser(sub)
     demo = sub.add_parser("demo", help="run a ZRTP exchange and SRTP between two local endpoints")
     demo.add_argument("--srtp", type=int, default=50, metavar="N")
@@ -191,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_endpoint_main(args))
     if args.command == "demo":
         return asyncio.run(_demo_main(args))
+    if args.command in ("run", "relay"):
+        return _relay_main(args)
+    if args.command == "ctl":
+        return run_ctl(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

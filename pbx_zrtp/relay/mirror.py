@@ -201,7 +201,7 @@ class Mirror:
         self._protect_out = False  # True once Secured: PBX -> phone goes out as SRTP
         self._secured: Secured | None = None
         self._sas_verified = False
-        self._activated_at = 0.0
+        self._engine_started_at = 0.0
         self._handshake_ms: float | None = None
         self._pbx_heard = False
         self._priming: asyncio.TimerHandle | None = None
@@ -248,7 +248,6 @@ class Mirror:
         if identity.phone_hint is not None and self.phone is None:
             self.phone = identity.phone_hint
         self.reason = ""
-        self._activated_at = self._loop.time()
         self._start_priming()
         self._apply_policy(identity.policy)
 
@@ -261,7 +260,6 @@ class Mirror:
         if self.state is CallState.SECURE and policy is Policy.OFF:
             raise ValueError("a secured call cannot be switched off; hang it up instead")
         self.identity.policy = policy
-        self._activated_at = self._loop.time()
         self._apply_policy(policy)
 
     def _apply_policy(self, policy: Policy) -> None:
@@ -424,7 +422,8 @@ class Mirror:
         configuration = self.settings.zrtp(self.identity.self_uri, self.identity.peer_uri)
         ssrc = int.from_bytes(os.urandom(4), "big")
         self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
-        self._engine.start(self._loop.time())
+        self._engine_started_at = self._loop.time()
+        self._engine.start(self._engine_started_at)
         self._pump()
 
     def _stop_engine(self) -> None:
@@ -471,7 +470,8 @@ class Mirror:
                 return
             self._secured = event
             self._protect_out = True
-            self._handshake_ms = round((self._loop.time() - self._activated_at) * 1000, 1)
+            # From our first Hello (the phone's first packet) to secure.
+            self._handshake_ms = round((self._loop.time() - self._engine_started_at) * 1000, 1)
             self._cancel_policy_timer()
             self._set_state(CallState.SECURE)
         elif isinstance(event, HandshakeFailed):

@@ -1,0 +1,125 @@
+"""``pbx-zrtp relay``: the relay process (mirrors, control API, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.memory import MemorySecretCache
+from pbx_zrtp.cache.sqlite import SqliteSecretCache
+from pbx_zrtp.relay.config import ConfigError, RelayConfig
+from pbx_zrtp.relay.control import ControlServer
+from pbx_zrtp.relay.core import Relay, RelayLayout
+from pbx_zrtp.relay.metrics import RelayMetrics
+from pbx_zrtp.relay.mirror import MirrorSettings
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from pbx_zrtp.zrtp.warmup import warm_up
+
+log = logging.getLogger("pbx_zrtp.relay")
+
+
+def open_cache(path: str | None) -> SecretCache:
+    if path is None:
+        return MemorySecretCache()
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return SqliteSecretCache(path)
+
+
+def read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"control.token_file: cannot read {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ConfigError(f"control.token_file: the token in {path} is shorter than 16 characters")
+    if os.stat(path).st_mode & 0o077:
+        raise ConfigError(f"control.token_file: {path} is readable by other users (chmod 600)")
+    return token
+
+
+class RelayService:
+    """Everything ``pbx-zrtp relay`` runs, started and stopped as one."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.cache = open_cache(config.cache_path)
+        self.zid = self.cache.local_zid(lambda: os.urandom(12))
+        zrtp = config.zrtp
+        zid = self.zid
+
+        def configuration(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
+            return zrtp.configuration(zid, self_uri, peer_uri)
+
+        settings = MirrorSettings(
+            zrtp=configuration,
+            cache=self.cache,
+            optional_timeout=config.optional_timeout,
+            required_timeout=config.required_timeout,
+        )
+        layout = RelayLayout(
+            config.relay_address,
+            config.pbx_address,
+            config.port_min,
+            config.port_max,
+            config.prebind,
+            config.prebind_policy,
+            config.rtcp,
+        )
+        self.relay = Relay(layout, settings)
+        token = read_token(config.control_token_file) if config.control_token_file else None
+        self.control = ControlServer(self.relay, token=token)
+        self.metrics = RelayMetrics(self.relay)
+        self.metrics_port: int | None = None
+        self.control_port: int | None = None
+
+    async def start(self) -> None:
+        warm_up(self.config.zrtp.key_agreements[:1])
+        await self.relay.start()
+        if self.config.control_socket:
+            await self.control.start_unix(self.config.control_socket)
+        if self.config.control_tcp:
+            self.control_port = await self.control.start_tcp(*self.config.control_tcp)
+        if self.config.metrics:
+            self.metrics_port = await self.metrics.serve(*self.config.metrics)
+        log.info(
+            "relay ready: %s -> PBX %s, ports %d-%d, ZID %s, control %s",
+            self.config.relay_address,
+            self.config.pbx_address,
+            self.config.port_min,
+            self.config.port_max,
+            self.zid.hex(),
+            self.config.control_socket or "tcp",
+        )
+
+    async def close(self) -> None:
+        await self.control.close()
+        await self.metrics.close()
+        await self.relay.close()
+        self.cache.close()
+
+
+async def run_relay(
+    config: RelayConfig, *, started: Callable[[RelayService], None] | None = None
+) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit status."""
+    service = RelayService(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await service.start()
+        if started is not None:
+            started(service)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await service.close()
+    return 0
