@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -268,21 +269,20 @@ class ControlServer:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         self._check_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bound = temporary
         try:
             sock.bind(temporary)
-            try:
-                os.chmod(temporary, mode)
-                os.rename(temporary, path)  # atomically replaces a stale socket
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            os.chmod(temporary, mode)
+            os.rename(temporary, path)  # atomically replaces a stale socket
+            bound = path
             sock.setblocking(False)
             server = await asyncio.start_unix_server(
                 lambda r, w: self._serve(r, w, tcp=False), sock=sock, limit=MAX_LINE
             )
         except BaseException:
             sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(bound)
             raise
         info = os.stat(path)
         self._unix_paths.append((path, info.st_dev, info.st_ino))
@@ -533,11 +533,11 @@ class _Connection:
             reply = await self._handle(line)
             if reply is not None:
                 try:
-                    data_ok = await self.send(reply)
+                    sent = await self.send(reply)
                 except (TypeError, ValueError):  # a result JSON cannot carry
                     log.exception("control reply to %s cannot be encoded", self.peer)
-                    data_ok = await self.send(_error(reply.get("id"), "internal error"))
-                if not data_ok:
+                    sent = await self.send(_error(reply["id"], "internal error: unencodable"))
+                if not sent:
                     return
             if self.close_after_reply:
                 await self.linger()
@@ -566,6 +566,8 @@ class _Connection:
                 f"field 'id' must be a string, number, boolean or null, got"
                 f" {_json_type(request_id)}",
             )
+        if isinstance(request_id, float) and not math.isfinite(request_id):
+            return _error(None, "field 'id' must be a finite number")
         op = request.pop("op", None)
         if op is None:
             return _error(request_id, "missing field 'op'")
@@ -890,6 +892,8 @@ class ControlClient:
             raise ControlConnectionError("not connected")
         if self._lost is not None:
             raise ControlConnectionError(self._lost)
+        if "id" in args:
+            raise TypeError("the client numbers requests itself: 'id' is not an argument")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -915,7 +919,10 @@ class ControlClient:
         """Events after ``request("subscribe")``; raises ``ControlConnectionError``
         when the connection is lost (ends quietly after ``close()``)."""
         while True:
-            event = await self._events.get()
+            # The end marker is dropped if the buffer was full when the connection
+            # ended: once the buffer is empty, the flag tells instead.
+            ended = self._lost is not None and self._events.empty()
+            event = None if ended else await self._events.get()
             if event is None:
                 with contextlib.suppress(asyncio.QueueFull):
                     self._events.put_nowait(None)  # for a later caller too
