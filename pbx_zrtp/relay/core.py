@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -85,6 +87,9 @@ class Subscription:
 
     def close(self) -> None:
         self._relay._subscribers.discard(self)
+        if self.overflowed:  # the reader is gone or stuck: its backlog is worthless
+            while not self.queue.empty():
+                self.queue.get_nowait()
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
 
@@ -141,12 +146,19 @@ class Relay:
             on_change=self._changed,
             on_unclaimed=self._unclaimed,
         )
-        try:
-            await mirror.open()
-        except OSError as exc:
-            raise RelayError(
-                f"cannot bind {self.layout.relay_host}:{port}: {exc.strerror or exc}"
-            ) from None
+        for attempt in range(3):
+            try:
+                await mirror.open()
+                break
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and attempt < 2:
+                    # A mirror just deleted on this port closes its sockets on the
+                    # loop's next turn: give it that turn before giving up.
+                    await asyncio.sleep(0)
+                    continue
+                raise RelayError(
+                    f"cannot bind {self.layout.relay_host}:{port}: {exc.strerror or exc}"
+                ) from None
         self._by_port[port] = mirror
         return mirror
 
@@ -173,6 +185,13 @@ class Relay:
             raise RelayError(f"call {call_id!r} already has a mirror")
         if payload_type not in (0, 8):
             raise RelayError("payload_type must be 0 (PCMU) or 8 (PCMA)")
+        if pbx_host is not None:
+            try:  # packets are matched on their source address: use the canonical form
+                pbx_host = str(ipaddress.ip_address(pbx_host))
+            except ValueError:
+                raise RelayError(f"pbx_host {pbx_host!r} is not an IP address") from None
+        if pbx_port is not None and not 1 <= pbx_port <= 65534:
+            raise RelayError("pbx_port must be 1-65534 (RTCP uses the next port)")
         self.layout.check_port(port)
         identity = CallIdentity(call_id, policy, self_uri, peer_uri, payload_type, phone_hint)
         mirror = self._by_port.get(port)
@@ -188,6 +207,8 @@ class Relay:
                 self._by_call.pop(mirror.identity.call_id, None)
                 mirror.identity.call_id = call_id
                 mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
+                mirror.identity.payload_type = payload_type
+                mirror.identity.phone_hint = phone_hint
                 self._by_call[call_id] = mirror
                 mirror.set_policy(policy)
                 self._changed(mirror)
@@ -267,11 +288,14 @@ class Relay:
         for sub in list(self._subscribers):
             sub.push(event)
         for listener in self._listeners:
-            listener(report)
+            try:
+                listener(report)
+            except Exception:  # a listener bug must never reach the packet path
+                log.exception("state listener failed")
 
     def _account(self, final: CallReport) -> None:
         totals = self.totals
-        totals.calls[final.state] += 1
+        totals.calls[final.last_state or final.state] += 1
         counters = final.counters
         for key in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
             totals.packets[key] += int(counters.get(key, 0))

@@ -9,10 +9,13 @@ import sys
 import time
 from typing import Any
 
+from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.control import ControlClient, ControlError, parse_control_address
 from pbx_zrtp.relay.mirror import Policy
 
-DEFAULT_CONTROL = "unix:/run/pbx-zrtp/control.sock"
+#: The relay's default control socket (same rule as ``pbx-zrtp relay`` without a config:
+#: /run/pbx-zrtp as root, else $XDG_RUNTIME_DIR/pbx-zrtp or /tmp/pbx-zrtp-UID).
+DEFAULT_CONTROL = f"unix:{RelayConfig.defaults().control_socket}"
 PROG = "pbx-zrtp ctl"
 
 _POLICIES = [p.value for p in Policy]

@@ -22,7 +22,7 @@ import os
 import struct
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
@@ -132,6 +132,8 @@ class CallReport:
     previously_verified: bool = False
     handshake_ms: float | None = None
     phone: str = ""
+    #: In an ``ended`` report: the state the call had reached before it ended.
+    last_state: str = ""
     counters: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -261,6 +263,7 @@ class Mirror:
             raise ValueError("a secured call cannot be switched off; hang it up instead")
         self.identity.policy = policy
         self._apply_policy(policy)
+        self.on_change(self)  # the policy is part of the report even if the state stays
 
     def _apply_policy(self, policy: Policy) -> None:
         self._cancel_policy_timer()
@@ -342,8 +345,9 @@ class Mirror:
         self._stop_engine()
         self._cancel_policy_timer()
         self._stop_priming()
+        last_state = self.state.value
         self._set_state(CallState.ENDED, reason)
-        final = self.report()
+        final = replace(self.report(), last_state=last_state)
         self.identity = None
         self.phone = self.phone_rtcp = None
         self._secured = None
