@@ -1,0 +1,117 @@
+"""The relay's TOML configuration: defaults, and errors that name the setting."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from pbx_zrtp.relay.config import ConfigError, load_config
+from pbx_zrtp.relay.mirror import Policy
+
+
+def write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_defaults_are_valid() -> None:
+    config = load_config(None)
+    assert config.relay_address != config.pbx_address
+    assert config.control_socket and config.cache_path
+    assert config.zrtp.ciphers == (b"AES1",)
+
+
+def test_a_full_file_is_read(tmp_path: pathlib.Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[relay]
+address = "10.0.0.2"
+pbx_address = "10.0.0.1"
+ports = "16384-16583"
+prebind = "16384-16393"
+prebind_policy = "optional"
+[zrtp]
+key_agreements = ["DH3k", "X255"]
+sas = ["B256"]
+[cache]
+path = "memory"
+[timeouts]
+optional = 2
+required = 8.5
+[control]
+socket = ""
+tcp = "127.0.0.1:5097"
+token_file = "/etc/pbx-zrtp/token"
+[metrics]
+listen = ""
+""",
+        )
+    )
+    assert (config.relay_address, config.pbx_address) == ("10.0.0.2", "10.0.0.1")
+    assert (config.port_min, config.port_max) == (16384, 16583)
+    assert config.prebind == (16384, 16386, 16388, 16390, 16392)  # even ports only
+    assert config.prebind_policy is Policy.OPTIONAL
+    assert config.zrtp.key_agreements == (b"DH3k", b"X255") and config.zrtp.sas == (b"B256",)
+    assert config.cache_path is None and config.control_socket is None
+    assert config.control_tcp == ("127.0.0.1", 5097) and config.metrics is None
+    assert (config.optional_timeout, config.required_timeout) == (2.0, 8.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[relay]\naddress = "127.0.0.1"\n', "relay.address: must differ"),
+        ('[relay]\naddress = "0.0.0.0"\n', "relay.address: must be a specific address"),
+        ('[relay]\naddress = "pbx.local"\n', "relay.address: 'pbx.local' is not an IP address"),
+        ('[relay]\nports = "9000-5000"\n', "relay.ports:"),
+        ('[relay]\nports = "80-90"\n', "relay.ports:"),
+        ('[relay]\nprebind = "30000-30010"\nports = "10000-20000"\n', "relay.prebind: port 30000"),
+        ('[relay]\nprebind_policy = "maybe"\n', "relay.prebind_policy:"),
+        ('[relay]\nrtcp = "yes"\n', "relay.rtcp: true or false"),
+        ('[relay]\nadress = "1.2.3.4"\n', "relay.adress: unknown setting"),
+        ("[relais]\n", "[relais]: unknown section"),
+        ('[zrtp]\nkey_agreements = ["FOO"]\n', "unsupported key agreement type"),
+        ('[zrtp]\nciphers = ["AES3"]\n', "zrtp.ciphers: AES3 cannot be used for SRTP"),
+        ("[zrtp]\nkey_agreements = 3\n", "zrtp.key_agreements: a list"),
+        ("[zrtp]\ncache_expiration = -1\n", "zrtp.cache_expiration"),
+        ('[zrtp]\nclient_id = "a very long client identifier"\n', "zrtp.client_id"),
+        ("[timeouts]\nrequired = 0\n", "timeouts.required"),
+        ('[control]\ntcp = "127.0.0.1:5097"\n', "control.tcp: needs control.token_file"),
+        ('[control]\ntcp = "localhost"\n', "control.tcp: HOST:PORT"),
+        ('[metrics]\nlisten = "nowhere:99"\n', "metrics.listen"),
+        ('[log]\nlevel = "loud"\n', "log.level"),
+        ("[relay\n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path: pathlib.Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file_and_cli_exit_status(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "absent.toml")
+    bad = write(tmp_path, '[relay]\nports = "1-2"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "pbx_zrtp.cli", "relay", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "configuration error: relay.ports" in proc.stderr
+    good = write(tmp_path, '[cache]\npath = "memory"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "pbx_zrtp.cli", "relay", "--config", str(good), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and "configuration OK" in proc.stdout
