@@ -153,7 +153,10 @@ class _Socket(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.handler(data, (addr[0], addr[1]))
+        try:
+            self.handler(data, (addr[0], addr[1]))
+        except Exception:  # a bug must cost one packet, never the socket or the relay
+            log.exception("internal error while handling a datagram; dropped")
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable from a peer that went away: not our problem
