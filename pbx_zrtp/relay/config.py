@@ -82,6 +82,8 @@ class RelayConfig:
     control_token_file: str | None = None
     metrics: tuple[str, int] | None = ("127.0.0.1", 9597)
     log_level: str = "info"
+    #: Raw [asterisk] / [freeswitch] sections, checked by those adapters' own parsers.
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def defaults(cls) -> RelayConfig:
@@ -110,6 +112,10 @@ _SCHEMA: dict[str, set[str]] = {
 }
 
 
+#: Sections that belong to the PBX adapters; they validate them themselves.
+ADAPTER_SECTIONS = ("asterisk", "freeswitch")
+
+
 def load_config(path: str | os.PathLike[str] | None) -> RelayConfig:
     """Read ``path`` (None: embedded defaults only)."""
     config = RelayConfig.defaults()
@@ -128,8 +134,14 @@ def load_config(path: str | os.PathLike[str] | None) -> RelayConfig:
 
 def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
     for section, values in data.items():
+        if section in ADAPTER_SECTIONS:
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: must be a table [{section}]")
+            config.adapters[section] = values
+            continue
         if section not in _SCHEMA:
-            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(sorted(_SCHEMA))})")
+            known = ", ".join(sorted([*_SCHEMA, *ADAPTER_SECTIONS]))
+            raise ConfigError(f"[{section}]: unknown section (known: {known})")
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: must be a table [{section}]")
         for key in values:

@@ -1,0 +1,1 @@
+"""Asterisk integration: an AMI client that steers calls through the relay."""

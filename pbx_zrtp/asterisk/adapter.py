@@ -1,0 +1,415 @@
+"""The Asterisk adapter: dialplan rules in, relay mirrors out, state back as variables.
+
+Per call (see dialplan/asterisk/extensions_pbx_zrtp.conf):
+
+1. The dialplan runs ``Progress()`` (so ``CHANNEL(rtp,src)`` exists) and raises
+   ``UserEvent(PbxZrtp,Policy: …,Target: …,RtpSrc: …)``, then holds the call with
+   ``WaitForCondition`` on ``ZRTP_STATE``.
+2. The adapter resolves the policy (the argument; for ``auto`` an AstDB key
+   ``pbx_zrtp/policy/<target>``, then the configured patterns, then the default),
+   learns the port (the event's RtpSrc, else ``Getvar CHANNEL(rtp,src)``), has the
+   relay mirror it, and writes ``ZRTP_*`` variables as the state changes — details
+   first, ``ZRTP_STATE`` last, so the dialplan wakes up to a complete picture.
+3. ``Hangup`` deletes the mirror. After an AMI reconnect the adapter compares
+   ``CoreShowChannels`` with its calls: vanished channels lose their mirror,
+   channels that asked for ZRTP while it was away (``PBX_ZRTP_POLICY`` set, no
+   state) are picked up, and live ones get their variables written again.
+
+Administration from the Asterisk CLI goes through UserEvents raised by a tiny
+admin context (``channel originate Local/s@pbx-zrtp-admin application UserEvent
+PbxZrtpAdmin,Command: verify,Call: <uniqueid>``) and AstDB (policies; the list of
+live calls is mirrored to ``pbx_zrtp/calls`` for ``database show pbx_zrtp/calls``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx_zrtp.asterisk.ami import Ami, AmiError, AmiEvent
+from pbx_zrtp.asterisk.config import AsteriskConfig, match_policy
+from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
+from pbx_zrtp.relay.mirror import Policy
+
+log = logging.getLogger("pbx_zrtp.asterisk")
+
+#: Call ids of this adapter's mirrors carry this prefix (resync only touches these).
+CALL_PREFIX = "ast-"
+#: Hangup cause for a `required` call that could not be secured:
+#: 58 = AST_CAUSE_BEARERCAPABILITY_NOTAVAIL ("bearer capability not available").
+FAILED_CAUSE = 58
+#: How long to keep asking for CHANNEL(rtp,src) when the event did not carry it.
+PORT_WAIT = 1.0
+
+VARIABLES = (
+    "ZRTP_POLICY",
+    "ZRTP_SECURE",
+    "ZRTP_SAS",
+    "ZRTP_SAS_TYPE",
+    "ZRTP_SAS_VERIFIED",
+    "ZRTP_CACHE_MISMATCH",
+    "ZRTP_CIPHER",
+    "ZRTP_AUTH_TAG",
+    "ZRTP_KEY_AGREEMENT",
+    "ZRTP_HASH",
+    "ZRTP_PEER_ZID",
+    "ZRTP_FAIL_REASON",
+    "ZRTP_STATE",
+)
+
+
+@dataclass
+class AsteriskCall:
+    uniqueid: str
+    channel: str
+    target: str
+    endpoint: str
+    policy: Policy
+    call_id: str
+    written: dict[str, str] = field(default_factory=dict)
+    hangup_task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
+    """The dialplan's view of a relay report (every name always present)."""
+    state = str(report.get("state", ""))
+    secure = state == "secure"
+    return {
+        "ZRTP_POLICY": policy.value,
+        "ZRTP_SECURE": "1" if secure else "0",
+        "ZRTP_SAS": str(report.get("sas", "")) if secure else "",
+        "ZRTP_SAS_TYPE": str(report.get("sas_type", "")) if secure else "",
+        "ZRTP_SAS_VERIFIED": "1" if secure and report.get("sas_verified") else "0",
+        "ZRTP_CACHE_MISMATCH": "1" if report.get("cache_mismatch") else "0",
+        "ZRTP_CIPHER": str(report.get("cipher", "")),
+        "ZRTP_AUTH_TAG": str(report.get("auth_tag", "")),
+        "ZRTP_KEY_AGREEMENT": str(report.get("key_agreement", "")),
+        "ZRTP_HASH": str(report.get("hash", "")),
+        "ZRTP_PEER_ZID": str(report.get("peer_zid", "")),
+        "ZRTP_FAIL_REASON": str(report.get("reason", "")) if state in ("failed", "clear") else "",
+        "ZRTP_STATE": state,
+    }
+
+
+def parse_port(value: str) -> int | None:
+    """'127.0.0.1:20094' -> 20094 (CHANNEL(rtp,src) shows the route's source IP:
+    only the port is used; the PBX address comes from the configuration)."""
+    _host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    number = int(port)
+    return number if 1 <= number <= 65535 else None
+
+
+class AsteriskAdapter:
+    def __init__(self, config: AsteriskConfig, relay: RelayHandle) -> None:
+        self.config = config
+        self.relay = relay
+        self.calls: dict[str, AsteriskCall] = {}  # by Uniqueid
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ami = Ami(
+            config.host,
+            config.port,
+            config.username,
+            config.secret,
+            on_event=self._on_event,
+            on_login=self._on_login,
+        )
+        relay.on_state(self._on_relay_state)
+
+    async def start(self) -> bool:
+        return await self.ami.start()
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            await self._end(call.uniqueid, "adapter stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        self.ami.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ AMI events
+
+    def _on_login(self) -> None:
+        self._spawn(self.resync())
+
+    def _on_event(self, event: AmiEvent) -> None:
+        kind = event.get("Event")
+        if kind == "UserEvent":
+            name = event.get("UserEvent", "")
+            if name == self.config.event:
+                self._spawn(self._start_call(event))
+            elif name == f"{self.config.event}Admin":
+                self._spawn(self._admin(event))
+        elif kind == "Hangup":
+            uniqueid = event.get("Uniqueid", "")
+            if uniqueid in self.calls:
+                self._spawn(self._end(uniqueid, "hangup"))
+
+    # ------------------------------------------------------------------ calls
+
+    async def _resolve_policy(self, requested: str, target: str) -> Policy:
+        requested = requested.strip().lower()
+        if requested in ("off", "optional", "required"):
+            return Policy(requested)
+        if target:
+            with contextlib.suppress(AmiError, ValueError):
+                stored = await self.ami.db_get("pbx_zrtp/policy", target)
+                if stored:
+                    return Policy(stored.strip().lower())
+            matched = match_policy(self.config, target)
+            if matched is not None:
+                return matched
+        return self.config.default_policy
+
+    async def _start_call(self, event: AmiEvent) -> None:
+        uniqueid = event.get("Uniqueid", "")
+        channel = event.get("Channel", "")
+        if not uniqueid or not channel:
+            log.warning("ignoring %s event without Channel/Uniqueid", self.config.event)
+            return
+        if uniqueid in self.calls:
+            return  # a repeated announcement (e.g. after a resync): already mirrored
+        target = event.get("Target", "") or event.get("Exten", "")
+        policy = await self._resolve_policy(event.get("Policy", ""), target)
+        endpoint = event.get("Endpoint", "")
+        call = AsteriskCall(uniqueid, channel, target, endpoint, policy, CALL_PREFIX + uniqueid)
+        self.calls[uniqueid] = call
+        async with call.lock:
+            port = parse_port(event.get("RtpSrc", ""))
+            deadline = asyncio.get_running_loop().time() + PORT_WAIT
+            while port is None and asyncio.get_running_loop().time() < deadline:
+                try:  # empty until the SDP answer went out: Progress() must come first
+                    port = parse_port(await self.ami.getvar(channel, "CHANNEL(rtp,src)"))
+                except AmiError as exc:
+                    log.warning("call %s: %s", channel, exc)
+                    break
+                if port is None:
+                    await asyncio.sleep(0.05)
+            if port is None:
+                await self._write_failure(
+                    call, "no RTP port: the dialplan must run Progress() before the Gosub"
+                )
+                return
+            hint = None
+            if self.config.restrict_phone_to_sip_address:
+                with contextlib.suppress(AmiError):
+                    remote = await self.ami.getvar(channel, "CHANNEL(pjsip,remote_addr)")
+                    host = remote.rpartition(":")[0].strip("[]")
+                    if host:
+                        hint = (host, 0)
+            try:
+                report = await self.relay.create(
+                    call.call_id,
+                    port,
+                    policy,
+                    self_uri=target,
+                    peer_uri=endpoint or channel,
+                    phone_hint=hint,
+                )
+            except RelayUnavailable as exc:
+                await self._write_failure(call, f"relay: {exc}")
+                return
+            log.info(
+                "call %s (%s) -> %s, port %d, policy %s",
+                channel,
+                uniqueid,
+                target,
+                port,
+                policy.value,
+            )
+            await self._write(call, report)
+
+    async def _write_failure(self, call: AsteriskCall, reason: str) -> None:
+        log.warning("call %s: %s", call.channel, reason)
+        state = "failed" if call.policy is not Policy.OFF else "off"
+        report = {"state": state, "reason": reason}
+        await self._write(call, report)
+
+    def _on_relay_state(self, report: dict[str, Any]) -> None:
+        call_id = str(report.get("call_id", ""))
+        if not call_id.startswith(CALL_PREFIX):
+            return
+        call = self.calls.get(call_id[len(CALL_PREFIX) :])
+        if call is not None and report.get("state") != "ended":
+            self._spawn(self._locked_write(call, report))
+
+    async def _locked_write(self, call: AsteriskCall, report: dict[str, Any]) -> None:
+        async with call.lock:
+            if call.uniqueid in self.calls:
+                await self._write(call, report)
+
+    async def _write(self, call: AsteriskCall, report: dict[str, Any]) -> None:
+        """Set what changed, ZRTP_STATE last; tell other AMI consumers; mirror to AstDB."""
+        values = variables_for(report, call.policy)
+        before = dict(call.written)
+        try:
+            for name in VARIABLES:
+                if call.written.get(name) != values[name]:
+                    await self.ami.setvar(call.channel, name, values[name])
+                    call.written[name] = values[name]
+        except AmiError as exc:
+            log.warning("call %s: could not write variables: %s", call.channel, exc)
+            return  # written again after the reconnect's resync
+        state = values["ZRTP_STATE"]
+        changed = before.get("ZRTP_STATE") != state
+        verified_now = values["ZRTP_SAS_VERIFIED"] == "1" and before.get("ZRTP_SAS_VERIFIED") != "1"
+        with contextlib.suppress(AmiError):
+            if changed and state == "secure":
+                await self.ami.user_event(
+                    "ZrtpSecure",
+                    Channel=call.channel,
+                    CallId=call.uniqueid,
+                    SAS=values["ZRTP_SAS"],
+                    SASType=values["ZRTP_SAS_TYPE"],
+                    Cipher=values["ZRTP_CIPHER"],
+                    KeyAgreement=values["ZRTP_KEY_AGREEMENT"],
+                )
+            if changed and state == "failed":
+                await self.ami.user_event(
+                    "ZrtpFailed",
+                    Channel=call.channel,
+                    CallId=call.uniqueid,
+                    Reason=values["ZRTP_FAIL_REASON"],
+                )
+            if verified_now:
+                await self.ami.user_event(
+                    "ZrtpSasVerified", Channel=call.channel, CallId=call.uniqueid
+                )
+            summary = f"{state} policy={call.policy.value} sas={values['ZRTP_SAS'] or '-'}"
+            summary += (
+                f" verified={'yes' if verified_now or values['ZRTP_SAS_VERIFIED'] == '1' else 'no'}"
+            )
+            await self.ami.db_put("pbx_zrtp/calls", call.uniqueid, f"{call.channel} {summary}")
+        if changed and state == "failed" and call.policy is Policy.REQUIRED:
+            self._arm_hangup(call)
+
+    def _arm_hangup(self, call: AsteriskCall) -> None:
+        delay = self.config.hangup_failed_after
+        if delay <= 0 or call.hangup_task is not None:
+            return
+
+        async def hang_up() -> None:
+            await asyncio.sleep(delay)
+            if call.uniqueid in self.calls:
+                log.warning(
+                    "call %s: required ZRTP failed (%s) and the dialplan did not hang up;"
+                    " hanging up (cause %d)",
+                    call.channel,
+                    call.written.get("ZRTP_FAIL_REASON", ""),
+                    FAILED_CAUSE,
+                )
+                with contextlib.suppress(AmiError):
+                    await self.ami.hangup(call.channel, FAILED_CAUSE)
+
+        call.hangup_task = asyncio.ensure_future(hang_up())
+
+    async def _end(self, uniqueid: str, reason: str) -> None:
+        call = self.calls.pop(uniqueid, None)
+        if call is None:
+            return
+        if call.hangup_task is not None:
+            call.hangup_task.cancel()
+        final = await self.relay.delete(call.call_id, reason)
+        with contextlib.suppress(AmiError):
+            await self.ami.db_del("pbx_zrtp/calls", uniqueid)
+        log.info(
+            "call %s ended (%s); reached %s",
+            call.channel,
+            reason,
+            (final or {}).get("last_state", "-"),
+        )
+
+    # ------------------------------------------------------------------ resync
+
+    async def resync(self) -> None:
+        """After every (re)login: make our calls and mirrors match Asterisk's channels."""
+        try:
+            channels = await self.ami.channels()
+        except AmiError as exc:
+            log.warning("resync: %s", exc)
+            return
+        live = {c.get("Uniqueid", ""): c for c in channels}
+        for uniqueid in [u for u in self.calls if u not in live]:
+            await self._end(uniqueid, "channel gone while AMI was down")
+        with contextlib.suppress(RelayUnavailable):
+            for mirrored in await self.relay.calls():
+                call_id = str(mirrored.get("call_id", ""))
+                if call_id.startswith(CALL_PREFIX) and call_id[len(CALL_PREFIX) :] not in live:
+                    await self.relay.delete(call_id, "channel gone")
+        for uniqueid, info in live.items():
+            call = self.calls.get(uniqueid)
+            channel = info.get("Channel", "")
+            if call is not None:
+                current = await self.relay.show(call.call_id)
+                if current is not None:
+                    call.written.clear()  # a Setvar may have been lost with the connection
+                    await self._locked_write(call, current)
+                continue
+            try:
+                requested = await self.ami.getvar(channel, "PBX_ZRTP_POLICY")
+                state = await self.ami.getvar(channel, "ZRTP_STATE")
+            except AmiError:
+                continue
+            if requested and state in ("", "pending"):
+                log.info("resync: picking up %s, which asked for ZRTP while AMI was down", channel)
+                target = ""
+                with contextlib.suppress(AmiError):
+                    target = await self.ami.getvar(channel, "PBX_ZRTP_TARGET")
+                await self._start_call(
+                    {
+                        "Uniqueid": uniqueid,
+                        "Channel": channel,
+                        "Policy": requested,
+                        "Target": target or info.get("Exten", ""),
+                    }
+                )
+
+    # ------------------------------------------------------------------ administration
+
+    def _find(self, ref: str) -> AsteriskCall | None:
+        ref = ref.strip()
+        if ref in self.calls:
+            return self.calls[ref]
+        for call in self.calls.values():
+            if call.channel == ref or call.channel.startswith(ref + "-"):
+                return call
+        return None
+
+    async def _admin(self, event: AmiEvent) -> None:
+        """UserEvent(PbxZrtpAdmin,Command: verify|unverify|policy,Call: …,…) from the CLI."""
+        command = event.get("Command", "").strip().lower()
+        try:
+            if command in ("verify", "unverify"):
+                call = self._find(event.get("Call", ""))
+                if call is None:
+                    raise RelayUnavailable(f"no ZRTP call {event.get('Call', '')!r}")
+                report = await self.relay.verify(call.call_id, command == "verify")
+                await self._locked_write(call, report)
+                log.info(
+                    "admin: SAS of %s marked %sverified",
+                    call.channel,
+                    "" if command == "verify" else "un",
+                )
+            elif command == "policy":
+                call = self._find(event.get("Call", ""))
+                if call is None:
+                    raise RelayUnavailable(f"no ZRTP call {event.get('Call', '')!r}")
+                policy = Policy(event.get("Policy", "").strip().lower())
+                report = await self.relay.update(call.call_id, policy)
+                call.policy = policy
+                await self._locked_write(call, report)
+            else:
+                raise RelayUnavailable(f"unknown admin command {command!r}")
+        except (RelayUnavailable, ValueError) as exc:
+            log.warning("admin: %s", exc)
+            with contextlib.suppress(AmiError):
+                await self.ami.user_event("ZrtpAdminError", Message=str(exc)[:200])

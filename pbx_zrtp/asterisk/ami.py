@@ -1,0 +1,183 @@
+"""The one place that knows panoramisk (AMI) and its quirks.
+
+- ``Manager.connect()`` returns before the login: we act in ``on_login``, which
+  panoramisk calls with ``call_soon`` (so it must be a plain function).
+- An action whose connection drops is re-sent after the next login unless its
+  future is done: every action here has a time-out, and a timed-out action is
+  cancelled so a stale Setvar/Hangup is never replayed.
+- Repeated header names arrive as lists; events that carry an ActionID are
+  consumed by that action's result (DBGet, CoreShowChannels).
+- panoramisk reconnects by itself (reconnect_timeout, integer seconds) and pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from panoramisk import Manager
+
+log = logging.getLogger("pbx_zrtp.asterisk")
+
+AmiEvent = dict[str, str]
+
+
+class AmiError(Exception):
+    """An AMI action failed or timed out; the message is safe to log."""
+
+
+def _flatten(message: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in message.items():
+        if key == "content":
+            continue
+        out[str(key)] = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+class Ami:
+    """An AMI session that stays connected: events out, actions in."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        *,
+        on_event: Callable[[AmiEvent], None],
+        on_login: Callable[[], None],
+        action_timeout: float = 5.0,
+        reconnect_delay: int = 1,
+    ) -> None:
+        self._on_event = on_event
+        self._on_login_cb = on_login
+        self.action_timeout = action_timeout
+        self.logged_in = asyncio.Event()
+        self.logins = 0
+        self._manager = Manager(
+            host=host,
+            port=port,
+            username=username,
+            secret=secret,
+            events="on",
+            reconnect_timeout=reconnect_delay,
+            ping_delay=10,
+            ping_interval=10,
+            on_login=self._logged_in,
+            on_disconnect=self._disconnected,
+            log=logging.getLogger("pbx_zrtp.asterisk.panoramisk"),
+        )
+        self._manager.register_event("UserEvent", self._event)
+        self._manager.register_event("Hangup", self._event)
+        self._manager.register_event("Newchannel", self._event)
+        self._manager.register_event("Shutdown", self._event)
+        self.address = f"{host}:{port}"
+
+    def _logged_in(self, manager: Any) -> None:
+        self.logins += 1
+        self.logged_in.set()
+        log.info("AMI logged in at %s", self.address)
+        self._on_login_cb()
+
+    def _disconnected(self, manager: Any, exc: object) -> None:
+        self.logged_in.clear()
+        log.warning("AMI connection to %s lost; reconnecting", self.address)
+
+    def _event(self, manager: Any, message: Any) -> None:
+        try:
+            self._on_event(_flatten(message))
+        except Exception:  # a handler bug must not break the AMI session
+            log.exception("AMI event handler failed")
+
+    async def start(self, wait: float = 5.0) -> bool:
+        """Connect (and keep reconnecting); True if logged in within ``wait`` s."""
+        self._manager.loop = asyncio.get_running_loop()
+        self._manager.connect()
+        try:
+            await asyncio.wait_for(self.logged_in.wait(), wait)
+        except TimeoutError:
+            log.warning(
+                "AMI at %s: not logged in yet (check host, port, username, secret)", self.address
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        self._manager.close()
+        self.logged_in.clear()
+
+    async def action(self, **fields: str) -> dict[str, str]:
+        """Send one action and return its single response (raises AmiError on failure)."""
+        name = fields.get("Action", "?")
+        if not self.logged_in.is_set():
+            raise AmiError(f"AMI not connected (action {name})")
+        future = self._manager.send_action(dict(fields))
+        try:
+            response = await asyncio.wait_for(asyncio.shield(future), self.action_timeout)
+        except TimeoutError:
+            future.cancel()  # never replayed after a reconnect
+            raise AmiError(f"AMI action {name} timed out") from None
+        if isinstance(response, list):
+            response = response[0]
+        flat = _flatten(response)
+        if flat.get("Response") not in ("Success", "Follows", "Goodbye"):
+            raise AmiError(f"AMI {name}: {flat.get('Message', flat.get('Response', 'failed'))}")
+        return flat
+
+    async def action_list(self, **fields: str) -> list[dict[str, str]]:
+        """An action answered by a list of events (e.g. CoreShowChannels)."""
+        name = fields.get("Action", "?")
+        if not self.logged_in.is_set():
+            raise AmiError(f"AMI not connected (action {name})")
+        future = self._manager.send_action(dict(fields), as_list=True)
+        try:
+            responses = await asyncio.wait_for(asyncio.shield(future), self.action_timeout)
+        except TimeoutError:
+            future.cancel()
+            raise AmiError(f"AMI action {name} timed out") from None
+        messages = [
+            _flatten(m) for m in (responses if isinstance(responses, list) else [responses])
+        ]
+        if messages and messages[0].get("Response") == "Error":
+            raise AmiError(f"AMI {name}: {messages[0].get('Message', 'failed')}")
+        return messages
+
+    # -- the actions the adapter uses ------------------------------------------------
+
+    async def getvar(self, channel: str, variable: str) -> str:
+        response = await self.action(Action="Getvar", Channel=channel, Variable=variable)
+        return response.get("Value", "")
+
+    async def setvar(self, channel: str, variable: str, value: str) -> None:
+        await self.action(Action="Setvar", Channel=channel, Variable=variable, Value=value)
+
+    async def hangup(self, channel: str, cause: int) -> None:
+        await self.action(Action="Hangup", Channel=channel, Cause=str(cause))
+
+    async def user_event(self, name: str, **headers: str) -> None:
+        await self.action(Action="UserEvent", UserEvent=name, **headers)
+
+    async def db_get(self, family: str, key: str) -> str | None:
+        try:
+            messages = await self.action_list(Action="DBGet", Family=family, Key=key)
+        except AmiError:
+            return None  # "Database entry not found"
+        for message in messages:
+            if message.get("Event") == "DBGetResponse":
+                return message.get("Val", "")
+        return None
+
+    async def db_put(self, family: str, key: str, value: str) -> None:
+        await self.action(Action="DBPut", Family=family, Key=key, Val=value)
+
+    async def db_del(self, family: str, key: str) -> None:
+        with contextlib.suppress(AmiError):  # already gone
+            await self.action(Action="DBDel", Family=family, Key=key)
+
+    async def channels(self) -> list[dict[str, str]]:
+        messages = await self.action_list(Action="CoreShowChannels")
+        return [m for m in messages if m.get("Event") == "CoreShowChannel"]
