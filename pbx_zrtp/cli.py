@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pbx_zrtp import app
+from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
@@ -18,7 +20,6 @@ from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpo
 from pbx_zrtp.relay.config import ConfigError, load_config
 from pbx_zrtp.relay.core import RelayError
 from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
-from pbx_zrtp.relay.service import run_relay
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
 
@@ -181,12 +182,19 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 def _relay_parsers(sub: Any) -> None:
     for name, text in (
-        ("run", "run pbx_zrtp: the relay (and, once configured, the PBX adapters)"),
-        ("relay", "run the ZRTP media relay with its control API and metrics"),
+        ("run", "run pbx_zrtp: the relay and the PBX adapters configured in the file"),
+        ("relay", "run the ZRTP media relay alone, with its control API and metrics"),
+        ("asterisk", "run the Asterisk (AMI) adapter alone, against a relay's control API"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in)")
         cmd.add_argument("--check", action="store_true", help="check the configuration and exit")
+        if name == "asterisk":
+            cmd.add_argument(
+                "--relay",
+                metavar="unix:PATH|tcp:HOST:PORT",
+                help="the relay's control API (default: its configured socket)",
+            )
     ctl = sub.add_parser(
         "ctl", help="drive a running relay (create, list, show, verify, delete...)"
     )
@@ -202,11 +210,24 @@ def _relay_main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        if "asterisk" in config.adapters:
+            parse_asterisk(config.adapters["asterisk"])
+    except ConfigError as exc:
+        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
+        return 2
     if args.check:
         sys.stdout.write("configuration OK\n")
         return 0
     try:
-        return asyncio.run(run_relay(config))
+        if args.command == "relay":
+            return asyncio.run(app.run(config, adapters=()))
+        if args.command == "asterisk":
+            if "asterisk" not in config.adapters:
+                sys.stderr.write("pbx-zrtp: configuration error: [asterisk]: missing section\n")
+                return 2
+            return asyncio.run(app.run(config, with_relay=False, relay_address=args.relay))
+        return asyncio.run(app.run(config))
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2
@@ -233,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_endpoint_main(args))
     if args.command == "demo":
         return asyncio.run(_demo_main(args))
-    if args.command in ("run", "relay"):
+    if args.command in ("run", "relay", "asterisk"):
         return _relay_main(args)
     if args.command == "ctl":
         return run_ctl(args)

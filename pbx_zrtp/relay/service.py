@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import signal
-from collections.abc import Callable
 from pathlib import Path
 
 from pbx_zrtp.cache.base import SecretCache
@@ -102,24 +98,3 @@ class RelayService:
         await self.metrics.close()
         await self.relay.close()
         self.cache.close()
-
-
-async def run_relay(
-    config: RelayConfig, *, started: Callable[[RelayService], None] | None = None
-) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit status."""
-    service = RelayService(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        await service.start()
-        if started is not None:
-            started(service)
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        await service.close()
-    return 0
