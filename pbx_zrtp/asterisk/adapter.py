@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,8 @@ CALL_PREFIX = "ast-"
 #: Hangup cause for a `required` call that could not be secured:
 #: 58 = AST_CAUSE_BEARERCAPABILITY_NOTAVAIL ("bearer capability not available").
 FAILED_CAUSE = 58
+#: How many hung-up Uniqueids to remember (late events about them are ignored).
+GONE_MEMORY = 4096
 #: How long to keep asking for CHANNEL(rtp,src) when the event did not carry it.
 PORT_WAIT = 1.0
 
@@ -110,6 +113,7 @@ class AsteriskAdapter:
         self.config = config
         self.relay = relay
         self.calls: dict[str, AsteriskCall] = {}  # by Uniqueid
+        self._gone: OrderedDict[str, None] = OrderedDict()  # recently hung-up Uniqueids
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ami = Ami(
             config.host,
@@ -151,6 +155,13 @@ class AsteriskAdapter:
                 self._spawn(self._admin(event))
         elif kind == "Hangup":
             uniqueid = event.get("Uniqueid", "")
+            if not uniqueid:
+                return
+            # Remembered so a call whose set-up is still awaiting AMI/relay answers
+            # notices it is gone instead of leaving a mirror behind.
+            self._gone[uniqueid] = None
+            while len(self._gone) > GONE_MEMORY:
+                self._gone.popitem(last=False)
             if uniqueid in self.calls:
                 self._spawn(self._end(uniqueid, "hangup"))
 
@@ -176,14 +187,19 @@ class AsteriskAdapter:
         if not uniqueid or not channel:
             log.warning("ignoring %s event without Channel/Uniqueid", self.config.event)
             return
-        if uniqueid in self.calls:
-            return  # a repeated announcement (e.g. after a resync): already mirrored
+        if uniqueid in self.calls or uniqueid in self._gone:
+            return  # a repeated announcement, or a channel that is already gone
         target = event.get("Target", "") or event.get("Exten", "")
-        policy = await self._resolve_policy(event.get("Policy", ""), target)
         endpoint = event.get("Endpoint", "")
-        call = AsteriskCall(uniqueid, channel, target, endpoint, policy, CALL_PREFIX + uniqueid)
-        self.calls[uniqueid] = call
+        call = AsteriskCall(
+            uniqueid, channel, target, endpoint, Policy.REQUIRED, CALL_PREFIX + uniqueid
+        )
+        self.calls[uniqueid] = call  # from here a Hangup finds it
         async with call.lock:
+            call.policy = await self._resolve_policy(event.get("Policy", ""), target)
+            policy = call.policy
+            if uniqueid not in self.calls:
+                return
             port = parse_port(event.get("RtpSrc", ""))
             deadline = asyncio.get_running_loop().time() + PORT_WAIT
             while port is None and asyncio.get_running_loop().time() < deadline:
@@ -217,6 +233,9 @@ class AsteriskAdapter:
                 )
             except RelayUnavailable as exc:
                 await self._write_failure(call, f"relay: {exc}")
+                return
+            if uniqueid not in self.calls:  # hung up while the relay was binding
+                await self.relay.delete(call.call_id, "hangup")
                 return
             log.info(
                 "call %s (%s) -> %s, port %d, policy %s",
@@ -316,6 +335,7 @@ class AsteriskAdapter:
         call = self.calls.pop(uniqueid, None)
         if call is None:
             return
+        self._gone[uniqueid] = None
         if call.hangup_task is not None:
             call.hangup_task.cancel()
         final = await self.relay.delete(call.call_id, reason)

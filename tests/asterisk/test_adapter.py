@@ -1,0 +1,328 @@
+"""The Asterisk adapter through whole calls: fake AMI (replaying real Asterisk
+behaviour), a real relay, a real ZRTP phone (our engine) and an echo 'PBX'."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from pbx_zrtp.asterisk.adapter import AsteriskAdapter
+from pbx_zrtp.asterisk.config import AsteriskConfig
+from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
+from pbx_zrtp.relay.core import Relay
+from pbx_zrtp.relay.handle import LocalRelay
+from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from tests.asterisk.fake_ami import FakeAmi, FakeChannel
+from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay, rtp
+
+SETTLED: Callable[[str | None], bool] = lambda v: v not in (None, "", "pending")  # noqa: E731
+
+
+class Lab:
+    def __init__(self, fake: FakeAmi, relay: Relay, adapter: AsteriskAdapter) -> None:
+        self.fake = fake
+        self.relay = relay
+        self.adapter = adapter
+        self.pbxs: list[EchoPbx] = []
+
+    async def call(
+        self,
+        policy: str = "required",
+        exten: str = "600",
+        *,
+        progress: bool = True,
+        rtp_src: bool = True,
+    ) -> tuple[FakeChannel, int]:
+        """What [pbx-zrtp] does: Set(PBX_ZRTP_POLICY), Progress(), UserEvent(PbxZrtp,...)."""
+        port = free_even_port()
+        pbx = EchoPbx(port)
+        await pbx.start()
+        self.pbxs.append(pbx)
+        channel = self.fake.new_call(rtp_port=port, exten=exten)
+        await channel.set_var("PBX_ZRTP_POLICY", policy)
+        await channel.set_var("PBX_ZRTP_TARGET", exten)
+        if progress:
+            await channel.progress()
+        headers = {"Policy": policy, "Target": exten, "Endpoint": channel.endpoint}
+        if rtp_src:
+            headers["RtpSrc"] = f"127.0.0.1:{port}" if progress else ""
+        await channel.user_event("PbxZrtp", **headers)
+        return channel, port
+
+
+@contextlib.asynccontextmanager
+async def lab(**config: Any) -> AsyncIterator[Lab]:
+    fake = FakeAmi()
+    port = await fake.start()
+    relay = make_relay(
+        required_timeout=config.pop("required_timeout", 3.0),
+        optional_timeout=config.pop("optional_timeout", 1.0),
+    )
+    settings = AsteriskConfig(
+        host="127.0.0.1", port=port, username="ctl", secret="ctlpass", **config
+    )
+    adapter = AsteriskAdapter(settings, LocalRelay(relay))
+    assert await adapter.start()
+    the_lab = Lab(fake, relay, adapter)
+    try:
+        yield the_lab
+    finally:
+        await adapter.close()
+        await relay.close()
+        for pbx in the_lab.pbxs:
+            pbx.close()
+        await fake.close()
+
+
+def phone(port: int, zid: bytes = b"A" * 12, srtp: int = 10) -> Any:
+    return run_endpoint(
+        ZrtpConfiguration(zid=zid),
+        EndpointOptions(bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=srtp, timeout=10),
+    )
+
+
+def run(coro: Any) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_secure_call_sets_every_variable_and_tells_ami_consumers() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            result, state = await asyncio.gather(
+                phone(port), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            assert state == "secure" and result["ok"]
+            v = channel.variables
+            assert v["ZRTP_SECURE"] == "1" and v["ZRTP_SAS"] == result["sas"]
+            assert v["ZRTP_SAS_TYPE"] == result["sas_type"] and v["ZRTP_POLICY"] == "required"
+            assert v["ZRTP_CIPHER"] == "AES1" and v["ZRTP_KEY_AGREEMENT"] == result["key_agreement"]
+            assert v["ZRTP_HASH"] == "S256" and v["ZRTP_AUTH_TAG"] == result["auth_tag"]
+            assert v["ZRTP_PEER_ZID"] == (b"A" * 12).hex()
+            assert v["ZRTP_SAS_VERIFIED"] == "0" and v["ZRTP_CACHE_MISMATCH"] == "0"
+            assert v["ZRTP_FAIL_REASON"] == ""
+            assert result["srtp"]["received_ok"] == 10
+            # ZRTP_STATE is written last: the dialplan wakes to a complete picture
+            setvars = [a["Variable"] for a in t.fake.actions if a.get("Action") == "Setvar"]
+            assert setvars.index("ZRTP_STATE", setvars.index("ZRTP_SAS")) > setvars.index(
+                "ZRTP_SAS"
+            )
+            await _until(lambda: any(a.get("UserEvent") == "ZrtpSecure" for a in t.fake.actions))
+            user_events = [a for a in t.fake.actions if a.get("Action") == "UserEvent"]
+            assert any(
+                a.get("UserEvent") == "ZrtpSecure" and a.get("SAS") == result["sas"]
+                for a in user_events
+            )
+            await _until(
+                lambda: "secure" in t.fake.astdb.get(("pbx_zrtp/calls", channel.uniqueid), "")
+            )
+            assert t.fake.astdb.get(("pbx_zrtp/calls", channel.uniqueid), "").startswith(
+                channel.name
+            )
+            await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+            assert ("pbx_zrtp/calls", channel.uniqueid) not in t.fake.astdb
+
+    run(scenario())
+
+
+def test_optional_call_from_a_phone_without_zrtp_reports_clear() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("optional")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((PHONE_HOST, 0))
+            for i in range(10):
+                sock.sendto(rtp(i), (RELAY_HOST, port))
+            state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            sock.close()
+            assert state == "clear" and channel.variables["ZRTP_SECURE"] == "0"
+            assert "no ZRTP" in channel.variables["ZRTP_FAIL_REASON"]
+            assert channel.alive  # optional: the call goes on
+
+    run(scenario())
+
+
+def test_required_failure_is_reported_and_the_call_hung_up_with_cause_58() -> None:
+    async def scenario() -> None:
+        async with lab(required_timeout=0.6, hangup_failed_after=0.3) as t:
+            channel, _port = await t.call("required")  # no phone ever sends
+            state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            assert (
+                state == "failed" and "not secure within" in channel.variables["ZRTP_FAIL_REASON"]
+            )
+            await _until(lambda: any(a.get("UserEvent") == "ZrtpFailed" for a in t.fake.actions))
+            # the dialplan here "forgot" to hang up: the adapter's safety net does
+            await _until(lambda: not channel.alive)
+            assert channel.hangup_cause == 58
+            await _until(lambda: not t.relay.calls())
+            assert not list(t.relay.mirrors())  # no port left behind
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("when", ["before_event_handled", "during_handshake", "after_secure"])
+def test_hangup_at_any_moment_leaves_nothing_behind(when: str) -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            if when == "before_event_handled":
+                await channel.hangup()
+            elif when == "during_handshake":
+                await _until(lambda: bool(t.relay.calls()))
+                task = asyncio.ensure_future(phone(port, srtp=0))
+                await asyncio.sleep(0.01)
+                await channel.hangup()
+                with contextlib.suppress(Exception):
+                    await task
+            else:
+                await asyncio.gather(
+                    phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+                )
+                await channel.hangup()
+            await _until(lambda: not t.relay.calls() and not t.adapter.calls)
+            await asyncio.sleep(0.2)  # a late event must not resurrect anything
+            assert not t.relay.calls() and not list(t.relay.mirrors()) and not t.adapter.calls
+
+    run(scenario())
+
+
+def test_ami_drop_mid_call_reconnects_and_rewrites_state() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            logins = t.fake.logins
+            channel.variables["ZRTP_SAS"] = "lost"  # as if a Setvar had not arrived
+            await t.fake.drop_connections()
+            await _until(lambda: t.fake.logins > logins, timeout=10)
+            await _until(lambda: channel.variables.get("ZRTP_SAS") != "lost")
+            assert channel.variables["ZRTP_STATE"] == "secure"
+            assert len(t.relay.calls()) == 1  # no duplicate mirror
+            await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
+def test_asterisk_restart_drops_mirrors_of_vanished_channels() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            logins = t.fake.logins
+            await t.fake.restart(down_for=0.5)  # channels are gone with the old Asterisk
+            await _until(lambda: t.fake.logins > logins, timeout=10)
+            await _until(lambda: not t.relay.calls() and not t.adapter.calls)
+
+    run(scenario())
+
+
+def test_a_call_announced_while_ami_was_down_is_picked_up_on_reconnect() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            logins = t.fake.logins
+            await t.fake.drop_connections()
+            channel, port = await t.call("required")  # its UserEvent reaches nobody
+            await _until(lambda: t.fake.logins > logins, timeout=10)
+            result, state = await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            assert state == "secure" and channel.variables["ZRTP_SAS"] == result["sas"]
+
+    run(scenario())
+
+
+def test_malformed_ami_input_is_survived() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            await t.fake.send_raw(b"garbage without colon\r\n\r\n")
+            await t.fake.send_raw(
+                b"Event: UserEvent\r\nUserEvent: PbxZrtp\r\nPolicy: required\r\n\r\n"
+            )
+            await t.fake.send_raw(
+                b"Event: UserEvent\r\nUserEvent: PbxZrtp\r\nChannel: PJSIP/x\r\n"
+                b"Uniqueid: 1.1\r\nRtpSrc: nonsense\r\n\r\n"
+            )
+            await t.fake.send_raw(b"Event: Hangup\r\nUniqueid: \xff\xfe\r\n\r\n")
+            await t.fake.send_raw(b"\r\n\r\n\r\n")
+            channel, port = await t.call("required")
+            result, state = await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            assert state == "secure" and result["ok"]
+
+    run(scenario())
+
+
+def test_auto_policy_from_astdb_then_patterns_then_default() -> None:
+    async def scenario() -> None:
+        async with lab(
+            policies=[("_7XX", Policy.OFF), ("_6XX", Policy.OPTIONAL)],
+            default_policy=Policy.REQUIRED,
+        ) as t:
+            t.fake.astdb[("pbx_zrtp/policy", "601")] = "required"
+            expectations = {"601": "required", "602": "optional", "700": "off", "999": "required"}
+            for exten, expected in expectations.items():
+                channel, _ = await t.call("auto", exten=exten)
+                await _until(lambda c=channel: c.variables.get("ZRTP_POLICY") is not None)
+                assert channel.variables["ZRTP_POLICY"] == expected, exten
+                if expected == "off":
+                    assert channel.variables["ZRTP_STATE"] == "off"
+                await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
+def test_missing_progress_gives_a_clear_failure_reason() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, _ = await t.call("required", progress=False, rtp_src=False)
+            state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            assert state == "failed"
+            assert "Progress()" in channel.variables["ZRTP_FAIL_REASON"]
+            assert not t.relay.calls()
+
+    run(scenario())
+
+
+def test_cli_admin_marks_the_sas_verified() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            # channel originate Local/s@pbx-zrtp-admin application UserEvent \
+            #     PbxZrtpAdmin,Command: verify,Call: <uniqueid>
+            admin = t.fake.new_call(rtp_port=free_even_port(), endpoint="Local/s@pbx-zrtp-admin")
+            await admin.user_event("PbxZrtpAdmin", Command="verify", Call=channel.uniqueid)
+            await _until(lambda: channel.variables.get("ZRTP_SAS_VERIFIED") == "1")
+            assert any(a.get("UserEvent") == "ZrtpSasVerified" for a in t.fake.actions)
+            assert "verified=yes" in t.fake.astdb[("pbx_zrtp/calls", channel.uniqueid)]
+            # an unknown call is answered with an error event, nothing breaks
+            await admin.user_event("PbxZrtpAdmin", Command="verify", Call="no.such")
+            await _until(
+                lambda: any(a.get("UserEvent") == "ZrtpAdminError" for a in t.fake.actions)
+            )
+
+    run(scenario())
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
