@@ -326,3 +326,43 @@ async def _until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+def test_adapter_in_its_own_process_role_against_a_remote_relay(tmp_path: Any) -> None:
+    """`pbx-zrtp asterisk --relay unix:…`: the adapter reaches the relay over the control API."""
+    from pbx_zrtp.relay.control import ControlServer
+    from pbx_zrtp.relay.handle import RemoteRelay
+
+    async def scenario() -> None:
+        fake = FakeAmi()
+        ami_port = await fake.start()
+        relay = make_relay()
+        server = ControlServer(relay)
+        socket_path = str(tmp_path / "control.sock")
+        await server.start_unix(socket_path)
+        remote = RemoteRelay(f"unix:{socket_path}", RELAY_HOST)
+        await remote.start()
+        adapter = AsteriskAdapter(
+            AsteriskConfig(host="127.0.0.1", port=ami_port, username="ctl", secret="ctlpass"),
+            remote,
+        )
+        assert await adapter.start()
+        t = Lab(fake, relay, adapter)
+        try:
+            channel, port = await t.call("required")
+            result, state = await asyncio.gather(
+                phone(port, srtp=5), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            assert state == "secure" and channel.variables["ZRTP_SAS"] == result["sas"]
+            await channel.hangup()
+            await _until(lambda: not relay.calls())
+        finally:
+            await adapter.close()
+            await remote.close()
+            await server.close()
+            await relay.close()
+            for pbx in t.pbxs:
+                pbx.close()
+            await fake.close()
+
+    run(scenario())
