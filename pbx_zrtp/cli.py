@@ -17,6 +17,7 @@ from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpoint
+from pbx_zrtp.freeswitch.config import parse_freeswitch
 from pbx_zrtp.relay.config import ConfigError, load_config
 from pbx_zrtp.relay.core import RelayError
 from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
@@ -185,11 +186,12 @@ def _relay_parsers(sub: Any) -> None:
         ("run", "run pbx_zrtp: the relay and the PBX adapters configured in the file"),
         ("relay", "run the ZRTP media relay alone, with its control API and metrics"),
         ("asterisk", "run the Asterisk (AMI) adapter alone, against a relay's control API"),
+        ("freeswitch", "run the FreeSWITCH (ESL) adapter alone, against a relay's control API"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in)")
         cmd.add_argument("--check", action="store_true", help="check the configuration and exit")
-        if name == "asterisk":
+        if name in ("asterisk", "freeswitch"):
             cmd.add_argument(
                 "--relay",
                 metavar="unix:PATH|tcp:HOST:PORT",
@@ -213,6 +215,8 @@ def _relay_main(args: argparse.Namespace) -> int:
     try:
         if "asterisk" in config.adapters:
             parse_asterisk(config.adapters["asterisk"])
+        if "freeswitch" in config.adapters:
+            parse_freeswitch(config.adapters["freeswitch"])
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2
@@ -222,11 +226,17 @@ def _relay_main(args: argparse.Namespace) -> int:
     try:
         if args.command == "relay":
             return asyncio.run(app.run(config, adapters=()))
-        if args.command == "asterisk":
-            if "asterisk" not in config.adapters:
-                sys.stderr.write("pbx-zrtp: configuration error: [asterisk]: missing section\n")
+        if args.command in ("asterisk", "freeswitch"):
+            if args.command not in config.adapters:
+                sys.stderr.write(
+                    f"pbx-zrtp: configuration error: [{args.command}]: missing section\n"
+                )
                 return 2
-            return asyncio.run(app.run(config, with_relay=False, relay_address=args.relay))
+            return asyncio.run(
+                app.run(
+                    config, with_relay=False, adapters=(args.command,), relay_address=args.relay
+                )
+            )
         return asyncio.run(app.run(config))
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
@@ -254,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_endpoint_main(args))
     if args.command == "demo":
         return asyncio.run(_demo_main(args))
-    if args.command in ("run", "relay", "asterisk"):
+    if args.command in ("run", "relay", "asterisk", "freeswitch"):
         return _relay_main(args)
     if args.command == "ctl":
         return run_ctl(args)

@@ -1,0 +1,1 @@
+"""FreeSWITCH integration: an ESL client that steers calls through the relay."""

@@ -1,0 +1,103 @@
+"""The [freeswitch] section of the configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pbx_zrtp.relay.config import ConfigError
+from pbx_zrtp.relay.mirror import Policy
+
+_KEYS = {
+    "host",
+    "port",
+    "password",
+    "password_file",
+    "default_policy",
+    "hangup_failed_after",
+    "hangup_cause",
+    "require_advertised_relay",
+}
+
+
+@dataclass
+class FreeswitchConfig:
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="ClueCon", repr=False)
+    #: Policy for calls that ask with `pbx_zrtp_policy=auto` and match no
+    #: `pbx_zrtp_policy_<destination>` global variable.
+    default_policy: Policy = Policy.OPTIONAL
+    #: Hang up a `required` call this long after it failed (the dialplan may first).
+    hangup_failed_after: float = 1.0
+    hangup_cause: str = "BEARERCAPABILITY_NOTAVAIL"
+    #: Refuse (report failed) a ZRTP call whose rtp_adv_audio_ip is not the relay.
+    require_advertised_relay: bool = True
+
+
+def parse_freeswitch(data: dict[str, Any]) -> FreeswitchConfig:
+    config = FreeswitchConfig()
+    for key in data:
+        if key not in _KEYS:
+            known = ", ".join(sorted(_KEYS))
+            raise ConfigError(f"freeswitch.{key}: unknown setting (known: {known})")
+    if "host" in data:
+        if not isinstance(data["host"], str) or not data["host"]:
+            raise ConfigError("freeswitch.host: the event socket host")
+        config.host = data["host"]
+    if "port" in data:
+        port = data["port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ConfigError(
+                "freeswitch.port: the event socket port (event_socket.conf.xml, 8021)"
+            )
+        config.port = port
+    if "password" in data and "password_file" in data:
+        raise ConfigError("freeswitch.password: give password or password_file, not both")
+    if "password" in data:
+        if not isinstance(data["password"], str) or not data["password"]:
+            raise ConfigError("freeswitch.password: the event socket password")
+        config.password = data["password"]
+    if "password_file" in data:
+        path = data["password_file"]
+        if not isinstance(path, str) or not path:
+            raise ConfigError("freeswitch.password_file: a file path")
+        try:
+            text = Path(path).read_text().strip()
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(
+                f"freeswitch.password_file: cannot read {path}: {exc.strerror}"
+            ) from None
+        if mode & 0o077:
+            raise ConfigError(
+                f"freeswitch.password_file: {path} is readable by other users (chmod 600)"
+            )
+        if not text:
+            raise ConfigError(f"freeswitch.password_file: {path} is empty")
+        config.password = text
+    if "default_policy" in data:
+        try:
+            config.default_policy = Policy(data["default_policy"])
+        except ValueError:
+            raise ConfigError("freeswitch.default_policy: one of off, optional, required") from None
+    if "hangup_failed_after" in data:
+        value = data["hangup_failed_after"]
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 60:
+            raise ConfigError("freeswitch.hangup_failed_after: seconds, 0-60")
+        config.hangup_failed_after = float(value)
+    if "hangup_cause" in data:
+        cause = data["hangup_cause"]
+        if not isinstance(cause, str) or not re.fullmatch(r"[A-Z_]+", cause):
+            raise ConfigError(
+                "freeswitch.hangup_cause: a FreeSWITCH cause name, e.g. BEARERCAPABILITY_NOTAVAIL"
+            )
+        config.hangup_cause = cause
+    if "require_advertised_relay" in data:
+        if not isinstance(data["require_advertised_relay"], bool):
+            raise ConfigError("freeswitch.require_advertised_relay: true or false")
+        config.require_advertised_relay = data["require_advertised_relay"]
+    return config
