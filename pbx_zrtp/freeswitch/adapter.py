@@ -70,7 +70,9 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
     sas_type = str(report.get("sas_type", "")) if secure else ""
     sas1, sas2 = legacy_sas(sas, sas_type)
     values = {
-        "pbx_zrtp_policy": policy.value,
+        # The dialplan's own pbx_zrtp_policy is the request (maybe "auto"); this is
+        # the policy in force.
+        "pbx_zrtp_active_policy": policy.value,
         "pbx_zrtp_secure": "true" if secure else "false",
         "pbx_zrtp_sas": sas,
         "pbx_zrtp_sas_type": sas_type,

@@ -183,12 +183,25 @@ class Esl:
             delay = 0.2
             self._to_loop(self._connected)
             while esl.connected and not self._stopping.is_set():
+                reader = getattr(esl, "_receive_events_greenlet", None)
+                if reader is not None and reader.dead:
+                    # greenswitch's reader dies on input it cannot parse (e.g. a header
+                    # line without ": "), leaving a connection that never answers
+                    # again: treat it as lost and start over.
+                    log.warning("ESL input from %s:%d could not be parsed; reconnecting",
+                                self.host, self.port)
+                    break
                 gevent.sleep(0.1)
             self._esl = None
+            for pending in list(getattr(esl, "_commands_sent", [])):
+                # greenswitch leaves these waiting forever after a drop
+                with contextlib.suppress(Exception):
+                    pending.set_exception(ConnectionError("ESL connection lost"))
             self._to_loop(self.connected.clear)
             self._fail_pending(EslError("ESL connection lost"))
             with contextlib.suppress(Exception):
-                esl.stop()
+                esl._run = False  # stop() may block on a dead reader: just close
+                esl.sock.close()
             if not self._stopping.is_set():
                 log.warning("ESL connection to %s:%d lost; reconnecting", self.host, self.port)
                 gevent.sleep(delay)

@@ -1,0 +1,343 @@
+"""The FreeSWITCH adapter through whole calls: fake ESL (replaying real FreeSWITCH
+1.10 behaviour), a real relay with pre-bound ports, a real ZRTP phone (our
+engine) and an echo 'PBX'."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
+from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter, legacy_sas
+from pbx_zrtp.freeswitch.config import FreeswitchConfig
+from pbx_zrtp.relay.core import Relay
+from pbx_zrtp.relay.handle import LocalRelay
+from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from tests.freeswitch.fake_esl import FakeEsl, FakeFsChannel
+from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay, rtp
+
+SETTLED: Callable[[str | None], bool] = lambda v: v not in (None, "", "pending")  # noqa: E731
+
+
+class Lab:
+    def __init__(
+        self, fake: FakeEsl, relay: Relay, adapter: FreeswitchAdapter, ports: list[int]
+    ) -> None:
+        self.fake = fake
+        self.relay = relay
+        self.adapter = adapter
+        self.free_ports = list(ports)
+        self.pbxs: list[EchoPbx] = []
+
+    async def call(
+        self,
+        policy: str | None = "required",
+        *,
+        legacy: bool = False,
+        advertise: bool = True,
+        destination: str = "9400",
+        answer: bool = True,
+    ) -> tuple[FakeFsChannel, int]:
+        """The dialplan: set pbx_zrtp_policy (or zrtp_secure_media), rtp_adv_audio_ip, answer."""
+        port = self.free_ports.pop()
+        pbx = EchoPbx(port)
+        await pbx.start()
+        self.pbxs.append(pbx)
+        channel = self.fake.new_call(local_media_port=port, destination=destination)
+        if legacy:
+            await channel.set_var("zrtp_secure_media", "true")
+        elif policy is not None:
+            await channel.set_var("pbx_zrtp_policy", policy)
+        if advertise:
+            await channel.set_var("rtp_adv_audio_ip", RELAY_HOST)
+        if answer:
+            await channel.answer()
+        return channel, port
+
+
+@contextlib.asynccontextmanager
+async def lab(calls: int = 4, **config: Any) -> AsyncIterator[Lab]:
+    fake = FakeEsl()
+    esl_port = await fake.start()
+    ports = [free_even_port() for _ in range(calls)]
+    relay = make_relay(
+        prebind=tuple(ports),
+        required_timeout=config.pop("required_timeout", 3.0),
+        optional_timeout=config.pop("optional_timeout", 1.0),
+    )
+    await relay.start()
+    settings = FreeswitchConfig(host="127.0.0.1", port=esl_port, password="ClueCon", **config)
+    adapter = FreeswitchAdapter(settings, LocalRelay(relay))
+    assert await adapter.start()
+    the_lab = Lab(fake, relay, adapter, ports)
+    try:
+        yield the_lab
+    finally:
+        await adapter.close()
+        await relay.close()
+        for pbx in the_lab.pbxs:
+            pbx.close()
+        await fake.close()
+
+
+def phone(port: int, zid: bytes = b"F" * 12, srtp: int = 10, sas: bytes | None = None) -> Any:
+    # With a SAS preference the phone commits, so its choice is the one used.
+    config = (
+        ZrtpConfiguration(zid=zid)
+        if sas is None
+        else ZrtpConfiguration(zid=zid, sas_types=(sas,), role="initiator")
+    )
+    return run_endpoint(
+        config,
+        EndpointOptions(bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=srtp, timeout=10),
+    )
+
+
+def run(coro: Any) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def test_secure_call_sets_new_and_legacy_variables_and_fires_call_secure() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            result, state = await asyncio.gather(
+                phone(port, sas=b"B256"), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            assert state == "secure" and result["ok"] and result["srtp"]["received_ok"] == 10
+            v = channel.variables
+            assert v["pbx_zrtp_secure"] == "true" and v["pbx_zrtp_sas"] == result["sas"]
+            assert v["pbx_zrtp_sas_type"] == "B256" and v["pbx_zrtp_active_policy"] == "required"
+            assert v["pbx_zrtp_cipher"] == "AES1" and v["pbx_zrtp_peer_zid"] == (b"F" * 12).hex()
+            # the drop-in for FreeSWITCH's removed ZRTP
+            word1, word2 = result["sas"].split(" ")
+            assert v["zrtp_secure_media_confirmed_audio"] == "true"
+            assert (v["zrtp_sas1_string_audio"], v["zrtp_sas2_string"]) == (word1, word2)
+            await _until(
+                lambda: any(e.get("Event-Subclass") == "pbx_zrtp::secure" for e in t.fake.fired)
+            )
+            secure = next(e for e in t.fake.fired if e.get("Event-Subclass") == "pbx_zrtp::secure")
+            assert secure.get("secure_type") == f"zrtp:{word1}:{word2}"
+            assert secure.get("pbx_zrtp_uuid") == channel.uuid and secure.get("Unique-ID") is None
+            await _until(lambda: "secure" in t.fake.global_vars.get("pbx_zrtp_calls", ""))
+            await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+            assert port in {m.port for m in t.relay.mirrors()}  # pre-bound port stays bound
+
+    run(scenario())
+
+
+def test_legacy_zrtp_secure_media_true_means_optional() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call(legacy=True)
+            result, state = await asyncio.gather(
+                phone(port), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            assert state == "secure" and channel.variables["pbx_zrtp_active_policy"] == "optional"
+            assert channel.variables["zrtp_sas1_string_audio"] == result["sas"]
+            assert channel.variables.get("zrtp_sas2_string", "") == ""  # unset: B32 has one part
+
+    run(scenario())
+
+
+def test_media_before_the_port_is_known_is_held_then_secured() -> None:
+    """The phone's first packets reach the pre-bound port before CHANNEL_ANSWER."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required", answer=False)
+            task = asyncio.ensure_future(phone(port))
+            await _until(lambda: bool(t.relay.calls()))  # the relay attached its default
+            assert t.relay.calls()[0].call_id == f"port-{port}"
+            await channel.answer()
+            result, state = await asyncio.gather(
+                task, channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            assert state == "secure" and result["ok"]
+            assert t.relay.calls()[0].call_id == f"fs-{channel.uuid}"
+
+    run(scenario())
+
+
+def test_optional_call_without_zrtp_reports_clear() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("optional")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((PHONE_HOST, 0))
+            for i in range(5):
+                sock.sendto(rtp(i), (RELAY_HOST, port))
+            state = await channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            sock.close()
+            assert (
+                state == "clear"
+                and channel.variables["zrtp_secure_media_confirmed_audio"] == "false"
+            )
+
+    run(scenario())
+
+
+def test_required_failure_hangs_up_with_a_clear_cause() -> None:
+    async def scenario() -> None:
+        async with lab(required_timeout=0.6, hangup_failed_after=0.2) as t:
+            channel, _ = await t.call("required")
+            state = await channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            assert (
+                state == "failed"
+                and "not secure within" in channel.variables["pbx_zrtp_fail_reason"]
+            )
+            await _until(lambda: not channel.alive)
+            assert channel.hangup_cause == "BEARERCAPABILITY_NOTAVAIL"
+            await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
+def test_missing_rtp_adv_audio_ip_is_a_named_failure() -> None:
+    async def scenario() -> None:
+        async with lab(hangup_failed_after=30) as t:
+            channel, _ = await t.call("required", advertise=False)
+            state = await channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            assert (
+                state == "failed"
+                and "rtp_adv_audio_ip" in channel.variables["pbx_zrtp_fail_reason"]
+            )
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("when", ["at_once", "during_handshake", "after_secure"])
+def test_hangup_at_any_moment_leaves_no_call_behind(when: str) -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            if when == "during_handshake":
+                await _until(lambda: any(c.call_id.startswith("fs-") for c in t.relay.calls()))
+                task = asyncio.ensure_future(phone(port, srtp=0))
+                await asyncio.sleep(0.01)
+                await channel.hangup()
+                with contextlib.suppress(Exception):
+                    await task
+            elif when == "after_secure":
+                await asyncio.gather(
+                    phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+                )
+                await channel.hangup()
+            else:
+                await channel.hangup()
+            await _until(
+                lambda: (
+                    not t.adapter.calls
+                    and not [c for c in t.relay.calls() if c.call_id.startswith("fs-")]
+                )
+            )
+            await asyncio.sleep(0.2)
+            assert not t.adapter.calls
+            assert not [c for c in t.relay.calls() if c.call_id.startswith("fs-")]
+
+    run(scenario())
+
+
+def test_esl_drop_mid_call_reconnects_and_rewrites_state() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            connections = t.adapter.esl.connections
+            channel.variables["pbx_zrtp_sas"] = "lost"
+            await t.fake.drop_connections()
+            await _until(lambda: t.adapter.esl.connections > connections, timeout=10)
+            await _until(lambda: channel.variables.get("pbx_zrtp_sas") != "lost")
+            assert channel.variables["pbx_zrtp_state"] == "secure"
+            assert len([c for c in t.relay.calls() if c.call_id.startswith("fs-")]) == 1
+
+    run(scenario())
+
+
+def test_freeswitch_restart_drops_vanished_calls() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            connections = t.adapter.esl.connections
+            await t.fake.restart(down_for=0.5)
+            await _until(lambda: t.adapter.esl.connections > connections, timeout=10)
+            await _until(lambda: not t.adapter.calls)
+            await _until(lambda: not [c for c in t.relay.calls() if c.call_id.startswith("fs-")])
+
+    run(scenario())
+
+
+def test_malformed_esl_input_is_survived() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            await t.fake.send_raw(b"garbage\n\n")
+            await t.fake.send_raw(b"Content-Length: 5\nContent-Type: text/event-plain\n\nxx%zz")
+            channel, port = await t.call("required")
+            result, state = await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            assert state == "secure" and result["ok"]
+
+    run(scenario())
+
+
+def test_fs_cli_administration() -> None:
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("optional")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            # fs_cli> uuid_setvar <uuid> pbx_zrtp_verified true
+            await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_verified true")
+            await _until(lambda: channel.variables.get("pbx_zrtp_sas_verified") == "true")
+            await _until(
+                lambda: any(e.get("Event-Subclass") == "pbx_zrtp::verified" for e in t.fake.fired)
+            )
+            # fs_cli> global_getvar pbx_zrtp_calls
+            listing = await t.fake.fs_cli("global_getvar", "pbx_zrtp_calls")
+            assert channel.uuid in listing and "verified=true" in listing
+            # fs_cli> uuid_setvar <uuid> pbx_zrtp_policy required
+            await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_policy required")
+            await _until(lambda: channel.variables.get("pbx_zrtp_active_policy") == "required")
+
+    run(scenario())
+
+
+def test_auto_policy_from_global_variable() -> None:
+    async def scenario() -> None:
+        async with lab(default_policy=Policy.OFF) as t:
+            t.fake.global_vars["pbx_zrtp_policy_9401"] = "required"
+            channel, _ = await t.call("auto", destination="9401")
+            await _until(lambda: channel.variables.get("pbx_zrtp_active_policy") is not None)
+            assert channel.variables["pbx_zrtp_active_policy"] == "required"
+            other, _ = await t.call("auto", destination="9402")
+            await _until(lambda: other.variables.get("pbx_zrtp_active_policy") is not None)
+            assert other.variables["pbx_zrtp_active_policy"] == "off"
+
+    run(scenario())
+
+
+def test_legacy_sas_split() -> None:
+    assert legacy_sas("aardvark adroitness", "B256") == ("aardvark", "adroitness")
+    assert legacy_sas("b7k2", "B32") == ("b7k2", "")
