@@ -352,18 +352,26 @@ class AsteriskAdapter:
 
     async def resync(self) -> None:
         """After every (re)login: make our calls and mirrors match Asterisk's channels."""
+        # Calls that start while we wait for the PBX's answer are not in its snapshot:
+        # only calls known before asking may be judged gone.
+        known_before = set(self.calls)
         try:
             channels = await self.ami.channels()
         except AmiError as exc:
             log.warning("resync: %s", exc)
             return
         live = {c.get("Uniqueid", ""): c for c in channels}
-        for uniqueid in [u for u in self.calls if u not in live]:
+        for uniqueid in [u for u in self.calls if u not in live and u in known_before]:
             await self._end(uniqueid, "channel gone while AMI was down")
         with contextlib.suppress(RelayUnavailable):
             for mirrored in await self.relay.calls():
                 call_id = str(mirrored.get("call_id", ""))
-                if call_id.startswith(CALL_PREFIX) and call_id[len(CALL_PREFIX) :] not in live:
+                uniqueid = call_id[len(CALL_PREFIX) :]
+                if (
+                    call_id.startswith(CALL_PREFIX)
+                    and uniqueid not in live
+                    and uniqueid not in self.calls
+                ):
                     await self.relay.delete(call_id, "channel gone")
         for uniqueid, info in live.items():
             call = self.calls.get(uniqueid)

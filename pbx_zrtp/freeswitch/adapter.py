@@ -355,17 +355,21 @@ class FreeswitchAdapter:
 
     async def resync(self) -> None:
         """After every (re)connect: match calls and mirrors to FreeSWITCH's channels."""
+        # Calls that start while we wait for the PBX's answer are not in its snapshot:
+        # only calls known before asking may be judged gone.
+        known_before = set(self.calls)
         try:
             live = await self._live_channels()
         except EslError as exc:
             log.warning("resync: %s", exc)
             return
-        for uuid in [u for u in self.calls if u not in live]:
+        for uuid in [u for u in self.calls if u not in live and u in known_before]:
             await self._end(uuid, "channel gone while ESL was down")
         with contextlib.suppress(RelayUnavailable):
             for mirrored in await self.relay.calls():
                 call_id = str(mirrored.get("call_id", ""))
-                if call_id.startswith(CALL_PREFIX) and call_id[len(CALL_PREFIX) :] not in live:
+                uuid = call_id[len(CALL_PREFIX) :]
+                if call_id.startswith(CALL_PREFIX) and uuid not in live and uuid not in self.calls:
                     await self.relay.delete(call_id, "channel gone")
         for uuid in live:
             call = self.calls.get(uuid)

@@ -188,8 +188,11 @@ class Esl:
                     # greenswitch's reader dies on input it cannot parse (e.g. a header
                     # line without ": "), leaving a connection that never answers
                     # again: treat it as lost and start over.
-                    log.warning("ESL input from %s:%d could not be parsed; reconnecting",
-                                self.host, self.port)
+                    log.warning(
+                        "ESL input from %s:%d could not be parsed; reconnecting",
+                        self.host,
+                        self.port,
+                    )
                     break
                 gevent.sleep(0.1)
             self._esl = None
