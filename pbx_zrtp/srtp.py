@@ -58,6 +58,16 @@ class SrtpContext:
         policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
         policy.window_size = window
         policy.allow_repeat_tx = True  # our relay may resend a PBX packet verbatim
+        if profile == pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32:
+            # libsrtp's _32 profile keeps an 80-bit tag on SRTCP (RFC 3711's default),
+            # but ZRTP phones apply the negotiated HS32 to SRTCP too: measured with
+            # linphone 5.1 through the relay (every SRTCP packet failed with 80 bits).
+            # pylibsrtp has no option for it, so set the RTCP half of its policy here.
+            ffi, lib = getattr(pylibsrtp, "ffi"), getattr(pylibsrtp, "lib")  # noqa: B009
+            rtcp = ffi.addressof(policy._policy.rtcp)
+            status = lib.srtp_crypto_policy_set_from_profile_for_rtp(rtcp, profile)
+            if status != 0:
+                raise ValueError(f"libsrtp refused a 32-bit SRTCP tag (status {status})")
         return policy
 
     def protect(self, packet: bytes) -> bytes | None:

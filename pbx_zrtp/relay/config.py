@@ -42,7 +42,7 @@ class ZrtpSettings:
     key_agreements: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
     hashes: tuple[bytes, ...] = (b"S256", b"S384")
     ciphers: tuple[bytes, ...] = (b"AES1",)
-    auth_tags: tuple[bytes, ...] = (b"HS32", b"HS80")
+    auth_tags: tuple[bytes, ...] = (b"HS80", b"HS32")
     sas: tuple[bytes, ...] = (b"B32 ", b"B256")
     client_id: str = "pbx_zrtp relay"
     cache_expiration: int = 0xFFFFFFFF

@@ -22,7 +22,7 @@ import os
 import struct
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
@@ -211,6 +211,8 @@ class Mirror:
         self._pbx_heard = False
         self._priming: asyncio.TimerHandle | None = None
         self._priming_until = 0.0
+        self._last_state = ""
+        self._last_forward = -1.0  # loop time of the last packet forwarded to A:P
         self._prime_seq = int.from_bytes(os.urandom(2), "big")
         self._prime_ts = int.from_bytes(os.urandom(4), "big")
         self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
@@ -332,6 +334,7 @@ class Mirror:
             previously_verified=secured.previously_verified if secured else False,
             handshake_ms=self._handshake_ms,
             phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
+            last_state=self._last_state,
             counters=self.counters.as_dict(),
         )
 
@@ -348,15 +351,17 @@ class Mirror:
         self._stop_engine()
         self._cancel_policy_timer()
         self._stop_priming()
-        last_state = self.state.value
-        self._set_state(CallState.ENDED, reason)
-        final = replace(self.report(), last_state=last_state)
+        self._last_state = self.state.value
+        self._set_state(CallState.ENDED, reason)  # subscribers' `ended` carries it too
+        final = self.report()
+        self._last_state = ""
         self.identity = None
         self.phone = self.phone_rtcp = None
         self._secured = None
         self._sas_verified = False
         self._handshake_ms = None
         self._pbx_heard = False
+        self._last_forward = -1.0
         self.counters = Counters()
         self.state = CallState.IDLE
         self.reason = ""
@@ -405,6 +410,11 @@ class Mirror:
             return
         if self._loop.time() > self._priming_until:
             self.counters.drops["priming_gave_up"] += 1
+            return
+        if self._loop.time() - self._last_forward < 2 * PRIMING_INTERVAL:
+            # The phone's own stream is flowing to A:P: one RTP stream at a time, or
+            # the PBX's strict-RTP learning (sequential packets) never completes.
+            self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
             return
         pt = self.identity.payload_type if self.identity else 0
         self._prime_seq = (self._prime_seq + 1) & 0xFFFF
@@ -671,6 +681,7 @@ class Mirror:
         if self._pbx_rtp is None:
             return
         self._pbx_rtp.sendto(data, self.pbx)
+        self._last_forward = self._loop.time()
         self.counters.pbx_out += 1
         self.counters.pbx_out_bytes += len(data)
 

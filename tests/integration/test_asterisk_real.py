@@ -1,0 +1,835 @@
+"""A real ZRTP call through a real Asterisk (chan_pjsip) and ``pbx-zrtp run``.
+
+Runs only when ``PBX_ZRTP_ASTERISK`` names an Asterisk binary (e.g.
+``/opt/asterisk/sbin/asterisk``) and ``linphonec`` (Debian ``linphone-cli``) is
+installed. Everything runs on loopback addresses:
+
+- Asterisk: SIP transport and RTP on A = 127.0.10.1, AMI on 127.0.0.1 (a free port),
+  configured from the project's samples in ``dialplan/asterisk/`` (pjsip, manager,
+  the ``[pbx-zrtp]`` Gosub), RTP ports 20000-20100;
+- ``pbx-zrtp run``: relay on R = 127.0.10.2 in front of A, AMI adapter;
+- the phone: ``linphonec`` (alice) with its RTP on 127.0.10.3, calling 600, which runs
+  ``Gosub(pbx-zrtp,s,1(required))``, ``Answer()`` and ``Echo()``.
+
+Run: ``PBX_ZRTP_ASTERISK=/opt/asterisk/sbin/asterisk .venv/bin/python -m pytest -m integration
+tests/integration -q -s`` (``-s`` shows a JSON summary of each call). Every wait has a
+time-out and every process is ended in a ``finally``. The logs of all programs are left in
+the test's tmp directory and their tails are printed when a check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SAMPLES = ROOT / "dialplan" / "asterisk"
+ASTERISK = os.environ.get("PBX_ZRTP_ASTERISK", "")
+LINPHONEC = shutil.which("linphonec")
+
+A = "127.0.10.1"  # Asterisk: SIP transport and RTP
+R = "127.0.10.2"  # the relay (media_address of the ZRTP endpoint)
+PHONE = "127.0.10.3"  # linphonec's RTP
+RTP_PORTS = (20000, 20100)
+AMI_SECRET = "integration-test-secret-0123456789"
+TEST_AMI_USER = "zrtp-test"
+TEST_AMI_SECRET = "integration-test-listener-secret"
+CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
+REQUIRED_TIMEOUT = 6.0  # [timeouts] required in pbx-zrtp.toml (the dialplan waits 12 s)
+
+
+def _skip_reason() -> str | None:
+    if not ASTERISK:
+        return "set PBX_ZRTP_ASTERISK to an Asterisk 22 binary (e.g. /opt/asterisk/sbin/asterisk)"
+    if not os.access(ASTERISK, os.X_OK):
+        return f"PBX_ZRTP_ASTERISK={ASTERISK} is not an executable"
+    if LINPHONEC is None:
+        return "linphonec is not installed (Debian package linphone-cli)"
+    return None
+
+
+if (_reason := _skip_reason()) is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process whose merged stdout/stderr is collected line by line (and logged)."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self.times: list[float] = []
+        self.eof = False
+        self._cond = threading.Condition()
+        self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by _read
+        self.popen = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env=env,
+            cwd=cwd,
+        )
+        self._thread = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        try:
+            for line in self.popen.stdout:
+                self._log.write(line)
+                self._log.flush()
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self.times.append(time.monotonic())
+                    self._cond.notify_all()
+        finally:
+            self._log.close()
+            with self._cond:
+                self.eof = True
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> tuple[re.Match[str], int]:
+        """The first line (from index ``start``) matching ``pattern``, and its index."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    match = rx.search(self.lines[index])
+                    if match:
+                        return match, index
+                    index += 1
+                if self.eof:
+                    raise AssertionError(
+                        f"{self.name} ended before printing {pattern!r}:\n{self.tail()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{self.name} did not print {pattern!r} within {timeout} s:\n{self.tail()}"
+                    )
+                self._cond.wait(remaining)
+
+    def tail(self, count: int = 40) -> str:
+        return "\n".join(f"  | {line}" for line in self.lines[-count:])
+
+    def send(self, text: str) -> None:
+        if self.popen.stdin is not None and self.popen.poll() is None:
+            self.popen.stdin.write(text + "\n")
+            self.popen.stdin.flush()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; only this process (by its pid)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+        self._thread.join(5)
+
+
+# ---------------------------------------------------------------------- AMI
+
+
+class AmiClient:
+    """A minimal raw AMI client: one reader thread, actions by ActionID, events kept."""
+
+    def __init__(self, host: str, port: int, username: str, secret: str, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(None)
+        self.events: list[dict[str, str]] = []
+        self.closed = False
+        self._responses: dict[str, dict[str, str]] = {}
+        self._cond = threading.Condition()
+        self._next = 0
+        self._thread = threading.Thread(target=self._read, name="ami-test", daemon=True)
+        self._thread.start()
+        reply = self.action("Login", Username=username, Secret=secret, Events="on")
+        if reply.get("Response") != "Success":
+            raise AssertionError(f"AMI login as {username} failed: {reply}")
+
+    def _read(self) -> None:
+        buffer = b""
+        banner = True
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                if banner and b"\r\n" in buffer:
+                    _, buffer = buffer.split(b"\r\n", 1)  # "Asterisk Call Manager/x.y.z"
+                    banner = False
+                while b"\r\n\r\n" in buffer:
+                    raw, buffer = buffer.split(b"\r\n\r\n", 1)
+                    message: dict[str, str] = {}
+                    for line in raw.decode("utf-8", "replace").split("\r\n"):
+                        key, sep, value = line.partition(":")
+                        if sep and key not in message:
+                            message[key.strip()] = value.strip()
+                    with self._cond:
+                        if "Response" in message and "ActionID" in message:
+                            self._responses[message["ActionID"]] = message
+                        elif "Event" in message:
+                            message["_time"] = f"{time.monotonic():.6f}"
+                            self.events.append(message)
+                        self._cond.notify_all()
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+
+    def action(self, name: str, timeout: float = 5.0, **fields: str) -> dict[str, str]:
+        with self._cond:
+            self._next += 1
+            action_id = f"t{self._next}"
+        text = f"Action: {name}\r\nActionID: {action_id}\r\n"
+        text += "".join(f"{key}: {value}\r\n" for key, value in fields.items()) + "\r\n"
+        self.sock.sendall(text.encode())
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while action_id not in self._responses:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed:
+                    raise AssertionError(f"AMI {name}: no response within {timeout} s")
+                self._cond.wait(remaining)
+            return self._responses.pop(action_id)
+
+    def wait_event(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float, what: str
+    ) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        index = 0
+        with self._cond:
+            while True:
+                while index < len(self.events):
+                    if predicate(self.events[index]):
+                        return self.events[index]
+                    index += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed:
+                    seen = [e.get("Event", "") + "/" + e.get("UserEvent", "") for e in self.events]
+                    raise AssertionError(f"no AMI event {what} within {timeout} s; saw {seen}")
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"Action: Logoff\r\n\r\n")
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def _free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def _asterisk_prefix(binary: str) -> Path:
+    return Path(binary).resolve().parent.parent
+
+
+MODULES = (
+    "res_pjproject.so",
+    "res_sorcery_config.so",
+    "res_sorcery_memory.so",
+    "res_sorcery_astdb.so",
+    "res_pjsip.so",
+    "res_pjsip_session.so",
+    "res_pjsip_pubsub.so",
+    "chan_pjsip.so",
+    "res_pjsip_sdp_rtp.so",
+    "res_pjsip_endpoint_identifier_user.so",
+    "res_pjsip_authenticator_digest.so",
+    "res_rtp_asterisk.so",
+    "res_timing_timerfd.so",
+    "codec_ulaw.so",
+    "codec_alaw.so",
+    "pbx_config.so",
+    "app_stack.so",
+    "app_userevent.so",
+    "app_waitforcond.so",
+    "app_verbose.so",
+    "app_echo.so",
+    "func_channel.so",
+    "func_logic.so",
+)
+
+
+STUB_CONFIGS = (
+    "acl.conf",
+    "ccss.conf",
+    "cdr.conf",
+    "cel.conf",
+    "features.conf",
+    "indications.conf",
+    "pjproject.conf",
+    "udptl.conf",
+)
+
+
+def write_asterisk_config(base: Path, ami_port: int) -> Path:
+    """A complete, private Asterisk configuration under ``base``; returns asterisk.conf."""
+    prefix = _asterisk_prefix(ASTERISK)
+    moddir = Path(os.environ.get("PBX_ZRTP_ASTERISK_MODULES", prefix / "lib/asterisk/modules"))
+    datadir = prefix / "var/lib/asterisk"
+    etc, var, spool, run, log = (base / d for d in ("etc", "var", "spool", "run", "log"))
+    for directory in (etc, var, spool, run, log):
+        directory.mkdir(parents=True, exist_ok=True)
+    conf = _write(
+        etc / "asterisk.conf",
+        f"""[directories]
+astetcdir => {etc}
+astmoddir => {moddir}
+astvarlibdir => {var}
+astdbdir => {var}
+astkeydir => {var}
+astdatadir => {datadir}
+astagidir => {var}/agi-bin
+astspooldir => {spool}
+astrundir => {run}
+astlogdir => {log}
+astsbindir => {prefix / "sbin"}
+
+[options]
+verbose = 5
+debug = 0
+documentation_language = en_US
+""",
+    )
+    _write(
+        etc / "modules.conf",
+        "[modules]\nautoload = no\n" + "".join(f"load => {m}\n" for m in MODULES),
+    )
+    _write(
+        etc / "logger.conf",
+        "[general]\ndateformat = %F %T.%3q\n\n[logfiles]\n"
+        "console => notice,warning,error,verbose\n"
+        "full => notice,warning,error,verbose,debug\n",
+    )
+    for quiet in STUB_CONFIGS:  # absent files are logged as errors at every start
+        _write(etc / quiet, "")
+    _write(etc / "rtp.conf", f"[general]\nrtpstart = {RTP_PORTS[0]}\nrtpend = {RTP_PORTS[1]}\n")
+    # The project's samples, with this lab's addresses, port and secrets.
+    pjsip = (SAMPLES / "pjsip_pbx_zrtp.conf").read_text()
+    assert "192.0.2.1:5060" in pjsip and "media_address = 192.0.2.2" in pjsip
+    _write(etc / "pjsip.conf", pjsip.replace("192.0.2.1", A).replace("192.0.2.2", R))
+    manager = (SAMPLES / "manager_pbx_zrtp.conf").read_text()
+    manager, ports = re.subn(r"(?m)^port = 5038$", f"port = {ami_port}", manager)
+    manager, secrets = re.subn(r"(?m)^secret = .*$", f"secret = {AMI_SECRET}", manager)
+    assert ports == 1 and secrets == 1, "manager_pbx_zrtp.conf changed shape"
+    manager += (
+        f"\n[{TEST_AMI_USER}]\nsecret = {TEST_AMI_SECRET}\n"
+        "deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n"
+        "read = all\nwrite = all\n"
+    )
+    _write(etc / "manager.conf", manager, 0o600)
+    shutil.copy(SAMPLES / "extensions_pbx_zrtp.conf", etc / "extensions_pbx_zrtp.conf")
+    _write(
+        etc / "extensions.conf",
+        """[general]
+static = yes
+writeprotect = yes
+
+#include extensions_pbx_zrtp.conf
+
+[from-phones]
+exten => 600,1,Gosub(pbx-zrtp,s,1(required))
+ same => n,Answer()
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
+Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
+ same => n,Echo()
+ same => n,Hangup()
+""",
+    )
+    return conf
+
+
+def write_relay_config(base: Path, ami_port: int) -> Path:
+    secret = _write(base / "ami.secret", AMI_SECRET + "\n", 0o600)
+    return _write(
+        base / "pbx-zrtp.toml",
+        f"""[relay]
+address = "{R}"
+pbx_address = "{A}"
+ports = "{RTP_PORTS[0]}-{RTP_PORTS[1]}"
+
+[cache]
+path = "{base / "cache.db"}"
+
+[timeouts]
+required = {REQUIRED_TIMEOUT}
+
+[control]
+socket = "{base / "control.sock"}"
+
+[metrics]
+listen = ""
+
+[log]
+level = "debug"
+
+[asterisk]
+host = "127.0.0.1"
+port = {ami_port}
+username = "pbx-zrtp"
+secret_file = "{secret}"
+""",
+    )
+
+
+def write_tone(path: Path, seconds: float = 5.0) -> Path:
+    """A 440 Hz tone, 8 kHz mono 16-bit: what linphonec sends as its microphone."""
+    rate = 8000
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+        for i in range(int(rate * seconds))
+    )
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return path
+
+
+def _free_rtp_port(host: str) -> int:
+    """An even UDP port on ``host`` whose successor (RTCP) is free too."""
+    for _ in range(50):
+        port = _free_udp_port(host) & ~1
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
+                rtp.bind((host, port))
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtcp:
+                    rtcp.bind((host, port + 1))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no free RTP port pair on {host}")
+
+
+NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMediaEncryptionNone\n"
+
+
+def write_linphonerc(home: Path, *, zrtp: bool) -> Path:
+    (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
+    encryption = "zrtp" if zrtp else "none"
+    # liblinphone 5.1 answers a peer's ZRTP Hello even with media_encryption=none (it
+    # creates its ZRTP engine for every encryption it *supports*): a phone without ZRTP
+    # must also drop ZRTP from its supported list, which needs capability negotiation.
+    no_zrtp = "" if zrtp else NO_ZRTP
+    return _write(
+        home / "linphonerc",
+        f"""[sip]
+sip_port=-1
+sip_tcp_port=0
+sip_tls_port=0
+ipv6_migration_done=1
+use_ipv6=0
+contact="alice" <sip:alice@{PHONE}>
+media_encryption={encryption}
+media_encryption_mandatory={1 if zrtp else 0}
+{no_zrtp}
+[rtp]
+audio_rtp_port={_free_rtp_port(PHONE)}
+bind_address={PHONE}
+
+[sound]
+echocancellation=0
+
+[video]
+enabled=0
+
+[auth_info_0]
+username=alice
+passwd=change-me
+realm=asterisk
+""",
+    )
+
+
+# ---------------------------------------------------------------------- the lab
+
+
+@dataclass
+class Lab:
+    base: Path
+    asterisk: Proc
+    relay: Proc
+    ami: AmiClient
+    watch: Proc
+    tone: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def control(self) -> str:
+        return f"unix:{self.base / 'control.sock'}"
+
+    def ctl(self, *args: str) -> Any:
+        result = subprocess.run(
+            [*CTL, "--control", self.control, "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=ROOT,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def asterisk_log(self) -> str:
+        path = self.base / "log" / "full"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def channel_log(self, channel: str) -> list[str]:
+        """Asterisk's log lines about one channel (by its call id tag [C-…])."""
+        lines = self.asterisk_log().splitlines()
+        tags = {
+            match.group(1)
+            for line in lines
+            if channel in line and (match := re.search(r"\]\[(C-[0-9a-f]+)\]", line))
+        }
+        return [line for line in lines if any(f"[{tag}]" in line for tag in tags)]
+
+    def relay_events(self, call_id: str) -> list[dict[str, Any]]:
+        """The relay's state events for one call (from ``pbx-zrtp ctl watch --json``)."""
+        events = []
+        for line, stamp in zip(list(self.watch.lines), list(self.watch.times), strict=False):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            call = event.get("call") if isinstance(event, dict) else None
+            if isinstance(call, dict) and call.get("call_id") == call_id:
+                events.append({**call, "_time": stamp})
+        return events
+
+    def phone(self, name: str, *, zrtp: bool) -> Proc:
+        home = self.base / name
+        home.mkdir()
+        rc = write_linphonerc(home, zrtp=zrtp)
+        env = {**os.environ, "HOME": str(home)}
+        proc = Proc(
+            name,
+            [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")],
+            self.base / f"{name}.log",
+            env=env,
+            stdin=True,
+            cwd=home,
+        )
+        self.procs.append(proc)
+        proc.send("soundcard use files")
+        proc.wait_for(r"Using wav files instead of soundcard", 20)
+        proc.send(f"play {self.tone}")
+        return proc
+
+    def diagnostics(self) -> str:
+        parts = []
+        for proc in [self.asterisk, self.relay, self.watch, *self.procs]:
+            parts.append(f"--- {proc.name} ({proc.log_path})\n{proc.tail(60)}")
+        return "\n".join(parts)
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: Proc) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{host}:{port} not accepting within {timeout} s:\n{proc.tail()}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    base = tmp_path_factory.mktemp("asterisk-real")
+    ami_port = _free_tcp_port("127.0.0.1")
+    conf = write_asterisk_config(base, ami_port)
+    relay_conf = write_relay_config(base, ami_port)
+    tone = write_tone(base / "tone.wav")
+    started: list[Proc] = []
+    ami: AmiClient | None = None
+    try:
+        asterisk = Proc("asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], base / "asterisk.out")
+        started.append(asterisk)
+        _wait_port("127.0.0.1", ami_port, 30, asterisk)
+        ami = AmiClient("127.0.0.1", ami_port, TEST_AMI_USER, TEST_AMI_SECRET, 10)
+        ami.wait_event(lambda e: e.get("Event") == "FullyBooted", 30, "FullyBooted")
+        relay = Proc(
+            "pbx-zrtp",
+            [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
+            base / "pbx-zrtp.log",
+            cwd=ROOT,
+        )
+        started.append(relay)
+        relay.wait_for(r"AMI logged in at", 20)
+        deadline = time.monotonic() + 10
+        while not (base / "control.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watch = Proc(
+            "ctl-watch",
+            [
+                sys.executable,
+                "-m",
+                "pbx_zrtp.cli",
+                "ctl",
+                "--control",
+                f"unix:{base / 'control.sock'}",
+                "watch",
+                "--json",
+            ],
+            base / "ctl-watch.log",
+            cwd=ROOT,
+        )
+        started.append(watch)
+        the_lab = Lab(base, asterisk, relay, ami, watch, tone)
+        # The watcher is subscribed once it reports a probe mirror (no call is running yet).
+        probe = str((RTP_PORTS[1] - 2) & ~1)  # P and P+1 inside the range
+        deadline = time.monotonic() + 30
+        while not the_lab.relay_events("probe"):
+            assert time.monotonic() < deadline, f"ctl watch saw no event:\n{watch.tail()}"
+            the_lab.ctl("create", "probe", probe, "--policy", "off")
+            the_lab.ctl("delete", "probe")
+            time.sleep(0.5)
+        yield the_lab
+    finally:
+        if ami is not None:
+            ami.close()
+        for proc in reversed(started):
+            proc.stop()
+
+
+# ---------------------------------------------------------------------- the tests
+
+
+def _hangup_phone(phone: Proc) -> None:
+    phone.send("terminate all")
+    time.sleep(0.5)
+    phone.send("quit")
+    try:
+        phone.popen.wait(10)
+    except subprocess.TimeoutExpired:
+        phone.stop()
+
+
+def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
+    phone = lab.phone("phone-zrtp", zrtp=True)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:600@{A}")
+        # 1. The phone: ZRTP with the relay (which Asterisk advertised as c=R).
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        phone_secure_at = time.monotonic()
+        # 2. The dialplan: the variables the adapter set, read after Answer().
+        seen = lab.ami.wait_event(
+            lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "ZrtpSeen",
+            20,
+            "UserEvent ZrtpSeen",
+        )
+        assert seen["State"] == "secure", seen
+        assert seen["Secure"] == "1", seen
+        assert seen["Policy"] == "required", seen
+        assert seen["SAS"] == phone_sas, (seen, phone_sas)
+        channel, uniqueid = seen["Channel"], seen["Uniqueid"]
+        call_id = f"ast-{uniqueid}"
+        # 3. The relay: the same call, secure, same SAS.
+        calls = lab.ctl("list")
+        assert [c["call_id"] for c in calls] == [call_id], calls
+        assert calls[0]["state"] == "secure" and calls[0]["sas"] == phone_sas, calls[0]
+        # 4. Media flows both ways through the relay (Echo sends the tone back).
+        time.sleep(3)
+        report = lab.ctl("show", call_id)
+        counters = report["counters"]
+        assert counters["phone_in"] > 50 and counters["pbx_in"] > 50, counters
+        assert counters["phone_out"] > 50 and counters["pbx_out"] > 50, counters
+        # Asterisk sends to the relay's PBX-side socket on R (its symmetric RTP latched
+        # onto the relay), not to the phone's SDP address.
+        dest = lab.ami.action("Getvar", Channel=channel, Variable="CHANNEL(rtp,dest)")
+        assert dest.get("Value", "").startswith(f"{R}:"), (dest, seen["RtpDest"])
+        # SRTCP from the phone authenticates (bzrtp/mediastreamer2 use a 32-bit SRTCP tag
+        # with HS32, libsrtp's AES128_CM_SHA1_32 profile an 80-bit one).
+        assert counters["drops"].get("srtcp_auth", 0) == 0, (report["auth_tag"], counters)
+        log = lab.asterisk_log()
+        assert f"pbx_zrtp: {channel} secure, SAS {phone_sas}" in log
+        call_log = lab.channel_log(channel)
+        problems = [line for line in call_log if re.search(r"\] (WARNING|ERROR)\[", line)]
+        assert problems == [], problems
+        _hangup_phone(phone)
+        lab.ami.wait_event(
+            lambda e: e.get("Event") == "Hangup" and e.get("Uniqueid") == uniqueid,
+            15,
+            f"Hangup of {channel}",
+        )
+        qos = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "VarSet"
+                and e.get("Uniqueid") == uniqueid
+                and e.get("Variable") == "RTPAUDIOQOS"
+            ),
+            5,
+            "RTPAUDIOQOS",
+        )
+        sent = re.search(r"(?:^|;)txcount=(\d+)", qos.get("Value", ""))
+        assert sent, qos
+        asterisk_sent = int(sent.group(1))
+        deadline = time.monotonic() + 10
+        while lab.ctl("list") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lab.ctl("list") == []
+        events = lab.relay_events(call_id)
+        states = [e["state"] for e in events]
+        assert "secure" in states and states[-1] == "ended", states
+        ended = events[-1]
+        # Every packet Asterisk sent reached the relay: none went straight to the phone.
+        relay_heard = ended["counters"]["pbx_in"]
+        assert asterisk_sent > 50 and abs(asterisk_sent - relay_heard) <= 2, (
+            asterisk_sent,
+            relay_heard,
+        )
+        summary = {
+            "sas": phone_sas,
+            "sas_type": report.get("sas_type"),
+            "algorithms": [report.get(k) for k in ("key_agreement", "hash", "cipher", "auth_tag")],
+            "handshake_ms": report.get("handshake_ms"),
+            "phone_secure_after_s": round(phone_secure_at - started, 3),
+            "states": states,
+            "asterisk_rtp_dest_at_answer": seen["RtpDest"],
+            "asterisk_rtp_dest_at_3s": dest.get("Value"),
+            "asterisk_txcount": asterisk_sent,
+            "counters_at_3s": {k: v for k, v in counters.items() if k != "drops"},
+            "drops": counters.get("drops"),
+            "ended_counters": ended.get("counters"),
+        }
+        print("REAL CALL:", json.dumps(summary))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
+def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None:
+    phone = lab.phone("phone-clear", zrtp=False)
+    try:
+        started = time.monotonic()
+        count = len(lab.ami.events)
+        phone.send(f"call sip:600@{A}")
+        hangup = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "Hangup"
+                and e.get("Channel", "").startswith("PJSIP/alice-")
+                and float(e["_time"]) >= started
+            ),
+            REQUIRED_TIMEOUT + 20,
+            "Hangup of the clear call",
+        )
+        hung_up_after = time.monotonic() - started
+        assert hangup.get("Cause") == "58", hangup
+        channel, uniqueid = hangup["Channel"], hangup["Uniqueid"]
+        assert not any(e.get("UserEvent") == "ZrtpSeen" for e in lab.ami.events[count:]), (
+            "the dialplan went on to Answer() a required call that was not secure"
+        )
+        events = lab.relay_events(f"ast-{uniqueid}")
+        states = [e["state"] for e in events]
+        assert "failed" in states and "secure" not in states, states
+        failed = next(e for e in events if e["state"] == "failed")
+        # `required`: the phone's clear audio never reached Asterisk.
+        final = events[-1]["counters"]
+        assert final["pbx_out"] == 0 and final["drops"].get("clear_blocked", 0) > 0, final
+        # The [pbx-zrtp] refuse branch: Log(WARNING,...) then Hangup(58).
+        call_log = lab.channel_log(channel)
+        warning = [
+            line
+            for line in call_log
+            if re.search(rf"\] WARNING\[.*pbx_zrtp: {re.escape(channel)} required ZRTP", line)
+        ]
+        assert warning, "no WARNING line from the [pbx-zrtp] refuse branch in Asterisk's log"
+        expected = f"required ZRTP but is failed {failed['reason']}; hanging up"
+        assert warning[0].endswith(expected), (
+            f"the refuse branch's WARNING is cut short: {warning[0]!r} (expected it to end with"
+            f" {expected!r}); extensions_pbx_zrtp.conf: an unescaped ';' starts a comment"
+        )
+        problems = [line for line in call_log if re.search(r"\] (WARNING|ERROR)\[", line)]
+        assert problems == warning[:1], problems
+        print(
+            "CLEAR CALL:",
+            json.dumps(
+                {
+                    "hung_up_after_s": round(hung_up_after, 3),
+                    "cause": hangup.get("Cause"),
+                    "warning": warning[0].split("] ", 1)[-1],
+                    "states": states,
+                    "reason": failed.get("reason"),
+                    "counters": events[-1].get("counters"),
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        _hangup_phone(phone)
+        phone.stop()
