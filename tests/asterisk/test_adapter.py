@@ -275,7 +275,9 @@ def test_auto_policy_from_astdb_then_patterns_then_default() -> None:
             expectations = {"601": "required", "602": "optional", "700": "off", "999": "required"}
             for exten, expected in expectations.items():
                 channel, _ = await t.call("auto", exten=exten)
-                await _until(lambda c=channel: c.variables.get("ZRTP_POLICY") is not None)
+                await _until(
+                    lambda c=channel: c.variables.get("ZRTP_STATE") is not None
+                )  # written last
                 assert channel.variables["ZRTP_POLICY"] == expected, exten
                 if expected == "off":
                     assert channel.variables["ZRTP_STATE"] == "off"

@@ -329,10 +329,10 @@ def test_auto_policy_from_global_variable() -> None:
         async with lab(default_policy=Policy.OFF) as t:
             t.fake.global_vars["pbx_zrtp_policy_9401"] = "required"
             channel, _ = await t.call("auto", destination="9401")
-            await _until(lambda: channel.variables.get("pbx_zrtp_active_policy") is not None)
+            await _until(lambda: channel.variables.get("pbx_zrtp_state") is not None)
             assert channel.variables["pbx_zrtp_active_policy"] == "required"
             other, _ = await t.call("auto", destination="9402")
-            await _until(lambda: other.variables.get("pbx_zrtp_active_policy") is not None)
+            await _until(lambda: other.variables.get("pbx_zrtp_state") is not None)
             assert other.variables["pbx_zrtp_active_policy"] == "off"
 
     run(scenario())
