@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pbx_zrtp.asterisk.ami import Ami, AmiError, AmiEvent
 from pbx_zrtp.asterisk.config import AsteriskConfig, match_policy
+from pbx_zrtp.pbxcalls import CallBook, PbxCall
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
 
@@ -42,8 +42,6 @@ CALL_PREFIX = "ast-"
 #: Hangup cause for a `required` call that could not be secured:
 #: 58 = AST_CAUSE_BEARERCAPABILITY_NOTAVAIL ("bearer capability not available").
 FAILED_CAUSE = 58
-#: How many hung-up Uniqueids to remember (late events about them are ignored).
-GONE_MEMORY = 4096
 #: How long to keep asking for CHANNEL(rtp,src) when the event did not carry it.
 PORT_WAIT = 1.0
 
@@ -65,16 +63,14 @@ VARIABLES = (
 
 
 @dataclass
-class AsteriskCall:
-    uniqueid: str
-    channel: str
-    target: str
-    endpoint: str
-    policy: Policy
-    call_id: str
-    written: dict[str, str] = field(default_factory=dict)
-    hangup_task: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class AsteriskCall(PbxCall):
+    channel: str = ""
+    target: str = ""
+    endpoint: str = ""
+
+    @property
+    def uniqueid(self) -> str:
+        return self.key
 
 
 def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
@@ -108,13 +104,12 @@ def parse_port(value: str) -> int | None:
     return number if 1 <= number <= 65535 else None
 
 
-class AsteriskAdapter:
+class AsteriskAdapter(CallBook[AsteriskCall]):
+    prefix = CALL_PREFIX
+
     def __init__(self, config: AsteriskConfig, relay: RelayHandle) -> None:
+        super().__init__(relay)
         self.config = config
-        self.relay = relay
-        self.calls: dict[str, AsteriskCall] = {}  # by Uniqueid
-        self._gone: OrderedDict[str, None] = OrderedDict()  # recently hung-up Uniqueids
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.ami = Ami(
             config.host,
             config.port,
@@ -123,22 +118,13 @@ class AsteriskAdapter:
             on_event=self._on_event,
             on_login=self._on_login,
         )
-        relay.on_state(self._on_relay_state)
 
     async def start(self) -> bool:
         return await self.ami.start()
 
     async def close(self) -> None:
-        for call in list(self.calls.values()):
-            await self._end(call.uniqueid, "adapter stopping")
-        for task in list(self._tasks):
-            task.cancel()
+        await self._close_calls()
         self.ami.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ AMI events
 
@@ -159,9 +145,7 @@ class AsteriskAdapter:
                 return
             # Remembered so a call whose set-up is still awaiting AMI/relay answers
             # notices it is gone instead of leaving a mirror behind.
-            self._gone[uniqueid] = None
-            while len(self._gone) > GONE_MEMORY:
-                self._gone.popitem(last=False)
+            self._mark_gone(uniqueid)
             if uniqueid in self.calls:
                 self._spawn(self._end(uniqueid, "hangup"))
 
@@ -187,12 +171,17 @@ class AsteriskAdapter:
         if not uniqueid or not channel:
             log.warning("ignoring %s event without Channel/Uniqueid", self.config.event)
             return
-        if uniqueid in self.calls or uniqueid in self._gone:
+        if self._known_or_gone(uniqueid):
             return  # a repeated announcement, or a channel that is already gone
         target = event.get("Target", "") or event.get("Exten", "")
         endpoint = event.get("Endpoint", "")
         call = AsteriskCall(
-            uniqueid, channel, target, endpoint, Policy.REQUIRED, CALL_PREFIX + uniqueid
+            uniqueid,
+            Policy.REQUIRED,
+            CALL_PREFIX + uniqueid,
+            channel=channel,
+            target=target,
+            endpoint=endpoint,
         )
         self.calls[uniqueid] = call  # from here a Hangup finds it
         async with call.lock:
@@ -247,25 +236,6 @@ class AsteriskAdapter:
             )
             await self._write(call, report)
 
-    async def _write_failure(self, call: AsteriskCall, reason: str) -> None:
-        log.warning("call %s: %s", call.channel, reason)
-        state = "failed" if call.policy is not Policy.OFF else "off"
-        report = {"state": state, "reason": reason}
-        await self._write(call, report)
-
-    def _on_relay_state(self, report: dict[str, Any]) -> None:
-        call_id = str(report.get("call_id", ""))
-        if not call_id.startswith(CALL_PREFIX):
-            return
-        call = self.calls.get(call_id[len(CALL_PREFIX) :])
-        if call is not None and report.get("state") != "ended":
-            self._spawn(self._locked_write(call, report))
-
-    async def _locked_write(self, call: AsteriskCall, report: dict[str, Any]) -> None:
-        async with call.lock:
-            if call.uniqueid in self.calls:
-                await self._write(call, report)
-
     async def _write(self, call: AsteriskCall, report: dict[str, Any]) -> None:
         """Set what changed, ZRTP_STATE last; tell other AMI consumers; mirror to AstDB."""
         values = variables_for(report, call.policy)
@@ -309,44 +279,24 @@ class AsteriskAdapter:
             )
             await self.ami.db_put("pbx_zrtp/calls", call.uniqueid, f"{call.channel} {summary}")
         if changed and state == "failed" and call.policy is Policy.REQUIRED:
-            self._arm_hangup(call)
+            self._arm_hangup(
+                call, self.config.hangup_failed_after, lambda: self._hang_up_failed(call)
+            )
 
-    def _arm_hangup(self, call: AsteriskCall) -> None:
-        delay = self.config.hangup_failed_after
-        if delay <= 0 or call.hangup_task is not None:
-            return
-
-        async def hang_up() -> None:
-            await asyncio.sleep(delay)
-            if call.uniqueid in self.calls:
-                log.warning(
-                    "call %s: required ZRTP failed (%s) and the dialplan did not hang up;"
-                    " hanging up (cause %d)",
-                    call.channel,
-                    call.written.get("ZRTP_FAIL_REASON", ""),
-                    FAILED_CAUSE,
-                )
-                with contextlib.suppress(AmiError):
-                    await self.ami.hangup(call.channel, FAILED_CAUSE)
-
-        call.hangup_task = asyncio.ensure_future(hang_up())
-
-    async def _end(self, uniqueid: str, reason: str) -> None:
-        call = self.calls.pop(uniqueid, None)
-        if call is None:
-            return
-        self._gone[uniqueid] = None
-        if call.hangup_task is not None:
-            call.hangup_task.cancel()
-        final = await self.relay.delete(call.call_id, reason)
-        with contextlib.suppress(AmiError):
-            await self.ami.db_del("pbx_zrtp/calls", uniqueid)
-        log.info(
-            "call %s ended (%s); reached %s",
+    async def _hang_up_failed(self, call: AsteriskCall) -> None:
+        log.warning(
+            "call %s: required ZRTP failed (%s) and the dialplan did not hang up;"
+            " hanging up (cause %d)",
             call.channel,
-            reason,
-            (final or {}).get("last_state", "-"),
+            call.written.get("ZRTP_FAIL_REASON", ""),
+            FAILED_CAUSE,
         )
+        with contextlib.suppress(AmiError):
+            await self.ami.hangup(call.channel, FAILED_CAUSE)
+
+    async def _ended(self, call: AsteriskCall, final: dict[str, Any] | None, reason: str) -> None:
+        with contextlib.suppress(AmiError):
+            await self.ami.db_del("pbx_zrtp/calls", call.key)
 
     # ------------------------------------------------------------------ resync
 
@@ -361,18 +311,7 @@ class AsteriskAdapter:
             log.warning("resync: %s", exc)
             return
         live = {c.get("Uniqueid", ""): c for c in channels}
-        for uniqueid in [u for u in self.calls if u not in live and u in known_before]:
-            await self._end(uniqueid, "channel gone while AMI was down")
-        with contextlib.suppress(RelayUnavailable):
-            for mirrored in await self.relay.calls():
-                call_id = str(mirrored.get("call_id", ""))
-                uniqueid = call_id[len(CALL_PREFIX) :]
-                if (
-                    call_id.startswith(CALL_PREFIX)
-                    and uniqueid not in live
-                    and uniqueid not in self.calls
-                ):
-                    await self.relay.delete(call_id, "channel gone")
+        await self._forget_vanished(set(live), known_before)
         for uniqueid, info in live.items():
             call = self.calls.get(uniqueid)
             channel = info.get("Channel", "")

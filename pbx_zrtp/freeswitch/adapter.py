@@ -22,37 +22,33 @@ resolves to; ``global_getvar pbx_zrtp_calls`` lists ZRTP calls.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
+from pbx_zrtp.pbxcalls import CallBook, PbxCall
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
 CALL_PREFIX = "fs-"
-GONE_MEMORY = 4096
 SUBCLASSES = ("pbx_zrtp::request",)
 
 
 @dataclass
-class FreeswitchCall:
-    uuid: str
-    destination: str
-    caller: str
-    policy: Policy
-    call_id: str
-    written: dict[str, str] = field(default_factory=dict)
-    hangup_task: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class FreeswitchCall(PbxCall):
+    destination: str = ""
+    caller: str = ""
+
+    @property
+    def uuid(self) -> str:
+        return self.key
 
 
 def legacy_sas(sas: str, sas_type: str) -> tuple[str, str]:
@@ -108,13 +104,12 @@ def requested_policy(headers: EslEvent) -> str | None:
     return None
 
 
-class FreeswitchAdapter:
+class FreeswitchAdapter(CallBook[FreeswitchCall]):
+    prefix = CALL_PREFIX
+
     def __init__(self, config: FreeswitchConfig, relay: RelayHandle) -> None:
+        super().__init__(relay)
         self.config = config
-        self.relay = relay
-        self.calls: dict[str, FreeswitchCall] = {}
-        self._gone: OrderedDict[str, None] = OrderedDict()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.esl = Esl(
             config.host,
             config.port,
@@ -123,22 +118,13 @@ class FreeswitchAdapter:
             on_connect=self._on_connect,
             custom_subclasses=SUBCLASSES,
         )
-        relay.on_state(self._on_relay_state)
 
     async def start(self) -> bool:
         return await self.esl.start()
 
     async def close(self) -> None:
-        for uuid in list(self.calls):
-            await self._end(uuid, "adapter stopping")
-        for task in list(self._tasks):
-            task.cancel()
+        await self._close_calls()
         await self.esl.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ ESL events
 
@@ -156,9 +142,7 @@ class FreeswitchAdapter:
                 self._spawn(self._start_call(headers))
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if uuid:
-                self._gone[uuid] = None
-                while len(self._gone) > GONE_MEMORY:
-                    self._gone.popitem(last=False)
+                self._mark_gone(uuid)
                 if uuid in self.calls:
                     self._spawn(self._end(uuid, headers.get("Hangup-Cause", "hangup")))
         elif name == "API":
@@ -180,11 +164,13 @@ class FreeswitchAdapter:
 
     async def _start_call(self, headers: EslEvent) -> None:
         uuid = headers.get("Unique-ID", "")
-        if uuid in self.calls or uuid in self._gone:
+        if self._known_or_gone(uuid):
             return
         destination = headers.get("Caller-Destination-Number", "")
         caller = headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", "")
-        call = FreeswitchCall(uuid, destination, caller, Policy.REQUIRED, CALL_PREFIX + uuid)
+        call = FreeswitchCall(
+            uuid, Policy.REQUIRED, CALL_PREFIX + uuid, destination=destination, caller=caller
+        )
         self.calls[uuid] = call
         async with call.lock:
             requested = requested_policy(headers) or headers.get("policy", "").strip().lower()
@@ -236,25 +222,6 @@ class FreeswitchAdapter:
             )
             await self._write(call, report)
 
-    async def _write_failure(self, call: FreeswitchCall, reason: str) -> None:
-        log.warning("call %s: %s", call.uuid, reason)
-        await self._write(
-            call, {"state": "failed" if call.policy is not Policy.OFF else "off", "reason": reason}
-        )
-
-    def _on_relay_state(self, report: dict[str, Any]) -> None:
-        call_id = str(report.get("call_id", ""))
-        if not call_id.startswith(CALL_PREFIX):
-            return
-        call = self.calls.get(call_id[len(CALL_PREFIX) :])
-        if call is not None and report.get("state") != "ended":
-            self._spawn(self._locked_write(call, report))
-
-    async def _locked_write(self, call: FreeswitchCall, report: dict[str, Any]) -> None:
-        async with call.lock:
-            if call.uuid in self.calls:
-                await self._write(call, report)
-
     async def _write(self, call: FreeswitchCall, report: dict[str, Any]) -> None:
         values = variables_for(report, call.policy)
         before = dict(call.written)
@@ -305,7 +272,9 @@ class FreeswitchAdapter:
             if changed or verified_now:
                 await self._publish_list()
         if changed and state == "failed" and call.policy is Policy.REQUIRED:
-            self._arm_hangup(call)
+            self._arm_hangup(
+                call, self.config.hangup_failed_after, lambda: self._hang_up_failed(call)
+            )
 
     async def _publish_list(self) -> None:
         """global_getvar pbx_zrtp_calls at fs_cli: one `uuid state sas verified` per call."""
@@ -319,35 +288,17 @@ class FreeswitchAdapter:
             )
         await self.esl.api(f"global_setvar pbx_zrtp_calls={', '.join(entries) or 'none'}")
 
-    def _arm_hangup(self, call: FreeswitchCall) -> None:
-        if call.hangup_task is not None:
-            return
-
-        async def hang_up() -> None:
-            await asyncio.sleep(self.config.hangup_failed_after)
-            if call.uuid in self.calls:
-                log.warning(
-                    "call %s: required ZRTP failed (%s); hanging up with %s",
-                    call.uuid,
-                    call.written.get("pbx_zrtp_fail_reason", ""),
-                    self.config.hangup_cause,
-                )
-                with contextlib.suppress(EslError):
-                    await self.esl.kill(call.uuid, self.config.hangup_cause)
-
-        call.hangup_task = asyncio.ensure_future(hang_up())
-
-    async def _end(self, uuid: str, reason: str) -> None:
-        call = self.calls.pop(uuid, None)
-        if call is None:
-            return
-        self._gone[uuid] = None
-        if call.hangup_task is not None:
-            call.hangup_task.cancel()
-        final = await self.relay.delete(call.call_id, reason)
-        log.info(
-            "call %s ended (%s); reached %s", uuid, reason, (final or {}).get("last_state", "-")
+    async def _hang_up_failed(self, call: FreeswitchCall) -> None:
+        log.warning(
+            "call %s: required ZRTP failed (%s); hanging up with %s",
+            call.uuid,
+            call.written.get("pbx_zrtp_fail_reason", ""),
+            self.config.hangup_cause,
         )
+        with contextlib.suppress(EslError):
+            await self.esl.kill(call.uuid, self.config.hangup_cause)
+
+    async def _ended(self, call: FreeswitchCall, final: dict[str, Any] | None, reason: str) -> None:
         with contextlib.suppress(EslError):
             await self._publish_list()
 
@@ -363,14 +314,7 @@ class FreeswitchAdapter:
         except EslError as exc:
             log.warning("resync: %s", exc)
             return
-        for uuid in [u for u in self.calls if u not in live and u in known_before]:
-            await self._end(uuid, "channel gone while ESL was down")
-        with contextlib.suppress(RelayUnavailable):
-            for mirrored in await self.relay.calls():
-                call_id = str(mirrored.get("call_id", ""))
-                uuid = call_id[len(CALL_PREFIX) :]
-                if call_id.startswith(CALL_PREFIX) and uuid not in live and uuid not in self.calls:
-                    await self.relay.delete(call_id, "channel gone")
+        await self._forget_vanished(live, known_before)
         for uuid in live:
             call = self.calls.get(uuid)
             if call is not None:
