@@ -140,6 +140,12 @@ class CallReport:
         return dict(self.__dict__)
 
 
+def _is_stun(data: bytes) -> bool:
+    """RFC 5389: top two bits 0 and the magic cookie. Phones (linphone) send STUN
+    checks to the relay; they are dropped, but counted under their own name."""
+    return len(data) >= 20 and data[0] < 4 and data[4:8] == b"\x21\x12\xa4\x42"
+
+
 class _Socket(asyncio.DatagramProtocol):
     """Calls ``handler(data, addr)`` for each datagram; swallows ICMP errors."""
 
@@ -546,7 +552,7 @@ class Mirror:
             self._zrtp_from_phone(data, addr)
             return
         if first >> 6 != 2:
-            counters.drops["not_rtp"] += 1
+            counters.drops["stun" if _is_stun(data) else "not_rtp"] += 1
             return
         hint = self.identity.phone_hint
         if hint is not None and addr[0] != hint[0]:
@@ -636,7 +642,7 @@ class Mirror:
     def _from_phone_rtcp(self, data: bytes, addr: Address) -> None:
         counters = self.counters
         if len(data) > MAX_DATAGRAM or len(data) < 8 or data[0] >> 6 != 2:
-            counters.drops["rtcp_malformed"] += 1
+            counters.drops["stun" if _is_stun(data) else "rtcp_malformed"] += 1
             return
         if self.identity is None:
             counters.drops["no_call"] += 1

@@ -323,3 +323,22 @@ def test_rtcp_is_protected_toward_the_phone_and_clear_toward_the_pbx() -> None:
             await relay.close()
 
     asyncio.run(scenario())
+
+
+def test_stun_checks_from_a_phone_are_dropped_under_their_own_name() -> None:
+    async def scenario() -> None:
+        relay = make_relay()
+        port = await create_call(relay, "stun-1", Policy.OPTIONAL)
+        phone, _ = await _udp(PHONE_HOST)
+        try:
+            binding = bytes.fromhex("000100002112a442") + bytes(12)  # STUN Binding Request
+            phone.sendto(binding, (RELAY_HOST, port))
+            phone.sendto(binding, (RELAY_HOST, port + 1))
+            await asyncio.sleep(0.2)
+            drops = relay.get("stun-1").counters["drops"]
+            assert drops.get("stun") == 2 and "not_rtp" not in drops
+        finally:
+            phone.close()
+            await relay.close()
+
+    asyncio.run(scenario())

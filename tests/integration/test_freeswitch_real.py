@@ -1,0 +1,985 @@
+"""A real ZRTP call through a real FreeSWITCH 1.10 (mod_sofia) and ``pbx-zrtp run``.
+
+Runs only as root (it creates a network namespace), when ``PBX_ZRTP_FREESWITCH`` names a
+FreeSWITCH binary (e.g. ``/opt/freeswitch/bin/freeswitch``) built with mod_sofia,
+mod_event_socket, mod_dptools, mod_dialplan_xml, mod_commands, mod_logfile and mod_lua,
+and when ``linphonec`` (Debian ``linphone-cli``) is installed.
+
+FreeSWITCH applies ``rtp_adv_audio_ip`` only to phones outside ``local-network-acl`` and
+never to phones on loopback, so the phone lives in a network namespace:
+
+- a veth pair on a private /24 (10.77.N.0/24, N chosen free at run time); the host end
+  holds A = .1 (FreeSWITCH: SIP and RTP) and R = .2 (the relay); the namespace end holds
+  the phone, PHONE = .3;
+- FreeSWITCH (``-nonat -nf -nc``) with a private configuration written to the test's tmp
+  directory: event socket on 127.0.0.1 (a free port), one sofia profile on A with the
+  project's sample settings (``dialplan/freeswitch/sofia_profile_pbx_zrtp.xml``:
+  ext-sip-ip=A, local-network-acl=none, no ext-rtp-ip, rtp_auto_adjust_threshold=1), a
+  narrow RTP range, and the project's sample dialplan
+  (``dialplan/freeswitch/pbx_zrtp.xml`` with ``pbx_zrtp_wait.lua``) as context default;
+- ``pbx-zrtp run``: relay on R in front of A, the RTP range pre-bound on R, ESL adapter;
+- the phone: ``linphonec`` in the namespace calling 9400 (required ZRTP, then echo).
+
+Run (as root): ``PBX_ZRTP_FREESWITCH=/opt/freeswitch/bin/freeswitch .venv/bin/python -m pytest
+-m integration tests/integration/test_freeswitch_real.py -q -s`` (``-s`` prints a JSON summary
+of each call). Every wait has a time-out; every process is ended and the namespace and veth
+pair are deleted in ``finally``. Logs stay in the test's tmp directory; their tails are
+printed when a check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SAMPLES = ROOT / "dialplan" / "freeswitch"
+FREESWITCH = os.environ.get("PBX_ZRTP_FREESWITCH", "")
+LINPHONEC = shutil.which("linphonec")
+IP = shutil.which("ip")
+
+RTP_PORTS = (16400, 16420)  # FreeSWITCH's rtp-start-port / rtp-end-port, pre-bound on R
+RELAY_PORTS = (16400, 16423)  # the relay's range: + one pair for the watcher's probe
+PROBE_PORT = 16422
+ESL_PASSWORD = "integration-test-esl-secret"
+CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
+REQUIRED_TIMEOUT = 6.0  # [timeouts] required in pbx-zrtp.toml (the dialplan waits 12 s)
+
+
+def _skip_reason() -> str | None:
+    if not FREESWITCH:
+        return (
+            "set PBX_ZRTP_FREESWITCH to a FreeSWITCH 1.10 binary"
+            " (e.g. /opt/freeswitch/bin/freeswitch)"
+        )
+    if not os.access(FREESWITCH, os.X_OK):
+        return f"PBX_ZRTP_FREESWITCH={FREESWITCH} is not an executable"
+    if LINPHONEC is None:
+        return "linphonec is not installed (Debian package linphone-cli)"
+    if IP is None:
+        return "the ip command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "must run as root: the phone needs its own network namespace"
+    return None
+
+
+if (_reason := _skip_reason()) is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process whose merged stdout/stderr is collected line by line (and logged)."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self.times: list[float] = []
+        self.eof = False
+        self._cond = threading.Condition()
+        self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by _read
+        self.popen = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env=env,
+            cwd=cwd,
+        )
+        self._thread = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        try:
+            for line in self.popen.stdout:
+                self._log.write(line)
+                self._log.flush()
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self.times.append(time.monotonic())
+                    self._cond.notify_all()
+        finally:
+            self._log.close()
+            with self._cond:
+                self.eof = True
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> tuple[re.Match[str], int]:
+        """The first line (from index ``start``) matching ``pattern``, and its index."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    match = rx.search(self.lines[index])
+                    if match:
+                        return match, index
+                    index += 1
+                if self.eof:
+                    raise AssertionError(
+                        f"{self.name} ended before printing {pattern!r}:\n{self.tail()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{self.name} did not print {pattern!r} within {timeout} s:\n{self.tail()}"
+                    )
+                self._cond.wait(remaining)
+
+    def tail(self, count: int = 40) -> str:
+        return "\n".join(f"  | {line}" for line in self.lines[-count:])
+
+    def send(self, text: str) -> None:
+        if self.popen.stdin is not None and self.popen.poll() is None:
+            self.popen.stdin.write(text + "\n")
+            self.popen.stdin.flush()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; only this process (by its pid)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+        self._thread.join(5)
+
+
+# ---------------------------------------------------------------------- the network
+
+
+@dataclass
+class Net:
+    """A veth pair: host end with A and R, namespace end with the phone's address."""
+
+    namespace: str
+    host_link: str
+    a: str
+    r: str
+    phone: str
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert IP is not None
+    return subprocess.run([IP, *args], capture_output=True, text=True, timeout=10, check=check)
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = [
+        ipaddress.ip_interface(word).network
+        for word in _ip("-4", "-o", "addr").stdout.split()
+        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", word)
+    ]
+    used += [
+        ipaddress.ip_network(word, strict=False)
+        for word in _ip("-4", "route").stdout.split()
+        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", word)
+    ]
+    candidates = list(range(1, 255))
+    random.shuffle(candidates)
+    for n in candidates:
+        subnet = ipaddress.IPv4Network(f"10.77.{n}.0/24")
+        if not any(subnet.overlaps(other) for other in used):
+            return subnet
+    raise AssertionError("no free 10.77.N.0/24 subnet")
+
+
+@contextlib.contextmanager
+def network() -> Iterator[Net]:
+    tag = f"{os.getpid() % 100000}"
+    namespace, host_link, phone_link = f"pbxzrtp-fs-{tag}", f"vzfs{tag}h", f"vzfs{tag}p"
+    subnet = _free_subnet()
+    a, r, phone = (str(subnet.network_address + i) for i in (1, 2, 3))
+    try:
+        _ip("netns", "add", namespace)
+        _ip("link", "add", host_link, "type", "veth", "peer", "name", phone_link)
+        _ip("link", "set", phone_link, "netns", namespace)
+        _ip("addr", "add", f"{a}/24", "dev", host_link)
+        _ip("addr", "add", f"{r}/24", "dev", host_link)
+        _ip("link", "set", host_link, "up")
+        _ip("-n", namespace, "addr", "add", f"{phone}/24", "dev", phone_link)
+        _ip("-n", namespace, "link", "set", phone_link, "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        # DAD would keep the addresses "tentative" for a moment (IPv4 has none; wait for
+        # the link to be up on both ends).
+        deadline = time.monotonic() + 10
+        while "state UP" not in _ip("link", "show", host_link).stdout:
+            assert time.monotonic() < deadline, _ip("link", "show", host_link).stdout
+            time.sleep(0.05)
+        yield Net(namespace, host_link, a, r, phone)
+    finally:
+        _ip("link", "del", host_link, check=False)
+        _ip("netns", "del", namespace, check=False)
+
+
+# ---------------------------------------------------------------------- ESL
+
+
+class EslClient:
+    """A minimal raw event-socket client: one reader thread, replies in order, events kept."""
+
+    def __init__(self, host: str, port: int, password: str, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(None)
+        self.events: list[dict[str, str]] = []
+        self.closed = False
+        self._replies: list[tuple[dict[str, str], str]] = []
+        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # one command at a time: replies come in order
+        self._thread = threading.Thread(target=self._read, name="esl-test", daemon=True)
+        self._thread.start()
+        self._wait_reply(timeout)  # auth/request
+        headers, _ = self.command(f"auth {password}")
+        if not headers.get("Reply-Text", "").startswith("+OK"):
+            raise AssertionError(f"ESL auth failed: {headers}")
+
+    @staticmethod
+    def _headers(text: str) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for line in text.split("\n"):
+            key, sep, value = line.partition(":")
+            if sep and key not in headers:
+                headers[key.strip()] = unquote(value.strip())
+        return headers
+
+    def _read(self) -> None:
+        buffer = b""
+        try:
+            while True:
+                while b"\n\n" not in buffer:
+                    chunk = self.sock.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                raw, buffer = buffer.split(b"\n\n", 1)
+                headers = self._headers(raw.decode("utf-8", "replace"))
+                body = b""
+                length = int(headers.get("Content-Length", "0") or 0)
+                while len(buffer) < length:
+                    chunk = self.sock.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                body, buffer = buffer[:length], buffer[length:]
+                text = body.decode("utf-8", "replace")
+                with self._cond:
+                    if headers.get("Content-Type") == "text/event-plain":
+                        head, _, event_body = text.partition("\n\n")
+                        event = self._headers(head)
+                        if event_body:
+                            event["_body"] = event_body
+                        event["_time"] = f"{time.monotonic():.6f}"
+                        self.events.append(event)
+                    elif headers.get("Content-Type") in (
+                        "auth/request",
+                        "command/reply",
+                        "api/response",
+                    ):
+                        self._replies.append((headers, text))
+                    self._cond.notify_all()
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+
+    def _wait_reply(self, timeout: float) -> tuple[dict[str, str], str]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._replies:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed:
+                    raise AssertionError(f"ESL: no reply within {timeout} s")
+                self._cond.wait(remaining)
+            return self._replies.pop(0)
+
+    def command(self, text: str, timeout: float = 10.0) -> tuple[dict[str, str], str]:
+        with self._lock:
+            self.sock.sendall(text.encode() + b"\n\n")
+            return self._wait_reply(timeout)
+
+    def api(self, text: str, timeout: float = 10.0) -> str:
+        return self.command(f"api {text}", timeout)[1]
+
+    def getvar(self, uuid: str, name: str) -> str:
+        value = self.api(f"uuid_getvar {uuid} {name}").strip()
+        return "" if value in ("_undef_", "") or value.startswith("-ERR") else value
+
+    def wait_event(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float, what: str
+    ) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        index = 0
+        with self._cond:
+            while True:
+                while index < len(self.events):
+                    if predicate(self.events[index]):
+                        return self.events[index]
+                    index += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed:
+                    seen = [
+                        e.get("Event-Name", "") + "/" + e.get("Event-Subclass", "")
+                        for e in self.events
+                    ]
+                    raise AssertionError(f"no ESL event {what} within {timeout} s; saw {seen}")
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"exit\n\n")
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def _free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def sample_profile_params(a: str, r: str) -> dict[str, str]:
+    """The <param>s of the sample sofia profile, and its vars, with this lab's addresses."""
+    text = (SAMPLES / "sofia_profile_pbx_zrtp.xml").read_text()
+    text = text.replace("192.0.2.1", a).replace("192.0.2.2", r)
+    profile = re.search(r"<profile name=\"internal\">(.*?)</profile>", text, re.S)
+    assert profile, "sofia_profile_pbx_zrtp.xml changed shape"
+    params = dict(re.findall(r'<param name="([^"]+)" value="([^"]*)"/>', profile.group(1)))
+    assert params.get("ext-sip-ip") == a and params.get("local-network-acl") == "none", params
+    assert "ext-rtp-ip" not in params, params
+    return params
+
+
+def sample_vars(a: str, r: str) -> list[str]:
+    text = (SAMPLES / "sofia_profile_pbx_zrtp.xml").read_text()
+    text = text.replace("192.0.2.1", a).replace("192.0.2.2", r)
+    found = re.findall(r'<X-PRE-PROCESS cmd="set" data="([^"]+)"/>', text)
+    assert f"pbx_zrtp_relay_ip={r}" in found, found
+    return found
+
+
+def write_freeswitch_config(base: Path, net: Net, esl_port: int) -> Path:
+    """A complete, private FreeSWITCH configuration under ``base``/conf."""
+    conf = base / "conf"
+    for name in ("conf", "log", "db", "run", "scripts", "temp", "storage", "cache", "rec"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLES / "pbx_zrtp.xml", conf / "pbx_zrtp.xml")
+    shutil.copy(SAMPLES / "pbx_zrtp_wait.lua", base / "scripts" / "pbx_zrtp_wait.lua")
+    params = {
+        **sample_profile_params(net.a, net.r),
+        "sip-port": "5060",
+        "context": "default",
+        "dialplan": "XML",
+        "auth-calls": "false",
+        "accept-blind-reg": "true",
+        "inbound-codec-prefs": "PCMU,PCMA",
+        "outbound-codec-prefs": "PCMU,PCMA",
+        "inbound-late-negotiation": "false",
+        "rtp-timer-name": "soft",
+        "manage-presence": "false",
+        "dtmf-type": "rfc2833",
+    }
+    profile = "".join(f'        <param name="{k}" value="{v}"/>\n' for k, v in params.items())
+    variables = "".join(
+        f'  <X-PRE-PROCESS cmd="set" data="{v}"/>\n' for v in sample_vars(net.a, net.r)
+    )
+    modules = (
+        "mod_logfile",
+        "mod_event_socket",
+        "mod_sofia",
+        "mod_commands",
+        "mod_dptools",
+        "mod_dialplan_xml",
+        "mod_sndfile",
+        "mod_lua",
+    )
+    loads = "".join(f'        <load module="{m}"/>\n' for m in modules)
+    return _write(
+        conf / "freeswitch.xml",
+        f"""<?xml version="1.0"?>
+<document type="freeswitch/xml">
+{variables}  <section name="configuration" description="Various Configuration">
+    <configuration name="switch.conf" description="Core Configuration">
+      <settings>
+        <param name="loglevel" value="debug"/>
+        <param name="max-sessions" value="20"/>
+        <param name="sessions-per-second" value="20"/>
+        <param name="rtp-start-port" value="{RTP_PORTS[0]}"/>
+        <param name="rtp-end-port" value="{RTP_PORTS[1]}"/>
+      </settings>
+    </configuration>
+    <configuration name="modules.conf" description="Modules">
+      <modules>
+{loads}      </modules>
+    </configuration>
+    <configuration name="logfile.conf" description="File Logging">
+      <settings><param name="rotate-on-hup" value="true"/></settings>
+      <profiles>
+        <profile name="default">
+          <settings><param name="logfile" value="{base / "log" / "freeswitch.log"}"/></settings>
+          <mappings>
+            <map name="all" value="console,debug,info,notice,warning,err,crit,alert"/>
+          </mappings>
+        </profile>
+      </profiles>
+    </configuration>
+    <configuration name="event_socket.conf" description="Socket Client">
+      <settings>
+        <param name="listen-ip" value="127.0.0.1"/>
+        <param name="listen-port" value="{esl_port}"/>
+        <param name="password" value="{ESL_PASSWORD}"/>
+      </settings>
+    </configuration>
+    <configuration name="lua.conf" description="LUA Configuration">
+      <settings/>
+    </configuration>
+    <configuration name="sofia.conf" description="sofia Endpoint">
+      <global_settings>
+        <param name="log-level" value="0"/>
+      </global_settings>
+      <profiles>
+        <profile name="pbxzrtp">
+          <settings>
+{profile}          </settings>
+        </profile>
+      </profiles>
+    </configuration>
+  </section>
+  <section name="dialplan" description="Regex/XML Dialplan">
+    <context name="default">
+      <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
+    </context>
+  </section>
+</document>
+""",
+    )
+
+
+def write_relay_config(base: Path, net: Net, esl_port: int) -> Path:
+    return _write(
+        base / "pbx-zrtp.toml",
+        f"""[relay]
+address = "{net.r}"
+pbx_address = "{net.a}"
+ports = "{RELAY_PORTS[0]}-{RELAY_PORTS[1]}"
+prebind = "{RTP_PORTS[0]}-{RTP_PORTS[1]}"
+
+[cache]
+path = "{base / "cache.db"}"
+
+[timeouts]
+required = {REQUIRED_TIMEOUT}
+
+[control]
+socket = "{base / "control.sock"}"
+
+[metrics]
+listen = ""
+
+[log]
+level = "debug"
+
+[freeswitch]
+host = "127.0.0.1"
+port = {esl_port}
+password = "{ESL_PASSWORD}"
+""",
+        0o600,
+    )
+
+
+NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMediaEncryptionNone\n"
+
+
+def write_linphonerc(home: Path, phone: str, *, zrtp: bool) -> Path:
+    (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
+    encryption = "zrtp" if zrtp else "none"
+    # liblinphone 5.1 answers a peer's ZRTP Hello even with media_encryption=none unless
+    # ZRTP is also dropped from its supported list (needs capability negotiation).
+    no_zrtp = "" if zrtp else NO_ZRTP
+    return _write(
+        home / "linphonerc",
+        f"""[sip]
+sip_port=-1
+sip_tcp_port=0
+sip_tls_port=0
+ipv6_migration_done=1
+use_ipv6=0
+contact="alice" <sip:alice@{phone}>
+media_encryption={encryption}
+media_encryption_mandatory={1 if zrtp else 0}
+{no_zrtp}
+[rtp]
+audio_rtp_port={random.randrange(30000, 40000, 2)}
+bind_address={phone}
+
+[sound]
+echocancellation=0
+
+[video]
+enabled=0
+""",
+    )
+
+
+def write_tone(path: Path, seconds: float = 5.0) -> Path:
+    """A 440 Hz tone, 8 kHz mono 16-bit: what linphonec sends as its microphone."""
+    rate = 8000
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+        for i in range(int(rate * seconds))
+    )
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return path
+
+
+# ---------------------------------------------------------------------- the lab
+
+
+@dataclass
+class Lab:
+    base: Path
+    net: Net
+    freeswitch: Proc
+    relay: Proc
+    esl: EslClient
+    watch: Proc
+    tone: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def control(self) -> str:
+        return f"unix:{self.base / 'control.sock'}"
+
+    def ctl(self, *args: str) -> Any:
+        result = subprocess.run(
+            [*CTL, "--control", self.control, "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=ROOT,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The relay's calls, without idle pre-bound ports."""
+        return [c for c in self.ctl("list") if not str(c.get("call_id", "")).startswith("port-")]
+
+    def freeswitch_log(self) -> str:
+        path = self.base / "log" / "freeswitch.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def channel_log(self, uuid: str) -> list[str]:
+        return [line for line in self.freeswitch_log().splitlines() if line.startswith(uuid)]
+
+    def relay_events(self, call_id: str) -> list[dict[str, Any]]:
+        """The relay's state events for one call (from ``pbx-zrtp ctl watch --json``)."""
+        events = []
+        for line, stamp in zip(list(self.watch.lines), list(self.watch.times), strict=False):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            call = event.get("call") if isinstance(event, dict) else None
+            if isinstance(call, dict) and call.get("call_id") == call_id:
+                events.append({**call, "_time": stamp})
+        return events
+
+    def phone(self, name: str, *, zrtp: bool) -> Proc:
+        assert IP is not None and LINPHONEC is not None
+        home = self.base / name
+        home.mkdir()
+        rc = write_linphonerc(home, self.net.phone, zrtp=zrtp)
+        env = {**os.environ, "HOME": str(home)}
+        proc = Proc(
+            name,
+            [
+                IP,
+                "netns",
+                "exec",
+                self.net.namespace,
+                LINPHONEC,
+                "-c",
+                str(rc),
+                "-d",
+                "6",
+                "-l",
+                str(home / "linphone-debug.log"),
+            ],
+            self.base / f"{name}.log",
+            env=env,
+            stdin=True,
+            cwd=home,
+        )
+        self.procs.append(proc)
+        proc.send("soundcard use files")
+        proc.wait_for(r"Using wav files instead of soundcard", 20)
+        proc.send(f"play {self.tone}")
+        return proc
+
+    def diagnostics(self) -> str:
+        parts = [f"--- freeswitch.log\n{self.freeswitch_log()[-6000:]}"]
+        for proc in [self.freeswitch, self.relay, self.watch, *self.procs]:
+            parts.append(f"--- {proc.name} ({proc.log_path})\n{proc.tail(60)}")
+        return "\n".join(parts)
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: Proc) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{host}:{port} not accepting within {timeout} s:\n{proc.tail()}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    base = tmp_path_factory.mktemp("freeswitch-real")
+    base.chmod(0o755)
+    esl_port = _free_tcp_port("127.0.0.1")
+    tone = write_tone(base / "tone.wav")
+    started: list[Proc] = []
+    esl: EslClient | None = None
+    with network() as net:
+        try:
+            write_freeswitch_config(base, net, esl_port)
+            relay_conf = write_relay_config(base, net, esl_port)
+            dirs = {
+                "-conf": "conf",
+                "-log": "log",
+                "-db": "db",
+                "-run": "run",
+                "-scripts": "scripts",
+                "-temp": "temp",
+                "-storage": "storage",
+                "-cache": "cache",
+                "-recordings": "rec",
+            }
+            args = [FREESWITCH, "-nonat", "-nf", "-nc"]
+            for flag, name in dirs.items():
+                args += [flag, str(base / name)]
+            freeswitch = Proc("freeswitch", args, base / "freeswitch.out")
+            started.append(freeswitch)
+            _wait_port("127.0.0.1", esl_port, 60, freeswitch)
+            esl = EslClient("127.0.0.1", esl_port, ESL_PASSWORD, 10)
+            reply, _ = esl.command(
+                "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE"
+                " CUSTOM pbx_zrtp::secure pbx_zrtp::failed"
+            )
+            assert reply.get("Reply-Text", "").startswith("+OK"), reply
+            deadline = time.monotonic() + 30
+            while not re.search(r"pbxzrtp\s+profile\s.*RUNNING", esl.api("sofia status")):
+                assert time.monotonic() < deadline, esl.api("sofia status")
+                time.sleep(0.2)
+            relay = Proc(
+                "pbx-zrtp",
+                [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
+                base / "pbx-zrtp.log",
+                cwd=ROOT,
+            )
+            started.append(relay)
+            relay.wait_for(r"ESL connected to", 20)
+            deadline = time.monotonic() + 10
+            while not (base / "control.sock").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            watch = Proc(
+                "ctl-watch",
+                [*CTL, "--control", f"unix:{base / 'control.sock'}", "watch", "--json"],
+                base / "ctl-watch.log",
+                cwd=ROOT,
+            )
+            started.append(watch)
+            the_lab = Lab(base, net, freeswitch, relay, esl, watch, tone)
+            # The watcher is subscribed once it reports a probe mirror (outside the
+            # pre-bound range; no call is running yet).
+            deadline = time.monotonic() + 30
+            while not the_lab.relay_events("probe"):
+                assert time.monotonic() < deadline, f"ctl watch saw no event:\n{watch.tail()}"
+                the_lab.ctl("create", "probe", str(PROBE_PORT), "--policy", "off")
+                the_lab.ctl("delete", "probe")
+                time.sleep(0.5)
+            yield the_lab
+        finally:
+            if esl is not None:
+                esl.close()
+            for proc in reversed(started):
+                proc.stop()
+
+
+# ---------------------------------------------------------------------- the tests
+
+
+def _hangup_phone(phone: Proc) -> None:
+    phone.send("terminate all")
+    time.sleep(0.5)
+    phone.send("quit")
+    try:
+        phone.popen.wait(10)
+    except subprocess.TimeoutExpired:
+        phone.stop()
+
+
+VARIABLES = (
+    "pbx_zrtp_state",
+    "pbx_zrtp_secure",
+    "pbx_zrtp_sas",
+    "pbx_zrtp_sas_type",
+    "pbx_zrtp_active_policy",
+    "pbx_zrtp_cipher",
+    "pbx_zrtp_auth_tag",
+    "pbx_zrtp_key_agreement",
+    "zrtp_secure_media_confirmed_audio",
+    "zrtp_sas1_string_audio",
+    "zrtp_sas2_string",
+    "rtp_adv_audio_ip",
+    "local_media_ip",
+    "local_media_port",
+    "remote_media_ip",
+    "remote_audio_ip",
+    "remote_audio_port",
+)
+
+
+def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
+    phone = lab.phone("phone-zrtp", zrtp=True)
+    try:
+        started = time.monotonic()
+        count = len(lab.esl.events)
+        phone.send(f"call sip:9400@{lab.net.a}")
+        # 1. The phone: ZRTP with the relay (which FreeSWITCH advertised as c=R).
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        phone_secure_at = time.monotonic()
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            10,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        call_id = f"fs-{uuid}"
+        assert answer.get("variable_pbx_zrtp_policy") == "required", answer
+        assert answer.get("variable_rtp_adv_audio_ip") == lab.net.r, answer
+        # 2. The adapter's CUSTOM event.
+        secure = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Subclass") == "pbx_zrtp::secure" and e.get("pbx_zrtp_uuid") == uuid
+            ),
+            20,
+            "CUSTOM pbx_zrtp::secure",
+        )
+        assert secure.get("pbx_zrtp_sas") == phone_sas, (secure, phone_sas)
+        assert secure.get("secure_type", "").startswith(f"zrtp:{phone_sas}"), secure
+        # 3. The relay: the same call, secure, same SAS.
+        calls = lab.calls()
+        assert [c["call_id"] for c in calls] == [call_id], calls
+        assert calls[0]["state"] == "secure" and calls[0]["sas"] == phone_sas, calls[0]
+        # 4. The channel's variables, read over ESL, once the dialplan has moved on to
+        # the echo (pbx_zrtp_wait.lua returned and `transfer pbx-zrtp-secure`).
+        deadline = time.monotonic() + 15
+        while lab.esl.getvar(uuid, "destination_number") != "pbx-zrtp-secure":
+            assert time.monotonic() < deadline, "the dialplan never reached pbx-zrtp-secure"
+            time.sleep(0.1)
+        values = {name: lab.esl.getvar(uuid, name) for name in VARIABLES}
+        assert values["pbx_zrtp_state"] == "secure", values
+        assert values["pbx_zrtp_secure"] == "true", values
+        assert values["pbx_zrtp_sas"] == phone_sas, values
+        assert values["pbx_zrtp_active_policy"] == "required", values
+        assert values["zrtp_secure_media_confirmed_audio"] == "true", values
+        assert values["zrtp_sas1_string_audio"], values
+        expected_sas1 = phone_sas.split(" ")[0]
+        assert values["zrtp_sas1_string_audio"] == expected_sas1, values
+        assert values["local_media_ip"] == lab.net.a, values
+        # FreeSWITCH's SDP carried R (with its own port): the phone's media went to the relay.
+        local_sdp = lab.esl.getvar(uuid, "rtp_local_sdp_str")
+        assert f"c=IN IP4 {lab.net.r}" in local_sdp, local_sdp
+        assert f"m=audio {values['local_media_port']} " in local_sdp, local_sdp
+        # 5. Media flows both ways through the relay (echo sends the tone back).
+        time.sleep(3)
+        report = lab.ctl("show", call_id)
+        counters = report["counters"]
+        assert counters["phone_in"] > 50 and counters["pbx_in"] > 50, counters
+        assert counters["phone_out"] > 50 and counters["pbx_out"] > 50, counters
+        assert counters["drops"].get("srtcp_auth", 0) == 0, (report["auth_tag"], counters)
+        # FreeSWITCH's auto-adjust latched onto the relay's PBX-side socket on R.
+        remote_ip = lab.esl.getvar(uuid, "remote_audio_ip")
+        assert remote_ip == lab.net.r, (remote_ip, values)
+        log = lab.freeswitch_log()
+        assert f"pbx_zrtp: {uuid} secure, SAS {phone_sas}" in log
+        problems = [line for line in lab.channel_log(uuid) if re.search(r"\[(ERR|CRIT)\]", line)]
+        assert problems == [], problems
+        _hangup_phone(phone)
+        hangup = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
+            ),
+            15,
+            "CHANNEL_HANGUP_COMPLETE",
+        )
+        freeswitch_sent = int(hangup.get("variable_rtp_audio_out_packet_count", "0") or 0)
+        deadline = time.monotonic() + 10
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lab.calls() == []
+        events = lab.relay_events(call_id)
+        states = [e["state"] for e in events]
+        assert "secure" in states and states[-1] == "ended", states
+        ended = events[-1]
+        relay_heard = ended["counters"]["pbx_in"]
+        # Packets FreeSWITCH sent before auto-adjust latched went straight to the phone.
+        leak = freeswitch_sent - relay_heard
+        assert freeswitch_sent > 50 and 0 <= leak <= 5, (freeswitch_sent, relay_heard)
+        summary = {
+            "sas": phone_sas,
+            "sas_type": report.get("sas_type"),
+            "algorithms": [report.get(k) for k in ("key_agreement", "hash", "cipher", "auth_tag")],
+            "handshake_ms": report.get("handshake_ms"),
+            "phone_secure_after_s": round(phone_secure_at - started, 3),
+            "states": states,
+            "channel_variables": values,
+            "remote_audio_ip_at_3s": remote_ip,
+            "freeswitch_rtp_out": freeswitch_sent,
+            "relay_pbx_in": relay_heard,
+            "leaked_to_phone": leak,
+            "counters_at_3s": {k: v for k, v in counters.items() if k != "drops"},
+            "drops": counters.get("drops"),
+            "ended_counters": ended.get("counters"),
+            "esl_events": [
+                e.get("Event-Name", "") + "/" + e.get("Event-Subclass", "")
+                for e in lab.esl.events[count:]
+            ],
+        }
+        print("REAL CALL:", json.dumps(summary))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
+def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None:
+    phone = lab.phone("phone-clear", zrtp=False)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:9400@{lab.net.a}")
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            15,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        hangup = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
+            ),
+            REQUIRED_TIMEOUT + 20,
+            "CHANNEL_HANGUP_COMPLETE of the clear call",
+        )
+        hung_up_after = time.monotonic() - started
+        assert hangup.get("Hangup-Cause") == "BEARERCAPABILITY_NOTAVAIL", hangup
+        assert hangup.get("variable_pbx_zrtp_state") == "failed", hangup
+        assert not any(
+            e.get("Event-Subclass") == "pbx_zrtp::secure" and e.get("pbx_zrtp_uuid") == uuid
+            for e in lab.esl.events
+        )
+        failed = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Subclass") == "pbx_zrtp::failed" and e.get("pbx_zrtp_uuid") == uuid
+            ),
+            1,
+            "CUSTOM pbx_zrtp::failed",
+        )
+        events = lab.relay_events(f"fs-{uuid}")
+        states = [e["state"] for e in events]
+        assert "failed" in states and "secure" not in states, states
+        final = events[-1]["counters"]
+        # `required`: the phone's clear audio never reached FreeSWITCH.
+        assert final["pbx_out"] == 0 and final["drops"].get("clear_blocked", 0) > 0, final
+        warning = [
+            line
+            for line in lab.channel_log(uuid)
+            if "[WARNING]" in line and f"pbx_zrtp: {uuid} required ZRTP but is failed" in line
+        ]
+        assert warning, "no WARNING line from the pbx_zrtp_refused extension"
+        print(
+            "CLEAR CALL:",
+            json.dumps(
+                {
+                    "hung_up_after_s": round(hung_up_after, 3),
+                    "cause": hangup.get("Hangup-Cause"),
+                    "fail_reason": failed.get("pbx_zrtp_fail_reason"),
+                    "warning": warning[0].split("] ", 1)[-1][:300],
+                    "states": states,
+                    "counters": final,
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        _hangup_phone(phone)
+        phone.stop()
