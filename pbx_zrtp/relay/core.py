@@ -120,9 +120,8 @@ class Relay:
     async def start(self) -> None:
         for port in self.layout.prebind:
             self.layout.check_port(port)
-            mirror = await self._open_mirror(port, self.layout.pbx_host, None)
+            await self._open_mirror(port, self.layout.pbx_host, None)
             self._prebound.add(port)
-            del mirror
         if self.layout.prebind:
             log.info("pre-bound %d ports on %s", len(self.layout.prebind), self.layout.relay_host)
 

@@ -175,44 +175,43 @@ class EC38(_EllipticCurveDH):
     )
 
 
-class X255(KeyAgreement):
+class _Montgomery(KeyAgreement):
+    """X25519 / X448 (RFC 7748): raw keys; cryptography rejects low-order points."""
+
+    private_type: ClassVar[type[x25519.X25519PrivateKey] | type[x448.X448PrivateKey]]
+    public_type: ClassVar[type[x25519.X25519PublicKey] | type[x448.X448PublicKey]]
+
+    def __init__(self, random: RandomSource, secret_bits: int = 256) -> None:
+        self._private = self.private_type.from_private_bytes(random(self.pv_length))
+        self._public = self._private.public_key().public_bytes_raw()
+
+    @property
+    def public_value(self) -> bytes:
+        return self._public
+
+    def compute(self, peer_pv: bytes) -> bytes:
+        self._check_length(peer_pv)
+        try:  # an all-zero result (low-order point) raises ValueError
+            peer = self.public_type.from_public_bytes(peer_pv)
+            return self._private.exchange(peer)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ZrtpProtocolError(
+                f"invalid {self.name.decode()} public value", ErrorCode.BAD_DH_VALUE
+            ) from exc
+
+
+class X255(_Montgomery):
     name = b"X255"
     pv_length = 32
-
-    def __init__(self, random: RandomSource, secret_bits: int = 256) -> None:
-        self._private = x25519.X25519PrivateKey.from_private_bytes(random(32))
-        self._public = self._private.public_key().public_bytes_raw()
-
-    @property
-    def public_value(self) -> bytes:
-        return self._public
-
-    def compute(self, peer_pv: bytes) -> bytes:
-        self._check_length(peer_pv)
-        try:  # rejects low-order points (all-zero result)
-            return self._private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_pv))
-        except ValueError as exc:
-            raise ZrtpProtocolError("invalid X25519 public value", ErrorCode.BAD_DH_VALUE) from exc
+    private_type = x25519.X25519PrivateKey
+    public_type = x25519.X25519PublicKey
 
 
-class X448(KeyAgreement):
+class X448(_Montgomery):
     name = b"X448"
     pv_length = 56
-
-    def __init__(self, random: RandomSource, secret_bits: int = 256) -> None:
-        self._private = x448.X448PrivateKey.from_private_bytes(random(56))
-        self._public = self._private.public_key().public_bytes_raw()
-
-    @property
-    def public_value(self) -> bytes:
-        return self._public
-
-    def compute(self, peer_pv: bytes) -> bytes:
-        self._check_length(peer_pv)
-        try:
-            return self._private.exchange(x448.X448PublicKey.from_public_bytes(peer_pv))
-        except ValueError as exc:
-            raise ZrtpProtocolError("invalid X448 public value", ErrorCode.BAD_DH_VALUE) from exc
+    private_type = x448.X448PrivateKey
+    public_type = x448.X448PublicKey
 
 
 KEY_AGREEMENTS: dict[bytes, type[KeyAgreement]] = {
