@@ -18,9 +18,10 @@ from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpoint
 from pbx_zrtp.freeswitch.config import parse_freeswitch
-from pbx_zrtp.relay.config import ConfigError, load_config
+from pbx_zrtp.relay.config import ConfigError, RelayConfig, load_config
 from pbx_zrtp.relay.core import RelayError
 from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
+from pbx_zrtp.relay.fastpath import available as fastpath_available
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
 
@@ -225,7 +226,7 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 0
     try:
         if args.command == "relay":
-            return _run_service(app.run(config, adapters=()))
+            return _run_service(app.run(config, adapters=()), native_media=_native_media(config))
         if args.command in ("asterisk", "freeswitch"):
             if args.command not in config.adapters:
                 sys.stderr.write(
@@ -237,7 +238,7 @@ def _relay_main(args: argparse.Namespace) -> int:
                     config, with_relay=False, adapters=(args.command,), relay_address=args.relay
                 )
             )
-        return _run_service(app.run(config))
+        return _run_service(app.run(config), native_media=_native_media(config))
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2
@@ -246,14 +247,22 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run_service(main: Coroutine[Any, Any, int]) -> int:
-    """Long-running services use uvloop when it is installed: it halves the relay's
-    per-packet CPU (bench/relay.py: ~2x the loss-free calls per core)."""
+def _run_service(main: Coroutine[Any, Any, int], *, native_media: bool = False) -> int:
+    """Run a long-lived service. Without the native fast path the relay forwards media
+    in Python and uvloop helps (~2x loss-free calls per core, bench/relay.py); with it,
+    the standard loop is needed (its UDP transports can pause reading while the native
+    worker owns a socket; uvloop's cannot)."""
+    if native_media:
+        return asyncio.run(main)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def _native_media(config: RelayConfig) -> bool:
+    return config.fastpath != "off" and fastpath_available() is None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,6 +73,8 @@ class RelayConfig:
     prebind: tuple[int, ...] = ()
     prebind_policy: Policy = Policy.REQUIRED
     rtcp: bool = True
+    #: Native forwarding of secured calls: "auto" (when it can be built), "on", "off".
+    fastpath: str = "auto"
     zrtp: ZrtpSettings = field(default_factory=ZrtpSettings)
     cache_path: str | None = None  # None: in memory (no key continuity across restarts)
     optional_timeout: float = 5.0
@@ -94,7 +96,7 @@ class RelayConfig:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "relay": {"address", "pbx_address", "ports", "prebind", "prebind_policy", "rtcp"},
+    "relay": {"address", "pbx_address", "ports", "prebind", "prebind_policy", "rtcp", "fastpath"},
     "zrtp": {
         "key_agreements",
         "hashes",
@@ -162,6 +164,11 @@ def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
         config.prebind_policy = _policy("relay.prebind_policy", relay["prebind_policy"])
     if "rtcp" in relay:
         config.rtcp = _bool("relay.rtcp", relay["rtcp"])
+    if "fastpath" in relay:
+        value = relay["fastpath"]
+        if value not in ("auto", "on", "off"):
+            raise ConfigError('relay.fastpath: "auto", "on" or "off"')
+        config.fastpath = value
     zrtp = data.get("zrtp", {})
     names = {
         "key_agreements": "key agreement",

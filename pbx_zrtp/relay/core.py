@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.relay.mirror import (
     Address,
     CallIdentity,
@@ -101,7 +102,9 @@ class Subscription:
 class Relay:
     """All mirrors of one relay process."""
 
-    def __init__(self, layout: RelayLayout, settings: MirrorSettings) -> None:
+    def __init__(
+        self, layout: RelayLayout, settings: MirrorSettings, *, fastpath: FastPath | None = None
+    ) -> None:
         if layout.relay_host == layout.pbx_host:
             raise ValueError(
                 "relay address and PBX address must differ:"
@@ -116,8 +119,15 @@ class Relay:
         self._listeners: list[Any] = []  # callables(report) e.g. metrics
         self.totals = Totals()
         self.started_at = time.time()
+        #: The native forwarding worker for secured calls (None: all in Python).
+        self.fastpath = fastpath
+        self._fast: dict[int, Mirror] = {}
+        self._punt_reader = False
 
     async def start(self) -> None:
+        if self.fastpath is not None and not self._punt_reader:
+            asyncio.get_running_loop().add_reader(self.fastpath.punt_fd(), self._drain_punted)
+            self._punt_reader = True
         for port in self.layout.prebind:
             self.layout.check_port(port)
             await self._open_mirror(port, self.layout.pbx_host, None)
@@ -133,6 +143,11 @@ class Relay:
         self._by_port.clear()
         for sub in list(self._subscribers):
             sub.close()
+        if self.fastpath is not None:
+            if self._punt_reader:
+                asyncio.get_running_loop().remove_reader(self.fastpath.punt_fd())
+                self._punt_reader = False
+            self.fastpath.close()
 
     async def _open_mirror(self, port: int, pbx_host: str, pbx_port: int | None) -> Mirror:
         mirror = Mirror(
@@ -144,6 +159,8 @@ class Relay:
             rtcp=self.layout.rtcp,
             on_change=self._changed,
             on_unclaimed=self._unclaimed,
+            fastpath=self.fastpath,
+            on_fast=self._fast_changed,
         )
         for attempt in range(3):
             try:
@@ -217,6 +234,30 @@ class Relay:
         self._by_call[call_id] = mirror
         mirror.attach(identity)
         return mirror.report()
+
+    def _fast_changed(self, mirror: Mirror, handle: int | None) -> None:
+        """A mirror entered (handle) or left (None) the native fast path."""
+        for old, owner in list(self._fast.items()):
+            if owner is mirror:
+                del self._fast[old]
+        if handle is not None:
+            self._fast[handle] = mirror
+
+    def _drain_punted(self) -> None:
+        """Datagrams the native worker hands back (ZRTP, RTCP, strangers)."""
+        assert self.fastpath is not None
+        try:
+            punted = self.fastpath.read_punted()
+        except RuntimeError:
+            return  # closed
+        for handle, data, addr, side in punted:
+            mirror = self._fast.get(handle)
+            if mirror is None:
+                continue
+            try:
+                mirror.punted(data, addr, side)
+            except Exception:  # one bad datagram must never stop the others
+                log.exception("internal error on a punted datagram; dropped")
 
     def _unclaimed(self, mirror: Mirror) -> None:
         """Media on a pre-bound port before the adapter named the call."""

@@ -16,6 +16,7 @@ packet is forwarded, or dropped and counted under a reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
@@ -140,6 +142,37 @@ class CallReport:
         return dict(self.__dict__)
 
 
+_FAST_DROPS = (
+    "srtp_auth",
+    "srtp_protect",
+    "wrong_source",
+    "oversize",
+    "punt_overflow",
+    "send_errors",
+    "recv_errors",
+)
+
+
+def _add_fast(counters: dict[str, Any], fast: dict[str, int]) -> None:
+    """Fold the native worker's counters into a report's."""
+    for name in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
+        counters[name] = counters.get(name, 0) + fast.get(name, 0)
+        counters[f"{name}_bytes"] = counters.get(f"{name}_bytes", 0) + fast.get(f"{name}_bytes", 0)
+    drops = counters.setdefault("drops", {})
+    for name in _FAST_DROPS:
+        if fast.get(name):
+            drops[name] = drops.get(name, 0) + fast[name]
+
+
+def _reading(transport: asyncio.DatagramTransport, on: bool) -> None:
+    """pause_reading/resume_reading: selector datagram transports have them, though
+    the typing stubs do not (and uvloop's lack them: the fast path is then unused)."""
+    method: Any = getattr(transport, "resume_reading" if on else "pause_reading", None)
+    if method is not None:
+        with contextlib.suppress(RuntimeError):
+            method()
+
+
 def _is_stun(data: bytes) -> bool:
     """RFC 5389: top two bits 0 and the magic cookie. Phones (linphone) send STUN
     checks to the relay; they are dropped, but counted under their own name."""
@@ -182,6 +215,8 @@ class Mirror:
         rtcp: bool = True,
         on_change: Callable[[Mirror], None] = lambda mirror: None,
         on_unclaimed: Callable[[Mirror], None] = lambda mirror: None,
+        fastpath: FastPath | None = None,
+        on_fast: Callable[[Mirror, int | None], None] = lambda mirror, handle: None,
     ) -> None:
         self.settings = settings
         self.relay_host = relay_host
@@ -223,6 +258,12 @@ class Mirror:
         self._prime_ts = int.from_bytes(os.urandom(4), "big")
         self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
         self._closed = False
+        #: Native forwarding of the secured steady state (fastpath.py), when available.
+        self._fastpath = fastpath
+        self._on_fast = on_fast
+        self._fast_handle: int | None = None
+        self._fast_phone: Address | None = None
+        self._fast_pbx_out_seen = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -341,8 +382,15 @@ class Mirror:
             handshake_ms=self._handshake_ms,
             phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
             last_state=self._last_state,
-            counters=self.counters.as_dict(),
+            counters=self._merged_counters(),
         )
+
+    def _merged_counters(self) -> dict[str, Any]:
+        counters = self.counters.as_dict()
+        if self._fast_handle is not None and self._fastpath is not None:
+            with contextlib.suppress(KeyError, RuntimeError):
+                _add_fast(counters, self._fastpath.stats(self._fast_handle))
+        return counters
 
     def mark_verified(self, verified: bool) -> None:
         """The humans compared the SAS: persist it (V flag) in the cache."""
@@ -354,6 +402,7 @@ class Mirror:
 
     def end(self, reason: str = "hangup") -> CallReport:
         """The call is over: report ``ended`` and go back to idle (sockets stay bound)."""
+        self._leave_fast()
         self._stop_engine()
         self._cancel_policy_timer()
         self._stop_priming()
@@ -374,6 +423,7 @@ class Mirror:
         return final
 
     def close_sockets(self) -> None:
+        self._leave_fast()
         self._closed = True
         self._stop_engine()
         self._cancel_policy_timer()
@@ -412,6 +462,15 @@ class Mirror:
     def _prime(self) -> None:
         """Silence to A:P until the PBX's first packet reaches us (closed loop)."""
         self._priming = None
+        if self._fast_handle is not None and self._fastpath is not None:
+            # The native worker reads the PBX socket now: learn from its counters.
+            with contextlib.suppress(KeyError, RuntimeError):
+                fast = self._fastpath.stats(self._fast_handle)
+                if fast.get("pbx_in", 0) > 0:
+                    self._pbx_heard = True
+                if fast.get("pbx_out", 0) > self._fast_pbx_out_seen:
+                    self._fast_pbx_out_seen = fast["pbx_out"]
+                    self._last_forward = self._loop.time()
         if self._pbx_heard or self._closed or self._pbx_rtp is None:
             return
         if self._loop.time() > self._priming_until:
@@ -450,6 +509,7 @@ class Mirror:
         self._pump()
 
     def _stop_engine(self) -> None:
+        self._leave_fast()
         if self._engine_timer is not None:
             self._engine_timer.cancel()
             self._engine_timer = None
@@ -497,7 +557,9 @@ class Mirror:
             self._handshake_ms = round((self._loop.time() - self._engine_started_at) * 1000, 1)
             self._cancel_policy_timer()
             self._set_state(CallState.SECURE)
+            self._enter_fast()
         elif isinstance(event, HandshakeFailed):
+            self._leave_fast()
             self._srtp = None
             self._protect_out = False
             policy = self.identity.policy if self.identity else Policy.REQUIRED
@@ -510,6 +572,7 @@ class Mirror:
                 self._cancel_policy_timer()
                 self._set_state(CallState.CLEAR, f"ZRTP failed: {event.reason}")
         elif isinstance(event, WentClear):
+            self._leave_fast()
             self._srtp = None
             self._protect_out = False
             self._set_state(CallState.CLEAR, "the phone went clear (GoClear)")
@@ -526,6 +589,77 @@ class Mirror:
         except ValueError as exc:
             self._set_state(CallState.FAILED, f"SRTP unavailable: {exc}")
             return None
+
+    # ------------------------------------------------------------------ native fast path
+
+    def _enter_fast(self) -> None:
+        """Hand the secured RTP of this call to the native worker (RTCP, ZRTP and
+        anything unexpected keep coming back here through the relay's punt queue)."""
+        fastpath, secured = self._fastpath, self._secured
+        if fastpath is None or secured is None or self._fast_handle is not None:
+            return
+        phone, pbx = self._phone_rtp, self._pbx_rtp
+        if self.phone is None or phone is None or pbx is None:
+            return
+        if not (hasattr(phone, "pause_reading") and hasattr(pbx, "pause_reading")):
+            return  # e.g. uvloop's UDP transports cannot stop reading
+        keys = secured.keys
+        _reading(phone, False)
+        _reading(pbx, False)
+        try:
+            handle = fastpath.attach(
+                phone_fd=phone.get_extra_info("socket").fileno(),
+                pbx_fd=pbx.get_extra_info("socket").fileno(),
+                phone_addr=self.phone,
+                pbx_addr=self.pbx,
+                auth_tag=keys.auth_tag,
+                tx_key=keys.local_key + keys.local_salt,
+                rx_key=keys.remote_key + keys.remote_salt,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning(
+                "call %s: fast path unavailable (%s); staying in Python", self._call_id(), exc
+            )
+            _reading(phone, True)
+            _reading(pbx, True)
+            return
+        self._fast_handle = handle
+        self._fast_phone = self.phone
+        self._fast_pbx_out_seen = 0
+        self._on_fast(self, handle)
+
+    def _leave_fast(self) -> None:
+        handle, fastpath = self._fast_handle, self._fastpath
+        if handle is None or fastpath is None:
+            return
+        self._fast_handle = None
+        self._on_fast(self, None)
+        with contextlib.suppress(KeyError, RuntimeError):
+            final = fastpath.detach(handle)
+            merged = self.counters.as_dict()
+            _add_fast(merged, final)
+            self.counters.phone_in = merged["phone_in"]
+            self.counters.phone_out = merged["phone_out"]
+            self.counters.pbx_in = merged["pbx_in"]
+            self.counters.pbx_out = merged["pbx_out"]
+            self.counters.phone_in_bytes = merged["phone_in_bytes"]
+            self.counters.phone_out_bytes = merged["phone_out_bytes"]
+            self.counters.pbx_in_bytes = merged["pbx_in_bytes"]
+            self.counters.pbx_out_bytes = merged["pbx_out_bytes"]
+            self.counters.drops.update({k: v for k, v in merged["drops"].items() if v})
+        for transport in (self._phone_rtp, self._pbx_rtp):
+            if transport is not None and not transport.is_closing():
+                _reading(transport, True)
+
+    def punted(self, data: bytes, addr: Address, side: str) -> None:
+        """A datagram the native worker did not handle (ZRTP, RTCP, strangers)."""
+        if side == "phone":
+            self._from_phone(data, addr)
+            if self._fast_handle is not None and self.phone != self._fast_phone:
+                self._leave_fast()  # the phone moved (authenticated): re-attach there
+                self._enter_fast()
+        else:
+            self._from_pbx(data, addr)
 
     # ------------------------------------------------------------------ phone side
 

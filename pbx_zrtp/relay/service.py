@@ -12,6 +12,8 @@ from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.relay.config import ConfigError, RelayConfig
 from pbx_zrtp.relay.control import ControlServer
 from pbx_zrtp.relay.core import Relay, RelayLayout
+from pbx_zrtp.relay.fastpath import FastPath
+from pbx_zrtp.relay.fastpath import available as fastpath_available
 from pbx_zrtp.relay.metrics import RelayMetrics
 from pbx_zrtp.relay.mirror import MirrorSettings
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -25,6 +27,20 @@ def open_cache(path: str | None) -> SecretCache:
         return MemorySecretCache()
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return SqliteSecretCache(path)
+
+
+def open_fastpath(mode: str) -> FastPath | None:
+    """The native forwarding worker, per `relay.fastpath` ("auto", "on", "off")."""
+    if mode == "off":
+        return None
+    reason = fastpath_available()
+    if reason is not None:
+        if mode == "on":
+            raise ConfigError(f"relay.fastpath: on, but the fast path is unavailable: {reason}")
+        log.warning("fast path unavailable (%s): secured media is forwarded in Python", reason)
+        return None
+    log.info("fast path on: secured calls are forwarded natively")
+    return FastPath()
 
 
 def read_token(path: str) -> str:
@@ -67,7 +83,7 @@ class RelayService:
             config.prebind_policy,
             config.rtcp,
         )
-        self.relay = Relay(layout, settings)
+        self.relay = Relay(layout, settings, fastpath=open_fastpath(config.fastpath))
         token = read_token(config.control_token_file) if config.control_token_file else None
         self.control = ControlServer(self.relay, token=token)
         self.metrics = RelayMetrics(self.relay)

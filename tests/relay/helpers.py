@@ -51,6 +51,7 @@ def make_relay(
     required_timeout: float = 3.0,
     cache: MemorySecretCache | None = None,
     prebind_policy: Policy = Policy.REQUIRED,
+    fastpath: bool = False,
 ) -> Relay:
     cache = cache or MemorySecretCache()
     zid = cache.local_zid(lambda: os.urandom(12))
@@ -71,7 +72,17 @@ def make_relay(
             prebind_policy=prebind_policy,
         ),
         settings,
+        fastpath=_native_fastpath() if fastpath else None,
     )
+
+
+def _native_fastpath() -> Any:
+    from pbx_zrtp.relay.fastpath import FastPath, available
+
+    reason = available()
+    if reason is not None:
+        raise RuntimeError(f"fast path unavailable: {reason}")
+    return FastPath()
 
 
 async def create_call(relay: Relay, call_id: str, policy: Policy, **kwargs: Any) -> int:

@@ -1,0 +1,258 @@
+"""Micro-benchmark of the native fast path (pbx_zrtp/relay/_fastpath.c).
+
+Run from the repository root:
+
+    .venv/bin/python bench/fastpath.py                          # sweep, stops once saturated
+    .venv/bin/python bench/fastpath.py --calls 550 --duration 20
+    .venv/bin/python bench/fastpath.py --json
+
+Same load and figures as bench/relay.py (it reuses its rtpload generator and
+its arithmetic), without ZRTP: for each N a fresh "relay" process pinned to
+--relay-core binds N calls' sockets on 127.0.0.2 (phone side P, PBX side P+1)
+and attaches them to one FastPath with random keys written to rtpload's calls
+file; rtpload, pinned to --load-core, plays the phones (127.0.0.4:P, SRTP) and
+the PBX (127.0.0.3:P, plain RTP) at 50 packets/s per call each way and samples
+the relay process's utime + stime over the window (its Python main thread
+only sleeps in a read of stdin; the worker thread does the work).
+
+The generator: Debian's libsrtp2 does AES/HMAC through NSS (~7 µs per
+protect + unprotect, against ~2 µs with OpenSSL), which makes rtpload itself
+the bottleneck at 300-400 calls on this VM. So by default rtpload is built
+here against the libsrtp 2.7 (OpenSSL) bundled in pylibsrtp's wheel (plus
+libpython, whose symbols that module references); --gen-srtp system uses
+bench/relay.py's rtpload on the system libsrtp2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_SWEEP = "100,200,400,550,700,1000,1400,2000"
+
+
+def _relay_bench() -> Any:
+    """bench/relay.py as a module (rtpload build and run, port picking, figures)."""
+    spec = importlib.util.spec_from_file_location("relay_bench", BENCH_DIR / "relay.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["relay_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_rtpload_pylibsrtp(out_dir: pathlib.Path) -> pathlib.Path:
+    """bench/rtpload.c linked against pylibsrtp's bundled libsrtp (OpenSSL) instead."""
+    import sysconfig
+
+    binding = importlib.import_module("pylibsrtp._binding")
+    lib = pathlib.Path(str(binding.__file__)).resolve()
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    pylib = (sysconfig.get_config_var("LDVERSION") or "").strip()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / "rtpload-pylibsrtp"
+    source = BENCH_DIR / "rtpload.c"
+    if binary.is_file() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    cflags = subprocess.run(
+        ["pkg-config", "--cflags", "libsrtp2"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    cmd = ["gcc", "-O2", "-std=gnu11", "-o", str(binary), str(source), *cflags, str(lib)]
+    cmd += [f"-L{libdir}", f"-lpython{pylib}", f"-Wl,-rpath,{lib.parent}:{libdir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise OSError(f"building rtpload on pylibsrtp failed: {proc.stderr[-1500:]}")
+    return binary
+
+
+def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_host: str) -> int:
+    """The measured process: attach every call of calls_file, wait for EOF on stdin."""
+    from pbx_zrtp.relay.fastpath import FastPath
+
+    fp = FastPath()
+    sockets: list[socket.socket] = []
+    handles: list[int] = []
+    for line in pathlib.Path(calls_file).read_text().splitlines():
+        port_s, pbx_port_s, self_key, self_salt, peer_key, peer_salt = line.split()
+        port, pbx_port = int(port_s), int(pbx_port_s)
+        phone_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        pbx_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        phone_side.bind((relay_host, port))
+        pbx_side.bind((relay_host, pbx_port))
+        phone_side.setblocking(False)
+        pbx_side.setblocking(False)
+        sockets += (phone_side, pbx_side)
+        handles.append(
+            fp.attach(
+                phone_fd=phone_side.fileno(),
+                pbx_fd=pbx_side.fileno(),
+                phone_addr=(phone_host, port),
+                pbx_addr=(pbx_host, port),
+                auth_tag=auth_tag,
+                # rtpload's phone protects with its SELF key: what we unprotect.
+                tx_key=bytes.fromhex(peer_key + peer_salt),
+                rx_key=bytes.fromhex(self_key + self_salt),
+            )
+        )
+    print("ready", flush=True)
+    sys.stdin.read()
+    totals: dict[str, int] = {}
+    for handle in handles:
+        for name, value in fp.detach(handle).items():
+            totals[name] = totals.get(name, 0) + value
+    fp.close()
+    for s in sockets:
+        s.close()
+    print(json.dumps(totals), flush=True)
+    return 0
+
+
+def run_point(
+    rb: Any, n: int, options: Any, binary: pathlib.Path, work: pathlib.Path
+) -> dict[str, Any]:
+    ports = rb.pick_ports(n)
+    keys = [os.urandom(60).hex() for _ in ports]
+    calls_file = work / f"calls-{n}.txt"
+    calls_file.write_text(
+        "".join(
+            f"{p} {p + 1} {k[:32]} {k[32:60]} {k[60:92]} {k[92:120]}\n"
+            for p, k in zip(ports, keys, strict=True)
+        )
+    )
+    core = options.relay_core
+    relay = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(calls_file), "--auth-tag", options.auth_tag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    load = None
+    try:
+        assert relay.stdout is not None and relay.stdin is not None
+        if relay.stdout.readline().strip() != "ready":
+            relay.kill()
+            err = relay.stderr.read() if relay.stderr else ""
+            raise rb.BenchError(f"fast path process failed: {err[-2000:]}")
+        load, timeout = rb._run_rtpload(binary, calls_file, options, relay_pid=relay.pid)
+        result = rb._finish_rtpload(load, timeout)
+        out, err = relay.communicate("", timeout=30)
+        counters = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
+    finally:
+        rb._terminate(load, 5)
+        rb._terminate(relay, 5)
+    point: dict[str, Any] = rb._figures(n, result, options)
+    point["fastpath"] = {k: v for k, v in counters.items() if v and not k.endswith("_bytes")}
+    return point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", default=DEFAULT_SWEEP, help="N or a comma list")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--drain", type=float, default=1.0)
+    parser.add_argument("--auth-tag", choices=("HS80", "HS32"), default="HS80")
+    parser.add_argument("--relay-core", type=int, default=0)
+    parser.add_argument("--load-core", type=int, default=1)
+    parser.add_argument("--stop-after-saturated", type=int, default=2)
+    parser.add_argument("--gen-srtp", choices=("pylibsrtp", "system"), default="pylibsrtp")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.serve, args.auth_tag, "127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+    from pbx_zrtp.relay.fastpath import available
+
+    why = available()
+    if why is not None:
+        print(f"fast path unavailable: {why}", file=sys.stderr)
+        return 2
+    rb = _relay_bench()
+    options = rb.Options(
+        duration=args.duration,
+        warmup=args.warmup,
+        drain=args.drain,
+        auth_tag=args.auth_tag,
+        use_uvloop=False,
+        relay_core=args.relay_core,
+        load_core=args.load_core,
+    )
+    work_root = pathlib.Path(tempfile.gettempdir()) / f"pbx_zrtp-bench-{os.getuid()}"
+    if args.gen_srtp == "pylibsrtp":
+        binary = build_rtpload_pylibsrtp(work_root)
+    else:
+        binary = rb.build_rtpload(work_root)
+    points: list[dict[str, Any]] = []
+    saturated_in_a_row = 0
+    with tempfile.TemporaryDirectory(prefix="fastpath-bench-") as tmp:
+        for n in [int(x) for x in args.calls.split(",")]:
+            try:
+                point = run_point(rb, n, options, binary, pathlib.Path(tmp))
+            except rb.BenchError as exc:
+                point = {"calls": n, "error": str(exc)}
+            points.append(point)
+            if not args.json:
+                _print_row(point, header=len(points) == 1)
+            saturated_in_a_row = saturated_in_a_row + 1 if rb._saturated(point) else 0
+            if saturated_in_a_row >= args.stop_after_saturated:
+                break
+    clean = [p["calls"] for p in points if not rb._saturated(p)]
+    good = [p["calls"] for p in points if "error" not in p and p["meets_latency_and_loss"]]
+    summary = {
+        "max_calls_zero_loss": max(clean) if clean else None,  # and p50 <= 20 ms
+        "max_calls_zero_loss_p99_2ms": max(good) if good else None,
+        "points": points,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"max N at zero loss (p50 <= 20 ms): {summary['max_calls_zero_loss']}; "
+            f"with p99 < 2 ms too: {summary['max_calls_zero_loss_p99_2ms']}"
+            "  (goals: 550 calls, <= 20 us/packet, p99 < 2 ms)"
+        )
+    return 0
+
+
+def _print_row(p: dict[str, Any], header: bool) -> None:
+    if header:
+        print(
+            f"{'calls':>6} {'pps':>7} {'us/pkt':>7} {'user':>6} {'cpu%':>6} {'lost':>6} "
+            f"{'loss%':>7} {'p50us':>7} {'p99us':>8}  fast-path drops"
+        )
+    if "error" in p:
+        print(f"{p['calls']:>6} error: {p['error'][:200]}")
+        return
+    drops = {
+        k: v
+        for k, v in p["fastpath"].items()
+        if k not in {"phone_in", "phone_out", "pbx_in", "pbx_out"}
+    }
+    print(
+        f"{p['calls']:>6} {p['pps']:>7} {p['us_per_packet']:>7} {p['user_us_per_packet']:>6} "
+        f"{100 * p['relay_cpu_share']:>5.1f}% {p['lost']:>6} {p['loss_pct']:>7} "
+        f"{p['p50_us']:>7} {p['p99_us']:>8}  {drops or '-'}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Secured calls whose steady state runs in the native fast path (fastpath.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
+from pbx_zrtp.relay.fastpath import available
+from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.srtp import SrtpContext
+from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from pbx_zrtp.zrtp.events import SrtpKeys
+from tests.relay.helpers import (
+    PHONE_HOST,
+    RELAY_HOST,
+    EchoPbx,
+    create_call,
+    make_relay,
+    rtcp_sr,
+)
+
+_REASON = available()
+if _REASON is not None:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"the fast path must work in CI: {_REASON}")
+    pytest.skip(f"fast path unavailable: {_REASON}", allow_module_level=True)
+
+
+def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
+    async def scenario() -> None:
+        relay = make_relay(fastpath=True)
+        await relay.start()
+        port = await create_call(relay, "fast-1", Policy.REQUIRED)
+        pbx = EchoPbx(port)
+        await pbx.start()
+        try:
+            phone = await run_endpoint(
+                ZrtpConfiguration(zid=b"N" * 12),
+                EndpointOptions(
+                    bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=50, timeout=10
+                ),
+            )
+            assert phone["ok"] and phone["srtp"]["received_ok"] == 50
+            mirror = next(iter(relay.mirrors()))
+            assert mirror._fast_handle is not None  # the steady state ran in C
+            report = relay.get("fast-1")
+            assert report.state == "secure"
+            assert report.counters["phone_in"] >= 50 and report.counters["pbx_in"] >= 50
+            # RTCP from the phone still reaches the PBX (Python path, port P+1)
+            keys = SrtpKeys(
+                phone["cipher"],
+                phone["auth_tag"],
+                bytes.fromhex(phone["srtp_self_key"]),
+                bytes.fromhex(phone["srtp_self_salt"]),
+                bytes.fromhex(phone["srtp_peer_key"]),
+                bytes.fromhex(phone["srtp_peer_salt"]),
+            )
+            srtcp = SrtpContext(keys).protect(rtcp_sr())
+            assert srtcp is not None
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(PHONE_HOST, 0)
+            )
+            transport.sendto(srtcp, (RELAY_HOST, port + 1))
+            await asyncio.sleep(0.2)
+            transport.close()
+            assert pbx.rtcp_received == [rtcp_sr()]
+            final = relay.delete("fast-1")
+            assert final.last_state == "secure" and final.counters["phone_in"] >= 50
+            assert mirror._fast_handle is None  # detached on hangup
+        finally:
+            pbx.close()
+            await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_many_fast_calls_and_a_zrtp_retransmission_is_punted_to_the_engine() -> None:
+    async def scenario() -> None:
+        relay = make_relay(fastpath=True)
+        await relay.start()
+        ports = [await create_call(relay, f"f{i}", Policy.REQUIRED) for i in range(8)]
+        pbxs = [EchoPbx(p) for p in ports]
+        for p in pbxs:
+            await p.start()
+        try:
+            results = await asyncio.gather(
+                *[
+                    run_endpoint(
+                        ZrtpConfiguration(zid=bytes([i + 1]) * 12),
+                        EndpointOptions(
+                            bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=30, timeout=15
+                        ),
+                    )
+                    for i, port in enumerate(ports)
+                ]
+            )
+            assert all(r["ok"] and r["srtp"]["received_ok"] == 30 for r in results)
+            assert all(m._fast_handle is not None for m in relay.mirrors())
+            # a ZRTP packet arriving on a fast call goes back to the Python engine
+            mirror = next(m for m in relay.mirrors() if m.identity and m.identity.call_id == "f0")
+            assert mirror._engine is not None
+            before = mirror._engine.stats["received"] + mirror._engine.stats["ignored"]
+            hello = bytes.fromhex("10000001") + b"ZRTP" + bytes(4) + b"garbage" * 4
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(PHONE_HOST, 0)
+            )
+            transport.sendto(hello, (RELAY_HOST, ports[0]))
+            await asyncio.sleep(0.2)
+            transport.close()
+            stats = relay.get("f0").counters["drops"]
+            after = mirror._engine.stats
+            assert after["dropped_bad_crc"] + after["received"] + after["ignored"] > before or (
+                stats.get("wrong_source", 0) >= 1
+            )
+        finally:
+            for p in pbxs:
+                p.close()
+            await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
