@@ -75,6 +75,8 @@ class RelayConfig:
     rtcp: bool = True
     #: Native forwarding of secured calls: "auto" (when it can be built), "on", "off".
     fastpath: str = "auto"
+    #: Native worker threads (each can use its own core): 0 = one per CPU but one.
+    fastpath_workers: int = 0
     zrtp: ZrtpSettings = field(default_factory=ZrtpSettings)
     cache_path: str | None = None  # None: in memory (no key continuity across restarts)
     optional_timeout: float = 5.0
@@ -96,7 +98,16 @@ class RelayConfig:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "relay": {"address", "pbx_address", "ports", "prebind", "prebind_policy", "rtcp", "fastpath"},
+    "relay": {
+        "address",
+        "pbx_address",
+        "ports",
+        "prebind",
+        "prebind_policy",
+        "rtcp",
+        "fastpath",
+        "fastpath_workers",
+    },
     "zrtp": {
         "key_agreements",
         "hashes",
@@ -169,6 +180,11 @@ def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
         if value not in ("auto", "on", "off"):
             raise ConfigError('relay.fastpath: "auto", "on" or "off"')
         config.fastpath = value
+    if "fastpath_workers" in relay:
+        value = relay["fastpath_workers"]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
+            raise ConfigError("relay.fastpath_workers: 0 (one per CPU but one) to 64")
+        config.fastpath_workers = value
     zrtp = data.get("zrtp", {})
     names = {
         "key_agreements": "key agreement",

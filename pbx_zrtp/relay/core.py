@@ -103,7 +103,11 @@ class Relay:
     """All mirrors of one relay process."""
 
     def __init__(
-        self, layout: RelayLayout, settings: MirrorSettings, *, fastpath: FastPath | None = None
+        self,
+        layout: RelayLayout,
+        settings: MirrorSettings,
+        *,
+        fastpath: FastPath | list[FastPath] | None = None,
     ) -> None:
         if layout.relay_host == layout.pbx_host:
             raise ValueError(
@@ -120,14 +124,20 @@ class Relay:
         self.totals = Totals()
         self.started_at = time.time()
         #: The native forwarding worker for secured calls (None: all in Python).
-        self.fastpath = fastpath
-        self._fast: dict[int, Mirror] = {}
-        self._punt_reader = False
+        #: Native forwarding workers for secured calls (each a C thread, so several
+        #: use several cores); empty: everything in Python.
+        self.fastpaths: list[FastPath] = (
+            [] if fastpath is None else fastpath if isinstance(fastpath, list) else [fastpath]
+        )
+        self._fast: dict[tuple[int, int], Mirror] = {}  # (worker index, handle) -> mirror
+        self._punt_readers = False
+        self._next_worker = 0
 
     async def start(self) -> None:
-        if self.fastpath is not None and not self._punt_reader:
-            asyncio.get_running_loop().add_reader(self.fastpath.punt_fd(), self._drain_punted)
-            self._punt_reader = True
+        if not self._punt_readers:
+            for index, worker in enumerate(self.fastpaths):
+                asyncio.get_running_loop().add_reader(worker.punt_fd(), self._drain_punted, index)
+            self._punt_readers = True
         for port in self.layout.prebind:
             self.layout.check_port(port)
             await self._open_mirror(port, self.layout.pbx_host, None)
@@ -143,11 +153,11 @@ class Relay:
         self._by_port.clear()
         for sub in list(self._subscribers):
             sub.close()
-        if self.fastpath is not None:
-            if self._punt_reader:
-                asyncio.get_running_loop().remove_reader(self.fastpath.punt_fd())
-                self._punt_reader = False
-            self.fastpath.close()
+        for worker in self.fastpaths:
+            if self._punt_readers:
+                asyncio.get_running_loop().remove_reader(worker.punt_fd())
+            worker.close()
+        self._punt_readers = False
 
     async def _open_mirror(self, port: int, pbx_host: str, pbx_port: int | None) -> Mirror:
         mirror = Mirror(
@@ -159,7 +169,7 @@ class Relay:
             rtcp=self.layout.rtcp,
             on_change=self._changed,
             on_unclaimed=self._unclaimed,
-            fastpath=self.fastpath,
+            fastpath=self._assign_worker(),
             on_fast=self._fast_changed,
         )
         for attempt in range(3):
@@ -235,23 +245,30 @@ class Relay:
         mirror.attach(identity)
         return mirror.report()
 
-    def _fast_changed(self, mirror: Mirror, handle: int | None) -> None:
-        """A mirror entered (handle) or left (None) the native fast path."""
-        for old, owner in list(self._fast.items()):
-            if owner is mirror:
-                del self._fast[old]
-        if handle is not None:
-            self._fast[handle] = mirror
+    def _assign_worker(self) -> FastPath | None:
+        """Spread mirrors over the native workers, round robin."""
+        if not self.fastpaths:
+            return None
+        worker = self.fastpaths[self._next_worker % len(self.fastpaths)]
+        self._next_worker += 1
+        return worker
 
-    def _drain_punted(self) -> None:
-        """Datagrams the native worker hands back (ZRTP, RTCP, strangers)."""
-        assert self.fastpath is not None
+    def _fast_changed(self, mirror: Mirror, handle: int | None) -> None:
+        """A mirror entered (handle) or left (None) its native worker."""
+        for key, owner in list(self._fast.items()):
+            if owner is mirror:
+                del self._fast[key]
+        if handle is not None and mirror.fastpath is not None:
+            self._fast[(self.fastpaths.index(mirror.fastpath), handle)] = mirror
+
+    def _drain_punted(self, index: int) -> None:
+        """Datagrams a native worker hands back (ZRTP, RTCP, strangers)."""
         try:
-            punted = self.fastpath.read_punted()
+            punted = self.fastpaths[index].read_punted()
         except RuntimeError:
             return  # closed
         for handle, data, addr, side in punted:
-            mirror = self._fast.get(handle)
+            mirror = self._fast.get((index, handle))
             if mirror is None:
                 continue
             try:

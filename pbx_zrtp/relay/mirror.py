@@ -291,6 +291,11 @@ class Mirror:
         return transport
 
     @property
+    def fastpath(self) -> FastPath | None:
+        """The native worker this mirror's secured RTP goes to, if any."""
+        return self._fastpath
+
+    @property
     def pbx_side_port(self) -> int:
         """The relay port the PBX sees our packets come from."""
         assert self._pbx_rtp is not None

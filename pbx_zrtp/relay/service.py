@@ -29,8 +29,9 @@ def open_cache(path: str | None) -> SecretCache:
     return SqliteSecretCache(path)
 
 
-def open_fastpath(mode: str) -> FastPath | None:
-    """The native forwarding worker, per `relay.fastpath` ("auto", "on", "off")."""
+def open_fastpath(mode: str, workers: int = 1) -> list[FastPath] | None:
+    """The native forwarding workers, per `relay.fastpath` ("auto", "on", "off") and
+    `relay.fastpath_workers` (0: one per CPU but one, for the asyncio loop)."""
     if mode == "off":
         return None
     reason = fastpath_available()
@@ -39,8 +40,9 @@ def open_fastpath(mode: str) -> FastPath | None:
             raise ConfigError(f"relay.fastpath: on, but the fast path is unavailable: {reason}")
         log.warning("fast path unavailable (%s): secured media is forwarded in Python", reason)
         return None
-    log.info("fast path on: secured calls are forwarded natively")
-    return FastPath()
+    count = workers or max(1, (os.cpu_count() or 2) - 1)
+    log.info("fast path on: secured calls are forwarded natively by %d worker(s)", count)
+    return [FastPath() for _ in range(count)]
 
 
 def read_token(path: str) -> str:
@@ -83,7 +85,9 @@ class RelayService:
             config.prebind_policy,
             config.rtcp,
         )
-        self.relay = Relay(layout, settings, fastpath=open_fastpath(config.fastpath))
+        self.relay = Relay(
+            layout, settings, fastpath=open_fastpath(config.fastpath, config.fastpath_workers)
+        )
         token = read_token(config.control_token_file) if config.control_token_file else None
         self.control = ControlServer(self.relay, token=token)
         self.metrics = RelayMetrics(self.relay)

@@ -51,7 +51,7 @@ def make_relay(
     required_timeout: float = 3.0,
     cache: MemorySecretCache | None = None,
     prebind_policy: Policy = Policy.REQUIRED,
-    fastpath: bool = False,
+    fastpath: bool | int = False,
 ) -> Relay:
     cache = cache or MemorySecretCache()
     zid = cache.local_zid(lambda: os.urandom(12))
@@ -72,17 +72,17 @@ def make_relay(
             prebind_policy=prebind_policy,
         ),
         settings,
-        fastpath=_native_fastpath() if fastpath else None,
+        fastpath=_native_fastpath(int(fastpath)) if fastpath else None,
     )
 
 
-def _native_fastpath() -> Any:
+def _native_fastpath(workers: int) -> Any:
     from pbx_zrtp.relay.fastpath import FastPath, available
 
     reason = available()
     if reason is not None:
         raise RuntimeError(f"fast path unavailable: {reason}")
-    return FastPath()
+    return [FastPath() for _ in range(workers)]
 
 
 async def create_call(relay: Relay, call_id: str, policy: Policy, **kwargs: Any) -> int:

@@ -43,8 +43,11 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
                     bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=50, timeout=10
                 ),
             )
-            assert phone["ok"] and phone["srtp"]["received_ok"] == 50
             mirror = next(iter(relay.mirrors()))
+            # every packet came back; the echo PBX may also have echoed a priming packet
+            # that crossed the hand-over, which the phone rightly accepts too
+            primed = mirror.counters.priming_sent
+            assert phone["ok"] and 50 <= phone["srtp"]["received_ok"] <= 50 + primed
             assert mirror._fast_handle is not None  # the steady state ran in C
             report = relay.get("fast-1")
             assert report.state == "secure"
@@ -115,6 +118,37 @@ def test_many_fast_calls_and_a_zrtp_retransmission_is_punted_to_the_engine() -> 
             assert after["dropped_bad_crc"] + after["received"] + after["ignored"] > before or (
                 stats.get("wrong_source", 0) >= 1
             )
+        finally:
+            for p in pbxs:
+                p.close()
+            await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_calls_spread_over_several_native_workers() -> None:
+    async def scenario() -> None:
+        relay = make_relay(fastpath=2)
+        await relay.start()
+        ports = [await create_call(relay, f"w{i}", Policy.REQUIRED) for i in range(6)]
+        pbxs = [EchoPbx(p) for p in ports]
+        for p in pbxs:
+            await p.start()
+        try:
+            results = await asyncio.gather(
+                *[
+                    run_endpoint(
+                        ZrtpConfiguration(zid=bytes([i + 40]) * 12),
+                        EndpointOptions(
+                            bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=20, timeout=15
+                        ),
+                    )
+                    for i, port in enumerate(ports)
+                ]
+            )
+            assert all(r["ok"] and r["srtp"]["received_ok"] == 20 for r in results)
+            workers = {id(m.fastpath) for m in relay.mirrors() if m._fast_handle is not None}
+            assert len(workers) == 2 and len(relay.fastpaths) == 2
         finally:
             for p in pbxs:
                 p.close()
