@@ -55,30 +55,6 @@ def _relay_bench() -> Any:
     return module
 
 
-def build_rtpload_pylibsrtp(out_dir: pathlib.Path) -> pathlib.Path:
-    """bench/rtpload.c linked against pylibsrtp's bundled libsrtp (OpenSSL) instead."""
-    import sysconfig
-
-    binding = importlib.import_module("pylibsrtp._binding")
-    lib = pathlib.Path(str(binding.__file__)).resolve()
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    pylib = (sysconfig.get_config_var("LDVERSION") or "").strip()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "rtpload-pylibsrtp"
-    source = BENCH_DIR / "rtpload.c"
-    if binary.is_file() and binary.stat().st_mtime >= source.stat().st_mtime:
-        return binary
-    cflags = subprocess.run(
-        ["pkg-config", "--cflags", "libsrtp2"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    cmd = ["gcc", "-O2", "-std=gnu11", "-o", str(binary), str(source), *cflags, str(lib)]
-    cmd += [f"-L{libdir}", f"-lpython{pylib}", f"-Wl,-rpath,{lib.parent}:{libdir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
-    if proc.returncode != 0:
-        raise OSError(f"building rtpload on pylibsrtp failed: {proc.stderr[-1500:]}")
-    return binary
-
-
 def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_host: str) -> int:
     """The measured process: attach every call of calls_file, wait for EOF on stdin."""
     from pbx_zrtp.relay.fastpath import FastPath
@@ -197,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     work_root = pathlib.Path(tempfile.gettempdir()) / f"pbx_zrtp-bench-{os.getuid()}"
     if args.gen_srtp == "pylibsrtp":
-        binary = build_rtpload_pylibsrtp(work_root)
+        binary = rb.build_rtpload_pylibsrtp(work_root)
     else:
         binary = rb.build_rtpload(work_root)
     points: list[dict[str, Any]] = []
