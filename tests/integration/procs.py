@@ -1,13 +1,18 @@
-"""Child processes for the real-PBX integration tests: output collected line by
-line (and logged), bounded waits for a line, stop by pid only."""
+"""Shared pieces of the real-PBX integration tests: child processes (output
+collected line by line and logged, bounded waits for a line, stopped by pid only),
+free ports, a test tone for linphonec, and the phone's hang-up."""
 
 from __future__ import annotations
 
+import math
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
+import wave
 from pathlib import Path
 
 
@@ -104,3 +109,53 @@ class Proc:
         if self.popen.stdin is not None:
             self.popen.stdin.close()
         self._thread.join(5)
+
+
+def free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def write_tone(path: Path, seconds: float = 5.0) -> Path:
+    """A 440 Hz tone, 8 kHz mono 16-bit: what linphonec sends as its microphone."""
+    rate = 8000
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+        for i in range(int(rate * seconds))
+    )
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return path
+
+
+def wait_port(host: str, port: int, timeout: float, proc: Proc) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{host}:{port} not accepting within {timeout} s:\n{proc.tail()}")
+
+
+def hangup_phone(phone: Proc) -> None:
+    phone.send("terminate all")
+    time.sleep(0.5)
+    phone.send("quit")
+    try:
+        phone.popen.wait(10)
+    except subprocess.TimeoutExpired:
+        phone.stop()

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +36,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.procs import Proc
+from tests.integration.procs import (
+    Proc,
+    free_tcp_port,
+    hangup_phone,
+    wait_port,
+    write,
+    write_tone,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,22 +178,10 @@ class AmiClient:
 # ---------------------------------------------------------------------- configuration
 
 
-def _free_tcp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _free_udp_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> Path:
-    path.write_text(text)
-    path.chmod(mode)
-    return path
 
 
 def _asterisk_prefix(binary: str) -> Path:
@@ -243,7 +235,7 @@ def write_asterisk_config(base: Path, ami_port: int) -> Path:
     etc, var, spool, run, log = (base / d for d in ("etc", "var", "spool", "run", "log"))
     for directory in (etc, var, spool, run, log):
         directory.mkdir(parents=True, exist_ok=True)
-    conf = _write(
+    conf = write(
         etc / "asterisk.conf",
         f"""[directories]
 astetcdir => {etc}
@@ -264,23 +256,23 @@ debug = 0
 documentation_language = en_US
 """,
     )
-    _write(
+    write(
         etc / "modules.conf",
         "[modules]\nautoload = no\n" + "".join(f"load => {m}\n" for m in MODULES),
     )
-    _write(
+    write(
         etc / "logger.conf",
         "[general]\ndateformat = %F %T.%3q\n\n[logfiles]\n"
         "console => notice,warning,error,verbose\n"
         "full => notice,warning,error,verbose,debug\n",
     )
     for quiet in STUB_CONFIGS:  # absent files are logged as errors at every start
-        _write(etc / quiet, "")
-    _write(etc / "rtp.conf", f"[general]\nrtpstart = {RTP_PORTS[0]}\nrtpend = {RTP_PORTS[1]}\n")
+        write(etc / quiet, "")
+    write(etc / "rtp.conf", f"[general]\nrtpstart = {RTP_PORTS[0]}\nrtpend = {RTP_PORTS[1]}\n")
     # The project's samples, with this lab's addresses, port and secrets.
     pjsip = (SAMPLES / "pjsip_pbx_zrtp.conf").read_text()
     assert "192.0.2.1:5060" in pjsip and "media_address = 192.0.2.2" in pjsip
-    _write(etc / "pjsip.conf", pjsip.replace("192.0.2.1", A).replace("192.0.2.2", R))
+    write(etc / "pjsip.conf", pjsip.replace("192.0.2.1", A).replace("192.0.2.2", R))
     manager = (SAMPLES / "manager_pbx_zrtp.conf").read_text()
     manager, ports = re.subn(r"(?m)^port = 5038$", f"port = {ami_port}", manager)
     manager, secrets = re.subn(r"(?m)^secret = .*$", f"secret = {AMI_SECRET}", manager)
@@ -290,9 +282,9 @@ documentation_language = en_US
         "deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n"
         "read = all\nwrite = all\n"
     )
-    _write(etc / "manager.conf", manager, 0o600)
+    write(etc / "manager.conf", manager, 0o600)
     shutil.copy(SAMPLES / "extensions_pbx_zrtp.conf", etc / "extensions_pbx_zrtp.conf")
-    _write(
+    write(
         etc / "extensions.conf",
         """[general]
 static = yes
@@ -313,8 +305,8 @@ Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
 
 
 def write_relay_config(base: Path, ami_port: int) -> Path:
-    secret = _write(base / "ami.secret", AMI_SECRET + "\n", 0o600)
-    return _write(
+    secret = write(base / "ami.secret", AMI_SECRET + "\n", 0o600)
+    return write(
         base / "pbx-zrtp.toml",
         f"""[relay]
 address = "{R}"
@@ -345,21 +337,6 @@ secret_file = "{secret}"
     )
 
 
-def write_tone(path: Path, seconds: float = 5.0) -> Path:
-    """A 440 Hz tone, 8 kHz mono 16-bit: what linphonec sends as its microphone."""
-    rate = 8000
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
-        for i in range(int(rate * seconds))
-    )
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return path
-
-
 def _free_rtp_port(host: str) -> int:
     """An even UDP port on ``host`` whose successor (RTCP) is free too."""
     for _ in range(50):
@@ -385,7 +362,7 @@ def write_linphonerc(home: Path, *, zrtp: bool) -> Path:
     # creates its ZRTP engine for every encryption it *supports*): a phone without ZRTP
     # must also drop ZRTP from its supported list, which needs capability negotiation.
     no_zrtp = "" if zrtp else NO_ZRTP
-    return _write(
+    return write(
         home / "linphonerc",
         f"""[sip]
 sip_port=-1
@@ -497,23 +474,10 @@ class Lab:
         return "\n".join(parts)
 
 
-def _wait_port(host: str, port: int, timeout: float, proc: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{host}:{port} not accepting within {timeout} s:\n{proc.tail()}")
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("asterisk-real")
-    ami_port = _free_tcp_port("127.0.0.1")
+    ami_port = free_tcp_port("127.0.0.1")
     conf = write_asterisk_config(base, ami_port)
     relay_conf = write_relay_config(base, ami_port)
     tone = write_tone(base / "tone.wav")
@@ -522,7 +486,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
         asterisk = Proc("asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], base / "asterisk.out")
         started.append(asterisk)
-        _wait_port("127.0.0.1", ami_port, 30, asterisk)
+        wait_port("127.0.0.1", ami_port, 30, asterisk)
         ami = AmiClient("127.0.0.1", ami_port, TEST_AMI_USER, TEST_AMI_SECRET, 10)
         ami.wait_event(lambda e: e.get("Event") == "FullyBooted", 30, "FullyBooted")
         relay = Proc(
@@ -572,16 +536,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 # ---------------------------------------------------------------------- the tests
 
 
-def _hangup_phone(phone: Proc) -> None:
-    phone.send("terminate all")
-    time.sleep(0.5)
-    phone.send("quit")
-    try:
-        phone.popen.wait(10)
-    except subprocess.TimeoutExpired:
-        phone.stop()
-
-
 def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
     phone = lab.phone("phone-zrtp", zrtp=True)
     try:
@@ -625,7 +579,7 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
         call_log = lab.channel_log(channel)
         problems = [line for line in call_log if re.search(r"\] (WARNING|ERROR)\[", line)]
         assert problems == [], problems
-        _hangup_phone(phone)
+        hangup_phone(phone)
         lab.ami.wait_event(
             lambda e: e.get("Event") == "Hangup" and e.get("Uniqueid") == uniqueid,
             15,
@@ -737,5 +691,5 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
-        _hangup_phone(phone)
+        hangup_phone(phone)
         phone.stop()

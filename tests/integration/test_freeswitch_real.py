@@ -32,18 +32,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import math
 import os
 import random
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +49,14 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.integration.procs import Proc
+from tests.integration.procs import (
+    Proc,
+    free_tcp_port,
+    hangup_phone,
+    wait_port,
+    write,
+    write_tone,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -287,18 +291,6 @@ class EslClient:
 # ---------------------------------------------------------------------- configuration
 
 
-def _free_tcp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> Path:
-    path.write_text(text)
-    path.chmod(mode)
-    return path
-
-
 def sample_profile_params(a: str, r: str) -> dict[str, str]:
     """The <param>s of the sample sofia profile, and its vars, with this lab's addresses."""
     text = (SAMPLES / "sofia_profile_pbx_zrtp.xml").read_text()
@@ -355,7 +347,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int) -> Path:
         "mod_lua",
     )
     loads = "".join(f'        <load module="{m}"/>\n' for m in modules)
-    return _write(
+    return write(
         conf / "freeswitch.xml",
         f"""<?xml version="1.0"?>
 <document type="freeswitch/xml">
@@ -417,7 +409,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int) -> Path:
 
 
 def write_relay_config(base: Path, net: Net, esl_port: int) -> Path:
-    return _write(
+    return write(
         base / "pbx-zrtp.toml",
         f"""[relay]
 address = "{net.r}"
@@ -458,7 +450,7 @@ def write_linphonerc(home: Path, phone: str, *, zrtp: bool) -> Path:
     # liblinphone 5.1 answers a peer's ZRTP Hello even with media_encryption=none unless
     # ZRTP is also dropped from its supported list (needs capability negotiation).
     no_zrtp = "" if zrtp else NO_ZRTP
-    return _write(
+    return write(
         home / "linphonerc",
         f"""[sip]
 sip_port=-1
@@ -481,21 +473,6 @@ echocancellation=0
 enabled=0
 """,
     )
-
-
-def write_tone(path: Path, seconds: float = 5.0) -> Path:
-    """A 440 Hz tone, 8 kHz mono 16-bit: what linphonec sends as its microphone."""
-    rate = 8000
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
-        for i in range(int(rate * seconds))
-    )
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return path
 
 
 # ---------------------------------------------------------------------- the lab
@@ -591,24 +568,11 @@ class Lab:
         return "\n".join(parts)
 
 
-def _wait_port(host: str, port: int, timeout: float, proc: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{host}:{port} not accepting within {timeout} s:\n{proc.tail()}")
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("freeswitch-real")
     base.chmod(0o755)
-    esl_port = _free_tcp_port("127.0.0.1")
+    esl_port = free_tcp_port("127.0.0.1")
     tone = write_tone(base / "tone.wav")
     started: list[Proc] = []
     esl: EslClient | None = None
@@ -632,7 +596,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 args += [flag, str(base / name)]
             freeswitch = Proc("freeswitch", args, base / "freeswitch.out")
             started.append(freeswitch)
-            _wait_port("127.0.0.1", esl_port, 60, freeswitch)
+            wait_port("127.0.0.1", esl_port, 60, freeswitch)
             esl = EslClient("127.0.0.1", esl_port, ESL_PASSWORD, 10)
             reply, _ = esl.command(
                 "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE"
@@ -679,16 +643,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 # ---------------------------------------------------------------------- the tests
-
-
-def _hangup_phone(phone: Proc) -> None:
-    phone.send("terminate all")
-    time.sleep(0.5)
-    phone.send("quit")
-    try:
-        phone.popen.wait(10)
-    except subprocess.TimeoutExpired:
-        phone.stop()
 
 
 VARIABLES = (
@@ -779,7 +733,7 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         assert f"pbx_zrtp: {uuid} secure, SAS {phone_sas}" in log
         problems = [line for line in lab.channel_log(uuid) if re.search(r"\[(ERR|CRIT)\]", line)]
         assert problems == [], problems
-        _hangup_phone(phone)
+        hangup_phone(phone)
         hangup = lab.esl.wait_event(
             lambda e: (
                 e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
@@ -887,5 +841,5 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
-        _hangup_phone(phone)
+        hangup_phone(phone)
         phone.stop()
