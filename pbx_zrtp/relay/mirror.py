@@ -23,7 +23,7 @@ import os
 import struct
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
@@ -111,6 +111,14 @@ class Counters:
         data["drops"] = dict(self.drops)
         return data
 
+    def plus(self, fast: dict[str, int]) -> Counters:
+        """These counters with the native worker's added (a new object)."""
+        total = replace(self, drops=Counter(self.drops))
+        for name in _FAST_TRAFFIC:
+            setattr(total, name, getattr(total, name) + fast.get(name, 0))
+        total.drops.update({name: fast[name] for name in _FAST_DROPS if fast.get(name)})
+        return total
+
 
 @dataclass(frozen=True)
 class CallReport:
@@ -142,6 +150,16 @@ class CallReport:
         return dict(self.__dict__)
 
 
+_FAST_TRAFFIC = (
+    "phone_in",
+    "phone_in_bytes",
+    "phone_out",
+    "phone_out_bytes",
+    "pbx_in",
+    "pbx_in_bytes",
+    "pbx_out",
+    "pbx_out_bytes",
+)
 _FAST_DROPS = (
     "srtp_auth",
     "srtp_protect",
@@ -151,17 +169,6 @@ _FAST_DROPS = (
     "send_errors",
     "recv_errors",
 )
-
-
-def _add_fast(counters: dict[str, Any], fast: dict[str, int]) -> None:
-    """Fold the native worker's counters into a report's."""
-    for name in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
-        counters[name] = counters.get(name, 0) + fast.get(name, 0)
-        counters[f"{name}_bytes"] = counters.get(f"{name}_bytes", 0) + fast.get(f"{name}_bytes", 0)
-    drops = counters.setdefault("drops", {})
-    for name in _FAST_DROPS:
-        if fast.get(name):
-            drops[name] = drops.get(name, 0) + fast[name]
 
 
 def _reading(transport: asyncio.DatagramTransport, on: bool) -> None:
@@ -391,11 +398,10 @@ class Mirror:
         )
 
     def _merged_counters(self) -> dict[str, Any]:
-        counters = self.counters.as_dict()
         if self._fast_handle is not None and self._fastpath is not None:
             with contextlib.suppress(KeyError, RuntimeError):
-                _add_fast(counters, self._fastpath.stats(self._fast_handle))
-        return counters
+                return self.counters.plus(self._fastpath.stats(self._fast_handle)).as_dict()
+        return self.counters.as_dict()
 
     def mark_verified(self, verified: bool) -> None:
         """The humans compared the SAS: persist it (V flag) in the cache."""
@@ -640,18 +646,7 @@ class Mirror:
         self._fast_handle = None
         self._on_fast(self, None)
         with contextlib.suppress(KeyError, RuntimeError):
-            final = fastpath.detach(handle)
-            merged = self.counters.as_dict()
-            _add_fast(merged, final)
-            self.counters.phone_in = merged["phone_in"]
-            self.counters.phone_out = merged["phone_out"]
-            self.counters.pbx_in = merged["pbx_in"]
-            self.counters.pbx_out = merged["pbx_out"]
-            self.counters.phone_in_bytes = merged["phone_in_bytes"]
-            self.counters.phone_out_bytes = merged["phone_out_bytes"]
-            self.counters.pbx_in_bytes = merged["pbx_in_bytes"]
-            self.counters.pbx_out_bytes = merged["pbx_out_bytes"]
-            self.counters.drops.update({k: v for k, v in merged["drops"].items() if v})
+            self.counters = self.counters.plus(fastpath.detach(handle))
         for transport in (self._phone_rtp, self._pbx_rtp):
             if transport is not None and not transport.is_closing():
                 _reading(transport, True)

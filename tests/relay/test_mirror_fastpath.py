@@ -37,6 +37,12 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
         pbx = EchoPbx(port)
         await pbx.start()
         try:
+            stray, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(PHONE_HOST, 0)
+            )
+            stray.sendto(b"runt", (RELAY_HOST, port))  # one drop counted before going native
+            await asyncio.sleep(0.05)
+            stray.close()
             phone = await run_endpoint(
                 ZrtpConfiguration(zid=b"N" * 12),
                 EndpointOptions(
@@ -70,8 +76,12 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
             await asyncio.sleep(0.2)
             transport.close()
             assert pbx.rtcp_received == [rtcp_sr()]
+            before = relay.get("fast-1").counters
             final = relay.delete("fast-1")
             assert final.last_state == "secure" and final.counters["phone_in"] >= 50
+            # folding the worker's counters back in neither loses nor doubles any
+            assert final.counters["drops"]["runt"] == 1
+            assert final.counters["phone_in"] == before["phone_in"]
             assert mirror._fast_handle is None  # detached on hangup
         finally:
             pbx.close()
@@ -155,3 +165,17 @@ def test_calls_spread_over_several_native_workers() -> None:
             await relay.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_counters_plus_adds_the_workers_counters_once() -> None:
+    from collections import Counter
+
+    from pbx_zrtp.relay.mirror import Counters
+
+    mine = Counters(phone_in=3, pbx_out=2, drops=Counter({"runt": 1, "srtp_auth": 2}))
+    total = mine.plus(
+        {"phone_in": 10, "pbx_out": 9, "phone_in_bytes": 1720, "srtp_auth": 1, "punted": 4}
+    )
+    assert (total.phone_in, total.pbx_out, total.phone_in_bytes) == (13, 11, 1720)
+    assert total.drops == Counter({"runt": 1, "srtp_auth": 3})
+    assert mine.phone_in == 3 and mine.drops["srtp_auth"] == 2  # a new object
