@@ -4,16 +4,19 @@ free ports, a test tone for linphonec, and the phone's hang-up."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 
 class Proc:
@@ -159,3 +162,21 @@ def hangup_phone(phone: Proc) -> None:
         phone.popen.wait(10)
     except subprocess.TimeoutExpired:
         phone.stop()
+
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
+
+
+def ctl_json(control: str, *args: str) -> Any:
+    """`pbx-zrtp ctl --json …` against a relay's control socket, parsed."""
+    result = subprocess.run(
+        [*CTL, "--control", control, "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,9 @@ from typing import Any
 import pytest
 
 from tests.integration.procs import (
+    ROOT,
     Proc,
+    ctl_json,
     free_tcp_port,
     hangup_phone,
     wait_port,
@@ -47,7 +48,6 @@ from tests.integration.procs import (
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "dialplan" / "asterisk"
 ASTERISK = os.environ.get("PBX_ZRTP_ASTERISK", "")
 LINPHONEC = shutil.which("linphonec")
@@ -59,7 +59,6 @@ RTP_PORTS = (20000, 20100)
 AMI_SECRET = "integration-test-secret-0123456789"
 TEST_AMI_USER = "zrtp-test"
 TEST_AMI_SECRET = "integration-test-listener-secret"
-CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
 REQUIRED_TIMEOUT = 6.0  # [timeouts] required in pbx-zrtp.toml (the dialplan waits 12 s)
 
 
@@ -410,16 +409,7 @@ class Lab:
         return f"unix:{self.base / 'control.sock'}"
 
     def ctl(self, *args: str) -> Any:
-        result = subprocess.run(
-            [*CTL, "--control", self.control, "--json", *args],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            cwd=ROOT,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return ctl_json(self.control, *args)
 
     def asterisk_log(self) -> str:
         path = self.base / "log" / "full"

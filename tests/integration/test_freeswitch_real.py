@@ -50,7 +50,10 @@ from urllib.parse import unquote
 import pytest
 
 from tests.integration.procs import (
+    CTL,
+    ROOT,
     Proc,
+    ctl_json,
     free_tcp_port,
     hangup_phone,
     wait_port,
@@ -60,7 +63,6 @@ from tests.integration.procs import (
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "dialplan" / "freeswitch"
 FREESWITCH = os.environ.get("PBX_ZRTP_FREESWITCH", "")
 LINPHONEC = shutil.which("linphonec")
@@ -70,7 +72,6 @@ RTP_PORTS = (16400, 16420)  # FreeSWITCH's rtp-start-port / rtp-end-port, pre-bo
 RELAY_PORTS = (16400, 16423)  # the relay's range: + one pair for the watcher's probe
 PROBE_PORT = 16422
 ESL_PASSWORD = "integration-test-esl-secret"
-CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
 REQUIRED_TIMEOUT = 6.0  # [timeouts] required in pbx-zrtp.toml (the dialplan waits 12 s)
 
 
@@ -494,16 +495,7 @@ class Lab:
         return f"unix:{self.base / 'control.sock'}"
 
     def ctl(self, *args: str) -> Any:
-        result = subprocess.run(
-            [*CTL, "--control", self.control, "--json", *args],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            cwd=ROOT,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return ctl_json(self.control, *args)
 
     def calls(self) -> list[dict[str, Any]]:
         """The relay's calls, without idle pre-bound ports."""
