@@ -109,6 +109,31 @@ class Network:
                 if timer is not None and timer <= self.now:
                     conn.handle_timer(self.now)
 
+    def settle(self, until: float) -> None:
+        """After ``run``: keep carrying datagrams and timers until nothing is left
+        to do or the clock would pass ``until`` (for messages sent once secure)."""
+        while True:
+            self._collect(self.a, "a->b")
+            self._collect(self.b, "b->a")
+            self._drain_events()
+            candidates = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+            candidates += [item[0] for item in self._in_flight]
+            if not candidates or min(candidates) > until:
+                return
+            self.now = max(self.now, min(candidates))
+            due = sorted(item for item in self._in_flight if item[0] <= self.now)
+            self._in_flight = [item for item in self._in_flight if item[0] > self.now]
+            for _, _, direction, datagram in due:
+                if self.tamper is not None:
+                    datagram = self.tamper(direction, datagram)  # type: ignore[operator]
+                    if datagram is None:
+                        continue
+                (self.b if direction == "a->b" else self.a).receive_datagram(datagram, self.now)
+            for conn in (self.a, self.b):
+                timer = conn.get_timer()
+                if timer is not None and timer <= self.now:
+                    conn.handle_timer(self.now)
+
     def done(self) -> bool:
         def finished(events: list[Event]) -> bool:
             return any(isinstance(e, Secured | HandshakeFailed) for e in events)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from pbx_zrtp.cache.base import CacheEntry, CacheKey, SecretCache
+from pbx_zrtp.cache.base import NEVER_EXPIRES, CacheEntry, CacheKey, SecretCache
 from pbx_zrtp.zrtp import packets as p
 from pbx_zrtp.zrtp.config import (
     MANDATORY_AUTH_TAGS,
@@ -40,6 +40,7 @@ from pbx_zrtp.zrtp.crypto import (
     CIPHERS,
     HASHES,
     IMPLICIT_HASH,
+    SAS_TYPES,
     CipherType,
     HashAlgorithm,
     aes_cfb,
@@ -53,6 +54,9 @@ from pbx_zrtp.zrtp.events import (
     GoClearRefused,
     HandshakeFailed,
     PeerHelloReceived,
+    SasRelayAcknowledged,
+    SasRelayed,
+    SasRelayUnacknowledged,
     Secured,
     SecurityWarning,
     SrtpKeys,
@@ -105,6 +109,8 @@ class ZrtpSession:
     sas: str
     sas_type: bytes
     key_agreement: bytes
+    sas_hash: bytes = field(repr=False)
+    pbx_secret_matched: bool
     peer_zid: bytes
     previously_verified: bool
     cache_mismatch: bool
@@ -239,6 +245,9 @@ class ZrtpConnection:
         self._zrtpkey_r = b""
         self._srtp_keys: SrtpKeys | None = None
         self._sas = ""
+        self._sas_hash = b""
+        self._pbx_secret_matched = False
+        self._sas_relay_received = b""  # the last SASrelay we acknowledged
         self._new_rs1: bytes | None = None
         self._cache_mismatch = False
         self._previously_verified = False
@@ -365,6 +374,14 @@ class ZrtpConnection:
                 return
             if isinstance(rtx.message, p.Error):
                 return  # the Error was already reported when it was first sent
+            if isinstance(rtx.message, p.SasRelay):
+                self._events.append(
+                    SasRelayUnacknowledged(
+                        "no RelayACK after every retransmission: the phone does not "
+                        "implement SASrelay, or the path lost every copy"
+                    )
+                )
+                return
             hint = self._mitm_hint()
             self._fail(
                 f"time-out waiting for the answer to {_name(rtx.message.MESSAGE_TYPE)}{hint}",
@@ -429,6 +446,84 @@ class ZrtpConnection:
         else:
             self._pending_cache_update = False
             self._cache.forget(key)
+
+    @property
+    def pbx_secret_matched(self) -> bool:
+        """Both sides proved the same pbxsecret: the phone is enrolled with the PBX."""
+        return self._pbx_secret_matched
+
+    def send_sas_relay(
+        self,
+        now: float,
+        *,
+        sas_hash: bytes | None,
+        sas_type: str,
+        far_end_verified: bool,
+        far_end_disclosure: bool = False,
+    ) -> None:
+        """As a trusted MiTM, relay the other leg's SAS to this peer (§7.3, §5.13).
+
+        ``sas_hash`` None sends the "empty" SASrelay an unenrolled phone gets: a
+        null sashash, only the rendering scheme, so both humans render alike.
+        Sent on the T2 schedule until RelayACK; ``SasRelayAcknowledged`` or
+        ``SasRelayUnacknowledged`` tells how it ended. Misuse raises ValueError.
+        """
+        if not self._config.mitm:
+            raise ValueError("only a MiTM (M flag in our Hello) may send SASrelay")
+        if self._state is not State.SECURE:
+            raise ValueError(f"SASrelay needs a secure stream, not {self._state.value!r}")
+        scheme = sas_type.encode().ljust(4)[:4]
+        if scheme not in SAS_TYPES:
+            raise ValueError(f"unsupported SAS rendering scheme {sas_type!r}")
+        if sas_hash is not None and len(sas_hash) != 32:
+            raise ValueError("a sashash is 32 bytes")
+        initiator = self._role == INITIATOR
+        key = self._zrtpkey_i if initiator else self._zrtpkey_r
+        mackey = self._mackey_i if initiator else self._mackey_r
+        assert key and mackey and self._hash is not None
+        plaintext = p.SasRelayPlaintext(
+            sas_verified=far_end_verified,
+            allow_clear=False,  # the relay never goes clear toward a phone
+            disclosure=self._config.disclosure or far_end_disclosure,
+            rendering_scheme=scheme,
+            trusted_sas_hash=sas_hash if sas_hash is not None else bytes(32),
+        )
+        iv = self._random(16)
+        encrypted = aes_cfb(key, iv, plaintext.serialize(), encrypt=True)
+        mac = self._hash.mac(mackey, encrypted)
+        self._send_reliably(p.SasRelay(mac=mac, cfb_iv=iv, encrypted=encrypted), now)
+
+    def enroll(self) -> None:
+        """Store this session's pbxsecret (§7.3.1): the enrollment itself.
+
+        Only with the user's explicit consent (a phone MUST NOT store it
+        otherwise), only in the session where the E flag was sent or received,
+        and best after the SAS was compared. Misuse raises ValueError.
+        """
+        session = self._session or self._session_in
+        if self._state is not State.SECURE or session is None or self._hash is None:
+            raise ValueError("enrollment needs a secure ZRTP session")
+        assert self._peer_hello is not None
+        peer_confirm = self._peer_confirm
+        invited = peer_confirm is not None and peer_confirm.enrollment and self._peer_hello.mitm
+        inviting = self._config.mitm and self._config.enrollment
+        if not (invited or inviting):
+            raise ValueError("no enrollment in this session: neither side set the E flag")
+        key = self._cache_key()
+        if self._cache is None or key is None:
+            raise ValueError("enrollment needs a retained-secret cache")
+        secret = self._hash.kdf(
+            session.zrtp_sess, b"Trusted MiTM key", self._zidi + self._zidr, 256
+        )
+        lifetime = self._config.cache_expiration or NEVER_EXPIRES
+        self._cache.store_pbx_secret(key, secret, lifetime)
+
+    def unenroll(self) -> None:
+        """Erase the pbxsecret shared with this peer: it is no longer trusted."""
+        key = self._cache_key()
+        if self._cache is None or key is None:
+            raise ValueError("unenrolling needs a retained-secret cache and a known peer")
+        self._cache.store_pbx_secret(key, self._random(32), 0)  # lifetime 0 erases
 
     def close(self) -> None:
         """Drop all key material and stop every timer (§4.7.3)."""
@@ -905,6 +1000,7 @@ class ZrtpConnection:
         )
         pbx = cached.pbx_secret
         s3 = pbx if pbx and constant_time_equal(mac(pbx, peer_label), part.pbx_secret_id) else b""
+        self._pbx_secret_matched = bool(s3)
         self._cache_mismatch = cached.rs1 is not None and not s1
         if aux and not s2:
             self._events.append(SecurityWarning("auxsecret mismatch"))
@@ -943,6 +1039,7 @@ class ZrtpConnection:
         zrtp_sess = kdf(s0, b"ZRTP Session Key", ctx, hash_bits)
         sas_hash = kdf(s0, b"SAS", ctx, 256)
         self._sas = render_sas(self._sas_type, sas_hash[:4])
+        self._sas_hash = sas_hash
         self._new_rs1 = kdf(s0, b"retained secret", ctx, 256)
         self._derive_stream_keys(s0)
         verified = self._cached.sas_verified and not self._cache_mismatch
@@ -955,6 +1052,8 @@ class ZrtpConnection:
             sas=self._sas,
             sas_type=self._sas_type,
             key_agreement=self._key_agreement_type,
+            sas_hash=sas_hash,
+            pbx_secret_matched=self._pbx_secret_matched,
             peer_zid=self._peer_hello.zid if self._peer_hello else b"",
             previously_verified=verified,
             cache_mismatch=self._cache_mismatch,
@@ -969,6 +1068,8 @@ class ZrtpConnection:
             session.zrtp_sess, b"ZRTP MSK", self._kdf_context, self._hash.digest_size * 8
         )
         self._sas = session.sas
+        self._sas_hash = session.sas_hash
+        self._pbx_secret_matched = session.pbx_secret_matched
         self._previously_verified = session.previously_verified
         self._cache_mismatch = session.cache_mismatch
         self._derive_stream_keys(s0)
@@ -1145,13 +1246,26 @@ class ZrtpConnection:
             peer_allows_clear=peer_confirm.allow_clear and not peer_confirm.enrollment,  # §7.3.1
             peer_enrollment=peer_confirm.enrollment and self._peer_hello.mitm,
             multistream=multistream,
+            pbx_secret_matched=self._pbx_secret_matched,
+            sas_hash=self._sas_hash,
         )
         self._secured_event = event
         self._events.append(event)
 
     def _wipe_confirm_keys(self) -> None:
-        """Confirm keys are no longer needed; mac keys stay for GoClear."""
-        self._zrtpkey_i = self._zrtpkey_r = b""
+        """Drop the ZRTP keys nothing will use; mac keys stay for GoClear.
+
+        SASrelay (§5.13) is encrypted with the sender's ZRTP key, so a MiTM keeps
+        its own and a phone talking to a MiTM keeps the peer's.
+        """
+        assert self._peer_hello is not None
+        initiator = self._role == INITIATOR
+        keep_own = self._config.mitm
+        keep_peer = self._peer_hello.mitm
+        if not (keep_own if initiator else keep_peer):
+            self._zrtpkey_i = b""
+        if not (keep_peer if initiator else keep_own):
+            self._zrtpkey_r = b""
         self._key_agreement = None
 
     def _update_cache(self) -> None:
@@ -1233,6 +1347,66 @@ class ZrtpConnection:
         if not peer_mackey or not constant_time_equal(expected, goclear.clear_mac):
             raise _Drop("GoClear with a bad MAC")  # §4.7.2: no ClearACK, not acted on
 
+    def _on_sas_relay(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        """Phone side of §7.3: render a relayed SAS only from a trusted MiTM."""
+        relay = packet.message
+        assert isinstance(relay, p.SasRelay) and self._hash is not None
+        peer_initiator = self._role == RESPONDER
+        mackey = self._mackey_i if peer_initiator else self._mackey_r
+        if not mackey or not constant_time_equal(
+            self._hash.mac(mackey, relay.encrypted), relay.mac
+        ):
+            self.stats["bad_sasrelay_mac"] += 1
+            raise _Drop("SASrelay with a bad MAC")  # forged: no RelayACK, nothing shown
+        if raw == self._sas_relay_received:
+            self._send(p.RelayAck())  # our RelayACK was lost
+            return
+        zrtpkey = self._zrtpkey_i if peer_initiator else self._zrtpkey_r
+        sas_type = _name(self._sas_type)
+        if not zrtpkey:  # kept only when the peer's Hello had the M flag
+            self._send(p.RelayAck())  # §5.13: acknowledged, not rendered, no Error
+            self._sas_relay_received = raw
+            self._events.append(
+                SasRelayed(self._sas, sas_type, False, False, "the peer is not a MiTM (no M flag)")
+            )
+            return
+        try:
+            plaintext = p.SasRelayPlaintext.parse(
+                aes_cfb(zrtpkey, relay.cfb_iv, relay.encrypted, encrypt=False)
+            )
+        except ZrtpProtocolError as exc:
+            raise _Drop(f"undecodable SASrelay: {exc}") from None
+        scheme = plaintext.rendering_scheme
+        if scheme not in SAS_TYPES:
+            raise _Drop(f"SASrelay with an unknown rendering scheme {scheme!r}")
+        self._send(p.RelayAck())
+        self._sas_relay_received = raw
+        own = render_sas(scheme, self._sas_hash[:4])
+        if not any(plaintext.trusted_sas_hash):
+            event = SasRelayed(
+                own, _name(scheme), False, plaintext.sas_verified, "no sashash relayed to us"
+            )
+        elif not self._pbx_secret_matched:
+            # §7.3: MUST NOT render a relayed SAS from a MiTM we are not enrolled with.
+            self.stats["untrusted_sasrelay"] += 1
+            event = SasRelayed(
+                own,
+                _name(scheme),
+                False,
+                plaintext.sas_verified,
+                "not enrolled with this MiTM (no shared pbxsecret): relayed SAS ignored",
+            )
+        else:
+            relayed = render_sas(scheme, plaintext.trusted_sas_hash[:4])
+            event = SasRelayed(relayed, _name(scheme), True, plaintext.sas_verified)
+        self._events.append(event)
+
+    def _on_relay_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
+        rtx = self._retransmission
+        if rtx is not None and isinstance(rtx.message, p.SasRelay):
+            self._retransmission = None
+            self._events.append(SasRelayAcknowledged())
+
     def _on_ping(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         ping = packet.message
         assert isinstance(ping, p.Ping)
@@ -1307,5 +1481,7 @@ TRANSITIONS: dict[tuple[State, type[p.Message]], tuple[Handler, frozenset[State]
     (S.SECURE, p.ErrorAck): (C._on_error_ack, frozenset()),
     (S.SECURE, p.GoClear): (C._on_goclear, frozenset({S.CLEAR})),
     (S.CLEAR, p.GoClear): (C._on_goclear_repeat, frozenset()),
+    (S.SECURE, p.SasRelay): (C._on_sas_relay, frozenset()),
+    (S.SECURE, p.RelayAck): (C._on_relay_ack, frozenset()),
     **{(s, p.Ping): (C._on_ping, frozenset()) for s in (*_PRE_SECURE, S.SECURE, S.CLEAR, S.FAILED)},
 }

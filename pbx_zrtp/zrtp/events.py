@@ -71,6 +71,12 @@ class Secured(Event):
     #: acting on it needs the user's consent, which is the host's business.
     peer_enrollment: bool
     multistream: bool
+    #: Both sides proved the same pbxsecret in this exchange (§7.3): seen from a
+    #: PBX, the phone is enrolled with us; seen from a phone, the peer is a
+    #: trusted MiTM whose SASrelay may be rendered.
+    pbx_secret_matched: bool = False
+    #: The full sashash (§4.5.2); a trusted MiTM relays it to the other leg.
+    sas_hash: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -99,5 +105,37 @@ class GoClearRefused(Event):
 @dataclass(frozen=True)
 class SecurityWarning(Event):
     """Something suspicious that did not stop the exchange (bad MAC, hash image...)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SasRelayed(Event):
+    """Phone side: the peer, a MiTM, sent SASrelay (§7.3) and we acknowledged it.
+
+    ``sas`` is what to show the user from now on. With ``relayed`` it is the SAS
+    of the far end's leg, relayed by a PBX we are enrolled with (so the two
+    humans read the same words); otherwise it is our own leg's SAS, rendered
+    with the scheme the PBX asked for, and ``ignored_reason`` says why a
+    relayed sashash was not rendered (none sent, or the sender is not trusted).
+    """
+
+    sas: str
+    sas_type: str
+    relayed: bool
+    #: The far end's V flag, relayed (6189bis: a False asks for a conspicuous SAS).
+    far_end_verified: bool
+    ignored_reason: str = ""
+
+
+@dataclass(frozen=True)
+class SasRelayAcknowledged(Event):
+    """PBX side: the phone acknowledged our SASrelay with RelayACK."""
+
+
+@dataclass(frozen=True)
+class SasRelayUnacknowledged(Event):
+    """PBX side: no RelayACK came back after every retransmission; the phone
+    (bzrtp, for one) probably does not implement SASrelay. The call stays secure."""
 
     reason: str
