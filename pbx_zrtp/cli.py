@@ -81,6 +81,18 @@ def _endpoint_parser(sub: Any) -> None:
         "--mark-verified", action="store_true", help="mark the SAS verified once secure"
     )
     ep.add_argument(
+        "--accept-enrollment",
+        action="store_true",
+        help="if the peer PBX invites us to enroll (E flag), consent: store the pbxsecret",
+    )
+    ep.add_argument(
+        "--sas-relay-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="once secure, wait this long for the PBX's SASrelay (displayed_sas in the output)",
+    )
+    ep.add_argument(
         "--srtp", type=int, default=0, metavar="N", help="send N SRTP packets when secure"
     )
     ep.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
@@ -120,6 +132,8 @@ async def _endpoint_main(args: argparse.Namespace) -> int:
             raise ValueError("--srtp must be >= 0")
         if args.timeout <= 0:
             raise ValueError("--timeout must be > 0")
+        if args.sas_relay_wait < 0:
+            raise ValueError("--sas-relay-wait must be >= 0")
     except (ValueError, OSError) as exc:
         _print({"ok": False, "error": f"bad argument: {exc}"})
         return 2
@@ -129,6 +143,8 @@ async def _endpoint_main(args: argparse.Namespace) -> int:
         srtp_count=args.srtp,
         timeout=args.timeout,
         mark_verified=args.mark_verified,
+        accept_enrollment=args.accept_enrollment,
+        sas_relay_wait=args.sas_relay_wait,
     )
     ready: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
     if args.port_file:

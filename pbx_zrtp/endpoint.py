@@ -8,6 +8,7 @@ outcome as one JSON-ready dict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import time
@@ -18,7 +19,13 @@ from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
-from pbx_zrtp.zrtp.events import HandshakeFailed, Secured, SrtpKeys, SrtpKeysReady
+from pbx_zrtp.zrtp.events import (
+    HandshakeFailed,
+    SasRelayed,
+    Secured,
+    SrtpKeys,
+    SrtpKeysReady,
+)
 from pbx_zrtp.zrtp.packets import is_zrtp_packet
 from pbx_zrtp.zrtp.warmup import warm_up
 
@@ -42,6 +49,10 @@ class EndpointOptions:
     srtp_count: int = 0
     timeout: float = 10.0
     mark_verified: bool = False
+    #: The user consents to enroll with a PBX that invites it (E flag, §7.3.1).
+    accept_enrollment: bool = False
+    #: Once secure, wait this long for a PBX's SASrelay (§7.3).
+    sas_relay_wait: float = 0.0
 
 
 @dataclass
@@ -50,6 +61,9 @@ class _Outcome:
     failure: str | None = None
     srtp_sent: int = 0
     srtp_received_ok: int = 0
+    enrolled: bool = False
+    sas_relay: SasRelayed | None = None
+    relayed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -111,8 +125,14 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
                     self.srtp = self._srtp_context(event.keys)
                 if self.options.mark_verified:
                     self.connection.set_sas_verified(True)
+                if self.options.accept_enrollment and event.peer_enrollment:
+                    self.connection.enroll()
+                    self.outcome.enrolled = True
                 self.outcome.secured = event
                 self.secure.set()
+            elif isinstance(event, SasRelayed):
+                self.outcome.sas_relay = event
+                self.outcome.relayed.set()
             elif isinstance(event, HandshakeFailed):
                 self.outcome.failure = event.reason
                 self.outcome.done.set()
@@ -207,9 +227,13 @@ async def run_endpoint(
         linger_until = min(deadline + SRTP_LINGER, loop.time() + SRTP_LINGER)
         while outcome.srtp_received_ok < options.srtp_count and loop.time() < linger_until:
             await asyncio.sleep(0.01)
+        if options.sas_relay_wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(outcome.relayed.wait(), options.sas_relay_wait)
     finally:
         protocol.close()
     keys = secured.keys
+    relay = outcome.sas_relay
     return {
         "ok": True,
         "sas": secured.sas,
@@ -228,5 +252,20 @@ async def run_endpoint(
         "cache_mismatch": secured.cache_mismatch,
         "previously_verified": secured.previously_verified,
         "srtp": {"sent": outcome.srtp_sent, "received_ok": outcome.srtp_received_ok},
+        "peer_mitm": secured.peer_mitm,
+        "pbx_enrollment_offered": secured.peer_enrollment,
+        "enrolled": outcome.enrolled,
+        "pbx_trusted": secured.pbx_secret_matched,
+        "sas_relay": None
+        if relay is None
+        else {
+            "sas": relay.sas,
+            "sas_type": relay.sas_type,
+            "relayed": relay.relayed,
+            "far_end_verified": relay.far_end_verified,
+            "ignored_reason": relay.ignored_reason,
+        },
+        # What the user reads: the far end's SAS when a trusted PBX relayed it.
+        "displayed_sas": relay.sas if relay is not None else secured.sas,
         "elapsed_ms": round(elapsed_ms, 1),
     }

@@ -431,6 +431,9 @@ class _Connection:
             "show": self._op_show,
             "list": self._op_list,
             "verify": self._op_verify,
+            "enroll": self._op_enroll,
+            "unenroll": self._op_unenroll,
+            "enrolled": self._op_enrolled,
             "stats": self._op_stats,
             "subscribe": self._op_subscribe,
         }
@@ -659,6 +662,8 @@ class _Connection:
         payload_type = args.integer("payload_type", low=0, high=127)
         phone_host = args.ip_address("phone_host", None)
         phone_port = args.integer("phone_port", low=1, high=65535)
+        group = args.string("group", max_length=200) or ""
+        enroll = args.boolean("enroll", False)
         args.finish()
         assert port is not None and policy is not None
         if (phone_host is None) != (phone_port is None):
@@ -676,6 +681,8 @@ class _Connection:
             peer_uri=peer_uri,
             payload_type=payload_type if payload_type is not None else 0,
             phone_hint=phone_hint,
+            group=group,
+            enroll=enroll,
         )
         return _report(report)
 
@@ -705,6 +712,34 @@ class _Connection:
         verified = args.boolean("verified", True)
         args.finish()
         return _report(self.relay.verify(call_id, verified))
+
+    async def _op_enroll(self, args: _Args) -> Any:
+        call_id = args.call_id()
+        args.finish()
+        return _report(self.relay.enroll(call_id))
+
+    async def _op_unenroll(self, args: _Args) -> Any:
+        call_id = args.string("call_id", max_length=200)
+        peer_zid = args.string("peer_zid", max_length=24)
+        args.finish()
+        if (call_id is None) == (peer_zid is None):
+            raise _BadRequest("unenroll takes 'call_id' or 'peer_zid' (24 hex digits), not both")
+        zid: bytes | None = None
+        if peer_zid is not None:
+            try:
+                zid = bytes.fromhex(peer_zid)
+            except ValueError:
+                zid = b""
+            if len(zid) != 12:
+                raise _BadRequest("field 'peer_zid' must be 24 hex digits")
+        return {"erased": self.relay.unenroll(call_id=call_id, peer_zid=zid)}
+
+    async def _op_enrolled(self, args: _Args) -> Any:
+        args.finish()
+        return [
+            {"self_zid": own.hex(), "peer_zid": peer.hex(), "expires": expires}
+            for own, peer, expires in self.relay.enrolled_phones()
+        ]
 
     async def _op_stats(self, args: _Args) -> Any:
         args.finish()

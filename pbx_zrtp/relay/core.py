@@ -11,12 +11,14 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pbx_zrtp.cache.base import CacheKey
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.relay.mirror import (
     Address,
@@ -202,11 +204,15 @@ class Relay:
         peer_uri: str = "",
         payload_type: int = 0,
         phone_hint: Address | None = None,
+        group: str = "",
+        enroll: bool = False,
     ) -> CallReport:
         """Mirror the PBX's port ``port`` for ``call_id`` (or name the call on a
         pre-bound port that may already carry its media)."""
         if not call_id or len(call_id) > 200:
             raise RelayError("call_id must be 1-200 characters")
+        if len(group) > 200:
+            raise RelayError("group must be at most 200 characters")
         if call_id in self._by_call:
             raise RelayError(f"call {call_id!r} already has a mirror")
         if payload_type not in (0, 8):
@@ -219,7 +225,9 @@ class Relay:
         if pbx_port is not None and not 1 <= pbx_port <= 65534:
             raise RelayError("pbx_port must be 1-65534 (RTCP uses the next port)")
         self.layout.check_port(port)
-        identity = CallIdentity(call_id, policy, self_uri, peer_uri, payload_type, phone_hint)
+        identity = CallIdentity(
+            call_id, policy, self_uri, peer_uri, payload_type, phone_hint, group, enroll
+        )
         mirror = self._by_port.get(port)
         if mirror is not None:
             if port not in self._prebound:
@@ -235,6 +243,10 @@ class Relay:
                 mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
                 mirror.identity.payload_type = payload_type
                 mirror.identity.phone_hint = phone_hint
+                mirror.identity.group = group
+                if enroll and mirror.state is not CallState.PENDING:
+                    raise RelayError("too late to offer enrollment: ZRTP already ran")
+                mirror.identity.enroll = enroll
                 self._by_call[call_id] = mirror
                 mirror.set_policy(policy)
                 self._changed(mirror)
@@ -324,6 +336,84 @@ class Relay:
             raise RelayError(str(exc)) from None
         return mirror.report()
 
+    def enroll(self, call_id: str) -> CallReport:
+        """The user confirmed the SAS of an enrollment call: store the pbxsecret."""
+        mirror = self._mirror(call_id)
+        try:
+            mirror.enroll()
+        except ValueError as exc:
+            raise RelayError(str(exc)) from None
+        return mirror.report()
+
+    def unenroll(self, call_id: str | None = None, peer_zid: bytes | None = None) -> int:
+        """Forget pbxsecrets: of a live call's phone, or of a peer ZID (any of our ZIDs)."""
+        if call_id is not None:
+            try:
+                self._mirror(call_id).unenroll()
+            except ValueError as exc:
+                raise RelayError(str(exc)) from None
+            return 1
+        cache = self.settings.cache
+        if peer_zid is None or len(peer_zid) != 12:
+            raise RelayError("unenroll needs a call or a 12-byte peer ZID")
+        if cache is None:
+            raise RelayError("the relay has no cache (cache.path = memory)")
+        erased = 0
+        for self_zid, zid, _expires in self.enrolled_phones():
+            if zid == peer_zid:
+                cache.store_pbx_secret(CacheKey(self_zid, zid), os.urandom(32), 0)
+                erased += 1
+        return erased
+
+    def enrolled_phones(self) -> list[tuple[bytes, bytes, float | None]]:
+        """(our ZID, phone ZID, expiry) of every pbxsecret the cache holds."""
+        lister = getattr(self.settings.cache, "list_pbx_secrets", None)
+        if lister is None:
+            return []
+        result: list[tuple[bytes, bytes, float | None]] = lister()
+        return result
+
+    def _relay_sas(self, mirror: Mirror) -> None:
+        """Once both legs of a bridged call are secure, apply §7.3's relay rules.
+
+        No leg enrolled: nothing is relayed. One: the far end's SAS goes to the
+        enrolled leg, an "empty" SASrelay (rendering scheme only) to the other
+        (6189bis). Both: to exactly one, never to a leg whose phone is itself a
+        PBX (M flag).
+        """
+        identity = mirror.identity
+        if identity is None or not identity.group or mirror.relay_role:
+            return
+        legs = [
+            m for m in self._by_call.values() if m.identity and m.identity.group == identity.group
+        ]
+        if len(legs) != 2 or any(m.state is not CallState.SECURE or m.relay_role for m in legs):
+            return
+        a, b = legs
+        sa, sb = a.secured, b.secured
+        if sa is None or sb is None:
+            return
+        a.partner, b.partner = b, a
+        if not a.enrolled and not b.enrolled:
+            a.relay_role = b.relay_role = "none"
+            log.info("group %s: neither leg is enrolled: each keeps its own SAS", identity.group)
+            self._changed(a)
+            self._changed(b)
+            return
+        if a.enrolled and b.enrolled:
+            target, source = (a, b) if sb.peer_mitm and not sa.peer_mitm else (b, a)
+        else:
+            target, source = (a, b) if a.enrolled else (b, a)
+        ts, ss = target.secured, source.secured
+        assert ts is not None and ss is not None
+        try:
+            target.send_sas_relay("target", ss.sas_hash, ss.sas_type, ss.previously_verified)
+            source.send_sas_relay("source", None, ss.sas_type, ts.previously_verified)
+        except ValueError as exc:
+            log.warning("group %s: SAS relay not possible: %s", identity.group, exc)
+        self._changed(a)
+        self._changed(b)
+
     def mirrors(self) -> Iterable[Mirror]:
         return self._by_port.values()
 
@@ -341,6 +431,10 @@ class Relay:
         report = mirror.report()
         if not report.call_id:
             return
+        if mirror.state is CallState.SECURE and not mirror.relay_role and report.group:
+            self._relay_sas(mirror)  # publishes both legs itself once it relays
+            if mirror.relay_role:
+                return
         event = {"event": "state", "call": report.as_dict()}
         for sub in list(self._subscribers):
             sub.push(event)

@@ -67,6 +67,19 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--payload-type", type=int, choices=(0, 8), help="codec for priming: 0 PCMU, 8 PCMA"
     )
+    create.add_argument("--group", metavar="ID", help="bridged legs share a group (SAS relay)")
+    create.add_argument(
+        "--enroll", action="store_true", help="invite the phone to enroll (E flag, §7.3.1)"
+    )
+    enroll = commands.add_parser(
+        "enroll", help="enroll a call's phone: the user confirmed the SAS (stores the pbxsecret)"
+    )
+    enroll.add_argument("call_id", metavar="CALL_ID")
+    unenroll = commands.add_parser("unenroll", help="forget a phone's pbxsecret")
+    target = unenroll.add_mutually_exclusive_group(required=True)
+    target.add_argument("--call", metavar="CALL_ID", help="the phone of this live call")
+    target.add_argument("--peer-zid", metavar="HEX", help="the phone's ZID (24 hex digits)")
+    commands.add_parser("enrolled", help="list the phones enrolled with this PBX")
 
     commands.add_parser("list", help="list the calls (table: call, port, state, policy, SAS)")
     show = commands.add_parser("show", help="show one call")
@@ -145,6 +158,10 @@ async def _run(args: argparse.Namespace, token: str | None) -> int:
         _out(format_stats(result))
     elif command == "ping":
         _out(str(result))
+    elif command == "enrolled":
+        _out(format_enrolled(result))
+    elif command == "unenroll":
+        _out(f"erased {result.get('erased', 0)} pbxsecret(s)")
     else:
         _out(format_call(result))
     return 0
@@ -159,6 +176,8 @@ async def _request(client: ControlClient, args: argparse.Namespace) -> Any:
             "self_uri": args.self_uri,
             "peer_uri": args.peer_uri,
             "payload_type": args.payload_type,
+            "group": args.group,
+            "enroll": True if args.enroll else None,
         }
         given = {name: value for name, value in options.items() if value is not None}
         return await client.request(
@@ -172,7 +191,13 @@ async def _request(client: ControlClient, args: argparse.Namespace) -> Any:
         return await client.request("delete", call_id=args.call_id, reason=args.reason)
     if command == "show":
         return await client.request("show", call_id=args.call_id)
-    return await client.request(command)  # list, stats, ping
+    if command == "enroll":
+        return await client.request("enroll", call_id=args.call_id)
+    if command == "unenroll":
+        if args.call is not None:
+            return await client.request("unenroll", call_id=args.call)
+        return await client.request("unenroll", peer_zid=args.peer_zid)
+    return await client.request(command)  # list, stats, ping, enrolled
 
 
 async def _watch(client: ControlClient, as_json: bool) -> int:
@@ -251,6 +276,12 @@ def format_call(call: dict[str, Any]) -> str:
         if call.get("peer_client_id"):
             fields.append(("peer client", str(call["peer_client_id"])))
         fields.append(("previously verified", _yes(call.get("previously_verified"))))
+        fields.append(("enrolled", _yes(call.get("enrolled"))))
+        if call.get("sas_scope"):
+            shown = f"{call.get('displayed_sas', '')} ({call['sas_scope']})"
+            fields.append(("SAS the phone shows", shown))
+        if call.get("sas_relay"):
+            fields.append(("SAS relay", str(call["sas_relay"])))
         if call.get("cache_mismatch"):
             fields.append(("WARNING", "retained secret mismatch: compare the SAS"))
     if call.get("handshake_ms") is not None:
@@ -266,6 +297,17 @@ def format_call(call: dict[str, Any]) -> str:
         fields.append(("drops", _pairs(counters.get("drops"))))
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{(name + ':').ljust(width)} {value}" for name, value in fields)
+
+
+def format_enrolled(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no enrolled phones"
+    lines = ["PHONE ZID                 OUR ZID                   EXPIRES"]
+    for row in rows:
+        expires = row.get("expires")
+        when = "never" if expires is None else time.strftime("%Y-%m-%d", time.gmtime(expires))
+        lines.append(f"{row.get('peer_zid', '')}  {row.get('self_zid', '')}  {when}")
+    return "\n".join(lines)
 
 
 def format_stats(stats: dict[str, Any]) -> str:

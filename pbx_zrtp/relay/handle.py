@@ -56,6 +56,8 @@ class RelayHandle(ABC):
         self_uri: str = "",
         peer_uri: str = "",
         phone_hint: tuple[str, int] | None = None,
+        group: str = "",
+        enroll: bool = False,
     ) -> dict[str, Any]: ...
 
     @abstractmethod
@@ -67,6 +69,14 @@ class RelayHandle(ABC):
 
     @abstractmethod
     async def verify(self, call_id: str, verified: bool) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def enroll(self, call_id: str) -> dict[str, Any]:
+        """The user confirmed the SAS on an enrollment call: store the pbxsecret."""
+
+    @abstractmethod
+    async def unenroll(self, call_id: str) -> None:
+        """Forget the pbxsecret of this call's phone."""
 
     @abstractmethod
     async def show(self, call_id: str) -> dict[str, Any] | None: ...
@@ -105,10 +115,19 @@ class LocalRelay(RelayHandle):
         self_uri: str = "",
         peer_uri: str = "",
         phone_hint: tuple[str, int] | None = None,
+        group: str = "",
+        enroll: bool = False,
     ) -> dict[str, Any]:
         try:
             report = await self.relay.create(
-                call_id, port, policy, self_uri=self_uri, peer_uri=peer_uri, phone_hint=phone_hint
+                call_id,
+                port,
+                policy,
+                self_uri=self_uri,
+                peer_uri=peer_uri,
+                phone_hint=phone_hint,
+                group=group,
+                enroll=enroll,
             )
         except RelayError as exc:
             raise RelayUnavailable(str(exc)) from None
@@ -129,6 +148,18 @@ class LocalRelay(RelayHandle):
     async def verify(self, call_id: str, verified: bool) -> dict[str, Any]:
         try:
             return self.relay.verify(call_id, verified).as_dict()
+        except RelayError as exc:
+            raise RelayUnavailable(str(exc)) from None
+
+    async def enroll(self, call_id: str) -> dict[str, Any]:
+        try:
+            return self.relay.enroll(call_id).as_dict()
+        except RelayError as exc:
+            raise RelayUnavailable(str(exc)) from None
+
+    async def unenroll(self, call_id: str) -> None:
+        try:
+            self.relay.unenroll(call_id=call_id)
         except RelayError as exc:
             raise RelayUnavailable(str(exc)) from None
 
@@ -215,6 +246,8 @@ class RemoteRelay(RelayHandle):
         self_uri: str = "",
         peer_uri: str = "",
         phone_hint: tuple[str, int] | None = None,
+        group: str = "",
+        enroll: bool = False,
     ) -> dict[str, Any]:
         args: dict[str, Any] = {
             "call_id": call_id,
@@ -223,6 +256,10 @@ class RemoteRelay(RelayHandle):
             "self_uri": self_uri,
             "peer_uri": peer_uri,
         }
+        if group:
+            args["group"] = group
+        if enroll:
+            args["enroll"] = True
         if phone_hint is not None:
             args["phone_host"], args["phone_port"] = phone_hint
         result: dict[str, Any] = await self._request("create", **args)
@@ -242,6 +279,13 @@ class RemoteRelay(RelayHandle):
     async def verify(self, call_id: str, verified: bool) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("verify", call_id=call_id, verified=verified)
         return result
+
+    async def enroll(self, call_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("enroll", call_id=call_id)
+        return result
+
+    async def unenroll(self, call_id: str) -> None:
+        await self._request("unenroll", call_id=call_id)
 
     async def show(self, call_id: str) -> dict[str, Any] | None:
         try:

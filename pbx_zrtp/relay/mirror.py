@@ -35,6 +35,8 @@ from pbx_zrtp.zrtp.events import (
     GoClearRefused,
     HandshakeFailed,
     PeerHelloReceived,
+    SasRelayAcknowledged,
+    SasRelayUnacknowledged,
     Secured,
     SecurityWarning,
     SrtpKeysReady,
@@ -91,6 +93,11 @@ class CallIdentity:
     peer_uri: str = ""  # the phone
     payload_type: int = 0  # codec for priming: 0 PCMU, 8 PCMA
     phone_hint: Address | None = None  # the phone's SDP address, if known
+    #: Legs of one bridged call share a group (Asterisk's Linkedid, FreeSWITCH's
+    #: Channel-Call-UUID): the relay relays the SAS between them (§7.3).
+    group: str = ""
+    #: Invite the phone to enroll with this PBX (E flag in Confirm, §7.3.1).
+    enroll: bool = False
 
 
 @dataclass
@@ -144,6 +151,19 @@ class CallReport:
     phone: str = ""
     #: In an ``ended`` report: the state the call had reached before it ended.
     last_state: str = ""
+    group: str = ""
+    #: The phone proved a pbxsecret shared with us (it trusts this PBX, §7.3),
+    #: or enrolled during this call.
+    enrolled: bool = False
+    enrollment_offered: bool = False
+    #: What the user on this leg reads, and whether the far end reads the same:
+    #: "end-to-end" (SAS relayed between the legs) or "pbx-leg" (this leg only).
+    displayed_sas: str = ""
+    sas_scope: str = ""
+    #: This leg's part in the SAS relay: "", "none" (no leg enrolled), "target"
+    #: (this phone shows the far end's SAS) or "source" (the far end shows ours),
+    #: then ":pending", ":acknowledged" or ":unacknowledged" for what we sent.
+    sas_relay: str = ""
     counters: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -271,6 +291,11 @@ class Mirror:
         self._fast_handle: int | None = None
         self._fast_phone: Address | None = None
         self._fast_pbx_out_seen = 0
+        #: The other leg of the bridged call, once the relay linked them (§7.3).
+        self.partner: Mirror | None = None
+        self.relay_role = ""  # "", "none", "target", "source"
+        self.relay_status = ""  # "", "pending", "acknowledged", "unacknowledged"
+        self._enrolled_now = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -371,9 +396,43 @@ class Mirror:
             return "the phone sent no ZRTP Hello"
         return f"ZRTP stopped in state {self._engine.state.value}"
 
+    @property
+    def secured(self) -> Secured | None:
+        return self._secured
+
+    @property
+    def enrolled(self) -> bool:
+        secured = self._secured
+        return self._enrolled_now or (secured is not None and secured.pbx_secret_matched)
+
+    def _sas_view(self) -> tuple[str, str]:
+        """(displayed SAS, scope) for the user on this leg."""
+        secured = self._secured
+        if secured is None or self.state is not CallState.SECURE:
+            return "", ""
+        partner = self.partner
+        partner_secured = partner.secured if partner is not None else None
+        if (
+            self.relay_role == "target"
+            and self.relay_status == "acknowledged"
+            and partner_secured is not None
+        ):
+            return partner_secured.sas, "end-to-end"
+        if (
+            self.relay_role == "source"
+            and partner is not None
+            and partner.relay_status == "acknowledged"
+        ):
+            return secured.sas, "end-to-end"
+        return secured.sas, "pbx-leg"
+
     def report(self) -> CallReport:
         identity = self.identity
         secured = self._secured
+        displayed_sas, sas_scope = self._sas_view()
+        relay = self.relay_role
+        if relay in ("target", "source") and self.relay_status:
+            relay = f"{relay}:{self.relay_status}"
         return CallReport(
             call_id=identity.call_id if identity else "",
             port=self.port,
@@ -394,6 +453,12 @@ class Mirror:
             handshake_ms=self._handshake_ms,
             phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
             last_state=self._last_state,
+            group=identity.group if identity else "",
+            enrolled=self.enrolled,
+            enrollment_offered=bool(identity and identity.enroll),
+            displayed_sas=displayed_sas,
+            sas_scope=sas_scope,
+            sas_relay=relay,
             counters=self._merged_counters(),
         )
 
@@ -411,6 +476,44 @@ class Mirror:
         self._sas_verified = verified
         self.on_change(self)
 
+    def enroll(self) -> None:
+        """The user confirmed the SAS on an enrollment call: store the pbxsecret
+        (§7.3.1) and mark the SAS verified. ValueError says why it cannot be done."""
+        if self._engine is None or self._secured is None:
+            raise ValueError("the call is not secure: nothing to enroll")
+        if self.identity is None or not self.identity.enroll:
+            raise ValueError("enrollment was not offered on this call (create it with enroll)")
+        self._engine.enroll()
+        self._engine.set_sas_verified(True)
+        self._sas_verified = True
+        self._enrolled_now = True
+        self.on_change(self)
+
+    def unenroll(self) -> None:
+        """Forget the pbxsecret shared with this call's phone."""
+        if self._engine is None or self._engine.peer_zid is None:
+            raise ValueError("no ZRTP peer on this call")
+        self._engine.unenroll()
+        self._enrolled_now = False
+        self.on_change(self)
+
+    def send_sas_relay(
+        self, role: str, sas_hash: bytes | None, sas_type: str, far_end_verified: bool
+    ) -> None:
+        """Send SASrelay to this leg's phone (the relay's §7.3 rules chose ``role``)."""
+        engine = self._engine
+        if engine is None or self._secured is None:
+            raise ValueError("the call is not secure")
+        engine.send_sas_relay(
+            self._loop.time(),
+            sas_hash=sas_hash,
+            sas_type=sas_type,
+            far_end_verified=far_end_verified,
+        )
+        self.relay_role = role
+        self.relay_status = "pending"
+        self._pump()
+
     def end(self, reason: str = "hangup") -> CallReport:
         """The call is over: report ``ended`` and go back to idle (sockets stay bound)."""
         self._leave_fast()
@@ -425,6 +528,9 @@ class Mirror:
         self.phone = self.phone_rtcp = None
         self._secured = None
         self._sas_verified = False
+        self.partner = None
+        self.relay_role = self.relay_status = ""
+        self._enrolled_now = False
         self._handshake_ms = None
         self._pbx_heard = False
         self._last_forward = -1.0
@@ -513,6 +619,8 @@ class Mirror:
         if self._engine is not None or self.identity is None or self._closed:
             return
         configuration = self.settings.zrtp(self.identity.self_uri, self.identity.peer_uri)
+        if self.identity.enroll:  # E implies a MiTM and excludes A (§7.3.1)
+            configuration = replace(configuration, mitm=True, enrollment=True, allow_clear=False)
         ssrc = int.from_bytes(os.urandom(4), "big")
         self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
         self._engine_started_at = self._loop.time()
@@ -591,6 +699,13 @@ class Mirror:
             self.counters.drops["goclear_refused"] += 1
         elif isinstance(event, SecurityWarning):
             self.counters.drops["zrtp_false_packet"] += 1
+        elif isinstance(event, SasRelayAcknowledged | SasRelayUnacknowledged):
+            ok = isinstance(event, SasRelayAcknowledged)
+            self.relay_status = "acknowledged" if ok else "unacknowledged"
+            log.info("call %s: SASrelay %s", self._call_id(), self.relay_status)
+            self.on_change(self)
+            if self.partner is not None:
+                self.partner.on_change(self.partner)  # its scope may change too
         elif isinstance(event, PeerHelloReceived):
             pass
 
