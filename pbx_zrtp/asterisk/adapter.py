@@ -58,6 +58,10 @@ VARIABLES = (
     "ZRTP_HASH",
     "ZRTP_PEER_ZID",
     "ZRTP_FAIL_REASON",
+    "ZRTP_ENROLLED",
+    "ZRTP_SAS_SCOPE",
+    "ZRTP_DISPLAYED_SAS",
+    "ZRTP_SAS_RELAY",
     "ZRTP_STATE",
 )
 
@@ -90,6 +94,12 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "ZRTP_HASH": str(report.get("hash", "")),
         "ZRTP_PEER_ZID": str(report.get("peer_zid", "")),
         "ZRTP_FAIL_REASON": str(report.get("reason", "")) if state in ("failed", "clear") else "",
+        # Trusted MiTM (docs/trusted-mitm.md): is the phone enrolled with this PBX, and
+        # does the far end of a bridged call read the same SAS (end-to-end) or not.
+        "ZRTP_ENROLLED": "1" if report.get("enrolled") else "0",
+        "ZRTP_SAS_SCOPE": str(report.get("sas_scope", "")) if secure else "",
+        "ZRTP_DISPLAYED_SAS": str(report.get("displayed_sas", "")) if secure else "",
+        "ZRTP_SAS_RELAY": str(report.get("sas_relay", "")) if secure else "",
         "ZRTP_STATE": state,
     }
 
@@ -175,6 +185,9 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
             return  # a repeated announcement, or a channel that is already gone
         target = event.get("Target", "") or event.get("Exten", "")
         endpoint = event.get("Endpoint", "")
+        # Legs of one call share Asterisk's Linkedid: the relay relays the SAS between them.
+        group = event.get("Linkedid", "")
+        enroll = event.get("Enroll", "").strip().lower() in ("offer", "1", "yes", "true")
         call = AsteriskCall(
             uniqueid,
             Policy.REQUIRED,
@@ -219,6 +232,8 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
                     self_uri=target,
                     peer_uri=endpoint or channel,
                     phone_hint=hint,
+                    group=group,
+                    enroll=enroll,
                 )
             except RelayUnavailable as exc:
                 await self._write_failure(call, f"relay: {exc}")
@@ -352,8 +367,12 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
         return None
 
     async def _admin(self, event: AmiEvent) -> None:
-        """UserEvent(PbxZrtpAdmin,Command: verify|unverify|policy,Call: …,…) from the CLI."""
+        """UserEvent(PbxZrtpAdmin,Command: verify|unverify|policy|enroll|unenroll,Call: …)
+        from the CLI or the dialplan (the enrollment extension)."""
         command = event.get("Command", "").strip().lower()
+        if command in ("enroll", "unenroll"):
+            await self._enrollment(command, event.get("Call", ""))
+            return
         try:
             if command in ("verify", "unverify"):
                 call = self._find(event.get("Call", ""))
@@ -380,3 +399,35 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
             log.warning("admin: %s", exc)
             with contextlib.suppress(AmiError):
                 await self.ami.user_event("ZrtpAdminError", Message=str(exc)[:200])
+
+    async def _enrollment(self, command: str, ref: str) -> None:
+        """enroll: the user confirmed the SAS on an enrollment call; unenroll: forget
+        the phone. ZRTP_ENROLL_RESULT tells the dialplan how it went."""
+        call = self._find(ref)
+        result = ""
+        report: dict[str, Any] | None = None
+        try:
+            if call is None:
+                raise RelayUnavailable(f"no ZRTP call {ref!r}")
+            if command == "enroll":
+                report = await self.relay.enroll(call.call_id)
+                result = "enrolled"
+            else:
+                await self.relay.unenroll(call.call_id)
+                report = await self.relay.show(call.call_id)
+                result = "unenrolled"
+            log.info("%s: %s (%s)", command, call.channel, result)
+        except RelayUnavailable as exc:
+            result = f"failed: {exc}"
+            log.warning("%s %s: %s", command, ref, exc)
+        if call is None:
+            with contextlib.suppress(AmiError):
+                await self.ami.user_event("ZrtpAdminError", Message=result[:200])
+            return
+        if report is not None:
+            await self._locked_write(call, report)
+        with contextlib.suppress(AmiError):
+            await self.ami.setvar(call.channel, "ZRTP_ENROLL_RESULT", result[:200])
+            await self.ami.user_event(
+                "ZrtpEnrollment", Channel=call.channel, CallId=call.uniqueid, Result=result[:200]
+            )

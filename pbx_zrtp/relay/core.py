@@ -238,15 +238,17 @@ class Relay:
                     f"pre-bound port {port} already carries call {mirror.identity.call_id!r}"
                 )
             if mirror.identity is not None:  # media came first: name the call now
+                if enroll:  # before any change: a refusal leaves the port as it was
+                    try:
+                        mirror.offer_enrollment()
+                    except ValueError as exc:
+                        raise RelayError(str(exc)) from None
                 self._by_call.pop(mirror.identity.call_id, None)
                 mirror.identity.call_id = call_id
                 mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
                 mirror.identity.payload_type = payload_type
                 mirror.identity.phone_hint = phone_hint
                 mirror.identity.group = group
-                if enroll and mirror.state is not CallState.PENDING:
-                    raise RelayError("too late to offer enrollment: ZRTP already ran")
-                mirror.identity.enroll = enroll
                 self._by_call[call_id] = mirror
                 mirror.set_policy(policy)
                 self._changed(mirror)

@@ -476,6 +476,14 @@ class Mirror:
         self._sas_verified = verified
         self.on_change(self)
 
+    def offer_enrollment(self) -> None:
+        """Invite the phone to enroll (a pre-bound port's call may already run ZRTP)."""
+        if self.identity is None:
+            raise ValueError("no call is attached to this mirror")
+        if self._engine is not None:
+            self._engine.offer_enrollment()
+        self.identity.enroll = True
+
     def enroll(self) -> None:
         """The user confirmed the SAS on an enrollment call: store the pbxsecret
         (§7.3.1) and mark the SAS verified. ValueError says why it cannot be done."""

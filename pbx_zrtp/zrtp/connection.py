@@ -493,6 +493,19 @@ class ZrtpConnection:
         mac = self._hash.mac(mackey, encrypted)
         self._send_reliably(p.SasRelay(mac=mac, cfb_iv=iv, encrypted=encrypted), now)
 
+    def offer_enrollment(self) -> None:
+        """Invite the peer to enroll (E flag, and no A flag, §7.3.1) in this
+        exchange's Confirm: possible until our Confirm has gone out."""
+        if not self._config.mitm:
+            raise ValueError("only a MiTM (M flag in our Hello) may offer enrollment")
+        if self._confirm_sent is not None or self._state in (
+            State.SECURE,
+            State.CLEAR,
+            State.FAILED,
+        ):
+            raise ValueError("too late to offer enrollment: our Confirm was already sent")
+        self._config = replace(self._config, enrollment=True, allow_clear=False)
+
     def enroll(self) -> None:
         """Store this session's pbxsecret (§7.3.1): the enrollment itself.
 

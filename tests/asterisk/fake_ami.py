@@ -584,6 +584,7 @@ class FakeAmi:
         rtp_dest_ip: str = "127.0.10.2",
         call_id: str | None = None,
         sip_domain: str = "127.0.10.1",
+        linkedid: str | None = None,
     ) -> FakeChannel:
         """An incoming PJSIP call enters the dialplan: Newchannel, then chan_pjsip's
         ``VarSet SIPDOMAIN`` (as in the transcript)."""
@@ -607,6 +608,8 @@ class FakeAmi:
             remote_addr=remote_addr,
             call_id=call_id,
         )
+        if linkedid is not None:  # a Dial()ed leg inherits the caller's Linkedid
+            chan.linkedid = linkedid
         self._live[uniqueid] = chan
         self._all[uniqueid] = chan
         chan._emit("Newchannel", "call")

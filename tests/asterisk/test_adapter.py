@@ -38,13 +38,17 @@ class Lab:
         *,
         progress: bool = True,
         rtp_src: bool = True,
+        linkedid: str | None = None,
+        enroll: bool = False,
     ) -> tuple[FakeChannel, int]:
         """What [pbx-zrtp] does: Set(PBX_ZRTP_POLICY), Progress(), UserEvent(PbxZrtp,...)."""
         port = free_even_port()
         pbx = EchoPbx(port)
         await pbx.start()
         self.pbxs.append(pbx)
-        channel = self.fake.new_call(rtp_port=port, exten=exten)
+        channel = self.fake.new_call(rtp_port=port, exten=exten, linkedid=linkedid)
+        if enroll:
+            await channel.set_var("PBX_ZRTP_ENROLL", "offer")
         await channel.set_var("PBX_ZRTP_POLICY", policy)
         await channel.set_var("PBX_ZRTP_TARGET", exten)
         if progress:
@@ -52,6 +56,7 @@ class Lab:
         headers = {"Policy": policy, "Target": exten, "Endpoint": channel.endpoint}
         if rtp_src:
             headers["RtpSrc"] = f"127.0.0.1:{port}" if progress else ""
+        headers["Enroll"] = "offer" if enroll else ""
         await channel.user_event("PbxZrtp", **headers)
         return channel, port
 
