@@ -38,7 +38,9 @@ from pbx_zrtp.relay.mirror import Policy
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
 CALL_PREFIX = "fs-"
-SUBCLASSES = ("pbx_zrtp::request",)
+#: pbx_zrtp::request announces a call; pbx_zrtp::enroll (action=confirm|remove) is the
+#: enrollment extension telling us the user confirmed the SAS (or wants out).
+SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll")
 
 
 @dataclass
@@ -82,6 +84,12 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "pbx_zrtp_fail_reason": str(report.get("reason", ""))
         if state in ("failed", "clear")
         else "",
+        # Trusted MiTM (docs/trusted-mitm.md): the phone's enrollment, and whether the
+        # far end of the bridged call reads the same SAS (end-to-end) or not (pbx-leg).
+        "pbx_zrtp_enrolled": "true" if report.get("enrolled") else "false",
+        "pbx_zrtp_sas_scope": str(report.get("sas_scope", "")) if secure else "",
+        "pbx_zrtp_displayed_sas": str(report.get("displayed_sas", "")) if secure else "",
+        "pbx_zrtp_sas_relay": str(report.get("sas_relay", "")) if secure else "",
         # FreeSWITCH's removed built-in ZRTP set these; old dialplans test them.
         "zrtp_secure_media_confirmed_audio": "true" if secure else "false",
         "zrtp_sas1_string_audio": sas1,
@@ -140,6 +148,9 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::request":
             if uuid:
                 self._spawn(self._start_call(headers))
+        elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::enroll":
+            if uuid:
+                self._spawn(self._enrollment(uuid, headers.get("action", "")))
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if uuid:
                 self._mark_gone(uuid)
@@ -205,6 +216,10 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                     call.policy,
                     self_uri=destination,
                     peer_uri=caller,
+                    # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
+                    group=headers.get("Channel-Call-UUID", ""),
+                    enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower()
+                    in ("offer", "true", "yes", "1"),
                 )
             except RelayUnavailable as exc:
                 await self._write_failure(call, f"relay: {exc}")
@@ -340,6 +355,9 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                     or "",
                     "Caller-Destination-Number": await self.esl.getvar(uuid, "destination_number")
                     or "",
+                    "Channel-Call-UUID": await self.esl.getvar(uuid, "call_uuid") or uuid,
+                    "variable_pbx_zrtp_enroll": await self.esl.getvar(uuid, "pbx_zrtp_enroll")
+                    or "",
                 }
                 log.info("resync: picking up %s, which asked for ZRTP while ESL was down", uuid)
                 await self._start_call(headers)
@@ -366,7 +384,10 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         uuid, name = parts[0], parts[1]
         value = parts[2].lower() if len(parts) > 2 else ""
         call = self.calls.get(uuid)
-        if call is None or name not in ("pbx_zrtp_verified", "pbx_zrtp_policy"):
+        if call is None or name not in ("pbx_zrtp_verified", "pbx_zrtp_policy", "pbx_zrtp_enroll"):
+            return
+        if name == "pbx_zrtp_enroll":  # fs_cli> uuid_setvar <uuid> pbx_zrtp_enroll confirm|remove
+            await self._enrollment(uuid, value)
             return
         try:
             if name == "pbx_zrtp_verified":
@@ -387,3 +408,30 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                 await self.esl.setvar(
                     uuid, "pbx_zrtp_admin_error", str(exc).replace(" ", "_")[:200]
                 )
+
+    async def _enrollment(self, uuid: str, action: str) -> None:
+        """confirm: the user compared the SAS on an enrollment call (store the
+        pbxsecret); remove: forget the phone. pbx_zrtp_enroll_result says how it went."""
+        action = action.strip().lower()
+        call = self.calls.get(uuid)
+        report: dict[str, Any] | None = None
+        try:
+            if call is None:
+                raise RelayUnavailable(f"no ZRTP call {uuid}")
+            if action in ("confirm", "true", "yes", "1"):
+                report = await self.relay.enroll(call.call_id)
+                result = "enrolled"
+            elif action in ("remove", "false", "no", "0"):
+                await self.relay.unenroll(call.call_id)
+                report = await self.relay.show(call.call_id)
+                result = "unenrolled"
+            else:
+                raise RelayUnavailable(f"pbx_zrtp_enroll: unknown action {action!r}")
+            log.info("enrollment of %s: %s", uuid, result)
+        except RelayUnavailable as exc:
+            result = f"failed: {exc}"
+            log.warning("enrollment of %s: %s", uuid, exc)
+        if call is not None and report is not None:
+            await self._locked_write(call, report)
+        with contextlib.suppress(EslError):
+            await self.esl.setvar(uuid, "pbx_zrtp_enroll_result", result[:200])
