@@ -211,3 +211,18 @@ def test_only_a_mitm_sends_sasrelay_and_only_when_secure() -> None:
     fresh = make_connection(PBX_ZID, seed=1, ssrc=1, mitm=True)
     with pytest.raises(ValueError, match="secure"):
         fresh.send_sas_relay(0.0, sas_hash=None, sas_type="B32", far_end_verified=False)
+
+
+def test_enrollment_can_be_offered_until_our_confirm_is_sent() -> None:
+    # FreeSWITCH names a pre-bound port's call late: ZRTP may already be running.
+    pbx = make_connection(PBX_ZID, seed=20, ssrc=0x1111, cache=MemorySecretCache(), mitm=True)
+    phone = make_connection(PHONE_ZID, seed=21, ssrc=0x2222, cache=MemorySecretCache())
+    pbx.start(0.0)
+    pbx.offer_enrollment()  # still in discovery
+    net = Network(pbx, phone, seed=20)
+    net.run()
+    assert net.secured()[1].peer_enrollment
+    with pytest.raises(ValueError, match="too late"):
+        pbx.offer_enrollment()
+    with pytest.raises(ValueError, match="MiTM"):
+        phone.offer_enrollment()

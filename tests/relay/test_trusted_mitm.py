@@ -14,7 +14,7 @@ import pytest
 
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
-from pbx_zrtp.relay.core import Relay
+from pbx_zrtp.relay.core import Relay, RelayError
 from pbx_zrtp.relay.fastpath import available
 from pbx_zrtp.relay.mirror import CallReport, Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -223,6 +223,30 @@ def test_a_mitm_on_one_leg_shows_as_different_sas_then_a_cache_mismatch() -> Non
         await recorder.wait_for(lambda: "secure" in recorder.states("direct"))
         assert direct["cache_mismatch"] and relay.get("direct").cache_mismatch
         relay.delete("direct")
+        echo.close()
+        await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_enrollment_offered_too_late_on_a_prebound_port_is_refused_harmlessly() -> None:
+    async def scenario() -> None:
+        from tests.relay.helpers import free_even_port
+
+        port = free_even_port()
+        relay = make_relay(prebind=(port,))
+        await relay.start()
+        recorder = Recorder(relay)
+        echo = EchoPbx(port)
+        await echo.start()
+        result = await Phone(ALICE).call(port)  # media first: secured under prebind_policy
+        assert result["ok"] and not result["pbx_enrollment_offered"]
+        await recorder.wait_for(lambda: "secure" in recorder.states(f"port-{port}"))
+        with pytest.raises(RelayError, match="too late"):
+            await relay.create("named-late", port, Policy.REQUIRED, enroll=True)
+        assert relay.get(f"port-{port}").state == "secure"  # left as it was
+        report = await relay.create("named-late", port, Policy.REQUIRED)
+        assert report.state == "secure"
         echo.close()
         await relay.close()
 
