@@ -253,6 +253,7 @@ async def run_endpoint(
         "previously_verified": secured.previously_verified,
         "srtp": {"sent": outcome.srtp_sent, "received_ok": outcome.srtp_received_ok},
         "peer_mitm": secured.peer_mitm,
+        "peer_disclosure": secured.peer_disclosure,
         "pbx_enrollment_offered": secured.peer_enrollment,
         "enrolled": outcome.enrolled,
         "pbx_trusted": secured.pbx_secret_matched,

@@ -46,6 +46,9 @@ class ZrtpSettings:
     sas: tuple[bytes, ...] = (b"B32 ", b"B256")
     client_id: str = "pbx_zrtp relay"
     cache_expiration: int = 0xFFFFFFFF
+    #: D flag (§11): set it when this PBX records calls or hands keys or audio to a
+    #: third party; phones then show that the call is not private.
+    disclosure: bool = False
 
     def configuration(self, zid: bytes, self_uri: str, peer_uri: str) -> ZrtpConfiguration:
         """The per-call engine configuration: the relay is a trusted MiTM (M flag)."""
@@ -58,6 +61,7 @@ class ZrtpSettings:
             auth_tag_types=self.auth_tags,
             sas_types=self.sas,
             mitm=True,
+            disclosure=self.disclosure,
             cache_expiration=self.cache_expiration,
             self_uri=self_uri,
             peer_uri=peer_uri,
@@ -116,6 +120,7 @@ _SCHEMA: dict[str, set[str]] = {
         "sas",
         "client_id",
         "cache_expiration",
+        "disclosure",
     },
     "cache": {"path"},
     "timeouts": {"optional", "required"},
@@ -206,6 +211,10 @@ def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
             raise ConfigError("zrtp.cache_expiration: seconds, 0-4294967295 (4294967295 = never)")
         config.zrtp.cache_expiration = value
+    if "disclosure" in zrtp:
+        if not isinstance(zrtp["disclosure"], bool):
+            raise ConfigError("zrtp.disclosure: true or false (true when calls are recorded)")
+        config.zrtp.disclosure = zrtp["disclosure"]
     cache = data.get("cache", {})
     if "path" in cache:
         value = cache["path"]

@@ -81,6 +81,7 @@ listen = ""
         ("[zrtp]\nkey_agreements = 3\n", "zrtp.key_agreements: a list"),
         ("[zrtp]\ncache_expiration = -1\n", "zrtp.cache_expiration"),
         ('[zrtp]\nclient_id = "a very long client identifier"\n', "zrtp.client_id"),
+        ('[zrtp]\ndisclosure = "yes"\n', "zrtp.disclosure: true or false"),
         ("[timeouts]\nrequired = 0\n", "timeouts.required"),
         ('[control]\ntcp = "127.0.0.1:5097"\n', "control.tcp: needs control.token_file"),
         ('[control]\ntcp = "localhost"\n', "control.tcp: HOST:PORT"),
@@ -115,3 +116,10 @@ def test_missing_file_and_cli_exit_status(tmp_path: pathlib.Path) -> None:
         check=False,
     )
     assert proc.returncode == 0 and "configuration OK" in proc.stdout
+
+
+def test_disclosure_flag_reaches_the_engine_configuration(tmp_path: pathlib.Path) -> None:
+    config = load_config(write(tmp_path, "[zrtp]\ndisclosure = true\n"))
+    engine = config.zrtp.configuration(b"Z" * 12, "", "")
+    assert engine.disclosure and engine.mitm
+    assert not load_config(write(tmp_path, "")).zrtp.configuration(b"Z" * 12, "", "").disclosure
