@@ -186,7 +186,7 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
         target = event.get("Target", "") or event.get("Exten", "")
         endpoint = event.get("Endpoint", "")
         # Legs of one call share Asterisk's Linkedid: the relay relays the SAS between them.
-        group = event.get("Linkedid", "")
+        bridge = event.get("Linkedid", "")
         enroll = event.get("Enroll", "").strip().lower() in ("offer", "1", "yes", "true")
         call = AsteriskCall(
             uniqueid,
@@ -232,7 +232,7 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
                     self_uri=target,
                     peer_uri=endpoint or channel,
                     phone_hint=hint,
-                    group=group,
+                    bridge=bridge,
                     enroll=enroll,
                 )
             except RelayUnavailable as exc:

@@ -217,7 +217,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                     self_uri=destination,
                     peer_uri=caller,
                     # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
-                    group=headers.get("Channel-Call-UUID", ""),
+                    bridge=headers.get("Channel-Call-UUID", ""),
                     enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower()
                     in ("offer", "true", "yes", "1"),
                 )

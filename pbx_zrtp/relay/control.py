@@ -662,7 +662,7 @@ class _Connection:
         payload_type = args.integer("payload_type", low=0, high=127)
         phone_host = args.ip_address("phone_host", None)
         phone_port = args.integer("phone_port", low=1, high=65535)
-        group = args.string("group", max_length=200) or ""
+        bridge = args.string("bridge", max_length=200) or ""
         enroll = args.boolean("enroll", False)
         args.finish()
         assert port is not None and policy is not None
@@ -681,7 +681,7 @@ class _Connection:
             peer_uri=peer_uri,
             payload_type=payload_type if payload_type is not None else 0,
             phone_hint=phone_hint,
-            group=group,
+            bridge=bridge,
             enroll=enroll,
         )
         return _report(report)

@@ -204,15 +204,15 @@ class Relay:
         peer_uri: str = "",
         payload_type: int = 0,
         phone_hint: Address | None = None,
-        group: str = "",
+        bridge: str = "",
         enroll: bool = False,
     ) -> CallReport:
         """Mirror the PBX's port ``port`` for ``call_id`` (or name the call on a
         pre-bound port that may already carry its media)."""
         if not call_id or len(call_id) > 200:
             raise RelayError("call_id must be 1-200 characters")
-        if len(group) > 200:
-            raise RelayError("group must be at most 200 characters")
+        if len(bridge) > 200:
+            raise RelayError("bridge must be at most 200 characters")
         if call_id in self._by_call:
             raise RelayError(f"call {call_id!r} already has a mirror")
         if payload_type not in (0, 8):
@@ -226,7 +226,7 @@ class Relay:
             raise RelayError("pbx_port must be 1-65534 (RTCP uses the next port)")
         self.layout.check_port(port)
         identity = CallIdentity(
-            call_id, policy, self_uri, peer_uri, payload_type, phone_hint, group, enroll
+            call_id, policy, self_uri, peer_uri, payload_type, phone_hint, bridge, enroll
         )
         mirror = self._by_port.get(port)
         if mirror is not None:
@@ -248,7 +248,7 @@ class Relay:
                 mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
                 mirror.identity.payload_type = payload_type
                 mirror.identity.phone_hint = phone_hint
-                mirror.identity.group = group
+                mirror.identity.bridge = bridge
                 self._by_call[call_id] = mirror
                 mirror.set_policy(policy)
                 self._changed(mirror)
@@ -384,10 +384,10 @@ class Relay:
         PBX (M flag).
         """
         identity = mirror.identity
-        if identity is None or not identity.group or mirror.relay_role:
+        if identity is None or not identity.bridge or mirror.relay_role:
             return
         legs = [
-            m for m in self._by_call.values() if m.identity and m.identity.group == identity.group
+            m for m in self._by_call.values() if m.identity and m.identity.bridge == identity.bridge
         ]
         if len(legs) != 2 or any(m.state is not CallState.SECURE or m.relay_role for m in legs):
             return
@@ -398,7 +398,7 @@ class Relay:
         a.partner, b.partner = b, a
         if not a.enrolled and not b.enrolled:
             a.relay_role = b.relay_role = "none"
-            log.info("group %s: neither leg is enrolled: each keeps its own SAS", identity.group)
+            log.info("bridge %s: neither leg is enrolled: each keeps its own SAS", identity.bridge)
             self._changed(a)
             self._changed(b)
             return
@@ -412,7 +412,7 @@ class Relay:
             target.send_sas_relay("target", ss.sas_hash, ss.sas_type, ss.previously_verified)
             source.send_sas_relay("source", None, ss.sas_type, ts.previously_verified)
         except ValueError as exc:
-            log.warning("group %s: SAS relay not possible: %s", identity.group, exc)
+            log.warning("bridge %s: SAS relay not possible: %s", identity.bridge, exc)
         self._changed(a)
         self._changed(b)
 
@@ -433,7 +433,7 @@ class Relay:
         report = mirror.report()
         if not report.call_id:
             return
-        if mirror.state is CallState.SECURE and not mirror.relay_role and report.group:
+        if mirror.state is CallState.SECURE and not mirror.relay_role and report.bridge:
             self._relay_sas(mirror)  # publishes both legs itself once it relays
             if mirror.relay_role:
                 return

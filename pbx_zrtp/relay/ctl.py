@@ -67,7 +67,9 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--payload-type", type=int, choices=(0, 8), help="codec for priming: 0 PCMU, 8 PCMA"
     )
-    create.add_argument("--group", metavar="ID", help="bridged legs share a group (SAS relay)")
+    create.add_argument(
+        "--bridge", metavar="ID", help="legs of one bridged call share it (SAS relay)"
+    )
     create.add_argument(
         "--enroll", action="store_true", help="invite the phone to enroll (E flag, §7.3.1)"
     )
@@ -176,7 +178,7 @@ async def _request(client: ControlClient, args: argparse.Namespace) -> Any:
             "self_uri": args.self_uri,
             "peer_uri": args.peer_uri,
             "payload_type": args.payload_type,
-            "group": args.group,
+            "bridge": args.bridge,
             "enroll": True if args.enroll else None,
         }
         given = {name: value for name, value in options.items() if value is not None}

@@ -56,7 +56,7 @@ class RelayHandle(ABC):
         self_uri: str = "",
         peer_uri: str = "",
         phone_hint: tuple[str, int] | None = None,
-        group: str = "",
+        bridge: str = "",
         enroll: bool = False,
     ) -> dict[str, Any]: ...
 
@@ -115,7 +115,7 @@ class LocalRelay(RelayHandle):
         self_uri: str = "",
         peer_uri: str = "",
         phone_hint: tuple[str, int] | None = None,
-        group: str = "",
+        bridge: str = "",
         enroll: bool = False,
     ) -> dict[str, Any]:
         try:
@@ -126,7 +126,7 @@ class LocalRelay(RelayHandle):
                 self_uri=self_uri,
                 peer_uri=peer_uri,
                 phone_hint=phone_hint,
-                group=group,
+                bridge=bridge,
                 enroll=enroll,
             )
         except RelayError as exc:
@@ -246,7 +246,7 @@ class RemoteRelay(RelayHandle):
         self_uri: str = "",
         peer_uri: str = "",
         phone_hint: tuple[str, int] | None = None,
-        group: str = "",
+        bridge: str = "",
         enroll: bool = False,
     ) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -256,8 +256,8 @@ class RemoteRelay(RelayHandle):
             "self_uri": self_uri,
             "peer_uri": peer_uri,
         }
-        if group:
-            args["group"] = group
+        if bridge:
+            args["bridge"] = bridge
         if enroll:
             args["enroll"] = True
         if phone_hint is not None:

@@ -93,9 +93,9 @@ class CallIdentity:
     peer_uri: str = ""  # the phone
     payload_type: int = 0  # codec for priming: 0 PCMU, 8 PCMA
     phone_hint: Address | None = None  # the phone's SDP address, if known
-    #: Legs of one bridged call share a group (Asterisk's Linkedid, FreeSWITCH's
+    #: Legs of one bridged call share a bridge id (Asterisk's Linkedid, FreeSWITCH's
     #: Channel-Call-UUID): the relay relays the SAS between them (§7.3).
-    group: str = ""
+    bridge: str = ""
     #: Invite the phone to enroll with this PBX (E flag in Confirm, §7.3.1).
     enroll: bool = False
 
@@ -151,7 +151,7 @@ class CallReport:
     phone: str = ""
     #: In an ``ended`` report: the state the call had reached before it ended.
     last_state: str = ""
-    group: str = ""
+    bridge: str = ""
     #: The phone proved a pbxsecret shared with us (it trusts this PBX, §7.3),
     #: or enrolled during this call.
     enrolled: bool = False
@@ -453,7 +453,7 @@ class Mirror:
             handshake_ms=self._handshake_ms,
             phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
             last_state=self._last_state,
-            group=identity.group if identity else "",
+            bridge=identity.bridge if identity else "",
             enrolled=self.enrolled,
             enrollment_offered=bool(identity and identity.enroll),
             displayed_sas=displayed_sas,

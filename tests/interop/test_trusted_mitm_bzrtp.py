@@ -26,7 +26,7 @@ def test_bzrtp_leg_degrades_cleanly(bzrtp_peer_bin: pathlib.Path, bob_enrolled: 
         if bob_enrolled:
             await enroll(relay, recorder, bob)
         legs = ["bz-a", "bz-b"]
-        ports = [await create_call(relay, leg, Policy.REQUIRED, group="g-bz") for leg in legs]
+        ports = [await create_call(relay, leg, Policy.REQUIRED, bridge="g-bz") for leg in legs]
         pbxs = [EchoPbx(port) for port in ports]
         for pbx in pbxs:
             await pbx.start()

@@ -1,7 +1,7 @@
 """The relay as a trusted MiTM (RFC 6189 §7.3): enrollment and SAS relay between bridged legs.
 
 Phones are our engine (``run_endpoint``) with their own caches, on loopback;
-each leg's PBX side is a plain RTP echo. Legs of one bridged call share a group.
+each leg's PBX side is a plain RTP echo. Legs of one bridged call share a bridge id.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def bridged_call(
 ) -> tuple[list[dict[str, Any]], list[CallReport]]:
     group = f"linkedid-{os.urandom(3).hex()}"
     legs = [f"{group}-a", f"{group}-b"]
-    ports = [await create_call(relay, leg, Policy.REQUIRED, group=group) for leg in legs]
+    ports = [await create_call(relay, leg, Policy.REQUIRED, bridge=group) for leg in legs]
     pbxs = [EchoPbx(port) for port in ports]
     for pbx in pbxs:
         await pbx.start()
