@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import RelayPool
 
 log = logging.getLogger("pbx_zrtp")
 
@@ -49,7 +50,11 @@ class CallBook(ABC, Generic[CallT]):
         self.calls: dict[str, CallT] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._published: dict[str, str] = {}  # relays' status as last written to the PBX
+        self._publishing = False
         relay.on_state(self._on_relay_state)
+        if isinstance(relay, RelayPool):
+            relay.on_status(self._relays_changed)
 
     @abstractmethod
     async def _write(self, call: CallT, report: dict[str, Any]) -> None:
@@ -57,6 +62,23 @@ class CallBook(ABC, Generic[CallT]):
 
     async def _ended(self, call: CallT, final: dict[str, Any] | None, reason: str) -> None:
         """Hook: PBX-side clean-up once a call's mirror is gone."""
+
+    async def _publish_relays(self, pool: RelayPool) -> None:
+        """Hook: show the relays (up/down, load; where to send the next call) to the PBX."""
+
+    def _relays_changed(self) -> None:
+        if isinstance(self.relay, RelayPool) and not self._publishing:
+            self._publishing = True
+            self._spawn(self._publish_now(self.relay))
+
+    async def _publish_now(self, pool: RelayPool) -> None:
+        self._publishing = False
+        await self._publish_relays(pool)
+
+    def _republish_relays(self) -> None:
+        """After a PBX (re)connect: a restarted PBX lost what we had written."""
+        self._published.clear()
+        self._relays_changed()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -34,6 +34,7 @@ from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
 from pbx_zrtp.pbxcalls import CallBook, PbxCall
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import DEFAULT_GROUP, RelayPool
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
@@ -190,7 +191,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
             if (
                 self.config.require_advertised_relay
                 and call.policy is not Policy.OFF
-                and advertised != self.relay.relay_host
+                and not self.relay.serves(advertised)
             ):
                 await self._write_failure(
                     call,
@@ -199,6 +200,11 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                 )
                 return
             try:
+                self.relay.choose(  # the relay at the address FreeSWITCH advertised
+                    call.call_id,
+                    group=headers.get("variable_pbx_zrtp_group", ""),
+                    address=advertised if self.relay.serves(advertised) else "",
+                )
                 report = await self.relay.create(
                     call.call_id,
                     int(port_text),
@@ -302,6 +308,22 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         with contextlib.suppress(EslError):
             await self._publish_list()
 
+    async def _publish_relays(self, pool: RelayPool) -> None:
+        """Globals for the dialplan and fs_cli: ``pbx_zrtp_relay_ip_<group>`` (and
+        ``pbx_zrtp_relay_ip`` for the default group) name the relay the next call
+        should advertise; ``global_getvar pbx_zrtp_relays`` lists them all."""
+        values = {f"pbx_zrtp_relay_ip_{g}": a for g, a in pool.advertise().items()}
+        if f"pbx_zrtp_relay_ip_{DEFAULT_GROUP}" in values:
+            values["pbx_zrtp_relay_ip"] = values[f"pbx_zrtp_relay_ip_{DEFAULT_GROUP}"]
+        values["pbx_zrtp_relays"] = ", ".join(f"{n} {s}" for n, s in pool.status_lines().items())
+        for name, value in values.items():
+            if self._published.get(name) != value:
+                try:
+                    await self.esl.api(f"global_setvar {name}={value}")
+                except EslError:
+                    return  # written again after the next connect
+                self._published[name] = value
+
     # ------------------------------------------------------------------ resync
 
     async def resync(self) -> None:
@@ -309,6 +331,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         # Calls that start while we wait for the PBX's answer are not in its snapshot:
         # only calls known before asking may be judged gone.
         known_before = set(self.calls)
+        self._republish_relays()
         try:
             live = await self._live_channels()
         except EslError as exc:
@@ -340,6 +363,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                     or "",
                     "Caller-Destination-Number": await self.esl.getvar(uuid, "destination_number")
                     or "",
+                    "variable_pbx_zrtp_group": await self.esl.getvar(uuid, "pbx_zrtp_group") or "",
                 }
                 log.info("resync: picking up %s, which asked for ZRTP while ESL was down", uuid)
                 await self._start_call(headers)
