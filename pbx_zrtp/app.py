@@ -19,7 +19,7 @@ from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
 from pbx_zrtp.freeswitch.config import parse_freeswitch
 from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.handle import LocalRelay, RelayHandle, RemoteRelay
-from pbx_zrtp.relay.pool import RelayPool
+from pbx_zrtp.relay.pool import RelayEntry, RelayPool
 from pbx_zrtp.relay.service import RelayService, read_token
 
 log = logging.getLogger("pbx_zrtp")
@@ -75,7 +75,10 @@ async def run(
         ):
             address = relay_address or f"unix:{config.control_socket}"
             token = read_token(config.control_token_file) if config.control_token_file else None
-            handle = RemoteRelay(address, config.relay_address, token=token)
+            # A pool of one: a relay that restarts under live calls is noticed (its
+            # calls reported failed) just as with several.
+            entry = RelayEntry("relay", address, config.relay_address, token=token)
+            handle = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
             await handle.start()
         # Each adapter keeps reconnecting in the background if its PBX is down.
         if asterisk is not None:

@@ -138,17 +138,40 @@ class CallBook(ABC, Generic[CallT]):
         )
         await self._ended(call, final, reason)
 
-    async def _forget_vanished(self, live: set[str], known_before: set[str]) -> None:
+    async def _forget_vanished(
+        self, live: set[str], known_before: set[str]
+    ) -> dict[str, dict[str, Any]]:
         """After a reconnect: end calls whose channel is gone (only those known before
-        the PBX's channel list was asked for), and delete our orphaned mirrors."""
+        the PBX's channel list was asked for), and delete our orphaned mirrors.
+        Returns the relay's reports of our mirrors whose channel is live, by key."""
         for key in [k for k in self.calls if k not in live and k in known_before]:
             await self._end(key, "channel gone while the PBX link was down")
+        kept: dict[str, dict[str, Any]] = {}
         with contextlib.suppress(RelayUnavailable):
             for mirrored in await self.relay.calls():
                 call_id = str(mirrored.get("call_id", ""))
                 key = call_id[len(self.prefix) :]
-                if call_id.startswith(self.prefix) and key not in live and key not in self.calls:
+                if not call_id.startswith(self.prefix):
+                    continue
+                if key in live:
+                    kept[key] = mirrored
+                elif key not in self.calls:
                     await self.relay.delete(call_id, "channel gone")
+        return kept
+
+    async def _recover(self, call: CallT, report: dict[str, Any] | None) -> None:
+        """A live channel that had ZRTP before this adapter (re)started: adopt its
+        mirror if the relay still has it (hangup then frees it); otherwise the relay
+        lost the call (it restarted with us, or alone) and the PBX is told, as for
+        any failure (a `required` call is hung up)."""
+        self.calls[call.key] = call
+        if report is not None:
+            log.info("call %s: adopted, still mirrored by the relay", call.key)
+            await self._locked_write(call, report)
+        else:
+            reason = "the relay lost this call (it restarted)"
+            log.warning("call %s: %s", call.key, reason)
+            await self._locked_write(call, {"state": "failed", "reason": reason})
 
     async def _close_calls(self) -> None:
         for key in list(self.calls):

@@ -95,6 +95,14 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
     }
 
 
+def _policy_or_required(value: object) -> Policy:
+    """A recovered call's policy: the relay's, else assume the strictest."""
+    try:
+        return Policy(value)
+    except ValueError:
+        return Policy.REQUIRED
+
+
 def parse_port(value: str) -> int | None:
     """'127.0.0.1:20094' -> 20094 (CHANNEL(rtp,src) shows the route's source IP:
     only the port is used; the PBX address comes from the configuration)."""
@@ -328,7 +336,7 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
             log.warning("resync: %s", exc)
             return
         live = {c.get("Uniqueid", ""): c for c in channels}
-        await self._forget_vanished(set(live), known_before)
+        mirrored = await self._forget_vanished(set(live), known_before)
         for uniqueid, info in live.items():
             call = self.calls.get(uniqueid)
             channel = info.get("Channel", "")
@@ -343,7 +351,15 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
                 state = await self.ami.getvar(channel, "ZRTP_STATE")
             except AmiError:
                 continue
-            if requested and state in ("", "pending"):
+            if requested and (uniqueid in mirrored or state not in ("", "pending")):
+                policy = mirrored.get(uniqueid, {}).get("policy", "")
+                with contextlib.suppress(AmiError):
+                    policy = policy or await self.ami.getvar(channel, "ZRTP_POLICY")
+                call = AsteriskCall(
+                    uniqueid, _policy_or_required(policy), CALL_PREFIX + uniqueid, channel=channel
+                )
+                await self._recover(call, mirrored.get(uniqueid))
+            elif requested:
                 log.info("resync: picking up %s, which asked for ZRTP while AMI was down", channel)
                 found = {"PBX_ZRTP_TARGET": "", "PBX_ZRTP_GROUP": "", "PBX_ZRTP_RELAY": ""}
                 for name in found:

@@ -337,7 +337,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         except EslError as exc:
             log.warning("resync: %s", exc)
             return
-        await self._forget_vanished(live, known_before)
+        mirrored = await self._forget_vanished(live, known_before)
         for uuid in live:
             call = self.calls.get(uuid)
             if call is not None:
@@ -353,7 +353,18 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                 port = await self.esl.getvar(uuid, "local_media_port")
             except EslError:
                 continue
-            if (requested or legacy) and state in (None, "pending") and port:
+            if (requested or legacy) and (uuid in mirrored or state not in (None, "pending")):
+                policy = mirrored.get(uuid, {}).get("policy", "")
+                with contextlib.suppress(EslError):
+                    policy = policy or await self.esl.getvar(uuid, "pbx_zrtp_active_policy") or ""
+                try:
+                    known = Policy(policy)
+                except ValueError:
+                    known = Policy.REQUIRED  # assume the strictest
+                await self._recover(
+                    FreeswitchCall(uuid, known, CALL_PREFIX + uuid), mirrored.get(uuid)
+                )
+            elif (requested or legacy) and port:
                 headers = {
                     "Unique-ID": uuid,
                     "variable_pbx_zrtp_policy": requested or "",

@@ -252,15 +252,15 @@ class RelayPool(RelayHandle):
         group = group.strip() or DEFAULT_GROUP
         candidates = [m for m in self._members if m.entry.group == group]
         if not candidates:
-            raise RelayUnavailable(f"no relay in group {group!r}")
+            raise RelayUnavailable(f"no relay in group {group}")
         if address:
             candidates = [m for m in candidates if m.entry.address == address]
             if not candidates:
-                raise RelayUnavailable(f"no relay of group {group!r} at {address}")
+                raise RelayUnavailable(f"no relay of group {group} at {address}")
         up = [m for m in candidates if m.up]
         if not up:
             names = ", ".join(m.entry.name for m in candidates)
-            raise RelayUnavailable(f"no relay of group {group!r} is up ({names} down)")
+            raise RelayUnavailable(f"no relay of group {group} is up ({names} down)")
         best = self._best(up)
         self._where[call_id] = best
         best.calls.add(call_id)  # counted now, so a burst of calls spreads
@@ -274,7 +274,7 @@ class RelayPool(RelayHandle):
         return member
 
     def _holding(self, call_id: str) -> _Member:
-        member = self._where.get(call_id)
+        member = self._where.get(call_id) or self._listed.get(call_id)  # or adopted
         if member is None:
             raise RelayUnavailable(f"no relay holds call {call_id!r}")
         return member
@@ -308,7 +308,7 @@ class RelayPool(RelayHandle):
         return await self._holding(call_id).handle.verify(call_id, verified)
 
     async def show(self, call_id: str) -> dict[str, Any] | None:
-        member = self._where.get(call_id)
+        member = self._where.get(call_id) or self._listed.get(call_id)
         return await member.handle.show(call_id) if member is not None else None
 
     async def delete(self, call_id: str, reason: str) -> dict[str, Any] | None:
@@ -403,7 +403,7 @@ class RelayPool(RelayHandle):
             self._lose(
                 member,
                 gone,
-                f"relay {member.entry.name} restarted: the call's media was lost",
+                f"relay {member.entry.name} restarted and lost the call",
                 stale=False,
             )
         for call_id in list(member.calls):

@@ -130,7 +130,7 @@ def test_calls_spread_by_group_weight_and_the_relays_own_load(tmp_path: pathlib.
             pool.choose("g1", group="gold")
             await pool.create("g1", free_even_port(), Policy.OPTIONAL)
             assert [r.call_id for r in c.relay.calls()] == ["g1"]
-            with pytest.raises(RelayUnavailable, match="no relay in group 'silver'"):
+            with pytest.raises(RelayUnavailable, match="no relay in group silver"):
                 pool.choose("s1", group="silver")
             # another adapter loads relay b: the pool learns it from b's stats
             async with ControlClient(f"unix:{b.path}") as other:
@@ -187,7 +187,7 @@ def test_a_relay_that_goes_away_and_comes_back(tmp_path: pathlib.Path) -> None:
             await until(lambda: any(r.get("state") == "failed" for r in reports))
             (lost,) = [r for r in reports if r.get("state") == "failed"]
             assert lost["call_id"] == "x"
-            assert lost["reason"] == "relay a restarted: the call's media was lost"
+            assert lost["reason"] == "relay a restarted and lost the call"
             assert pool.holder("x") is None and pool.holder("y") == "b"
             assert await pool.delete("x", "hangup") is None  # the PBX hangs up later: fine
         finally:
@@ -221,7 +221,7 @@ def test_an_unreachable_relay_loses_its_calls_after_the_grace_time(
             assert failed == [
                 {"call_id": "x", "state": "failed", "reason": "relay a unreachable for 0.5 s"}
             ]
-            with pytest.raises(RelayUnavailable, match=r"no relay of group 'default' is up"):
+            with pytest.raises(RelayUnavailable, match=r"no relay of group default is up"):
                 pool.choose("z")
             await pool.delete("x", "hangup")  # the PBX hung up meanwhile
             assert [r.call_id for r in a.relay.calls()] == ["x"]
