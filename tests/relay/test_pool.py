@@ -148,6 +148,16 @@ def test_calls_spread_by_group_weight_and_the_relays_own_load(tmp_path: pathlib.
             assert a.relay.get("d6").policy == "required"
             assert (await pool.delete("d6", "hangup") or {}).get("state") == "ended"
             assert await pool.show("d6") is None
+            # a mirror deleted behind the adapter's back: its call is lost, and said so
+            reports: list[dict[str, Any]] = []
+            pool.on_state(reports.append)
+            assert pool.holder("d0") == "a"
+            async with ControlClient(f"unix:{a.path}") as admin:
+                await admin.request("delete", call_id="d0")
+            await until(lambda: any(r["state"] == "failed" for r in reports))
+            assert [r for r in reports if r["state"] == "failed"] == [
+                {"call_id": "d0", "state": "failed", "reason": "relay a ended the call"}
+            ]
         finally:
             await pool.close()
             for site in (a, b, c):
@@ -233,3 +243,17 @@ def test_an_unreachable_relay_loses_its_calls_after_the_grace_time(
             await a.down()
 
     run(scenario())
+
+
+def test_the_adapter_sections_take_relays_and_a_grace_time() -> None:
+    from pbx_zrtp.asterisk.config import parse_asterisk
+    from pbx_zrtp.freeswitch.config import parse_freeswitch
+
+    relays = [{"name": "a", "control": "unix:/run/a.sock", "address": "192.0.2.2"}]
+    ast = parse_asterisk({"secret": "s", "relays": relays, "relay_grace": 0.5})
+    assert [e.name for e in ast.relays] == ["a"] and ast.relay_grace == 0.5
+    fs = parse_freeswitch({"relays": relays})
+    assert fs.relays[0].address == "192.0.2.2" and fs.relay_grace == 2.0
+    with pytest.raises(ConfigError, match=r"freeswitch\.relay_grace"):
+        parse_freeswitch({"relay_grace": -1})
+    assert parse_asterisk({"secret": "s"}).relays == []  # one relay, as before
