@@ -19,6 +19,7 @@ from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
 from pbx_zrtp.freeswitch.config import parse_freeswitch
 from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.handle import LocalRelay, RelayHandle, RemoteRelay
+from pbx_zrtp.relay.pool import RelayEntry, RelayPool
 from pbx_zrtp.relay.service import RelayService, read_token
 
 log = logging.getLogger("pbx_zrtp")
@@ -32,6 +33,18 @@ async def _wait_for_signal() -> None:
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("stopping")
+
+
+async def _pool(entries: list[Any], grace: float) -> RelayHandle:
+    """An adapter with ``[[…relays]]`` gets its own pool of them."""
+    pool = RelayPool.connect(entries, grace=grace)
+    await pool.start()
+    return pool
+
+
+def _one(handle: RelayHandle | None) -> RelayHandle:
+    assert handle is not None  # created whenever an adapter has no [[…relays]]
+    return handle
 
 
 async def run(
@@ -49,25 +62,37 @@ async def run(
     if "freeswitch" in adapters and "freeswitch" in config.adapters:
         freeswitch = parse_freeswitch(config.adapters["freeswitch"])
     service: RelayService | None = None
-    handle: RelayHandle
+    handle: RelayHandle | None = None
     started: list[Any] = []
+    pools: list[RelayHandle] = []
     try:
         if with_relay:
             service = RelayService(config)
             await service.start()
             handle = LocalRelay(service.relay)
-        else:
+        elif any(a is not None and not a.relays for a in (asterisk, freeswitch)) or not (
+            asterisk or freeswitch
+        ):
             address = relay_address or f"unix:{config.control_socket}"
             token = read_token(config.control_token_file) if config.control_token_file else None
-            handle = RemoteRelay(address, config.relay_address, token=token)
+            # A pool of one: a relay that restarts under live calls is noticed (its
+            # calls reported failed) just as with several.
+            entry = RelayEntry("relay", address, config.relay_address, token=token)
+            handle = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
             await handle.start()
         # Each adapter keeps reconnecting in the background if its PBX is down.
         if asterisk is not None:
-            ami_adapter = AsteriskAdapter(asterisk, handle)
+            if asterisk.relays:
+                pools.append(await _pool(asterisk.relays, asterisk.relay_grace))
+            ami_adapter = AsteriskAdapter(asterisk, pools[-1] if asterisk.relays else _one(handle))
             started.append(ami_adapter)
             await ami_adapter.start()
         if freeswitch is not None:
-            esl_adapter = FreeswitchAdapter(freeswitch, handle)
+            if freeswitch.relays:
+                pools.append(await _pool(freeswitch.relays, freeswitch.relay_grace))
+            esl_adapter = FreeswitchAdapter(
+                freeswitch, pools[-1] if freeswitch.relays else _one(handle)
+            )
             started.append(esl_adapter)
             await esl_adapter.start()
         if not started and not with_relay:
@@ -76,9 +101,11 @@ async def run(
     finally:
         for adapter in reversed(started):
             await adapter.close()
+        for pool in pools:
+            await pool.close()
         if service is not None:
             await service.close()
-        else:
+        elif handle is not None:
             with contextlib.suppress(Exception):
                 await handle.close()
     return 0

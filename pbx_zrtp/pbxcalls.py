@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import RelayPool
 
 log = logging.getLogger("pbx_zrtp")
 
@@ -49,7 +50,11 @@ class CallBook(ABC, Generic[CallT]):
         self.calls: dict[str, CallT] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._published: dict[str, str] = {}  # relays' status as last written to the PBX
+        self._publishing = False
         relay.on_state(self._on_relay_state)
+        if isinstance(relay, RelayPool):
+            relay.on_status(self._relays_changed)
 
     @abstractmethod
     async def _write(self, call: CallT, report: dict[str, Any]) -> None:
@@ -57,6 +62,23 @@ class CallBook(ABC, Generic[CallT]):
 
     async def _ended(self, call: CallT, final: dict[str, Any] | None, reason: str) -> None:
         """Hook: PBX-side clean-up once a call's mirror is gone."""
+
+    async def _publish_relays(self, pool: RelayPool) -> None:
+        """Hook: show the relays (up/down, load; where to send the next call) to the PBX."""
+
+    def _relays_changed(self) -> None:
+        if isinstance(self.relay, RelayPool) and not self._publishing:
+            self._publishing = True
+            self._spawn(self._publish_now(self.relay))
+
+    async def _publish_now(self, pool: RelayPool) -> None:
+        self._publishing = False
+        await self._publish_relays(pool)
+
+    def _republish_relays(self) -> None:
+        """After a PBX (re)connect: a restarted PBX lost what we had written."""
+        self._published.clear()
+        self._relays_changed()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -116,17 +138,40 @@ class CallBook(ABC, Generic[CallT]):
         )
         await self._ended(call, final, reason)
 
-    async def _forget_vanished(self, live: set[str], known_before: set[str]) -> None:
+    async def _forget_vanished(
+        self, live: set[str], known_before: set[str]
+    ) -> dict[str, dict[str, Any]]:
         """After a reconnect: end calls whose channel is gone (only those known before
-        the PBX's channel list was asked for), and delete our orphaned mirrors."""
+        the PBX's channel list was asked for), and delete our orphaned mirrors.
+        Returns the relay's reports of our mirrors whose channel is live, by key."""
         for key in [k for k in self.calls if k not in live and k in known_before]:
             await self._end(key, "channel gone while the PBX link was down")
+        kept: dict[str, dict[str, Any]] = {}
         with contextlib.suppress(RelayUnavailable):
             for mirrored in await self.relay.calls():
                 call_id = str(mirrored.get("call_id", ""))
                 key = call_id[len(self.prefix) :]
-                if call_id.startswith(self.prefix) and key not in live and key not in self.calls:
+                if not call_id.startswith(self.prefix):
+                    continue
+                if key in live:
+                    kept[key] = mirrored
+                elif key not in self.calls:
                     await self.relay.delete(call_id, "channel gone")
+        return kept
+
+    async def _recover(self, call: CallT, report: dict[str, Any] | None) -> None:
+        """A live channel that had ZRTP before this adapter (re)started: adopt its
+        mirror if the relay still has it (hangup then frees it); otherwise the relay
+        lost the call (it restarted with us, or alone) and the PBX is told, as for
+        any failure (a `required` call is hung up)."""
+        self.calls[call.key] = call
+        if report is not None:
+            log.info("call %s: adopted, still mirrored by the relay", call.key)
+            await self._locked_write(call, report)
+        else:
+            reason = "the relay lost this call (it restarted)"
+            log.warning("call %s: %s", call.key, reason)
+            await self._locked_write(call, {"state": "failed", "reason": reason})
 
     async def _close_calls(self) -> None:
         for key in list(self.calls):

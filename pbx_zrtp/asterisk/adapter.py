@@ -34,6 +34,7 @@ from pbx_zrtp.asterisk.config import AsteriskConfig, match_policy
 from pbx_zrtp.pbxcalls import CallBook, PbxCall
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import RelayPool
 
 log = logging.getLogger("pbx_zrtp.asterisk")
 
@@ -102,6 +103,14 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "ZRTP_SAS_RELAY": str(report.get("sas_relay", "")) if secure else "",
         "ZRTP_STATE": state,
     }
+
+
+def _policy_or_required(value: object) -> Policy:
+    """A recovered call's policy: the relay's, else assume the strictest."""
+    try:
+        return Policy(value)
+    except ValueError:
+        return Policy.REQUIRED
 
 
 def parse_port(value: str) -> int | None:
@@ -225,6 +234,12 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
                     if host:
                         hint = (host, 0)
             try:
+                self.relay.choose(
+                    call.call_id,
+                    group=event.get("Group", ""),
+                    address=event.get("MediaAddress", ""),  # the endpoint's media_address
+                    bridge=bridge,
+                )
                 report = await self.relay.create(
                     call.call_id,
                     port,
@@ -313,6 +328,16 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
         with contextlib.suppress(AmiError):
             await self.ami.db_del("pbx_zrtp/calls", call.key)
 
+    async def _publish_relays(self, pool: RelayPool) -> None:
+        """``database show pbx_zrtp/relays`` (alias ``zrtp show relays``): one line each."""
+        for name, line in pool.status_lines().items():
+            if self._published.get(name) != line:
+                try:
+                    await self.ami.db_put("pbx_zrtp/relays", name, line)
+                except AmiError:
+                    return  # written again after the next login
+                self._published[name] = line
+
     # ------------------------------------------------------------------ resync
 
     async def resync(self) -> None:
@@ -320,13 +345,14 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
         # Calls that start while we wait for the PBX's answer are not in its snapshot:
         # only calls known before asking may be judged gone.
         known_before = set(self.calls)
+        self._republish_relays()
         try:
             channels = await self.ami.channels()
         except AmiError as exc:
             log.warning("resync: %s", exc)
             return
         live = {c.get("Uniqueid", ""): c for c in channels}
-        await self._forget_vanished(set(live), known_before)
+        mirrored = await self._forget_vanished(set(live), known_before)
         for uniqueid, info in live.items():
             call = self.calls.get(uniqueid)
             channel = info.get("Channel", "")
@@ -341,17 +367,28 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
                 state = await self.ami.getvar(channel, "ZRTP_STATE")
             except AmiError:
                 continue
-            if requested and state in ("", "pending"):
-                log.info("resync: picking up %s, which asked for ZRTP while AMI was down", channel)
-                target = ""
+            if requested and (uniqueid in mirrored or state not in ("", "pending")):
+                policy = mirrored.get(uniqueid, {}).get("policy", "")
                 with contextlib.suppress(AmiError):
-                    target = await self.ami.getvar(channel, "PBX_ZRTP_TARGET")
+                    policy = policy or await self.ami.getvar(channel, "ZRTP_POLICY")
+                call = AsteriskCall(
+                    uniqueid, _policy_or_required(policy), CALL_PREFIX + uniqueid, channel=channel
+                )
+                await self._recover(call, mirrored.get(uniqueid))
+            elif requested:
+                log.info("resync: picking up %s, which asked for ZRTP while AMI was down", channel)
+                found = {"PBX_ZRTP_TARGET": "", "PBX_ZRTP_GROUP": "", "PBX_ZRTP_RELAY": ""}
+                for name in found:
+                    with contextlib.suppress(AmiError):
+                        found[name] = await self.ami.getvar(channel, name)
                 await self._start_call(
                     {
                         "Uniqueid": uniqueid,
                         "Channel": channel,
                         "Policy": requested,
-                        "Target": target or info.get("Exten", ""),
+                        "Target": found["PBX_ZRTP_TARGET"] or info.get("Exten", ""),
+                        "Group": found["PBX_ZRTP_GROUP"],
+                        "MediaAddress": found["PBX_ZRTP_RELAY"],
                     }
                 )
 

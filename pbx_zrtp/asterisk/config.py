@@ -11,8 +11,11 @@ from typing import Any
 
 from pbx_zrtp.relay.config import ConfigError
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import DEFAULT_GRACE, RelayEntry, parse_grace, parse_relays
 
 _KEYS = {
+    "relays",
+    "relay_grace",
     "host",
     "port",
     "username",
@@ -42,6 +45,12 @@ class AsteriskConfig:
     event: str = "PbxZrtp"
     #: Accept the phone's media only from the IP of its SIP signalling.
     restrict_phone_to_sip_address: bool = False
+
+    #: Several relays (``[[asterisk.relays]]``); empty: the one relay of ``pbx-zrtp run``
+    #: or ``--relay``.
+    relays: list[RelayEntry] = field(default_factory=list)
+    #: How long a relay may be unreachable before its calls are reported failed.
+    relay_grace: float = DEFAULT_GRACE
 
 
 def parse_asterisk(data: dict[str, Any]) -> AsteriskConfig:
@@ -99,6 +108,10 @@ def parse_asterisk(data: dict[str, Any]) -> AsteriskConfig:
         if not isinstance(data["restrict_phone_to_sip_address"], bool):
             raise ConfigError("asterisk.restrict_phone_to_sip_address: true or false")
         config.restrict_phone_to_sip_address = data["restrict_phone_to_sip_address"]
+    if "relays" in data:
+        config.relays = parse_relays("asterisk", data["relays"])
+    if "relay_grace" in data:
+        config.relay_grace = parse_grace("asterisk", data["relay_grace"])
     return config
 
 

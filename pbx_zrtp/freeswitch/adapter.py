@@ -34,6 +34,7 @@ from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
 from pbx_zrtp.pbxcalls import CallBook, PbxCall
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import DEFAULT_GROUP, RelayPool
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
@@ -201,7 +202,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
             if (
                 self.config.require_advertised_relay
                 and call.policy is not Policy.OFF
-                and advertised != self.relay.relay_host
+                and not self.relay.serves(advertised)
             ):
                 await self._write_failure(
                     call,
@@ -210,6 +211,12 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                 )
                 return
             try:
+                self.relay.choose(  # the relay at the address FreeSWITCH advertised
+                    call.call_id,
+                    group=headers.get("variable_pbx_zrtp_group", ""),
+                    address=advertised if self.relay.serves(advertised) else "",
+                    bridge=headers.get("Channel-Call-UUID", ""),
+                )
                 report = await self.relay.create(
                     call.call_id,
                     int(port_text),
@@ -317,6 +324,22 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         with contextlib.suppress(EslError):
             await self._publish_list()
 
+    async def _publish_relays(self, pool: RelayPool) -> None:
+        """Globals for the dialplan and fs_cli: ``pbx_zrtp_relay_ip_<group>`` (and
+        ``pbx_zrtp_relay_ip`` for the default group) name the relay the next call
+        should advertise; ``global_getvar pbx_zrtp_relays`` lists them all."""
+        values = {f"pbx_zrtp_relay_ip_{g}": a for g, a in pool.advertise().items()}
+        if f"pbx_zrtp_relay_ip_{DEFAULT_GROUP}" in values:
+            values["pbx_zrtp_relay_ip"] = values[f"pbx_zrtp_relay_ip_{DEFAULT_GROUP}"]
+        values["pbx_zrtp_relays"] = ", ".join(f"{n} {s}" for n, s in pool.status_lines().items())
+        for name, value in values.items():
+            if self._published.get(name) != value:
+                try:
+                    await self.esl.api(f"global_setvar {name}={value}")
+                except EslError:
+                    return  # written again after the next connect
+                self._published[name] = value
+
     # ------------------------------------------------------------------ resync
 
     async def resync(self) -> None:
@@ -324,12 +347,13 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         # Calls that start while we wait for the PBX's answer are not in its snapshot:
         # only calls known before asking may be judged gone.
         known_before = set(self.calls)
+        self._republish_relays()
         try:
             live = await self._live_channels()
         except EslError as exc:
             log.warning("resync: %s", exc)
             return
-        await self._forget_vanished(live, known_before)
+        mirrored = await self._forget_vanished(live, known_before)
         for uuid in live:
             call = self.calls.get(uuid)
             if call is not None:
@@ -345,7 +369,18 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                 port = await self.esl.getvar(uuid, "local_media_port")
             except EslError:
                 continue
-            if (requested or legacy) and state in (None, "pending") and port:
+            if (requested or legacy) and (uuid in mirrored or state not in (None, "pending")):
+                policy = mirrored.get(uuid, {}).get("policy", "")
+                with contextlib.suppress(EslError):
+                    policy = policy or await self.esl.getvar(uuid, "pbx_zrtp_active_policy") or ""
+                try:
+                    known = Policy(policy)
+                except ValueError:
+                    known = Policy.REQUIRED  # assume the strictest
+                await self._recover(
+                    FreeswitchCall(uuid, known, CALL_PREFIX + uuid), mirrored.get(uuid)
+                )
+            elif (requested or legacy) and port:
                 headers = {
                     "Unique-ID": uuid,
                     "variable_pbx_zrtp_policy": requested or "",
@@ -358,6 +393,7 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                     "Channel-Call-UUID": await self.esl.getvar(uuid, "call_uuid") or uuid,
                     "variable_pbx_zrtp_enroll": await self.esl.getvar(uuid, "pbx_zrtp_enroll")
                     or "",
+                    "variable_pbx_zrtp_group": await self.esl.getvar(uuid, "pbx_zrtp_group") or "",
                 }
                 log.info("resync: picking up %s, which asked for ZRTP while ESL was down", uuid)
                 await self._start_call(headers)

@@ -10,8 +10,11 @@ from typing import Any
 
 from pbx_zrtp.relay.config import ConfigError
 from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.relay.pool import DEFAULT_GRACE, RelayEntry, parse_grace, parse_relays
 
 _KEYS = {
+    "relays",
+    "relay_grace",
     "host",
     "port",
     "password",
@@ -36,6 +39,12 @@ class FreeswitchConfig:
     hangup_cause: str = "BEARERCAPABILITY_NOTAVAIL"
     #: Refuse (report failed) a ZRTP call whose rtp_adv_audio_ip is not the relay.
     require_advertised_relay: bool = True
+
+    #: Several relays (``[[freeswitch.relays]]``); empty: the one relay of ``pbx-zrtp run``
+    #: or ``--relay``.
+    relays: list[RelayEntry] = field(default_factory=list)
+    #: How long a relay may be unreachable before its calls are reported failed.
+    relay_grace: float = DEFAULT_GRACE
 
 
 def parse_freeswitch(data: dict[str, Any]) -> FreeswitchConfig:
@@ -100,4 +109,8 @@ def parse_freeswitch(data: dict[str, Any]) -> FreeswitchConfig:
         if not isinstance(data["require_advertised_relay"], bool):
             raise ConfigError("freeswitch.require_advertised_relay: true or false")
         config.require_advertised_relay = data["require_advertised_relay"]
+    if "relays" in data:
+        config.relays = parse_relays("freeswitch", data["relays"])
+    if "relay_grace" in data:
+        config.relay_grace = parse_grace("freeswitch", data["relay_grace"])
     return config

@@ -21,6 +21,7 @@ from pbx_zrtp.relay.mirror import CallReport, Policy
 log = logging.getLogger("pbx_zrtp.relay")
 
 StateCallback = Callable[[dict[str, Any]], None]
+LinkCallback = Callable[[bool], None]
 
 
 class RelayUnavailable(Exception):
@@ -30,9 +31,39 @@ class RelayUnavailable(Exception):
 class RelayHandle(ABC):
     def __init__(self) -> None:
         self._callbacks: list[StateCallback] = []
+        self._link_callbacks: list[LinkCallback] = []
 
     def on_state(self, callback: StateCallback) -> None:
         self._callbacks.append(callback)
+
+    def on_link(self, callback: LinkCallback) -> None:
+        """Told True when the control connection comes up, False when it is lost."""
+        self._link_callbacks.append(callback)
+
+    def _link(self, up: bool) -> None:
+        for callback in self._link_callbacks:
+            try:
+                callback(up)
+            except Exception:
+                log.exception("link callback failed")
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def serves(self, address: str) -> bool:
+        """Whether a phone sent to ``address`` reaches this relay (or one of a pool)."""
+        return address == self.relay_host
+
+    def choose(  # noqa: B027
+        self, call_id: str, *, group: str = "", address: str = "", bridge: str = ""
+    ) -> None:
+        """Place a new call on a relay of ``group`` (at ``address`` when the PBX already
+        advertised one): only a pool of relays has a choice; raises RelayUnavailable."""
+
+    async def stats(self) -> dict[str, Any] | None:
+        """The relay's counters (``stats`` of the control API), if it has any."""
+        return None
 
     def _emit(self, report: dict[str, Any]) -> None:
         for callback in self._callbacks:
@@ -172,6 +203,9 @@ class LocalRelay(RelayHandle):
     async def calls(self) -> list[dict[str, Any]]:
         return [report.as_dict() for report in self.relay.calls()]
 
+    async def stats(self) -> dict[str, Any] | None:
+        return self.relay.stats()
+
 
 class RemoteRelay(RelayHandle):
     """A relay in another process or on another host, through its control API.
@@ -194,6 +228,10 @@ class RemoteRelay(RelayHandle):
     def relay_host(self) -> str:
         return self._relay_host
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
         with contextlib.suppress(TimeoutError):
@@ -210,15 +248,18 @@ class RemoteRelay(RelayHandle):
                 self._connected.set()
                 delay = 0.2
                 log.info("connected to the relay at %s", self.address)
+                self._link(True)
                 async for event in client.events():
                     if event.get("event") == "state" and isinstance(event.get("call"), dict):
                         self._emit(event["call"])
             except ControlError as exc:
                 log.warning("relay at %s: %s", self.address, exc)
             finally:
-                self._client = None
+                was_up, self._client = self._client is not None, None
                 self._connected.clear()
                 await client.close()
+                if was_up:
+                    self._link(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -296,4 +337,8 @@ class RemoteRelay(RelayHandle):
 
     async def calls(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._request("list")
+        return result
+
+    async def stats(self) -> dict[str, Any] | None:
+        result: dict[str, Any] = await self._request("stats")
         return result

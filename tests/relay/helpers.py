@@ -52,6 +52,7 @@ def make_relay(
     cache: MemorySecretCache | None = None,
     prebind_policy: Policy = Policy.REQUIRED,
     fastpath: bool | int = False,
+    relay_host: str = RELAY_HOST,
 ) -> Relay:
     cache = cache or MemorySecretCache()
     zid = cache.local_zid(lambda: os.urandom(12))
@@ -64,7 +65,7 @@ def make_relay(
     )
     return Relay(
         RelayLayout(
-            RELAY_HOST,
+            relay_host,
             PBX_HOST,
             port_min=1024,
             port_max=65535,
