@@ -209,8 +209,10 @@ def test_full_filesystem_refuses_writes_but_keeps_answering(tmp_path: Path) -> N
         f'mount -t tmpfs -o size=512k,mode=700 tmpfs "$1" && exec "{sys.executable}" -c "$2" "$1"'
     )
     result = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
-        + [str(mount_point), _ON_TMPFS],
+        [
+            *("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"),
+            *(str(mount_point), _ON_TMPFS),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
