@@ -95,6 +95,23 @@ class PostgresServer:
         )
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def add_password_role(self, dbname: str, password: str) -> str:
+        """Let :data:`PASSWORD_ROLE` (password login) own ``dbname``'s schema; its DSN."""
+        import psycopg
+        from psycopg import sql
+
+        role, db = sql.Identifier(PASSWORD_ROLE), sql.Identifier(dbname)
+        with psycopg.connect(self.dsn(), autocommit=True) as admin:
+            exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_ROLE,))
+            verb = "ALTER" if exists.fetchone() else "CREATE"
+            admin.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
+            )
+            admin.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(db, role))
+        with psycopg.connect(self.dsn(dbname), autocommit=True) as admin:
+            admin.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(role))
+        return self.dsn(dbname, user=PASSWORD_ROLE)
+
     def log(self) -> str:
         try:
             return Path(self.base, "server.log").read_text()

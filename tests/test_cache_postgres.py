@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from pbx_zrtp.cache import CacheEntry, CacheError, CacheKey, MemorySecretCache
 from pbx_zrtp.cache.postgres import SCHEMA_VERSION, PostgresSecretCache, safe_dsn
-from tests.postgres_server import PASSWORD_ROLE, PostgresServer
+from tests.postgres_server import PostgresServer
 from tests.test_cache import _KEYS, KEY, FakeClock, _op, secret
 
 
@@ -256,15 +256,7 @@ def test_errors_never_quote_a_secret(pg_dsn: str) -> None:
 def test_password_auth_and_no_password_in_messages(pg_server: PostgresServer, pg_dsn: str) -> None:
     password = "s3cret-Pa55word"
     dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
-    with _admin(pg_server.dsn()) as admin:
-        admin.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")  # type: ignore[arg-type]
-        admin.execute(
-            f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}'"  # type: ignore[arg-type]
-        )
-        admin.execute(f"GRANT ALL ON DATABASE {dbname} TO {PASSWORD_ROLE}")  # type: ignore[arg-type]
-    with _admin(pg_dsn) as admin:
-        admin.execute(f"GRANT ALL ON SCHEMA public TO {PASSWORD_ROLE}")  # type: ignore[arg-type]
-    dsn = pg_server.dsn(str(dbname), user=PASSWORD_ROLE)
+    dsn = pg_server.add_password_role(str(dbname), password)
     with PostgresSecretCache(dsn, password=password) as cache:
         cache.update_retained_secret(KEY, secret(1), 3600, keep_previous=True)
         assert password not in repr(cache)
