@@ -260,14 +260,23 @@ class PostgresSecretCache(SecretCache):
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _run(self, what: str, body: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run ``body`` in one transaction; retry once if an idle connection had died."""
+    def _run(
+        self, what: str, body: Callable[[psycopg.Connection[Any]], T], *, read: bool = False
+    ) -> T:
+        """Run ``body`` in one transaction; retry once if an idle connection had died.
+
+        ``read``: ``body`` is ONE read-only statement, run without BEGIN/COMMIT (one
+        round trip instead of three) and always safe to retry. A write is retried only
+        when it failed before COMMIT: a rotation applied twice would push rs1 into rs2.
+        """
         with self._lock:
             for attempt in (1, 2):
                 reused = self._conn is not None and not self._conn.closed
                 conn = self._connection(what)
                 committing = False
                 try:
+                    if read:
+                        return body(conn)
                     with conn.transaction():
                         result = body(conn)
                         committing = True
@@ -317,19 +326,20 @@ class PostgresSecretCache(SecretCache):
 
         def body(conn: psycopg.Connection[Any]) -> CacheEntry:
             now = self._clock()
+            # One statement (one snapshot, one round trip) for both tables.
             row = conn.execute(
-                "SELECT rs1, rs1_expires, rs2, rs2_expires, sas_verified "
-                f"FROM retained_secrets WHERE {_KEY_WHERE}",
-                _key_params(key),
+                "SELECT r.self_zid IS NOT NULL, r.rs1, r.rs1_expires, r.rs2, r.rs2_expires, "
+                "r.sas_verified, p.secret, p.expires FROM (SELECT 1) AS one "
+                "LEFT JOIN retained_secrets AS r ON r.self_zid = %s AND r.peer_zid = %s "
+                "AND r.self_uri = %s AND r.peer_uri = %s "
+                "LEFT JOIN pbx_secrets AS p ON p.self_zid = %s AND p.peer_zid = %s",
+                (*_key_params(key), key.self_zid, key.peer_zid),
             ).fetchone()
-            pbx = conn.execute(
-                "SELECT secret, expires FROM pbx_secrets WHERE self_zid = %s AND peer_zid = %s",
-                (key.self_zid, key.peer_zid),
-            ).fetchone()
-            pbx_secret = bytes(pbx[0]) if pbx is not None and is_live(pbx[1], now) else None
-            if row is None:
+            assert row is not None
+            found, rs1, rs1_expires, rs2, rs2_expires, verified, pbx, pbx_expires = row
+            pbx_secret = bytes(pbx) if pbx is not None and is_live(pbx_expires, now) else None
+            if not found:
                 return CacheEntry(pbx_secret=pbx_secret)
-            rs1, rs1_expires, rs2, rs2_expires, verified = row
             return CacheEntry(
                 rs1=bytes(rs1) if rs1 is not None and is_live(rs1_expires, now) else None,
                 rs2=bytes(rs2) if rs2 is not None and is_live(rs2_expires, now) else None,
@@ -337,7 +347,7 @@ class PostgresSecretCache(SecretCache):
                 pbx_secret=pbx_secret,
             )
 
-        return self._run("look up retained secrets", body)
+        return self._run("look up retained secrets", body, read=True)
 
     def update_retained_secret(
         self, key: CacheKey, rs1: bytes, lifetime: int, *, keep_previous: bool
