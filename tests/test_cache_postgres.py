@@ -84,7 +84,7 @@ def test_two_relays_rotating_the_same_peer_lose_no_update(pg_dsn: str) -> None:
     PostgresSecretCache(pg_dsn).close()  # schema
     with _admin(pg_dsn) as admin:
         admin.execute(_AUDIT)
-    count = 150
+    count = 250
     procs = _start_together([[_HAMMER, pg_dsn, str(n), str(count)] for n in (1, 2)])
     assert [p.wait(timeout=90) for p in procs] == [0, 0]
     with _admin(pg_dsn) as admin:
