@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs pbx_zrtp on a Debian machine into ./.venv.
 #   bash install.sh          runtime (with the Asterisk and FreeSWITCH clients)
-#   bash install.sh --dev    also the test tools and the system packages the tests use
+#   bash install.sh --dev    also the test tools, the postgres extra, and the system packages
+#                            the tests use (postgresql: tests start their own throwaway server)
+#   extras for production: .venv/bin/python -m pip install -e ".[postgres]" (shared cache)
 set -euo pipefail
 cd "$(dirname "$0")"
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 pkgs=(python3 python3-venv python3-dev build-essential pkg-config libsrtp2-dev)
-[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev)
+[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -20,6 +22,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 extras="asterisk,freeswitch"
-[ "$dev" = 1 ] && extras="$extras,dev"
+[ "$dev" = 1 ] && extras="$extras,postgres,dev"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 echo "pbx_zrtp installed in $(pwd)/.venv"

@@ -13,7 +13,7 @@ from typing import Any
 
 from pbx_zrtp import app
 from pbx_zrtp.asterisk.config import parse_asterisk
-from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.base import CacheError, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpoint
@@ -258,7 +258,7 @@ def _relay_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2
-    except (RelayError, OSError) as exc:
+    except (RelayError, OSError, CacheError) as exc:
         sys.stderr.write(f"pbx-zrtp: cannot start the relay: {exc}\n")
         return 1
 

@@ -21,11 +21,13 @@ from pbx_zrtp.cache import (
     NEVER_EXPIRES,
     CacheEntry,
     CacheEntryInfo,
+    CacheError,
     CacheKey,
     MemorySecretCache,
     SecretCache,
     SqliteSecretCache,
 )
+from pbx_zrtp.cache.postgres import PostgresSecretCache
 from pbx_zrtp.cache.sqlite import SCHEMA_VERSION
 
 ZID_A = b"A" * 12
@@ -46,18 +48,21 @@ class FakeClock:
         self.now += seconds
 
 
-Store = MemorySecretCache | SqliteSecretCache
+Store = MemorySecretCache | SqliteSecretCache | PostgresSecretCache
 MakeStore = Callable[[Callable[[], float]], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[Store] = []
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
 
     def make(clock: Callable[[], float]) -> Store:
         store: Store
         if request.param == "memory":
             store = MemorySecretCache(clock=clock)
+        elif request.param == "postgres":
+            store = PostgresSecretCache(dsn, clock=clock)
         else:
             store = SqliteSecretCache(tmp_path / "zrtp-cache.db", clock=clock)
         opened.append(store)
@@ -566,12 +571,21 @@ def test_sqlite_shared_between_processes(tmp_path: Path) -> None:
     assert entry.rs2[0] in (1, 2)
 
 
-def test_sqlite_operations_after_close_fail(tmp_path: Path) -> None:
-    cache = SqliteSecretCache(tmp_path / "cache.db")
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_operations_after_close_fail(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    cache: Store
+    if kind == "postgres":
+        cache = PostgresSecretCache(request.getfixturevalue("pg_dsn"))
+    else:
+        cache = SqliteSecretCache(tmp_path / "cache.db")
     cache.close()
     cache.close()  # idempotent
-    with pytest.raises(sqlite3.ProgrammingError):
+    with pytest.raises(CacheError, match="closed"):
         cache.lookup(KEY)
+    with pytest.raises(CacheError, match=r"SecretCache\(.*cannot store rs1"):
+        cache.update_retained_secret(KEY, secret(1), 60, keep_previous=True)
 
 
 # --- the two stores agree ----------------------------------------------------------

@@ -20,6 +20,15 @@ from dataclasses import dataclass
 NEVER_EXPIRES = 0xFFFFFFFF
 
 
+class CacheError(Exception):
+    """The store could not read or write.
+
+    The message names the store and the cause, never a secret. The engine treats it
+    as "key continuity not saved" rather than failing the call: a dead database or a
+    full disk must not take calls down with it.
+    """
+
+
 @dataclass(frozen=True)
 class CacheKey:
     self_zid: bytes
@@ -49,7 +58,11 @@ class CacheEntry:
 
 
 class SecretCache(ABC):
-    """A store of retained secrets. Every method is atomic on its own."""
+    """A store of retained secrets. Every method is atomic on its own.
+
+    Persistent stores raise :class:`CacheError` when storage fails; invalid
+    arguments raise ValueError.
+    """
 
     @abstractmethod
     def lookup(self, key: CacheKey) -> CacheEntry:

@@ -10,6 +10,9 @@
 * ``secure_delete`` is on so erased secrets are overwritten in the main file; note
   that copies may survive in the WAL until the next checkpoint.
 * Schema versioned with ``PRAGMA user_version``; :func:`migrate` upgrades it.
+* Every failure of SQLite itself (disk full, I/O error, lock timeout, closed store)
+  raises :class:`~pbx_zrtp.cache.base.CacheError` naming the file and the cause; a
+  failed write is rolled back whole, so the file stays consistent and readable.
 
 Retained secrets are keyed by (own ZID, peer ZID, own URI, peer URI); pbxsecrets
 by the ZID pair alone, since they belong to the PBX enrollment, not a URI (§7.3.1).
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from pbx_zrtp.cache.base import CacheEntry, CacheKey, SecretCache
+from pbx_zrtp.cache.base import CacheEntry, CacheError, CacheKey, SecretCache
 from pbx_zrtp.cache.memory import (
     CacheEntryInfo,
     check_key,
@@ -148,9 +151,12 @@ class SqliteSecretCache(SecretCache):
         self._clock = clock
         self._lock = threading.Lock()
         _ensure_private_file(self.path)
-        conn = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self._error("open", exc) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000):d}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -161,6 +167,9 @@ class SqliteSecretCache(SecretCache):
             migrate(conn)
             for suffix in ("-wal", "-shm"):
                 _tighten_if_exists(self.path + suffix)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error("open", exc) from exc
         except BaseException:
             conn.close()
             raise
@@ -180,26 +189,50 @@ class SqliteSecretCache(SecretCache):
     ) -> None:
         self.close()
 
+    def _error(self, what: str, exc: sqlite3.Error) -> CacheError:
+        """A CacheError for a failed ``what``; SQLite's messages never quote bound values."""
+        name = getattr(exc, "sqlite_errorname", None)
+        cause = f"{exc} ({name})" if name else str(exc)
+        return CacheError(f"{self!r}: cannot {what}: {cause}")
+
     @contextmanager
-    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, what: str, begin: str = "BEGIN IMMEDIATE"
+    ) -> Iterator[sqlite3.Connection]:
+        """One transaction, rolled back whole on any error (SQLite's become CacheError)."""
         with self._lock:
             conn = self._conn
-            conn.execute(begin)
             try:
-                yield conn
-            except BaseException:
+                conn.execute(begin)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(what, exc) from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite may already have rolled back (e.g. after SQLITE_FULL); nothing to undo then.
+        try:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        except sqlite3.Error:
+            pass
 
     @property
     def schema_version(self) -> int:
         with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            try:
+                return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._error("read the schema version", exc) from exc
 
     def local_zid(self, create: Callable[[], bytes], name: str = "default") -> bytes:
         """Our own ZID for identity ``name``: stored once, then stable (§4.9)."""
-        with self._transaction() as conn:
+        with self._transaction("read or create the local ZID") as conn:
             row = conn.execute("SELECT zid FROM identities WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 return bytes(row[0])
@@ -211,7 +244,7 @@ class SqliteSecretCache(SecretCache):
 
     def lookup(self, key: CacheKey) -> CacheEntry:
         check_key(key)
-        with self._transaction("BEGIN") as conn:
+        with self._transaction("look up retained secrets", "BEGIN") as conn:
             now = self._clock()
             row = conn.execute(
                 "SELECT rs1, rs1_expires, rs2, rs2_expires, sas_verified "
@@ -240,7 +273,7 @@ class SqliteSecretCache(SecretCache):
         rs1 = check_secret(rs1, "rs1")
         check_lifetime(lifetime)
         params = _key_params(key)
-        with self._transaction() as conn:
+        with self._transaction("store rs1") as conn:
             now = self._clock()
             if lifetime == 0:  # §4.9: do not cache, and erase what an earlier call left
                 conn.execute(
@@ -275,7 +308,7 @@ class SqliteSecretCache(SecretCache):
 
     def set_sas_verified(self, key: CacheKey, verified: bool) -> None:
         check_key(key)
-        with self._transaction() as conn:
+        with self._transaction("store the SAS-verified flag") as conn:
             now = self._clock()
             conn.execute(
                 "INSERT INTO retained_secrets (self_zid, peer_zid, self_uri, peer_uri, "
@@ -290,7 +323,7 @@ class SqliteSecretCache(SecretCache):
         secret = check_secret(secret, "pbx secret")
         check_lifetime(lifetime)
         pair = (key.self_zid, key.peer_zid)
-        with self._transaction() as conn:
+        with self._transaction("store the pbxsecret") as conn:
             now = self._clock()
             if lifetime == 0:
                 conn.execute("DELETE FROM pbx_secrets WHERE self_zid = ? AND peer_zid = ?", pair)
@@ -305,7 +338,7 @@ class SqliteSecretCache(SecretCache):
 
     def forget(self, key: CacheKey) -> None:
         check_key(key)
-        with self._transaction() as conn:
+        with self._transaction("forget an entry") as conn:
             conn.execute(f"DELETE FROM retained_secrets WHERE {_KEY_WHERE}", _key_params(key))
             conn.execute(
                 "DELETE FROM pbx_secrets WHERE self_zid = ? AND peer_zid = ?",
@@ -314,7 +347,7 @@ class SqliteSecretCache(SecretCache):
 
     def list_entries(self) -> list[tuple[CacheKey, CacheEntryInfo]]:
         """Every retained-secret entry, sorted by key, without secret values."""
-        with self._transaction("BEGIN") as conn:
+        with self._transaction("list entries", "BEGIN") as conn:
             now = self._clock()
             rows = conn.execute(
                 "SELECT r.self_zid, r.peer_zid, r.self_uri, r.peer_uri, "
@@ -356,7 +389,7 @@ class SqliteSecretCache(SecretCache):
 
     def list_pbx_secrets(self) -> list[tuple[bytes, bytes, float | None]]:
         """``(self_zid, peer_zid, expires)`` of every unexpired pbxsecret, sorted."""
-        with self._transaction("BEGIN") as conn:
+        with self._transaction("list pbxsecrets", "BEGIN") as conn:
             now = self._clock()
             rows = conn.execute(
                 "SELECT self_zid, peer_zid, expires FROM pbx_secrets "
@@ -370,7 +403,7 @@ class SqliteSecretCache(SecretCache):
 
         Entries left with no secret and no SAS-verified flag are dropped too.
         """
-        with self._transaction() as conn:
+        with self._transaction("purge expired secrets") as conn:
             now = self._clock()
             erased = conn.execute(
                 "UPDATE retained_secrets SET rs1 = NULL, rs1_expires = NULL "

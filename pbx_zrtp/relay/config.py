@@ -7,9 +7,12 @@ silently fall back to a default.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
+import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,10 @@ class RelayConfig:
     fastpath_workers: int = 0
     zrtp: ZrtpSettings = field(default_factory=ZrtpSettings)
     cache_path: str | None = None  # None: in memory (no key continuity across restarts)
+    #: A PostgreSQL URL instead of cache_path: a cache shared by several relays.
+    cache_url: str | None = None
+    #: The PostgreSQL password (a 0600 file); without it libpq's PGPASSWORD/PGPASSFILE.
+    cache_password_file: str | None = None
     optional_timeout: float = 5.0
     required_timeout: float = 10.0
     control_socket: str | None = None
@@ -122,7 +129,7 @@ _SCHEMA: dict[str, set[str]] = {
         "cache_expiration",
         "disclosure",
     },
-    "cache": {"path"},
+    "cache": {"path", "url", "password_file"},
     "timeouts": {"optional", "required"},
     "control": {"socket", "tcp", "token_file"},
     "metrics": {"listen"},
@@ -221,6 +228,19 @@ def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
         if not isinstance(value, str) or not value:
             raise ConfigError('cache.path: a file path, or "memory" for no persistent cache')
         config.cache_path = None if value == "memory" else value
+    if "url" in cache:
+        if "path" in cache:
+            raise ConfigError("cache.url: set either cache.path (SQLite) or cache.url, not both")
+        config.cache_url = _postgres_url("cache.url", cache["url"])
+        config.cache_path = None
+    if "password_file" in cache:
+        value = cache["password_file"]
+        if config.cache_url is None:
+            raise ConfigError("cache.password_file: only used with cache.url (PostgreSQL)")
+        if not isinstance(value, str) or not value:
+            raise ConfigError("cache.password_file: a path")
+        read_password_file(value)
+        config.cache_password_file = value
     timeouts = data.get("timeouts", {})
     for key in ("optional", "required"):
         if key in timeouts:
@@ -280,6 +300,52 @@ def validate(config: RelayConfig) -> None:
         ZrtpSettings.configuration(config.zrtp, b"\x00" * 12, "", "")
     except ValueError as exc:
         raise ConfigError(f"zrtp: {exc}") from None
+
+
+def _postgres_url(name: str, value: object) -> str:
+    """A libpq URL without a password (config files are often world-readable)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f'{name}: a PostgreSQL URL such as "postgresql://relay@db.example/zrtp"')
+    try:
+        parts = urllib.parse.urlsplit(value)
+        query = urllib.parse.parse_qs(parts.query)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f'{name}: must start with "postgresql://" (got "{parts.scheme}:")')
+    if parts.password is not None or "password" in query:
+        raise ConfigError(
+            f"{name}: must not contain the password; put it in cache.password_file (mode 0600)"
+            " or libpq's PGPASSFILE"
+        )
+    if importlib.util.find_spec("psycopg") is None:
+        raise ConfigError(
+            f"{name}: PostgreSQL support is not installed: pip install 'pbx-zrtp[postgres]'"
+        )
+    return value
+
+
+def read_password_file(path: str) -> str:
+    """The first line of a password file that only its owner can read."""
+    name = "cache.password_file"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{name}: {path} is not a regular file")
+    if mode & 0o077:
+        raise ConfigError(f"{name}: {path} is readable by other users (chmod 600)")
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise ConfigError(f"{name}: {path} is empty")
+    return password
 
 
 def _ip(name: str, value: object) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
-from pbx_zrtp.relay.config import ConfigError, RelayConfig
+from pbx_zrtp.relay.config import ConfigError, RelayConfig, read_password_file
 from pbx_zrtp.relay.control import ControlServer
 from pbx_zrtp.relay.core import Relay, RelayLayout
 from pbx_zrtp.relay.fastpath import FastPath
@@ -22,7 +22,22 @@ from pbx_zrtp.zrtp.warmup import warm_up
 log = logging.getLogger("pbx_zrtp.relay")
 
 
-def open_cache(path: str | None) -> SecretCache:
+def open_cache(
+    path: str | None, url: str | None = None, password_file: str | None = None
+) -> SecretCache:
+    """The configured store: PostgreSQL (``url``), SQLite (``path``), or memory.
+
+    Raises CacheError when the store cannot be opened (e.g. the database is down).
+    """
+    if url is not None:
+        try:
+            from pbx_zrtp.cache.postgres import PostgresSecretCache
+        except ImportError:
+            raise ConfigError(
+                "cache.url: PostgreSQL support is not installed: pip install 'pbx-zrtp[postgres]'"
+            ) from None
+        password = read_password_file(password_file) if password_file else None
+        return PostgresSecretCache(url, password=password)
     if path is None:
         return MemorySecretCache()
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -62,7 +77,7 @@ class RelayService:
 
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
-        self.cache = open_cache(config.cache_path)
+        self.cache = open_cache(config.cache_path, config.cache_url, config.cache_password_file)
         self.zid = self.cache.local_zid(lambda: os.urandom(12))
         zrtp = config.zrtp
         zid = self.zid
