@@ -63,6 +63,7 @@ VARIABLES = (
     "ZRTP_SAS_SCOPE",
     "ZRTP_DISPLAYED_SAS",
     "ZRTP_SAS_RELAY",
+    "ZRTP_CACHE_ERROR",
     "ZRTP_STATE",
 )
 
@@ -101,6 +102,8 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "ZRTP_SAS_SCOPE": str(report.get("sas_scope", "")) if secure else "",
         "ZRTP_DISPLAYED_SAS": str(report.get("displayed_sas", "")) if secure else "",
         "ZRTP_SAS_RELAY": str(report.get("sas_relay", "")) if secure else "",
+        # Secure, but key continuity was not saved (disk full, database down).
+        "ZRTP_CACHE_ERROR": str(report.get("cache_error", "")),
         "ZRTP_STATE": state,
     }
 

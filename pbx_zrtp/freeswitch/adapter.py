@@ -91,6 +91,8 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "pbx_zrtp_sas_scope": str(report.get("sas_scope", "")) if secure else "",
         "pbx_zrtp_displayed_sas": str(report.get("displayed_sas", "")) if secure else "",
         "pbx_zrtp_sas_relay": str(report.get("sas_relay", "")) if secure else "",
+        # Secure, but key continuity was not saved (disk full, database down).
+        "pbx_zrtp_cache_error": str(report.get("cache_error", "")),
         # FreeSWITCH's removed built-in ZRTP set these; old dialplans test them.
         "zrtp_secure_media_confirmed_audio": "true" if secure else "false",
         "zrtp_sas1_string_audio": sas1,

@@ -164,6 +164,9 @@ class CallReport:
     #: (this phone shows the far end's SAS) or "source" (the far end shows ours),
     #: then ":pending", ":acknowledged" or ":unacknowledged" for what we sent.
     sas_relay: str = ""
+    #: The retained-secret store failed for this call (disk full, database down):
+    #: the call is secure but key continuity with the phone was not saved.
+    cache_error: str = ""
     counters: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -296,6 +299,7 @@ class Mirror:
         self.relay_role = ""  # "", "none", "target", "source"
         self.relay_status = ""  # "", "pending", "acknowledged", "unacknowledged"
         self._enrolled_now = False
+        self._cache_error = ""  # kept from the engine for the final report
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -459,6 +463,7 @@ class Mirror:
             displayed_sas=displayed_sas,
             sas_scope=sas_scope,
             sas_relay=relay,
+            cache_error=self._engine.cache_error if self._engine else self._cache_error,
             counters=self._merged_counters(),
         )
 
@@ -524,6 +529,8 @@ class Mirror:
 
     def end(self, reason: str = "hangup") -> CallReport:
         """The call is over: report ``ended`` and go back to idle (sockets stay bound)."""
+        if self._engine is not None:
+            self._cache_error = self._engine.cache_error
         self._leave_fast()
         self._stop_engine()
         self._cancel_policy_timer()
@@ -539,6 +546,7 @@ class Mirror:
         self.partner = None
         self.relay_role = self.relay_status = ""
         self._enrolled_now = False
+        self._cache_error = ""
         self._handshake_ms = None
         self._pbx_heard = False
         self._last_forward = -1.0

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from pbx_zrtp.cache.base import NEVER_EXPIRES, CacheEntry, CacheKey, SecretCache
+from pbx_zrtp.cache.base import NEVER_EXPIRES, CacheEntry, CacheError, CacheKey, SecretCache
 from pbx_zrtp.zrtp import packets as p
 from pbx_zrtp.zrtp.config import (
     MANDATORY_AUTH_TAGS,
@@ -186,6 +186,10 @@ class ZrtpConnection:
         # does not handle wrap-around: start low, never reuse.
         self._sequence = int.from_bytes(random(2), "big") & 0x0FFF
         self.stats: Counter[str] = Counter()
+        #: The last failure of the retained-secret store, "" if none. The call goes
+        #: on without it; the host reports that key continuity was not saved.
+        self.cache_error = ""
+        self._cache_unreadable = False
 
         self._h0, self._h1, self._h2, self._h3 = hash_chain(random(32))
         self._hello = p.Hello(
@@ -438,14 +442,17 @@ class ZrtpConnection:
         key = self._cache_key()
         if self._cache is None or key is None:
             return
-        if verified:
-            self._cache.set_sas_verified(key, True)
-            if self._pending_cache_update:
+        try:
+            if verified:
+                self._cache.set_sas_verified(key, True)
+                if self._pending_cache_update:
+                    self._pending_cache_update = False
+                    self._update_cache()
+            else:
                 self._pending_cache_update = False
-                self._update_cache()
-        else:
-            self._pending_cache_update = False
-            self._cache.forget(key)
+                self._cache.forget(key)
+        except CacheError as exc:
+            self._cache_failed("the SAS-verified flag was not saved", exc)
 
     @property
     def pbx_secret_matched(self) -> bool:
@@ -529,14 +536,20 @@ class ZrtpConnection:
             session.zrtp_sess, b"Trusted MiTM key", self._zidi + self._zidr, 256
         )
         lifetime = self._config.cache_expiration or NEVER_EXPIRES
-        self._cache.store_pbx_secret(key, secret, lifetime)
+        try:
+            self._cache.store_pbx_secret(key, secret, lifetime)
+        except CacheError as exc:
+            raise ValueError(f"the pbxsecret could not be stored: {exc}") from None
 
     def unenroll(self) -> None:
         """Erase the pbxsecret shared with this peer: it is no longer trusted."""
         key = self._cache_key()
         if self._cache is None or key is None:
             raise ValueError("unenrolling needs a retained-secret cache and a known peer")
-        self._cache.store_pbx_secret(key, self._random(32), 0)  # lifetime 0 erases
+        try:
+            self._cache.store_pbx_secret(key, self._random(32), 0)  # lifetime 0 erases
+        except CacheError as exc:
+            raise ValueError(f"the pbxsecret could not be erased: {exc}") from None
 
     def close(self) -> None:
         """Drop all key material and stop every timer (§4.7.3)."""
@@ -678,7 +691,13 @@ class ZrtpConnection:
         key = self._cache_key()
         self._cached = CacheEntry()
         if self._cache is not None and key is not None:
-            self._cached = self._cache.lookup(key)
+            try:
+                self._cached = self._cache.lookup(key)
+            except CacheError as exc:
+                # Go on as if this peer were new, and write nothing back: a store that
+                # failed to read must not have a good rs1 overwritten.
+                self._cache_unreadable = True
+                self._cache_failed("retained secrets could not be read", exc)
 
     def _on_hello_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         if not self._hello_acked:
@@ -1235,7 +1254,10 @@ class ZrtpConnection:
             if self._cache_mismatch and self._cache is not None:
                 key = self._cache_key()
                 if key is not None and self._cached.sas_verified:
-                    self._cache.set_sas_verified(key, False)  # a mismatch voids the old V
+                    try:
+                        self._cache.set_sas_verified(key, False)  # a mismatch voids the old V
+                    except CacheError as exc:
+                        self._cache_failed("the SAS-verified flag was not cleared", exc)
                 self._pending_cache_update = True  # §4.6.1.1: wait for a SAS verify
             else:
                 self._update_cache()
@@ -1261,6 +1283,7 @@ class ZrtpConnection:
             multistream=multistream,
             pbx_secret_matched=self._pbx_secret_matched,
             sas_hash=self._sas_hash,
+            cache_error=self.cache_error,
         )
         self._secured_event = event
         self._events.append(event)
@@ -1285,10 +1308,21 @@ class ZrtpConnection:
         key = self._cache_key()
         if self._cache is None or key is None or self._new_rs1 is None:
             return
-        self._cache.update_retained_secret(
-            key, self._new_rs1, self._cache_lifetime, keep_previous=True
-        )
+        if self._cache_unreadable:
+            self._new_rs1 = None
+            self.cache_error = "key continuity not saved: " + self.cache_error
+            return
+        try:
+            self._cache.update_retained_secret(
+                key, self._new_rs1, self._cache_lifetime, keep_previous=True
+            )
+        except CacheError as exc:
+            self._cache_failed("key continuity not saved", exc)
         self._new_rs1 = None
+
+    def _cache_failed(self, what: str, exc: CacheError) -> None:
+        self.cache_error = f"{what}: {exc}"
+        self.stats["cache_errors"] += 1
 
     def _cache_key(self) -> CacheKey | None:
         if self._peer_hello is None:

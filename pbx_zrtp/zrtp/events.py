@@ -77,6 +77,9 @@ class Secured(Event):
     pbx_secret_matched: bool = False
     #: The full sashash (§4.5.2); a trusted MiTM relays it to the other leg.
     sas_hash: bytes = field(default=b"", repr=False)
+    #: The retained-secret store failed (read or write): the call is secure, but
+    #: key continuity with this peer was not saved. "" when all went well.
+    cache_error: str = ""
 
 
 @dataclass(frozen=True)
