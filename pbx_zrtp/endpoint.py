@@ -42,6 +42,9 @@ class EndpointOptions:
     srtp_count: int = 0
     timeout: float = 10.0
     mark_verified: bool = False
+    #: After securing, keep answering the peer this long: a responder whose last
+    #: Conf2ACK was lost must still be there for the initiator's Confirm2 repeat (§6).
+    linger: float = 0.0
 
 
 @dataclass
@@ -207,6 +210,8 @@ async def run_endpoint(
         linger_until = min(deadline + SRTP_LINGER, loop.time() + SRTP_LINGER)
         while outcome.srtp_received_ok < options.srtp_count and loop.time() < linger_until:
             await asyncio.sleep(0.01)
+        if options.linger > 0:
+            await asyncio.sleep(options.linger)
     finally:
         protocol.close()
     keys = secured.keys
