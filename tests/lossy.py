@@ -316,11 +316,13 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def netem_args(conditions: Conditions) -> list[str]:
     """``tc qdisc ... netem`` arguments for the same impairment as ``ImpairedPath``.
 
-    netem's jitter is ± around the delay: delay d+j/2 ± j/2 spans d..d+j.
+    netem's jitter is ± around the delay: delay d+j/2 ± j/2 spans d..d+j. No
+    ``distribution``: iproute2 has no table for "uniform" (and the kernel draws
+    uniformly when given none).
     """
     c = conditions
     mid = (c.delay + c.jitter / 2) * 1000
-    args = ["delay", f"{mid:.1f}ms", f"{c.jitter / 2 * 1000:.1f}ms", "distribution", "uniform"]
+    args = ["delay", f"{mid:.1f}ms", f"{c.jitter / 2 * 1000:.1f}ms"]
     args += ["loss", f"{c.loss * 100:g}%", "duplicate", f"{c.duplicate * 100:g}%"]
     if c.reorder:
         args += ["reorder", f"{c.reorder * 100:g}%"]

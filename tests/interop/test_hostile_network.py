@@ -80,3 +80,29 @@ def test_netns_veth_plumbing_without_netem(
     for binary in (bzrtp_peer_bin, None):
         results = asyncio.run(run_netem(2, binary=binary, work=tmp_path, conditions=None))
         assert all(r.secured for r in results), [(r.label, r.reasons) for r in results]
+
+
+def test_netem_arguments_are_accepted_by_tc() -> None:
+    """tc parses our netem arguments (the kernel may still lack sch_netem): a typo or
+    an option this iproute2 lacks would otherwise only show on a netem machine."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.lossy import netem_args
+    from tests.netsim import HOSTILE
+
+    ip, tc = shutil.which("ip"), shutil.which("tc")
+    if os.geteuid() != 0 or ip is None or tc is None:
+        pytest.skip("needs root and iproute2")
+    name = f"pbxzrtp-args-{os.getpid()}"
+    subprocess.run([ip, "netns", "add", name], check=True, timeout=30)
+    try:
+        proc = subprocess.run(
+            [ip, "netns", "exec", name, tc, "qdisc", "add", "dev", "lo", "root", "netem",
+             "limit", "10000", *netem_args(HOSTILE)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        subprocess.run([ip, "netns", "del", name], check=False, timeout=30)
+    assert proc.returncode == 0 or "qdisc kind is unknown" in proc.stderr, proc.stderr
