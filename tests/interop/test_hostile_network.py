@@ -19,7 +19,7 @@ import pathlib
 
 import pytest
 
-from tests.lossy import netem_unavailable, run_netem, run_userspace
+from tests.lossy import RealTrial, netem_unavailable, run_netem, run_userspace
 
 pytestmark = pytest.mark.interop
 
@@ -27,7 +27,7 @@ TRIALS = 20
 MIN_SECURED = 17
 
 
-def _check(results: list, trials: int = TRIALS) -> None:  # type: ignore[type-arg]
+def _check(results: list[RealTrial], trials: int = TRIALS) -> None:
     assert len(results) == trials
     secured = [r for r in results if r.secured]
     failed = [(r.label, r.reasons) for r in results if not r.secured]
