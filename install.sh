@@ -10,7 +10,7 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 pkgs=(python3 python3-venv python3-dev build-essential pkg-config libsrtp2-dev)
-[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql)
+[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

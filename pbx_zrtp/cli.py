@@ -96,6 +96,13 @@ def _endpoint_parser(sub: Any) -> None:
         "--srtp", type=int, default=0, metavar="N", help="send N SRTP packets when secure"
     )
     ep.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    ep.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after securing, keep answering the peer's retransmissions this long",
+    )
     ep.add_argument("--port-file", metavar="PATH", help="write the bound UDP port here")
 
 
@@ -134,6 +141,8 @@ async def _endpoint_main(args: argparse.Namespace) -> int:
             raise ValueError("--timeout must be > 0")
         if args.sas_relay_wait < 0:
             raise ValueError("--sas-relay-wait must be >= 0")
+        if not 0 <= args.linger <= 60:
+            raise ValueError("--linger must be between 0 and 60")
     except (ValueError, OSError) as exc:
         _print({"ok": False, "error": f"bad argument: {exc}"})
         return 2
@@ -145,6 +154,7 @@ async def _endpoint_main(args: argparse.Namespace) -> int:
         mark_verified=args.mark_verified,
         accept_enrollment=args.accept_enrollment,
         sas_relay_wait=args.sas_relay_wait,
+        linger=args.linger,
     )
     ready: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
     if args.port_file:

@@ -53,6 +53,9 @@ class EndpointOptions:
     accept_enrollment: bool = False
     #: Once secure, wait this long for a PBX's SASrelay (§7.3).
     sas_relay_wait: float = 0.0
+    #: After securing, keep answering the peer this long: a responder whose last
+    #: Conf2ACK was lost must still be there for the initiator's Confirm2 repeat (§6).
+    linger: float = 0.0
 
 
 @dataclass
@@ -230,6 +233,8 @@ async def run_endpoint(
         if options.sas_relay_wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(outcome.relayed.wait(), options.sas_relay_wait)
+        if options.linger > 0:
+            await asyncio.sleep(options.linger)
     finally:
         protocol.close()
     keys = secured.keys

@@ -116,6 +116,7 @@ def test_unreachable_peer_fails_with_one_json_line() -> None:
         (["--cipher", "AES1,AES1"], "duplicates"),
         (["--srtp", "-1"], "--srtp"),
         (["--timeout", "0"], "--timeout"),
+        (["--linger", "61"], "--linger"),
     ],
 )
 def test_bad_arguments_are_named(args: list[str], fragment: str) -> None:
@@ -161,3 +162,58 @@ def test_endpoint_reports_peer_error() -> None:
 
     message = asyncio.run(scenario())
     assert "Error 0x90" in message or "own ZID" in message
+
+
+def test_linger_answers_the_initiators_confirm2_repeat() -> None:
+    """A responder endpoint with --linger is still there when its Conf2ACK is lost:
+    the initiator's repeated Confirm2 gets a Conf2ACK and the initiator completes."""
+    from pbx_zrtp.zrtp import packets as zp
+    from pbx_zrtp.zrtp.connection import State, ZrtpConnection
+    from pbx_zrtp.zrtp.events import Secured
+
+    async def scenario() -> tuple[State, int]:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[tuple[str, int]] = loop.create_future()
+        responder = asyncio.ensure_future(
+            run_endpoint(
+                ZrtpConfiguration(zid=b"R" * 12, role="responder"),
+                EndpointOptions(bind=("127.0.0.1", 0), peer=None, timeout=10, linger=2.0),
+                ready=ready,
+            )
+        )
+        peer = await ready
+        initiator = ZrtpConnection(ZrtpConfiguration(zid=b"I" * 12, role="initiator"), ssrc=7)
+        acks_dropped = 0
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        initiator.start(loop.time())
+        deadline = loop.time() + 10
+        try:
+            while initiator.state is not State.SECURE and loop.time() < deadline:
+                for datagram in initiator.datagrams_to_send():
+                    sock.sendto(datagram, peer)
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+                    initiator.handle_timer(loop.time())
+                    continue
+                message = zp.ZrtpPacket.parse(data).message
+                if isinstance(message, zp.Conf2Ack) and not acks_dropped:
+                    acks_dropped += 1  # lost on the way: only the lingering responder helps
+                    continue
+                if zp.is_zrtp_packet(data):
+                    initiator.receive_datagram(data, loop.time())
+            events = []
+            while (event := initiator.next_event()) is not None:
+                events.append(event)
+            assert any(isinstance(e, Secured) for e in events)
+            result = await responder
+            assert result["ok"]
+        finally:
+            sock.close()
+        return initiator.state, acks_dropped
+
+    state, dropped = asyncio.run(scenario())
+    assert state is State.SECURE and dropped == 1

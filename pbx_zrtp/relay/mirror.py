@@ -127,6 +127,22 @@ class Counters:
         return total
 
 
+#: The engine's counters of ZRTP packets it did not act on (RFC 6189 says ignore them).
+_ENGINE_IGNORED = (
+    "ignored",
+    "ignored_other_hello",
+    "ignored_newer_version",
+    "dropped_bad_crc",
+    "dropped_malformed",
+    "dropped_other_ssrc",
+)
+
+
+def _engine_ignored(engine: ZrtpConnection) -> int:
+    stats = engine.stats
+    return sum(stats[name] for name in _ENGINE_IGNORED)
+
+
 @dataclass(frozen=True)
 class CallReport:
     """A call's state as reported to adapters and admins (never any key)."""
@@ -889,7 +905,10 @@ class Mirror:
         if engine is None:
             counters.drops["zrtp_no_engine"] += 1
             return
+        ignored = _engine_ignored(engine)
         engine.receive_datagram(data, self._loop.time())
+        if _engine_ignored(engine) != ignored:
+            counters.drops["zrtp_ignored"] += 1  # replays, floods, stale repeats, junk
         self._pump()
 
     def _hello_may_relatch(self, data: bytes) -> bool:
