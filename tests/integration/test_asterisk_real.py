@@ -55,6 +55,7 @@ LINPHONEC = shutil.which("linphonec")
 A = "127.0.10.1"  # Asterisk: SIP transport and RTP
 R = "127.0.10.2"  # the relay (media_address of the ZRTP endpoint)
 PHONE = "127.0.10.3"  # linphonec's RTP
+CAROL = "127.0.10.4"  # the second phone (called by Asterisk)
 RTP_PORTS = (20000, 20100)
 AMI_SECRET = "integration-test-secret-0123456789"
 TEST_AMI_USER = "zrtp-test"
@@ -211,6 +212,9 @@ MODULES = (
     "app_echo.so",
     "func_channel.so",
     "func_logic.so",
+    "func_pjsip_endpoint.so",  # the subroutine reads the endpoint's media_address
+    "app_dial.so",
+    "bridge_simple.so",  # Dial() bridges the two legs
 )
 
 
@@ -226,7 +230,7 @@ STUB_CONFIGS = (
 )
 
 
-def write_asterisk_config(base: Path, ami_port: int) -> Path:
+def write_asterisk_config(base: Path, ami_port: int, carol_port: int) -> Path:
     """A complete, private Asterisk configuration under ``base``; returns asterisk.conf."""
     prefix = _asterisk_prefix(ASTERISK)
     moddir = Path(os.environ.get("PBX_ZRTP_ASTERISK_MODULES", prefix / "lib/asterisk/modules"))
@@ -271,7 +275,26 @@ documentation_language = en_US
     # The project's samples, with this lab's addresses, port and secrets.
     pjsip = (SAMPLES / "pjsip_pbx_zrtp.conf").read_text()
     assert "192.0.2.1:5060" in pjsip and "media_address = 192.0.2.2" in pjsip
-    write(etc / "pjsip.conf", pjsip.replace("192.0.2.1", A).replace("192.0.2.2", R))
+    pjsip = pjsip.replace("192.0.2.1", A).replace("192.0.2.2", R)
+    # carol: a second ZRTP phone that Asterisk calls (static contact, media via the relay).
+    pjsip += f"""
+[carol]
+type = endpoint
+transport = transport-udp
+context = from-phones
+disallow = all
+allow = ulaw,alaw
+aors = carol
+media_address = {R}
+bind_rtp_to_media_address = no
+rtp_symmetric = yes
+direct_media = no
+
+[carol]
+type = aor
+contact = sip:carol@{CAROL}:{carol_port}
+"""
+    write(etc / "pjsip.conf", pjsip)
     manager = (SAMPLES / "manager_pbx_zrtp.conf").read_text()
     manager, ports = re.subn(r"(?m)^port = 5038$", f"port = {ami_port}", manager)
     manager, secrets = re.subn(r"(?m)^secret = .*$", f"secret = {AMI_SECRET}", manager)
@@ -297,6 +320,11 @@ exten => 600,1,Gosub(pbx-zrtp,s,1(required))
  same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
 Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
  same => n,Echo()
+ same => n,Hangup()
+
+; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
+exten => 702,1,Gosub(pbx-zrtp,s,1(required))
+ same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^required^702))
  same => n,Hangup()
 """,
     )
@@ -354,7 +382,9 @@ def _free_rtp_port(host: str) -> int:
 NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMediaEncryptionNone\n"
 
 
-def write_linphonerc(home: Path, *, zrtp: bool) -> Path:
+def write_linphonerc(
+    home: Path, *, zrtp: bool, user: str = "alice", address: str = PHONE, sip_port: int = -1
+) -> Path:
     (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
     encryption = "zrtp" if zrtp else "none"
     # liblinphone 5.1 answers a peer's ZRTP Hello even with media_encryption=none (it
@@ -364,18 +394,18 @@ def write_linphonerc(home: Path, *, zrtp: bool) -> Path:
     return write(
         home / "linphonerc",
         f"""[sip]
-sip_port=-1
+sip_port={sip_port}
 sip_tcp_port=0
 sip_tls_port=0
 ipv6_migration_done=1
 use_ipv6=0
-contact="alice" <sip:alice@{PHONE}>
+contact="{user}" <sip:{user}@{address}>
 media_encryption={encryption}
 media_encryption_mandatory={1 if zrtp else 0}
 {no_zrtp}
 [rtp]
-audio_rtp_port={_free_rtp_port(PHONE)}
-bind_address={PHONE}
+audio_rtp_port={_free_rtp_port(address)}
+bind_address={address}
 
 [sound]
 echocancellation=0
@@ -402,6 +432,7 @@ class Lab:
     ami: AmiClient
     watch: Proc
     tone: Path
+    carol_port: int
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -438,14 +469,23 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool) -> Proc:
+    def phone(self, name: str, *, zrtp: bool, carol: bool = False) -> Proc:
+        """alice (calls out), or carol (called by Asterisk at CAROL, auto-answers)."""
         home = self.base / name
         home.mkdir()
-        rc = write_linphonerc(home, zrtp=zrtp)
+        if carol:
+            rc = write_linphonerc(
+                home, zrtp=zrtp, user="carol", address=CAROL, sip_port=self.carol_port
+            )
+        else:
+            rc = write_linphonerc(home, zrtp=zrtp)
         env = {**os.environ, "HOME": str(home)}
+        command = [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")]
+        if carol:
+            command.append("-a")  # auto-answer
         proc = Proc(
             name,
-            [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")],
+            command,
             self.base / f"{name}.log",
             env=env,
             stdin=True,
@@ -468,7 +508,8 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("asterisk-real")
     ami_port = free_tcp_port("127.0.0.1")
-    conf = write_asterisk_config(base, ami_port)
+    carol_port = _free_udp_port(CAROL)
+    conf = write_asterisk_config(base, ami_port, carol_port)
     relay_conf = write_relay_config(base, ami_port)
     tone = write_tone(base / "tone.wav")
     started: list[Proc] = []
@@ -506,7 +547,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             cwd=ROOT,
         )
         started.append(watch)
-        the_lab = Lab(base, asterisk, relay, ami, watch, tone)
+        the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port)
         # The watcher is subscribed once it reports a probe mirror (no call is running yet).
         probe = str((RTP_PORTS[1] - 2) & ~1)  # P and P+1 inside the range
         deadline = time.monotonic() + 30
@@ -683,3 +724,62 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
     finally:
         hangup_phone(phone)
         phone.stop()
+
+
+def test_two_zrtp_phones_bridged_through_asterisk_are_linked_legs(lab: Lab) -> None:
+    """alice -> 702 -> Dial(PJSIP/carol, U(pbx-zrtp...)): both legs secure through the
+    relay, linked by Asterisk's Linkedid. Linphone (bzrtp) cannot enroll, so no SAS is
+    relayed and both channels say so (ZRTP_SAS_SCOPE=pbx-leg)."""
+    carol = lab.phone("carol-zrtp", zrtp=True, carol=True)
+    alice = lab.phone("alice-2", zrtp=True)
+    try:
+        alice.send(f"call sip:702@{A}")
+        match, _ = alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        alice_sas = match.group(1)
+        match, _ = carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        carol_sas = match.group(1)
+        deadline = time.monotonic() + 10
+        calls: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            calls = [c for c in lab.ctl("list") if c["call_id"].startswith("ast-")]
+            if len(calls) == 2 and all(c.get("sas_relay") == "none" for c in calls):
+                break
+            time.sleep(0.2)
+        assert len(calls) == 2, calls
+        by_sas = {c["sas"]: c for c in calls}
+        assert set(by_sas) == {alice_sas, carol_sas}, (calls, alice_sas, carol_sas)
+        bridges = {c["bridge"] for c in calls}
+        assert len(bridges) == 1 and "" not in bridges, calls  # one Linkedid for both legs
+        for call in calls:
+            assert call["state"] == "secure" and call["sas_scope"] == "pbx-leg", call
+            assert call["displayed_sas"] == call["sas"] and not call["enrolled"], call
+        # The dialplan sees the same on both channels.
+        for call in calls:
+            uniqueid = call["call_id"].removeprefix("ast-")
+            channels = lab.ami.action("Getvar", Variable="CHANNEL(name)", Channel=uniqueid)
+            name = channels.get("Value", uniqueid)
+            for variable, expected in (
+                ("ZRTP_STATE", "secure"),
+                ("ZRTP_SAS_SCOPE", "pbx-leg"),
+                ("ZRTP_SAS_RELAY", "none"),
+                ("ZRTP_ENROLLED", "0"),
+                ("ZRTP_SAS", call["sas"]),
+            ):
+                got = lab.ami.action("Getvar", Channel=name, Variable=variable).get("Value")
+                assert got == expected, (name, variable, got, expected)
+        # Media crosses both legs of the relay.
+        time.sleep(2)
+        for call in lab.ctl("list"):
+            counters = call["counters"]
+            assert counters["phone_in"] > 30 and counters["pbx_in"] > 30, call
+        print("TWO PHONES:", json.dumps({"alice_sas": alice_sas, "carol_sas": carol_sas}))
+        hangup_phone(alice)
+        deadline = time.monotonic() + 15
+        while lab.ctl("list") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lab.ctl("list") == []
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        alice.stop()
+        carol.stop()
