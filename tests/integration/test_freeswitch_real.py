@@ -312,7 +312,7 @@ def sample_vars(a: str, r: str) -> list[str]:
     return found
 
 
-def write_freeswitch_config(base: Path, net: Net, esl_port: int) -> Path:
+def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int) -> Path:
     """A complete, private FreeSWITCH configuration under ``base``/conf."""
     conf = base / "conf"
     for name in ("conf", "log", "db", "run", "scripts", "temp", "storage", "cache", "rec"):
@@ -348,6 +348,10 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int) -> Path:
         "mod_lua",
     )
     loads = "".join(f'        <load module="{m}"/>\n' for m in modules)
+    bridge_to_carol = (
+        "{pbx_zrtp_policy=required,rtp_adv_audio_ip=${pbx_zrtp_relay_ip}}"
+        f"sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
+    )
     return write(
         conf / "freeswitch.xml",
         f"""<?xml version="1.0"?>
@@ -401,6 +405,17 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int) -> Path:
   </section>
   <section name="dialplan" description="Regex/XML Dialplan">
     <context name="default">
+      <!-- Two ZRTP phones: as the sample's pbx_zrtp_two_phones, with carol's address
+           instead of a directory user. -->
+      <extension name="two_phones_test">
+        <condition field="destination_number" expression="^9700$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="answer"/>
+          <action application="lua" data="pbx_zrtp_wait.lua 12"/>
+          <action application="bridge" data="{bridge_to_carol}"/>
+        </condition>
+      </extension>
       <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
     </context>
   </section>
@@ -445,7 +460,9 @@ password = "{ESL_PASSWORD}"
 NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMediaEncryptionNone\n"
 
 
-def write_linphonerc(home: Path, phone: str, *, zrtp: bool) -> Path:
+def write_linphonerc(
+    home: Path, phone: str, *, zrtp: bool, user: str = "alice", sip_port: int = -1
+) -> Path:
     (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
     encryption = "zrtp" if zrtp else "none"
     # liblinphone 5.1 answers a peer's ZRTP Hello even with media_encryption=none unless
@@ -454,12 +471,12 @@ def write_linphonerc(home: Path, phone: str, *, zrtp: bool) -> Path:
     return write(
         home / "linphonerc",
         f"""[sip]
-sip_port=-1
+sip_port={sip_port}
 sip_tcp_port=0
 sip_tls_port=0
 ipv6_migration_done=1
 use_ipv6=0
-contact="alice" <sip:alice@{phone}>
+contact="{user}" <sip:{user}@{phone}>
 media_encryption={encryption}
 media_encryption_mandatory={1 if zrtp else 0}
 {no_zrtp}
@@ -488,6 +505,7 @@ class Lab:
     esl: EslClient
     watch: Proc
     tone: Path
+    carol_port: int
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -521,11 +539,17 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool) -> Proc:
+    def phone(self, name: str, *, zrtp: bool, carol: bool = False) -> Proc:
+        """alice (calls out), or carol (called by FreeSWITCH, auto-answers)."""
         assert IP is not None and LINPHONEC is not None
         home = self.base / name
         home.mkdir()
-        rc = write_linphonerc(home, self.net.phone, zrtp=zrtp)
+        if carol:
+            rc = write_linphonerc(
+                home, self.net.phone, zrtp=zrtp, user="carol", sip_port=self.carol_port
+            )
+        else:
+            rc = write_linphonerc(home, self.net.phone, zrtp=zrtp)
         env = {**os.environ, "HOME": str(home)}
         proc = Proc(
             name,
@@ -541,6 +565,7 @@ class Lab:
                 "6",
                 "-l",
                 str(home / "linphone-debug.log"),
+                *(["-a"] if carol else []),  # carol auto-answers
             ],
             self.base / f"{name}.log",
             env=env,
@@ -570,7 +595,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     esl: EslClient | None = None
     with network() as net:
         try:
-            write_freeswitch_config(base, net, esl_port)
+            carol_port = random.randrange(41000, 42000)
+            write_freeswitch_config(base, net, esl_port, carol_port)
             relay_conf = write_relay_config(base, net, esl_port)
             dirs = {
                 "-conf": "conf",
@@ -617,7 +643,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 cwd=ROOT,
             )
             started.append(watch)
-            the_lab = Lab(base, net, freeswitch, relay, esl, watch, tone)
+            the_lab = Lab(base, net, freeswitch, relay, esl, watch, tone, carol_port)
             # The watcher is subscribed once it reports a probe mirror (outside the
             # pre-bound range; no call is running yet).
             deadline = time.monotonic() + 30
@@ -835,3 +861,56 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
     finally:
         hangup_phone(phone)
         phone.stop()
+
+
+def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) -> None:
+    """alice -> 9700 -> bridge {pbx_zrtp_policy=required,...}sofia/.../carol: both legs
+    secure through the relay, linked by Channel-Call-UUID. Linphone cannot enroll, so no
+    SAS is relayed and both channels say so (pbx_zrtp_sas_scope=pbx-leg)."""
+    carol = lab.phone("carol-zrtp", zrtp=True, carol=True)
+    alice = lab.phone("alice-2", zrtp=True)
+    try:
+        alice.send(f"call sip:9700@{lab.net.a}")
+        match, _ = alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        alice_sas = match.group(1)
+        match, _ = carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        carol_sas = match.group(1)
+        deadline = time.monotonic() + 10
+        calls: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            calls = lab.calls()
+            if len(calls) == 2 and all(c.get("sas_relay") == "none" for c in calls):
+                break
+            time.sleep(0.2)
+        assert len(calls) == 2, calls
+        assert {c["sas"] for c in calls} == {alice_sas, carol_sas}, (calls, alice_sas, carol_sas)
+        bridges = {c["bridge"] for c in calls}
+        assert len(bridges) == 1 and "" not in bridges, calls  # the A leg's uuid on both
+        assert f"fs-{next(iter(bridges))}" in {c["call_id"] for c in calls}, calls
+        for call in calls:
+            assert call["state"] == "secure" and call["sas_scope"] == "pbx-leg", call
+            uuid = call["call_id"].removeprefix("fs-")
+            for variable, expected in (
+                ("pbx_zrtp_state", "secure"),
+                ("pbx_zrtp_sas_scope", "pbx-leg"),
+                ("pbx_zrtp_sas_relay", "none"),
+                ("pbx_zrtp_enrolled", "false"),
+                ("pbx_zrtp_sas", call["sas"]),
+            ):
+                got = lab.esl.getvar(uuid, variable)
+                assert got == expected, (uuid, variable, got, expected)
+        time.sleep(2)
+        for call in lab.calls():
+            counters = call["counters"]
+            assert counters["phone_in"] > 30 and counters["pbx_in"] > 30, call
+        print("TWO PHONES:", json.dumps({"alice_sas": alice_sas, "carol_sas": carol_sas}))
+        hangup_phone(alice)
+        deadline = time.monotonic() + 15
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lab.calls() == []
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        alice.stop()
+        carol.stop()
