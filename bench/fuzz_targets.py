@@ -184,9 +184,7 @@ def target_packets(data: bytes) -> None:
         packet = p.ZrtpPacket.parse(candidate)
     except ZrtpProtocolError:
         if mode and len(candidate) <= p.MAX_PACKET_SIZE:  # CRC fixed: the message is bad
-            with contextlib.suppress(ZrtpProtocolError):
-                p.parse_message(candidate[12:-4])
-                raise FuzzFailure("message parses alone but not inside its packet")
+            _must_not_parse(candidate[12:-4])
         return
     again = packet.serialize()
     if again != _normalise_packet(candidate):
@@ -195,6 +193,14 @@ def target_packets(data: bytes) -> None:
         raise FuzzFailure("re-parse differs")
     if p.parse_message(p.message_bytes(candidate)) != packet.message:
         raise FuzzFailure("parse_message differs from the packet's message")
+
+
+def _must_not_parse(message: bytes) -> None:
+    try:
+        p.parse_message(message)
+    except ZrtpProtocolError:
+        return
+    raise FuzzFailure("message parses alone but not inside its packet")
 
 
 def _plaintext(body: bytes, cls: Any, flags_offset: int, mask: int) -> None:
@@ -275,7 +281,13 @@ class EngineTarget:
     def __init__(self) -> None:
         self.exchanges = [
             Exchange(1, key_agreement_types=_FAST),
-            Exchange(2, {"role": "responder"}, key_agreement_types=_FAST, allow_clear=True),
+            Exchange(
+                2,
+                {"role": "responder"},
+                role="initiator",
+                key_agreement_types=_FAST,
+                allow_clear=True,
+            ),
             Exchange(3, key_agreement_types=(b"X255",), multistream=False, sas_types=(b"B256",)),
         ]
         # Messages from bzrtp's own exchange (tests/vectors): real peer traffic.
@@ -412,7 +424,9 @@ class _MirrorLab:
             )
 
         # Policy time-outs far away: the fuzzer drives state, not the wall clock.
-        settings = MirrorSettings(zrtp=zrtp, cache=cache, optional_timeout=1e6, required_timeout=1e6)
+        settings = MirrorSettings(
+            zrtp=zrtp, cache=cache, optional_timeout=1e6, required_timeout=1e6
+        )
         for _ in range(20):
             port = _free_even_port()
             try:
@@ -527,6 +541,7 @@ class RelayTarget:
         for lab in self.labs:
             lab.close()
         self.loop.close()
+        asyncio.set_event_loop(None)
 
     def __call__(self, data: bytes) -> None:
         from pbx_zrtp.relay.mirror import CallState, Policy
@@ -553,15 +568,13 @@ class RelayTarget:
                 mirror._from_pbx(payload, mirror.pbx if source == lab.phone else source)
             elif op == 3:
                 payload = r.chunk()
-                mirror._from_pbx_rtcp(
-                    payload, mirror.pbx_rtcp if source == lab.phone else source
-                )
+                mirror._from_pbx_rtcp(payload, mirror.pbx_rtcp if source == lab.phone else source)
             elif op in (4, 5):  # ZRTP from the phone, CRC fixed, the phone engine's SSRC
                 message = r.chunk()
                 payload = zrtp_packet(
                     fix_length(message) if op == 5 else message,
                     sequence=r.u16(),
-                    ssrc=lab.phone_engine._ssrc,  # noqa: SLF001
+                    ssrc=lab.phone_engine._ssrc,
                 )
                 mirror._from_phone(payload, source)
             elif op == 6:  # plain RTP with a fuzzed header and payload
@@ -588,10 +601,11 @@ class RelayTarget:
                 if to_pbx:
                     raise FuzzFailure(f"clear media reached the PBX under required ({before})")
                 if any(not p.is_zrtp_packet(d) for d in to_phone):
-                    raise FuzzFailure(f"clear PBX media reached the phone under required ({before})")
-            if before is CallState.SECURE and not authentic and op != 2 and op != 3:
-                if to_pbx:
-                    raise FuzzFailure("an unauthenticated packet was forwarded to the PBX")
+                    raise FuzzFailure(
+                        f"clear PBX media reached the phone under required ({before})"
+                    )
+            if before is CallState.SECURE and not authentic and op not in (2, 3) and to_pbx:
+                raise FuzzFailure("an unauthenticated packet was forwarded to the PBX")
             if before is CallState.SECURE and op in (2, 3) and payload in to_phone:
                 raise FuzzFailure("clear PBX media reached the phone of a secured call")
         if lab.fingerprint() != lab.baseline:  # fuzzing changed its state: start again
@@ -642,7 +656,9 @@ class _AdapterLab:
         def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
             return ZrtpConfiguration(zid=b"Z" * 12, mitm=True, self_uri=self_uri, peer_uri=peer_uri)
 
-        settings = MirrorSettings(zrtp=zrtp, cache=cache, optional_timeout=1e6, required_timeout=1e6)
+        settings = MirrorSettings(
+            zrtp=zrtp, cache=cache, optional_timeout=1e6, required_timeout=1e6
+        )
         # One port pair the relay may use: fuzzed ports are refused without binding.
         self.port = _free_even_port()
         self.relay = Relay(
@@ -652,6 +668,11 @@ class _AdapterLab:
         self.loop.run_until_complete(self.relay.start())
         self.handle = LocalRelay(self.relay)
         self.policy = Policy
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.relay.close())
+        self.loop.close()
+        asyncio.set_event_loop(None)
 
     def settle(self, adapter: Any) -> None:
         """Run the adapter's tasks to completion, then forget its calls and mirrors."""
@@ -709,6 +730,7 @@ class AmiTarget:
         self.lab.handle.on_state(self.adapter._on_relay_state)
         self.protocol_class = AMIProtocol
         self.connection_drops = 0
+        self.close = self.lab.close
 
     def __call__(self, data: bytes) -> None:
         protocol = self.protocol_class()
@@ -771,6 +793,7 @@ class EslTarget:
         self.lab.handle.on_state(self.adapter._on_relay_state)
         self.protocol_class = ESLProtocol
         self.reader_deaths = 0
+        self.close = self.lab.close
 
     def __call__(self, data: bytes) -> None:
         protocol = self.protocol_class()
@@ -817,7 +840,13 @@ class ControlTarget:
         self.connection_class = _Connection
         self.tmp = tempfile.TemporaryDirectory(prefix="pbx-zrtp-fuzz-")
         self.config_path = Path(self.tmp.name) / "relay.toml"
+        self.cwd = os.getcwd()
         os.chdir(self.tmp.name)  # relative paths in a fuzzed config stay in here
+
+    def close(self) -> None:
+        os.chdir(self.cwd)
+        self.lab.close()
+        self.tmp.cleanup()
 
     def __call__(self, data: bytes) -> None:
         if not data:
@@ -830,9 +859,7 @@ class ControlTarget:
     def _control(self, data: bytes, *, tcp: bool) -> None:
         from pbx_zrtp.relay.control import _encode
 
-        connection = self.connection_class(
-            self.server, asyncio.StreamReader(), _Writer(), tcp=tcp
-        )
+        connection = self.connection_class(self.server, asyncio.StreamReader(), _Writer(), tcp=tcp)
         loop = self.lab.loop
         for line in data.split(b"\n")[:16]:
             reply = loop.run_until_complete(connection._handle(line + b"\n"))
@@ -906,7 +933,7 @@ def generate_seeds() -> dict[str, list[bytes]]:
     seeds: dict[str, list[bytes]] = {name: [] for name in FACTORIES}
     exchange = Exchange(1, key_agreement_types=_FAST)
     ours = [d for _, d, _ in exchange.log]
-    theirs = list(bzrtp_exchange.PACKETS) + [bzrtp_exchange.LIBZRTPCPP_HELLO]
+    theirs = [*bzrtp_exchange.PACKETS, bzrtp_exchange.LIBZRTPCPP_HELLO]
     for datagram in ours + theirs:
         seeds["packets"].append(b"\x00" + datagram)
         seeds["packets"].append(b"\x01" + p.message_bytes(datagram))
