@@ -388,7 +388,22 @@ def _drain_socket(sock: socket.socket) -> list[bytes]:
             return out
 
 
-def _free_even_port() -> int:
+def _port_pair_free(port: int) -> bool:
+    try:
+        for host in (RELAY_HOST, PBX_HOST):
+            for number in (port, port + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind((host, number))
+    except OSError:
+        return False
+    return True
+
+
+def _free_even_port(preferred: int | None = None) -> int:
+    """An even port free (with +1) on the relay and PBX addresses; ``preferred``
+    (the port the seeds name) when it is free."""
+    if preferred is not None and _port_pair_free(preferred):
+        return preferred
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((RELAY_HOST, 0))
@@ -660,7 +675,7 @@ class _AdapterLab:
             zrtp=zrtp, cache=cache, optional_timeout=1e6, required_timeout=1e6
         )
         # One port pair the relay may use: fuzzed ports are refused without binding.
-        self.port = _free_even_port()
+        self.port = _free_even_port(20000)
         self.relay = Relay(
             RelayLayout(RELAY_HOST, PBX_HOST, port_min=self.port, port_max=self.port + 1),
             settings,
@@ -954,17 +969,22 @@ def generate_seeds() -> dict[str, list[bytes]]:
         seeds["relay"].append(bytes([policy, 0, 4, 1]) + len(hello).to_bytes(2, "big") + hello)
     ami = _split_transcript(FIXTURES[0] / "asterisk-ami-transcript.txt", "ASTERISK -> CLIENT")
     seeds["ami"] += [b"\x00" + b"".join(ami[i : i + 8]) for i in range(0, len(ami), 8)]
-    seeds["ami"].append(
-        b"\x00Event: UserEvent\r\nUserEvent: PbxZrtp\r\nUniqueid: 1.1\r\nChannel: PJSIP/a-1\r\n"
+    start = (
+        b"Event: UserEvent\r\nUserEvent: PbxZrtp\r\nUniqueid: 1.1\r\nChannel: PJSIP/a-1\r\n"
         b"Policy: required\r\nTarget: 600\r\nRtpSrc: 127.0.0.1:20000\r\n\r\n"
-        b"Event: UserEvent\r\nUserEvent: PbxZrtpAdmin\r\nCommand: verify\r\nCall: 1.1\r\n\r\n"
-        b"Event: Hangup\r\nUniqueid: 1.1\r\n\r\n"
     )
+    admin = b"Event: UserEvent\r\nUserEvent: PbxZrtpAdmin\r\nCommand: verify\r\nCall: 1.1\r\n\r\n"
+    seeds["ami"] += [
+        b"\x00" + start,  # a call the relay mirrors (port 20000 is the lab's)
+        b"\x00" + start.replace(b"required", b"auto") + admin,
+        b"\x00" + start + admin + b"Event: Hangup\r\nUniqueid: 1.1\r\n\r\n",
+    ]
     esl = _split_transcript(FIXTURES[1] / "freeswitch-esl-transcript.txt", "<<< RECV")
     seeds["esl"] += [b"".join(esl[i : i + 4]) for i in range(0, len(esl), 4)]
     body = (
         b"Event-Name: CUSTOM\nEvent-Subclass: pbx_zrtp::request\nUnique-ID: u1\n"
-        b"variable_pbx_zrtp: required\nvariable_local_media_port: 20000\n\n"
+        b"variable_pbx_zrtp_policy: required\nvariable_local_media_port: 20000\n"
+        b"variable_rtp_adv_audio_ip: 127.0.0.2\nCaller-Destination-Number: 600\n\n"
     )
     seeds["esl"].append(
         b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
