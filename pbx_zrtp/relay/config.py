@@ -153,6 +153,8 @@ def load_config(path: str | os.PathLike[str] | None) -> RelayConfig:
         raise ConfigError(f"{path}: no such configuration file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # found by fuzzing: TOML must be UTF-8
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at octet {exc.start}") from None
     apply(config, data)
     return config
 
