@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError
+from pbx_zrtp.relay.config import ConfigError, read_secret_file
 from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.relay.pool import DEFAULT_GRACE, RelayEntry, parse_grace, parse_relays
 
@@ -123,18 +121,7 @@ def _policy(name: str, value: object) -> Policy:
 
 
 def _read_secret(name: str, path: object) -> str:
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{name}: a file path")
-    try:
-        text = Path(path).read_text().strip()
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise ConfigError(f"{name}: {path} is readable by other users (chmod 600)")
-    if not text:
-        raise ConfigError(f"{name}: {path} is empty")
-    return text
+    return read_secret_file(name, path)
 
 
 @lru_cache(maxsize=256)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError
+from pbx_zrtp.relay.config import ConfigError, read_secret_file
 from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.relay.pool import DEFAULT_GRACE, RelayEntry, parse_grace, parse_relays
 
@@ -71,23 +69,7 @@ def parse_freeswitch(data: dict[str, Any]) -> FreeswitchConfig:
             raise ConfigError("freeswitch.password: the event socket password")
         config.password = data["password"]
     if "password_file" in data:
-        path = data["password_file"]
-        if not isinstance(path, str) or not path:
-            raise ConfigError("freeswitch.password_file: a file path")
-        try:
-            text = Path(path).read_text().strip()
-            mode = os.stat(path).st_mode
-        except OSError as exc:
-            raise ConfigError(
-                f"freeswitch.password_file: cannot read {path}: {exc.strerror}"
-            ) from None
-        if mode & 0o077:
-            raise ConfigError(
-                f"freeswitch.password_file: {path} is readable by other users (chmod 600)"
-            )
-        if not text:
-            raise ConfigError(f"freeswitch.password_file: {path} is empty")
-        config.password = text
+        config.password = read_secret_file("freeswitch.password_file", data["password_file"])
     if "default_policy" in data:
         try:
             config.default_policy = Policy(data["default_policy"])

@@ -328,26 +328,52 @@ def _postgres_url(name: str, value: object) -> str:
     return value
 
 
-def read_password_file(path: str) -> str:
-    """The first line of a password file that only its owner can read."""
-    name = "cache.password_file"
+#: Longest secret file read (a password or token is a line, not a file system).
+MAX_SECRET_FILE = 4096
+
+
+def read_secret_file(name: str, path: object, *, min_length: int = 1) -> str:
+    """The first line of a secret file (password, token) that only its owner can read.
+
+    One reader for every secret file, so each refuses the same things: a path that is
+    not a regular file (``/dev/zero`` would never end), a file others can read, more
+    than MAX_SECRET_FILE bytes, non-UTF-8 text, an empty or short secret. Errors name
+    the setting ``name`` and never contain the secret.
+    """
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{name}: a file path")
     try:
-        with open(path, encoding="utf-8") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            text = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{name}: {path} is not a regular file")
+        if mode & 0o077:
+            raise ConfigError(f"{name}: {path} is readable by other users (chmod 600)")
+        data = os.read(fd, MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(f"{name}: {path} is longer than {MAX_SECRET_FILE} bytes")
+    try:
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"{name}: {path} is not a regular file")
-    if mode & 0o077:
-        raise ConfigError(f"{name}: {path} is readable by other users (chmod 600)")
-    lines = text.splitlines()
-    password = lines[0] if lines else ""
-    if not password:
+    secret = lines[0].strip() if lines else ""
+    if not secret:
         raise ConfigError(f"{name}: {path} is empty")
-    return password
+    if len(secret) < min_length:
+        raise ConfigError(f"{name}: the secret in {path} is shorter than {min_length} characters")
+    return secret
+
+
+def read_password_file(path: str) -> str:
+    """The PostgreSQL password of ``cache.password_file``."""
+    return read_secret_file("cache.password_file", path)
 
 
 def _ip(name: str, value: object) -> str:

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from pbx_zrtp.relay.config import RelayConfig
+from pbx_zrtp.relay.config import ConfigError, RelayConfig, read_secret_file
 from pbx_zrtp.relay.control import ControlClient, ControlError, parse_control_address
 from pbx_zrtp.relay.mirror import Policy
 
@@ -136,14 +136,9 @@ def _fail(message: str) -> None:
 
 def _read_token(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise ControlError(f"cannot read the token file {path}: {reason}") from None
-    if not token:
-        raise ControlError(f"the token file {path} is empty")
-    return token
+        return read_secret_file("--token-file", path)
+    except ConfigError as exc:
+        raise ControlError(str(exc)) from None
 
 
 async def _run(args: argparse.Namespace, token: str | None) -> int:

@@ -24,15 +24,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError
+from pbx_zrtp.relay.config import ConfigError, read_secret_file
 from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable, RemoteRelay
 from pbx_zrtp.relay.mirror import Policy
 
@@ -113,18 +111,7 @@ def parse_grace(section: str, value: object) -> float:
 
 
 def _read_token(name: str, path: object) -> str:
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{name}: a file path")
-    try:
-        token = Path(path).read_text().strip()
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise ConfigError(f"{name}: {path} is readable by other users (chmod 600)")
-    if len(token) < 16:
-        raise ConfigError(f"{name}: the token in {path} is shorter than 16 characters")
-    return token
+    return read_secret_file(name, path, min_length=16)
 
 
 class _Member:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
-from pbx_zrtp.relay.config import ConfigError, RelayConfig, read_password_file
+from pbx_zrtp.relay.config import ConfigError, RelayConfig, read_password_file, read_secret_file
 from pbx_zrtp.relay.control import ControlServer
 from pbx_zrtp.relay.core import Relay, RelayLayout
 from pbx_zrtp.relay.fastpath import FastPath
@@ -61,15 +61,7 @@ def open_fastpath(mode: str, workers: int = 1) -> list[FastPath] | None:
 
 
 def read_token(path: str) -> str:
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"control.token_file: cannot read {path}: {exc.strerror}") from None
-    if len(token) < 16:
-        raise ConfigError(f"control.token_file: the token in {path} is shorter than 16 characters")
-    if os.stat(path).st_mode & 0o077:
-        raise ConfigError(f"control.token_file: {path} is readable by other users (chmod 600)")
-    return token
+    return read_secret_file("control.token_file", path, min_length=16)
 
 
 class RelayService:

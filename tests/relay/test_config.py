@@ -123,3 +123,32 @@ def test_disclosure_flag_reaches_the_engine_configuration(tmp_path: pathlib.Path
     engine = config.zrtp.configuration(b"Z" * 12, "", "")
     assert engine.disclosure and engine.mitm
     assert not load_config(write(tmp_path, "")).zrtp.configuration(b"Z" * 12, "", "").disclosure
+
+
+def test_every_secret_file_refuses_devices_huge_and_foreign_readable_files(
+    tmp_path: pathlib.Path,
+) -> None:
+    from pbx_zrtp.relay.config import read_secret_file
+
+    with pytest.raises(ConfigError, match=r"x\.secret_file: /dev/zero is not a regular file"):
+        read_secret_file("x.secret_file", "/dev/zero")  # would never end if read
+    big = tmp_path / "big"
+    big.write_text("a" * 5000)
+    big.chmod(0o600)
+    with pytest.raises(ConfigError, match="longer than 4096 bytes"):
+        read_secret_file("x.secret_file", str(big))
+    token = tmp_path / "token"
+    token.write_text("short\n")
+    token.chmod(0o600)
+    with pytest.raises(ConfigError, match="shorter than 16 characters") as caught:
+        read_secret_file("control.token_file", str(token), min_length=16)
+    assert "short" not in str(caught.value).replace("shorter", "")  # the secret is not shown
+    token.chmod(0o640)
+    with pytest.raises(ConfigError, match="readable by other users"):
+        read_secret_file("control.token_file", str(token))
+    token.write_bytes(b"\xff\xfe\n")
+    token.chmod(0o600)
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_secret_file("x", str(token))
+    token.write_text("  s3cret-value  \nsecond line\n")
+    assert read_secret_file("x", str(token)) == "s3cret-value"

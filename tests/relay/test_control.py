@@ -797,13 +797,17 @@ def test_ctl_list_show_json_and_errors(
         # Over TCP, with and without the token file.
         token_file = tmp_path / "token"
         token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o644)  # others could read it: ctl refuses, like the relay does
         tcp = ["--control", f"tcp:127.0.0.1:{lab.tcp_port}"]
+        assert ctl_main([*tcp, "--token-file", str(token_file), "list"]) == 1
+        assert "readable by other users" in capsys.readouterr().err
+        token_file.chmod(0o600)
         assert ctl_main([*tcp, "--token-file", str(token_file), "--json", "list"]) == 0
         assert [c["call_id"] for c in json.loads(capsys.readouterr().out)] == ["ctl-1"]
         assert ctl_main([*tcp, "list"]) == 1
         assert "requires a token" in capsys.readouterr().err
         assert ctl_main([*tcp, "--token-file", str(tmp_path / "missing"), "list"]) == 1
-        assert "cannot read the token file" in capsys.readouterr().err
+        assert "--token-file: cannot read" in capsys.readouterr().err
 
         assert ctl_main([*control, "delete", "ctl-1", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["state"] == "ended"
