@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pbx_zrtp.cache.base import NEVER_EXPIRES, CacheEntry, CacheKey, SecretCache
 
@@ -74,6 +75,27 @@ def expiry_time(now: float, lifetime: int) -> float | None:
 def is_live(expires: float | None, now: float) -> bool:
     """A secret is usable strictly before its expiry time."""
     return expires is None or expires > now
+
+
+def listed_entry(row: Sequence[Any], now: float) -> tuple[CacheKey, CacheEntryInfo]:
+    """One row of the SQL stores' entry listing (the same twelve columns in both):
+    self_zid, peer_zid, self_uri, peer_uri, rs1 set, rs1 expiry, rs2 set, rs2 expiry,
+    verified, updated_at, pbxsecret set, pbxsecret expiry."""
+    (self_zid, peer_zid, self_uri, peer_uri, rs1_set, rs1_expires) = row[:6]
+    (rs2_set, rs2_expires, verified, updated_at, pbx_set, pbx_expires) = row[6:12]
+    has_rs1 = bool(rs1_set) and is_live(rs1_expires, now)
+    has_rs2 = bool(rs2_set) and is_live(rs2_expires, now)
+    key = CacheKey(bytes(self_zid), bytes(peer_zid), self_uri, peer_uri)
+    info = CacheEntryInfo(
+        has_rs1=has_rs1,
+        has_rs2=has_rs2,
+        rs1_expires=rs1_expires if has_rs1 else None,
+        sas_verified=bool(verified),
+        updated_at=float(updated_at),
+        rs2_expires=rs2_expires if has_rs2 else None,
+        has_pbx_secret=bool(pbx_set) and is_live(pbx_expires, now),
+    )
+    return key, info
 
 
 @dataclass

@@ -38,6 +38,7 @@ from pbx_zrtp.cache.memory import (
     check_secret,
     expiry_time,
     is_live,
+    listed_entry,
 )
 
 #: The schema version this code writes (stored in ``PRAGMA user_version``).
@@ -357,35 +358,7 @@ class SqliteSecretCache(SecretCache):
                 "ON p.self_zid = r.self_zid AND p.peer_zid = r.peer_zid "
                 "ORDER BY r.self_zid, r.peer_zid, r.self_uri, r.peer_uri"
             ).fetchall()
-        result = []
-        for (
-            self_zid,
-            peer_zid,
-            self_uri,
-            peer_uri,
-            rs1_set,
-            rs1_expires,
-            rs2_set,
-            rs2_expires,
-            verified,
-            updated_at,
-            pbx_set,
-            pbx_expires,
-        ) in rows:
-            has_rs1 = bool(rs1_set) and is_live(rs1_expires, now)
-            has_rs2 = bool(rs2_set) and is_live(rs2_expires, now)
-            key = CacheKey(bytes(self_zid), bytes(peer_zid), self_uri, peer_uri)
-            info = CacheEntryInfo(
-                has_rs1=has_rs1,
-                has_rs2=has_rs2,
-                rs1_expires=rs1_expires if has_rs1 else None,
-                sas_verified=bool(verified),
-                updated_at=float(updated_at),
-                rs2_expires=rs2_expires if has_rs2 else None,
-                has_pbx_secret=bool(pbx_set) and is_live(pbx_expires, now),
-            )
-            result.append((key, info))
-        return result
+        return [listed_entry(row, now) for row in rows]
 
     def list_pbx_secrets(self) -> list[tuple[bytes, bytes, float | None]]:
         """``(self_zid, peer_zid, expires)`` of every unexpired pbxsecret, sorted."""
