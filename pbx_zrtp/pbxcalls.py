@@ -106,6 +106,29 @@ class CallBook(ABC, Generic[CallT]):
             if call.key in self.calls:
                 await self._write(call, report)
 
+    async def _change_enrollment(self, call: CallT | None, enroll: bool, name: str) -> str:
+        """enroll: the user confirmed the SAS of an enrollment call (store the
+        pbxsecret); otherwise forget the phone. Writes the call's new state and
+        returns what the dialplan is told: "enrolled", "unenrolled" or "failed: …"."""
+        report: dict[str, Any] | None
+        try:
+            if call is None:
+                raise RelayUnavailable(f"no ZRTP call {name}")
+            if enroll:
+                report = await self.relay.enroll(call.call_id)
+                result = "enrolled"
+            else:
+                await self.relay.unenroll(call.call_id)
+                report = await self.relay.show(call.call_id)
+                result = "unenrolled"
+        except RelayUnavailable as exc:
+            log.warning("enrollment of %s: %s", name, exc)
+            return f"failed: {exc}"
+        log.info("enrollment of %s: %s", name, result)
+        if report is not None:
+            await self._locked_write(call, report)
+        return result
+
     async def _write_failure(self, call: CallT, reason: str) -> None:
         log.warning("call %s: %s", call.key, reason)
         state = "failed" if call.policy is not Policy.OFF else "off"

@@ -444,28 +444,11 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
         """enroll: the user confirmed the SAS on an enrollment call; unenroll: forget
         the phone. ZRTP_ENROLL_RESULT tells the dialplan how it went."""
         call = self._find(ref)
-        result = ""
-        report: dict[str, Any] | None = None
-        try:
-            if call is None:
-                raise RelayUnavailable(f"no ZRTP call {ref!r}")
-            if command == "enroll":
-                report = await self.relay.enroll(call.call_id)
-                result = "enrolled"
-            else:
-                await self.relay.unenroll(call.call_id)
-                report = await self.relay.show(call.call_id)
-                result = "unenrolled"
-            log.info("%s: %s (%s)", command, call.channel, result)
-        except RelayUnavailable as exc:
-            result = f"failed: {exc}"
-            log.warning("%s %s: %s", command, ref, exc)
+        result = await self._change_enrollment(call, command == "enroll", repr(ref))
         if call is None:
             with contextlib.suppress(AmiError):
                 await self.ami.user_event("ZrtpAdminError", Message=result[:200])
             return
-        if report is not None:
-            await self._locked_write(call, report)
         with contextlib.suppress(AmiError):
             await self.ami.setvar(call.channel, "ZRTP_ENROLL_RESULT", result[:200])
             await self.ami.user_event(

@@ -451,25 +451,11 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         """confirm: the user compared the SAS on an enrollment call (store the
         pbxsecret); remove: forget the phone. pbx_zrtp_enroll_result says how it went."""
         action = action.strip().lower()
-        call = self.calls.get(uuid)
-        report: dict[str, Any] | None = None
-        try:
-            if call is None:
-                raise RelayUnavailable(f"no ZRTP call {uuid}")
-            if action in ("confirm", "true", "yes", "1"):
-                report = await self.relay.enroll(call.call_id)
-                result = "enrolled"
-            elif action in ("remove", "false", "no", "0"):
-                await self.relay.unenroll(call.call_id)
-                report = await self.relay.show(call.call_id)
-                result = "unenrolled"
-            else:
-                raise RelayUnavailable(f"pbx_zrtp_enroll: unknown action {action!r}")
-            log.info("enrollment of %s: %s", uuid, result)
-        except RelayUnavailable as exc:
-            result = f"failed: {exc}"
-            log.warning("enrollment of %s: %s", uuid, exc)
-        if call is not None and report is not None:
-            await self._locked_write(call, report)
+        if action in ("confirm", "true", "yes", "1", "remove", "false", "no", "0"):
+            enroll = action in ("confirm", "true", "yes", "1")
+            result = await self._change_enrollment(self.calls.get(uuid), enroll, uuid)
+        else:
+            result = f"failed: pbx_zrtp_enroll: unknown action {action!r}"
+            log.warning("enrollment of %s: %s", uuid, result)
         with contextlib.suppress(EslError):
             await self.esl.setvar(uuid, "pbx_zrtp_enroll_result", result[:200])
