@@ -78,7 +78,7 @@ def parse_asterisk(data: dict[str, Any]) -> AsteriskConfig:
             raise ConfigError("asterisk.secret: the manager.conf secret (prefer secret_file)")
         config.secret = data["secret"]
     if "secret_file" in data:
-        config.secret = _read_secret("asterisk.secret_file", data["secret_file"])
+        config.secret = read_secret_file("asterisk.secret_file", data["secret_file"])
     if not config.secret:
         raise ConfigError("asterisk.secret_file: needed to log in to AMI (or asterisk.secret)")
     if "default_policy" in data:
@@ -118,10 +118,6 @@ def _policy(name: str, value: object) -> Policy:
         return Policy(value)
     except ValueError:
         raise ConfigError(f"{name}: {value!r} is not one of off, optional, required") from None
-
-
-def _read_secret(name: str, path: object) -> str:
-    return read_secret_file(name, path)
 
 
 @lru_cache(maxsize=256)

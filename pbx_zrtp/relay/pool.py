@@ -95,7 +95,7 @@ def parse_relays(section: str, value: object) -> list[RelayEntry]:
             raise ConfigError(f"{at}.weight: a number above 0, at most 1000")
         token = None
         if "token_file" in item:
-            token = _read_token(f"{at}.token_file", item["token_file"])
+            token = read_secret_file(f"{at}.token_file", item["token_file"], min_length=16)
         elif control.startswith("tcp:"):
             raise ConfigError(f"{at}.token_file: needed for a tcp: control address")
         if any(e.name == name for e in entries):
@@ -108,10 +108,6 @@ def parse_grace(section: str, value: object) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 60:
         raise ConfigError(f"{section}.relay_grace: seconds, 0-60")
     return float(value)
-
-
-def _read_token(name: str, path: object) -> str:
-    return read_secret_file(name, path, min_length=16)
 
 
 class _Member:
