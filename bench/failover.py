@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pbx_zrtp.calls import CallRequest, Policy
 from pbx_zrtp.relay.control import ControlClient, ControlError
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.relay.pool import RelayEntry, RelayPool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ async def main(args: argparse.Namespace) -> None:
     down, failed, back = [], [], []
     try:
         for n in range(args.calls):
-            await pool.create(f"c{n}", port, Policy.OFF)
+            await pool.create(CallRequest(f"c{n}", port, Policy.OFF))
             port += 2
         spread = {s["name"]: s["calls"] for s in pool.status()}
         for _ in range(args.rounds):
@@ -95,7 +95,7 @@ async def main(args: argparse.Namespace) -> None:
             await until(lambda: pool.status()[0]["up"])
             back.append(time.monotonic() - ready)
             for _ in range(on_a):  # refill a: the pool sends new calls to the emptier relay
-                await pool.create(f"c{port}", port, Policy.OFF)
+                await pool.create(CallRequest(f"c{port}", port, Policy.OFF))
                 port += 2
     finally:
         await pool.close()

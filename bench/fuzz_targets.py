@@ -426,7 +426,8 @@ class _MirrorLab:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, policy: Any, secure: bool) -> None:
         from pbx_zrtp.cache.memory import MemorySecretCache
-        from pbx_zrtp.relay.mirror import CallIdentity, Mirror, MirrorSettings
+        from pbx_zrtp.calls import CallIdentity
+        from pbx_zrtp.relay.mirror import Mirror, MirrorSettings
 
         self.loop = loop
         self.policy = policy
@@ -537,7 +538,7 @@ class RelayTarget:
     under ``required`` before secure (nor clear PBX audio out once secure)."""
 
     def __init__(self) -> None:
-        from pbx_zrtp.relay.mirror import Policy
+        from pbx_zrtp.calls import Policy
 
         _install_trap()
         self.loop = asyncio.new_event_loop()
@@ -559,7 +560,7 @@ class RelayTarget:
         asyncio.set_event_loop(None)
 
     def __call__(self, data: bytes) -> None:
-        from pbx_zrtp.relay.mirror import CallState, Policy
+        from pbx_zrtp.calls import CallState, Policy
 
         r = Reader(data)
         index = r.byte() % len(self.labs)
@@ -659,9 +660,10 @@ class _AdapterLab:
 
     def __init__(self) -> None:
         from pbx_zrtp.cache.memory import MemorySecretCache
+        from pbx_zrtp.calls import Policy
         from pbx_zrtp.relay.core import Relay, RelayLayout
         from pbx_zrtp.relay.handle import LocalRelay
-        from pbx_zrtp.relay.mirror import MirrorSettings, Policy
+        from pbx_zrtp.relay.mirror import MirrorSettings
 
         _install_trap()
         self.loop = asyncio.new_event_loop()
@@ -891,20 +893,15 @@ class ControlTarget:
         _TRAP.check()
 
     def _config(self, data: bytes) -> None:
-        from pbx_zrtp.asterisk.config import parse_asterisk
-        from pbx_zrtp.freeswitch.config import parse_freeswitch
-        from pbx_zrtp.relay.config import ConfigError, load_config, validate
+        from pbx_zrtp.app import load_settings
+        from pbx_zrtp.config import ConfigError
+        from pbx_zrtp.relay.config import validate
 
         if b"/dev/" in data or b"/proc/" in data or b"/sys/" in data:
             return  # a secret file that never ends: the administrator's choice, not input
         self.config_path.write_bytes(data)
-        try:
-            config = load_config(self.config_path)
-            validate(config)
-            if "asterisk" in config.adapters:
-                parse_asterisk(config.adapters["asterisk"])
-            if "freeswitch" in config.adapters:
-                parse_freeswitch(config.adapters["freeswitch"])
+        try:  # every section, as `pbx-zrtp run` reads them
+            validate(load_settings(self.config_path).relay)
         except ConfigError:
             return
 

@@ -2,7 +2,8 @@
 
 By default one process runs the relay and the configured adapters, talking in
 process; ``pbx-zrtp asterisk --relay unix:…`` runs the adapter alone against a
-relay elsewhere (control API).
+relay elsewhere (control API). ``load_settings`` reads a configuration file once,
+for ``--check`` and for running alike.
 """
 
 from __future__ import annotations
@@ -10,19 +11,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from typing import Any
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
-from pbx_zrtp.asterisk.adapter import AsteriskAdapter
-from pbx_zrtp.asterisk.config import parse_asterisk
-from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
-from pbx_zrtp.freeswitch.config import parse_freeswitch
+from pbx_zrtp.calls import RelayHandle
+from pbx_zrtp.config import read_toml
+from pbx_zrtp.config.fields import Problems
+from pbx_zrtp.pbx.registry import BY_NAME, KINDS, PbxAdapter, PbxConfig
+from pbx_zrtp.relay import config as relay_config
 from pbx_zrtp.relay.config import RelayConfig
-from pbx_zrtp.relay.handle import LocalRelay, RelayHandle, RemoteRelay
-from pbx_zrtp.relay.pool import RelayEntry, RelayPool
-from pbx_zrtp.relay.service import RelayService, read_token
 
 log = logging.getLogger("pbx_zrtp")
+
+
+@dataclass
+class Settings:
+    """A whole configuration file, each section parsed once."""
+
+    relay: RelayConfig
+    #: The PBX sections present, by name (``[asterisk]``, ``[freeswitch]``).
+    pbxs: dict[str, PbxConfig] = field(default_factory=dict)
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+    """Read ``path`` (None: embedded defaults); ConfigError lists every problem of
+    every section at once."""
+    relay = RelayConfig.defaults()
+    if path is None:
+        return Settings(relay)
+    data = read_toml(path)
+    problems = Problems()
+    relay = relay_config.read(data, problems, others=BY_NAME, base=relay)
+    pbxs: dict[str, PbxConfig] = {}
+    for kind in KINDS:  # the registry's order: the order adapters start in
+        table = data.get(kind.name)
+        if isinstance(table, dict):
+            pbxs[kind.name] = kind.read(table, problems)
+    problems.check()
+    return Settings(relay, pbxs)
 
 
 async def _wait_for_signal() -> None:
@@ -35,68 +63,54 @@ async def _wait_for_signal() -> None:
     log.info("stopping")
 
 
-async def _pool(entries: list[Any], grace: float) -> RelayHandle:
-    """An adapter with ``[[…relays]]`` gets its own pool of them."""
-    pool = RelayPool.connect(entries, grace=grace)
-    await pool.start()
-    return pool
-
-
-def _one(handle: RelayHandle | None) -> RelayHandle:
-    assert handle is not None  # created whenever an adapter has no [[…relays]]
-    return handle
-
-
 async def run(
-    config: RelayConfig,
+    settings: Settings,
     *,
     with_relay: bool = True,
-    adapters: tuple[str, ...] = ("asterisk", "freeswitch"),
+    adapters: Collection[str] | None = None,
     relay_address: str | None = None,
 ) -> int:
-    """Start the relay (unless ``with_relay`` is False) and the configured adapters."""
-    # Parse adapter sections first: a bad [asterisk] section fails before anything binds.
-    asterisk = freeswitch = None
-    if "asterisk" in adapters and "asterisk" in config.adapters:
-        asterisk = parse_asterisk(config.adapters["asterisk"])
-    if "freeswitch" in adapters and "freeswitch" in config.adapters:
-        freeswitch = parse_freeswitch(config.adapters["freeswitch"])
+    """Start the relay (unless ``with_relay`` is False) and the configured adapters
+    (those named in ``adapters``; None: all)."""
+    from pbx_zrtp.config.relays import RelayEntry
+    from pbx_zrtp.relay.handle import LocalRelay, RemoteRelay
+    from pbx_zrtp.relay.pool import RelayPool
+    from pbx_zrtp.relay.service import RelayService, read_token
+
+    config = settings.relay
+    chosen = {n: c for n, c in settings.pbxs.items() if adapters is None or n in adapters}
     service: RelayService | None = None
     handle: RelayHandle | None = None
-    started: list[Any] = []
-    pools: list[RelayHandle] = []
+    started: list[PbxAdapter] = []
+    pools: list[RelayPool] = []
     try:
         if with_relay:
             service = RelayService(config)
             await service.start()
             handle = LocalRelay(service.relay)
-        elif any(a is not None and not a.relays for a in (asterisk, freeswitch)) or not (
-            asterisk or freeswitch
-        ):
+        elif any(not pbx.relays for pbx in chosen.values()) or not chosen:
             address = relay_address or f"unix:{config.control_socket}"
             token = read_token(config.control_token_file) if config.control_token_file else None
             # A pool of one: a relay that restarts under live calls is noticed (its
             # calls reported failed) just as with several.
             entry = RelayEntry("relay", address, config.relay_address, token=token)
-            handle = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
-            await handle.start()
+            pool = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
+            await pool.start()
+            handle = pool
         # Each adapter keeps reconnecting in the background if its PBX is down.
-        if asterisk is not None:
-            if asterisk.relays:
-                pools.append(await _pool(asterisk.relays, asterisk.relay_grace))
-            ami_adapter = AsteriskAdapter(asterisk, pools[-1] if asterisk.relays else _one(handle))
-            started.append(ami_adapter)
-            await ami_adapter.start()
-        if freeswitch is not None:
-            if freeswitch.relays:
-                pools.append(await _pool(freeswitch.relays, freeswitch.relay_grace))
-            esl_adapter = FreeswitchAdapter(
-                freeswitch, pools[-1] if freeswitch.relays else _one(handle)
-            )
-            started.append(esl_adapter)
-            await esl_adapter.start()
+        for name, pbx in chosen.items():
+            relay = handle
+            if pbx.relays:  # an adapter with [[…relays]] gets its own pool of them
+                pools.append(RelayPool.connect(pbx.relays, grace=pbx.relay_grace))
+                await pools[-1].start()
+                relay = pools[-1]
+            assert relay is not None  # a relay (or a pool of one) exists without [[…relays]]
+            adapter = BY_NAME[name].adapter(pbx, relay)
+            started.append(adapter)
+            await adapter.start()
         if not started and not with_relay:
-            log.warning("no [asterisk] or [freeswitch] section: nothing to do")
+            names = " or ".join(f"[{kind.name}]" for kind in KINDS)
+            log.warning("no %s section: nothing to do", names)
         await _wait_for_signal()
     finally:
         for adapter in reversed(started):

@@ -12,16 +12,14 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from pbx_zrtp import app
-from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.cache.base import CacheError, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
-from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpoint
-from pbx_zrtp.freeswitch.config import parse_freeswitch
-from pbx_zrtp.relay.config import ConfigError, RelayConfig, load_config
-from pbx_zrtp.relay.core import RelayError
+from pbx_zrtp.calls import Address, RelayError
+from pbx_zrtp.config import ConfigError
+from pbx_zrtp.pbx.registry import BY_NAME, KINDS
+from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
-from pbx_zrtp.relay.fastpath import available as fastpath_available
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
 
@@ -130,6 +128,8 @@ def _build_configuration(args: argparse.Namespace, zid: bytes) -> ZrtpConfigurat
 
 
 async def _endpoint_main(args: argparse.Namespace) -> int:
+    from pbx_zrtp.endpoint import EndpointError, EndpointOptions, run_endpoint
+
     cache: SecretCache
     try:
         cache = SqliteSecretCache(args.cache) if args.cache else MemorySecretCache()
@@ -179,6 +179,8 @@ def _write_port(path: str, port: int) -> None:
 
 async def _demo_main(args: argparse.Namespace) -> int:
     """Two endpoints of this install talk ZRTP over loopback UDP, then SRTP."""
+    from pbx_zrtp.endpoint import EndpointError, EndpointOptions, run_endpoint
+
     loop = asyncio.get_running_loop()
     responder_ready: asyncio.Future[Address] = loop.create_future()
     responder = asyncio.ensure_future(
@@ -209,16 +211,19 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _relay_parsers(sub: Any) -> None:
-    for name, text in (
+    commands = [
         ("run", "run pbx_zrtp: the relay and the PBX adapters configured in the file"),
         ("relay", "run the ZRTP media relay alone, with its control API and metrics"),
-        ("asterisk", "run the Asterisk (AMI) adapter alone, against a relay's control API"),
-        ("freeswitch", "run the FreeSWITCH (ESL) adapter alone, against a relay's control API"),
-    ):
+    ]
+    commands += [
+        (kind.name, f"run the {kind.title} adapter alone, against a relay's control API")
+        for kind in KINDS
+    ]
+    for name, text in commands:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in)")
         cmd.add_argument("--check", action="store_true", help="check the configuration and exit")
-        if name in ("asterisk", "freeswitch"):
+        if name in BY_NAME:
             cmd.add_argument(
                 "--relay",
                 metavar="unix:PATH|tcp:HOST:PORT",
@@ -230,44 +235,41 @@ def _relay_parsers(sub: Any) -> None:
     add_ctl_arguments(ctl)
 
 
+def _config_errors(exc: ConfigError) -> int:
+    for problem in exc.problems or (str(exc),):
+        sys.stderr.write(f"pbx-zrtp: configuration error: {problem}\n")
+    return 2
+
+
 def _relay_main(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        settings = app.load_settings(args.config)  # every section, as `run` reads them
     except ConfigError as exc:
-        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
-        return 2
+        return _config_errors(exc)
+    config = settings.relay
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        if "asterisk" in config.adapters:
-            parse_asterisk(config.adapters["asterisk"])
-        if "freeswitch" in config.adapters:
-            parse_freeswitch(config.adapters["freeswitch"])
-    except ConfigError as exc:
-        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
-        return 2
     if args.check:
         sys.stdout.write("configuration OK\n")
         return 0
     try:
         if args.command == "relay":
-            return _run_service(app.run(config, adapters=()), native_media=_native_media(config))
-        if args.command in ("asterisk", "freeswitch"):
-            if args.command not in config.adapters:
+            return _run_service(app.run(settings, adapters=()), native_media=_native_media(config))
+        if args.command in BY_NAME:
+            if args.command not in settings.pbxs:
                 sys.stderr.write(
                     f"pbx-zrtp: configuration error: [{args.command}]: missing section\n"
                 )
                 return 2
             return _run_service(
                 app.run(
-                    config, with_relay=False, adapters=(args.command,), relay_address=args.relay
+                    settings, with_relay=False, adapters=(args.command,), relay_address=args.relay
                 )
             )
-        return _run_service(app.run(config), native_media=_native_media(config))
+        return _run_service(app.run(settings), native_media=_native_media(config))
     except ConfigError as exc:
-        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
-        return 2
+        return _config_errors(exc)
     except (RelayError, OSError, CacheError) as exc:
         sys.stderr.write(f"pbx-zrtp: cannot start the relay: {exc}\n")
         return 1
@@ -288,7 +290,9 @@ def _run_service(main: Coroutine[Any, Any, int], *, native_media: bool = False) 
 
 
 def _native_media(config: RelayConfig) -> bool:
-    return config.fastpath != "off" and fastpath_available() is None
+    from pbx_zrtp.relay.fastpath import available
+
+    return config.fastpath != "off" and available() is None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_endpoint_main(args))
     if args.command == "demo":
         return asyncio.run(_demo_main(args))
-    if args.command in ("run", "relay", "asterisk", "freeswitch"):
+    if args.command in ("run", "relay", *BY_NAME):
         return _relay_main(args)
     if args.command == "ctl":
         return run_ctl(args)

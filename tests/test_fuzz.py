@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import fuzz_targets as ft
-from pbx_zrtp.relay.config import ConfigError, load_config
+from pbx_zrtp.config import ConfigError
+from pbx_zrtp.relay.config import load_config
 from pbx_zrtp.zrtp import packets as p
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,8 @@
 """The one place that knows panoramisk (AMI) and its quirks.
 
-- ``Manager.connect()`` returns before the login: we act in ``on_login``, which
-  panoramisk calls with ``call_soon`` (so it must be a plain function).
+- ``Manager.connect()`` returns before the login: we act in panoramisk's
+  ``on_login`` (our ``on_connect``), which it calls with ``call_soon`` (so it must
+  be a plain function).
 - An action whose connection drops is re-sent after the next login unless its
   future is done: every action here has a time-out, and a timed-out action is
   cancelled so a stale Setvar/Hangup is never replayed.
@@ -15,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from panoramisk import Manager
+
+from pbx_zrtp.pbx.link import LiveChannel, PbxError
 
 log = logging.getLogger("pbx_zrtp.asterisk")
 
 AmiEvent = dict[str, str]
 
 
-class AmiError(Exception):
+class AmiError(PbxError):
     """An AMI action failed or timed out; the message is safe to log."""
 
 
@@ -39,7 +42,7 @@ def _flatten(message: Any) -> dict[str, str]:
 
 
 class Ami:
-    """An AMI session that stays connected: events out, actions in."""
+    """An AMI session that stays connected: events out, actions in (a ``PbxLink``)."""
 
     def __init__(
         self,
@@ -49,15 +52,15 @@ class Ami:
         secret: str,
         *,
         on_event: Callable[[AmiEvent], None],
-        on_login: Callable[[], None],
+        on_connect: Callable[[], None],
         action_timeout: float = 5.0,
         reconnect_delay: int = 1,
     ) -> None:
         self._on_event = on_event
-        self._on_login_cb = on_login
+        self._on_connect = on_connect
         self.action_timeout = action_timeout
-        self.logged_in = asyncio.Event()
-        self.logins = 0
+        self._logged_in = asyncio.Event()
+        self.connections = 0
         self._manager = Manager(
             host=host,
             port=port,
@@ -67,7 +70,7 @@ class Ami:
             reconnect_timeout=reconnect_delay,
             ping_delay=10,
             ping_interval=10,
-            on_login=self._logged_in,
+            on_login=self._login,
             on_disconnect=self._disconnected,
             log=logging.getLogger("pbx_zrtp.asterisk.panoramisk"),
         )
@@ -77,14 +80,18 @@ class Ami:
         self._manager.register_event("Shutdown", self._event)
         self.address = f"{host}:{port}"
 
-    def _logged_in(self, manager: Any) -> None:
-        self.logins += 1
-        self.logged_in.set()
+    @property
+    def connected(self) -> bool:
+        return self._logged_in.is_set()
+
+    def _login(self, manager: Any) -> None:
+        self.connections += 1
+        self._logged_in.set()
         log.info("AMI logged in at %s", self.address)
-        self._on_login_cb()
+        self._on_connect()
 
     def _disconnected(self, manager: Any, exc: object) -> None:
-        self.logged_in.clear()
+        self._logged_in.clear()
         log.warning("AMI connection to %s lost; reconnecting", self.address)
 
     def _event(self, manager: Any, message: Any) -> None:
@@ -98,7 +105,7 @@ class Ami:
         self._manager.loop = asyncio.get_running_loop()
         self._manager.connect()
         try:
-            await asyncio.wait_for(self.logged_in.wait(), wait)
+            await asyncio.wait_for(self._logged_in.wait(), wait)
         except TimeoutError:
             log.warning(
                 "AMI at %s: not logged in yet (check host, port, username, secret)", self.address
@@ -106,14 +113,14 @@ class Ami:
             return False
         return True
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._manager.close()
-        self.logged_in.clear()
+        self._logged_in.clear()
 
     async def action(self, **fields: str) -> dict[str, str]:
         """Send one action and return its single response (raises AmiError on failure)."""
         name = fields.get("Action", "?")
-        if not self.logged_in.is_set():
+        if not self.connected:
             raise AmiError(f"AMI not connected (action {name})")
         future = self._manager.send_action(dict(fields))
         try:
@@ -131,7 +138,7 @@ class Ami:
     async def action_list(self, **fields: str) -> list[dict[str, str]]:
         """An action answered by a list of events (e.g. CoreShowChannels)."""
         name = fields.get("Action", "?")
-        if not self.logged_in.is_set():
+        if not self.connected:
             raise AmiError(f"AMI not connected (action {name})")
         future = self._manager.send_action(dict(fields), as_list=True)
         try:
@@ -146,20 +153,36 @@ class Ami:
             raise AmiError(f"AMI {name}: {messages[0].get('Message', 'failed')}")
         return messages
 
-    # -- the actions the adapter uses ------------------------------------------------
+    # -- the PbxLink actions ----------------------------------------------------------
 
-    async def getvar(self, channel: str, variable: str) -> str:
-        response = await self.action(Action="Getvar", Channel=channel, Variable=variable)
+    async def get_var(self, channel: str, name: str) -> str:
+        response = await self.action(Action="Getvar", Channel=channel, Variable=name)
         return response.get("Value", "")
 
-    async def setvar(self, channel: str, variable: str, value: str) -> None:
-        await self.action(Action="Setvar", Channel=channel, Variable=variable, Value=value)
+    async def set_var(self, channel: str, name: str, value: str) -> None:
+        await self.action(Action="Setvar", Channel=channel, Variable=name, Value=value)
 
-    async def hangup(self, channel: str, cause: int) -> None:
-        await self.action(Action="Hangup", Channel=channel, Cause=str(cause))
+    async def set_vars(self, channel: str, values: Mapping[str, str]) -> None:
+        """One Setvar each, in order (AMI has no multi-set)."""
+        for name, value in values.items():
+            await self.set_var(channel, name, value)
 
-    async def user_event(self, name: str, **headers: str) -> None:
+    async def hang_up(self, channel: str, cause: str) -> None:
+        await self.action(Action="Hangup", Channel=channel, Cause=cause)
+
+    async def notify(self, name: str, headers: Mapping[str, str]) -> None:
+        """A UserEvent for other AMI consumers (and the dialplan's CLI aliases)."""
         await self.action(Action="UserEvent", UserEvent=name, **headers)
+
+    async def live_channels(self) -> list[LiveChannel]:
+        messages = await self.action_list(Action="CoreShowChannels")
+        return [
+            LiveChannel(m.get("Uniqueid", ""), m.get("Channel", ""), m.get("Exten", ""))
+            for m in messages
+            if m.get("Event") == "CoreShowChannel"
+        ]
+
+    # -- AstDB -------------------------------------------------------------------------
 
     async def db_get(self, family: str, key: str) -> str | None:
         try:
@@ -177,7 +200,3 @@ class Ami:
     async def db_del(self, family: str, key: str) -> None:
         with contextlib.suppress(AmiError):  # already gone
             await self.action(Action="DBDel", Family=family, Key=key)
-
-    async def channels(self) -> list[dict[str, str]]:
-        messages = await self.action_list(Action="CoreShowChannels")
-        return [m for m in messages if m.get("Event") == "CoreShowChannel"]

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError, read_secret_file
-from pbx_zrtp.relay.mirror import Policy
-from pbx_zrtp.relay.pool import DEFAULT_GRACE, RelayEntry, parse_grace, parse_relays
-
-_KEYS = {
-    "relays",
-    "relay_grace",
-    "host",
-    "port",
-    "username",
-    "secret",
-    "secret_file",
-    "default_policy",
-    "policies",
-    "hangup_failed_after",
-    "event",
-    "restrict_phone_to_sip_address",
-}
+from pbx_zrtp.calls import Policy
+from pbx_zrtp.config.fields import (
+    FieldReader,
+    Invalid,
+    flag,
+    integer,
+    number,
+    parse_section,
+    text,
+)
+from pbx_zrtp.config.relays import DEFAULT_GRACE, RelayEntry, read_grace, read_relays
+from pbx_zrtp.config.secrets import secret_file
 
 
 @dataclass
@@ -51,73 +45,86 @@ class AsteriskConfig:
     relay_grace: float = DEFAULT_GRACE
 
 
-def parse_asterisk(data: dict[str, Any]) -> AsteriskConfig:
-    config = AsteriskConfig()
-    for key in data:
-        if key not in _KEYS:
-            raise ConfigError(
-                f"asterisk.{key}: unknown setting (known: {', '.join(sorted(_KEYS))})"
-            )
-    if "host" in data:
-        if not isinstance(data["host"], str) or not data["host"]:
-            raise ConfigError("asterisk.host: the AMI host name or address")
-        config.host = data["host"]
-    if "port" in data:
-        port = data["port"]
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise ConfigError("asterisk.port: the AMI TCP port (manager.conf, usually 5038)")
-        config.port = port
-    if "username" in data:
-        if not isinstance(data["username"], str) or not data["username"]:
-            raise ConfigError("asterisk.username: the manager.conf user")
-        config.username = data["username"]
-    if "secret" in data and "secret_file" in data:
-        raise ConfigError("asterisk.secret: give secret or secret_file, not both")
-    if "secret" in data:
-        if not isinstance(data["secret"], str) or not data["secret"]:
-            raise ConfigError("asterisk.secret: the manager.conf secret (prefer secret_file)")
-        config.secret = data["secret"]
-    if "secret_file" in data:
-        config.secret = read_secret_file("asterisk.secret_file", data["secret_file"])
-    if not config.secret:
-        raise ConfigError("asterisk.secret_file: needed to log in to AMI (or asterisk.secret)")
-    if "default_policy" in data:
-        config.default_policy = _policy("asterisk.default_policy", data["default_policy"])
-    if "policies" in data:
-        table = data["policies"]
-        if not isinstance(table, dict):
-            raise ConfigError('asterisk.policies: a table of "pattern" = "policy"')
-        for pattern, policy in table.items():
-            try:
-                compile_pattern(pattern)
-            except ValueError as exc:
-                raise ConfigError(f"asterisk.policies.{pattern}: {exc}") from None
-            config.policies.append((pattern, _policy(f"asterisk.policies.{pattern}", policy)))
-    if "hangup_failed_after" in data:
-        value = data["hangup_failed_after"]
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 60:
-            raise ConfigError("asterisk.hangup_failed_after: seconds, 0-60 (0 disables)")
-        config.hangup_failed_after = float(value)
-    if "event" in data:
-        if not isinstance(data["event"], str) or not re.fullmatch(r"[A-Za-z0-9_]+", data["event"]):
-            raise ConfigError("asterisk.event: a UserEvent name (letters, digits, _)")
-        config.event = data["event"]
-    if "restrict_phone_to_sip_address" in data:
-        if not isinstance(data["restrict_phone_to_sip_address"], bool):
-            raise ConfigError("asterisk.restrict_phone_to_sip_address: true or false")
-        config.restrict_phone_to_sip_address = data["restrict_phone_to_sip_address"]
-    if "relays" in data:
-        config.relays = parse_relays("asterisk", data["relays"])
-    if "relay_grace" in data:
-        config.relay_grace = parse_grace("asterisk", data["relay_grace"])
+def read(table: FieldReader) -> AsteriskConfig:
+    """The section's settings; problems go to ``table``'s reporter."""
+    d = AsteriskConfig()
+    host = table.take("host", text(empty=False), d.host, fix="the AMI host name or address")
+    port = table.take(
+        "port", integer(1, 65535), d.port, fix="the AMI TCP port (manager.conf, usually 5038)"
+    )
+    username = table.take("username", text(empty=False), d.username, fix="the manager.conf user")
+    if table.has("secret") and table.has("secret_file"):
+        table.problem("secret", "give secret or secret_file, not both")
+    given = table.has("secret") or table.has("secret_file")
+    secret = table.take(
+        "secret", text(empty=False), "", fix="the manager.conf secret (prefer secret_file)"
+    )
+    secret = table.take("secret_file", secret_file(), secret)
+    if not given:
+        table.problem("secret_file", "needed to log in to AMI (or asterisk.secret)")
+    config = AsteriskConfig(
+        host=host,
+        port=port,
+        username=username,
+        secret=secret,
+        default_policy=table.take("default_policy", _policy, d.default_policy),
+        policies=_read_policies(table),
+        hangup_failed_after=table.take(
+            "hangup_failed_after",
+            number(0, 60),
+            d.hangup_failed_after,
+            fix="seconds, 0-60 (0 disables)",
+        ),
+        event=table.take(
+            "event",
+            text(pattern=r"[A-Za-z0-9_]+"),
+            d.event,
+            fix="a UserEvent name (letters, digits, _)",
+        ),
+        restrict_phone_to_sip_address=table.take(
+            "restrict_phone_to_sip_address",
+            flag(),
+            d.restrict_phone_to_sip_address,
+            fix="true or false",
+        ),
+        relays=read_relays(table, "asterisk"),
+        relay_grace=read_grace(table),
+    )
+    table.finish()
     return config
 
 
-def _policy(name: str, value: object) -> Policy:
+def parse(data: Mapping[str, object]) -> AsteriskConfig:
+    """The section alone; ConfigError lists all its problems."""
+    return parse_section("asterisk", data, read)
+
+
+parse_asterisk = parse
+
+
+def _policy(value: object) -> Policy:
     try:
-        return Policy(value)
+        return Policy.named(value)
     except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not one of off, optional, required") from None
+        raise Invalid(f"{value!r} is not one of off, optional, required") from None
+
+
+def _read_policies(table: FieldReader) -> list[tuple[str, Policy]]:
+    """``[asterisk.policies]``: "pattern" = "policy", first match wins."""
+    value = table.raw("policies")
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        table.problem("policies", 'a table of "pattern" = "policy"')
+        return []
+    policies = []
+    for pattern, wanted in value.items():
+        try:
+            compile_pattern(pattern)
+            policies.append((pattern, _policy(wanted)))
+        except ValueError as exc:
+            table.problem(f"policies.{pattern}", str(exc))
+    return policies
 
 
 @lru_cache(maxsize=256)

@@ -18,23 +18,23 @@ reach us as API events: ``uuid_setvar <uuid> pbx_zrtp_verified true|false``
 marks the SAS; ``uuid_setvar <uuid> pbx_zrtp_policy <policy>`` changes a live
 call; ``global_setvar pbx_zrtp_policy_<extension>=<policy>`` sets what ``auto``
 resolves to; ``global_getvar pbx_zrtp_calls`` lists ZRTP calls.
+
+The flows themselves are ``pbx_zrtp.pbx.book.CallBook``'s; this module maps ESL to it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote
 
+from pbx_zrtp.calls import Policy, RelayDirectory, RelayError, RelayHandle
+from pbx_zrtp.config.relays import DEFAULT_GROUP
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
-from pbx_zrtp.pbxcalls import CallBook, PbxCall
-from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable
-from pbx_zrtp.relay.mirror import Policy
-from pbx_zrtp.relay.pool import DEFAULT_GROUP, RelayPool
+from pbx_zrtp.pbx.book import ENROLL_OFFER, NO, YES, Announcement, CallBook, PbxCall
+from pbx_zrtp.pbx.link import LiveChannel
+from pbx_zrtp.pbx.variables import VariableTable
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
@@ -43,63 +43,39 @@ CALL_PREFIX = "fs-"
 #: enrollment extension telling us the user confirmed the SAS (or wants out).
 SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll")
 
-
-@dataclass
-class FreeswitchCall(PbxCall):
-    destination: str = ""
-    caller: str = ""
-
-    @property
-    def uuid(self) -> str:
-        return self.key
-
-
-def legacy_sas(sas: str, sas_type: str) -> tuple[str, str]:
-    """FreeSWITCH's old zrtp_sas1/zrtp_sas2: B256 gave one word each, B32 all in sas1."""
-    if sas_type == "B256" and " " in sas:
-        first, second = sas.split(" ", 1)
-        return first, second
-    return sas, ""
-
-
-def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
-    state = str(report.get("state", ""))
-    secure = state == "secure"
-    sas = str(report.get("sas", "")) if secure else ""
-    sas_type = str(report.get("sas_type", "")) if secure else ""
-    sas1, sas2 = legacy_sas(sas, sas_type)
-    values = {
-        # The dialplan's own pbx_zrtp_policy is the request (maybe "auto"); this is
-        # the policy in force.
-        "pbx_zrtp_active_policy": policy.value,
-        "pbx_zrtp_secure": "true" if secure else "false",
-        "pbx_zrtp_sas": sas,
-        "pbx_zrtp_sas_type": sas_type,
-        "pbx_zrtp_sas_verified": "true" if secure and report.get("sas_verified") else "false",
-        "pbx_zrtp_cache_mismatch": "true" if report.get("cache_mismatch") else "false",
-        "pbx_zrtp_cipher": str(report.get("cipher", "")),
-        "pbx_zrtp_auth_tag": str(report.get("auth_tag", "")),
-        "pbx_zrtp_key_agreement": str(report.get("key_agreement", "")),
-        "pbx_zrtp_hash": str(report.get("hash", "")),
-        "pbx_zrtp_peer_zid": str(report.get("peer_zid", "")),
-        "pbx_zrtp_fail_reason": str(report.get("reason", ""))
-        if state in ("failed", "clear")
-        else "",
-        # Trusted MiTM (docs/trusted-mitm.md): the phone's enrollment, and whether the
-        # far end of the bridged call reads the same SAS (end-to-end) or not (pbx-leg).
-        "pbx_zrtp_enrolled": "true" if report.get("enrolled") else "false",
-        "pbx_zrtp_sas_scope": str(report.get("sas_scope", "")) if secure else "",
-        "pbx_zrtp_displayed_sas": str(report.get("displayed_sas", "")) if secure else "",
-        "pbx_zrtp_sas_relay": str(report.get("sas_relay", "")) if secure else "",
-        # Secure, but key continuity was not saved (disk full, database down).
-        "pbx_zrtp_cache_error": str(report.get("cache_error", "")),
-        # FreeSWITCH's removed built-in ZRTP set these; old dialplans test them.
-        "zrtp_secure_media_confirmed_audio": "true" if secure else "false",
-        "zrtp_sas1_string_audio": sas1,
-        "zrtp_sas2_string": sas2,
-    }
-    values["pbx_zrtp_state"] = state  # last: a dialplan waiting on it sees the rest
-    return values
+#: The dialplan's variables (docs/freeswitch.md), in the order they are set. The
+#: dialplan's own pbx_zrtp_policy is the request (maybe "auto"); pbx_zrtp_active_policy
+#: the policy in force. The zrtp_* ones are what FreeSWITCH's removed built-in ZRTP set.
+VARIABLES = VariableTable(
+    (
+        ("policy", "pbx_zrtp_active_policy"),
+        ("secure", "pbx_zrtp_secure"),
+        ("sas", "pbx_zrtp_sas"),
+        ("sas_type", "pbx_zrtp_sas_type"),
+        ("sas_verified", "pbx_zrtp_sas_verified"),
+        ("cache_mismatch", "pbx_zrtp_cache_mismatch"),
+        ("cipher", "pbx_zrtp_cipher"),
+        ("auth_tag", "pbx_zrtp_auth_tag"),
+        ("key_agreement", "pbx_zrtp_key_agreement"),
+        ("hash", "pbx_zrtp_hash"),
+        ("peer_zid", "pbx_zrtp_peer_zid"),
+        ("fail_reason", "pbx_zrtp_fail_reason"),
+        ("enrolled", "pbx_zrtp_enrolled"),
+        ("sas_scope", "pbx_zrtp_sas_scope"),
+        ("displayed_sas", "pbx_zrtp_displayed_sas"),
+        ("sas_relay", "pbx_zrtp_sas_relay"),
+        ("cache_error", "pbx_zrtp_cache_error"),
+        ("secure", "zrtp_secure_media_confirmed_audio"),
+        ("sas1", "zrtp_sas1_string_audio"),
+        ("sas2", "zrtp_sas2_string"),
+        ("state", "pbx_zrtp_state"),
+    ),
+    true="true",
+    false="false",
+)
+#: zrtp_secure_media (FreeSWITCH's removed ZRTP) values that ask for ZRTP.
+LEGACY_OPTIONAL = YES | {"optional"}
+LEGACY_REQUIRED = frozenset({"required", "mandatory"})
 
 
 def requested_policy(headers: EslEvent) -> str | None:
@@ -108,18 +84,23 @@ def requested_policy(headers: EslEvent) -> str | None:
     if value:
         return value.strip().lower()
     legacy = headers.get("variable_zrtp_secure_media", "").strip().lower()
-    if legacy in ("true", "yes", "1", "optional"):
+    if legacy in LEGACY_OPTIONAL:
         return "optional"
-    if legacy in ("required", "mandatory"):
+    if legacy in LEGACY_REQUIRED:
         return "required"
     return None
 
 
-class FreeswitchAdapter(CallBook[FreeswitchCall]):
+def _port(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+class FreeswitchAdapter(CallBook):
     prefix = CALL_PREFIX
+    variables = VARIABLES
+    no_port_reason = "no local_media_port yet: announce the call after pre_answer or answer"
 
     def __init__(self, config: FreeswitchConfig, relay: RelayHandle) -> None:
-        super().__init__(relay)
         self.config = config
         self.esl = Esl(
             config.host,
@@ -129,176 +110,104 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
             on_connect=self._on_connect,
             custom_subclasses=SUBCLASSES,
         )
-
-    async def start(self) -> bool:
-        return await self.esl.start()
-
-    async def close(self) -> None:
-        await self._close_calls()
-        await self.esl.close()
+        super().__init__(
+            relay,
+            self.esl,
+            default_policy=config.default_policy,
+            hangup_failed_after=config.hangup_failed_after,
+            failed_cause=config.hangup_cause,
+        )
 
     # ------------------------------------------------------------------ ESL events
-
-    def _on_connect(self) -> None:
-        self._spawn(self.resync())
 
     def _on_event(self, headers: EslEvent) -> None:
         name = headers.get("Event-Name", "")
         uuid = headers.get("Unique-ID", "")
         if name in ("CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER"):
             if uuid and requested_policy(headers) is not None:
-                self._spawn(self._start_call(headers))
+                self._spawn(self.announce(self._announcement(headers)))
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::request":
             if uuid:
-                self._spawn(self._start_call(headers))
+                self._spawn(self.announce(self._announcement(headers)))
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::enroll":
             if uuid:
                 self._spawn(self._enrollment(uuid, headers.get("action", "")))
         elif name == "CHANNEL_HANGUP_COMPLETE":
-            if uuid:
-                self._mark_gone(uuid)
-                if uuid in self.calls:
-                    self._spawn(self._end(uuid, headers.get("Hangup-Cause", "hangup")))
+            self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
         elif name == "API":
             self._spawn(self._api_event(headers))
 
-    # ------------------------------------------------------------------ calls
-
-    async def _resolve(self, requested: str, destination: str) -> Policy:
-        if requested in ("off", "optional", "required"):
-            return Policy(requested)
-        if destination:
-            with contextlib.suppress(EslError, ValueError):
-                stored = (
-                    await self.esl.api(f"global_getvar pbx_zrtp_policy_{destination}")
-                ).strip()
-                if stored:
-                    return Policy(stored.lower())
-        return self.config.default_policy
-
-    async def _start_call(self, headers: EslEvent) -> None:
+    def _announcement(self, headers: EslEvent) -> Announcement:
         uuid = headers.get("Unique-ID", "")
-        if self._known_or_gone(uuid):
-            return
-        destination = headers.get("Caller-Destination-Number", "")
-        caller = headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", "")
-        call = FreeswitchCall(
-            uuid, Policy.REQUIRED, CALL_PREFIX + uuid, destination=destination, caller=caller
+        advertised = headers.get("variable_rtp_adv_audio_ip", "")
+        return Announcement(
+            uuid,
+            uuid,
+            requested_policy(headers) or headers.get("policy", "").strip().lower(),
+            target=headers.get("Caller-Destination-Number", ""),
+            peer=headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", ""),
+            # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
+            bridge=headers.get("Channel-Call-UUID", ""),
+            enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower() in ENROLL_OFFER,
+            group=headers.get("variable_pbx_zrtp_group", ""),
+            # the relay at the address FreeSWITCH advertised
+            media_address=advertised if self.relay.serves(advertised) else "",
+            port=_port(headers.get("variable_local_media_port", "")),
+            details=(("rtp_adv_audio_ip", advertised),),
         )
-        self.calls[uuid] = call
-        async with call.lock:
-            requested = requested_policy(headers) or headers.get("policy", "").strip().lower()
-            call.policy = await self._resolve(requested, destination)
-            if uuid not in self.calls:
-                return
-            port_text = headers.get("variable_local_media_port", "")
-            if not port_text.isdigit():
-                with contextlib.suppress(EslError):
-                    port_text = (await self.esl.getvar(uuid, "local_media_port")) or ""
-            if not port_text.isdigit():
-                await self._write_failure(
-                    call, "no local_media_port yet: announce the call after pre_answer or answer"
-                )
-                return
-            advertised = headers.get("variable_rtp_adv_audio_ip", "")
-            if (
-                self.config.require_advertised_relay
-                and call.policy is not Policy.OFF
-                and not self.relay.serves(advertised)
-            ):
-                await self._write_failure(
-                    call,
-                    f"rtp_adv_audio_ip is {advertised or 'unset'}, not the relay address"
-                    f" {self.relay.relay_host}: set it before answer",
-                )
-                return
-            try:
-                self.relay.choose(  # the relay at the address FreeSWITCH advertised
-                    call.call_id,
-                    group=headers.get("variable_pbx_zrtp_group", ""),
-                    address=advertised if self.relay.serves(advertised) else "",
-                    bridge=headers.get("Channel-Call-UUID", ""),
-                )
-                report = await self.relay.create(
-                    call.call_id,
-                    int(port_text),
-                    call.policy,
-                    self_uri=destination,
-                    peer_uri=caller,
-                    # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
-                    bridge=headers.get("Channel-Call-UUID", ""),
-                    enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower()
-                    in ("offer", "true", "yes", "1"),
-                )
-            except RelayUnavailable as exc:
-                await self._write_failure(call, f"relay: {exc}")
-                return
-            if uuid not in self.calls:
-                await self.relay.delete(call.call_id, "hangup")
-                return
-            log.info(
-                "call %s (%s -> %s) on port %s, policy %s",
-                uuid,
-                caller,
-                destination,
-                port_text,
-                call.policy.value,
-            )
-            await self._write(call, report)
 
-    async def _write(self, call: FreeswitchCall, report: dict[str, Any]) -> None:
-        values = variables_for(report, call.policy)
-        before = dict(call.written)
-        changed_values = {k: v for k, v in values.items() if call.written.get(k) != v}
-        if changed_values:
-            # state last: one uuid_setvar_multi for the details, then the state
-            state = changed_values.pop("pbx_zrtp_state", None)
-            try:
-                if changed_values:
-                    await self.esl.setvars(
-                        call.uuid, {k: v or "" for k, v in changed_values.items()}
-                    )
-                if state is not None:
-                    await self.esl.setvar(call.uuid, "pbx_zrtp_state", state)
-            except EslError as exc:
-                log.warning("call %s: could not write variables: %s", call.uuid, exc)
-                return
-            call.written.update(values)
-        state = values["pbx_zrtp_state"]
-        changed = before.get("pbx_zrtp_state") != state
-        verified_now = (
-            values["pbx_zrtp_sas_verified"] == "true"
-            and before.get("pbx_zrtp_sas_verified") != "true"
-        )
+    # ------------------------------------------------------------------ CallBook hooks
+
+    async def _stored_policy(self, target: str) -> str | None:
+        return (await self.esl.api(f"global_getvar pbx_zrtp_policy_{target}")).strip()
+
+    async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
+        if announced.port is not None:
+            return announced.port
         with contextlib.suppress(EslError):
-            if changed and state == "secure":
-                sas1, sas2 = values["zrtp_sas1_string_audio"], values["zrtp_sas2_string"]
-                await self.esl.send_event(
-                    "pbx_zrtp::secure",
-                    {
-                        "pbx_zrtp_uuid": call.uuid,
-                        "secure_type": f"zrtp:{sas1}:{sas2}",
-                        "pbx_zrtp_sas": values["pbx_zrtp_sas"],
-                        "pbx_zrtp_sas_type": values["pbx_zrtp_sas_type"],
-                        "pbx_zrtp_cipher": values["pbx_zrtp_cipher"],
-                    },
-                )
-            if changed and state == "failed":
-                await self.esl.send_event(
-                    "pbx_zrtp::failed",
-                    {
-                        "pbx_zrtp_uuid": call.uuid,
-                        "pbx_zrtp_fail_reason": values["pbx_zrtp_fail_reason"],
-                    },
-                )
-            if verified_now:
-                await self.esl.send_event("pbx_zrtp::verified", {"pbx_zrtp_uuid": call.uuid})
-            if changed or verified_now:
-                await self._publish_list()
-        if changed and state == "failed" and call.policy is Policy.REQUIRED:
-            self._arm_hangup(
-                call, self.config.hangup_failed_after, lambda: self._hang_up_failed(call)
+            return _port(await self.esl.get_var(call.channel, "local_media_port"))
+        return None
+
+    def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
+        """A ZRTP call whose phone was not told the relay's address would bypass it."""
+        advertised = announced.detail("rtp_adv_audio_ip")
+        if (
+            self.config.require_advertised_relay
+            and call.policy is not Policy.OFF
+            and not self.relay.serves(advertised)
+        ):
+            return (
+                f"rtp_adv_audio_ip is {advertised or 'unset'}, not the relay address"
+                f" {self.relay.relay_host}: set it before answer"
             )
+        return None
+
+    async def _tell(self, call: PbxCall, before: dict[str, str], changed: bool) -> None:
+        """CUSTOM events (CALL_SECURE-style for old consumers); the fs_cli call list."""
+        values = call.written
+        state = values["pbx_zrtp_state"]
+        verified_now = self.verified_now(call, before)
+        if changed and state == "secure":
+            sas1, sas2 = values["zrtp_sas1_string_audio"], values["zrtp_sas2_string"]
+            await self.esl.notify(
+                "pbx_zrtp::secure",
+                {
+                    "pbx_zrtp_uuid": call.key,
+                    "secure_type": f"zrtp:{sas1}:{sas2}",
+                    "pbx_zrtp_sas": values["pbx_zrtp_sas"],
+                    "pbx_zrtp_sas_type": values["pbx_zrtp_sas_type"],
+                    "pbx_zrtp_cipher": values["pbx_zrtp_cipher"],
+                },
+            )
+        if changed and state == "failed":
+            await self.esl.notify(
+                "pbx_zrtp::failed",
+                {"pbx_zrtp_uuid": call.key, "pbx_zrtp_fail_reason": values["pbx_zrtp_fail_reason"]},
+            )
+        if verified_now:
+            await self.esl.notify("pbx_zrtp::verified", {"pbx_zrtp_uuid": call.key})
+        if changed or verified_now:
+            await self._publish_list()
 
     async def _publish_list(self) -> None:
         """global_getvar pbx_zrtp_calls at fs_cli: one `uuid state sas verified` per call."""
@@ -306,34 +215,24 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         for call in self.calls.values():
             w = call.written
             entries.append(
-                f"{call.uuid} {w.get('pbx_zrtp_state', '-')} "
+                f"{call.key} {w.get('pbx_zrtp_state', '-')} "
                 f"{(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')} "
                 f"verified={w.get('pbx_zrtp_sas_verified', 'false')}"
             )
         await self.esl.api(f"global_setvar pbx_zrtp_calls={', '.join(entries) or 'none'}")
 
-    async def _hang_up_failed(self, call: FreeswitchCall) -> None:
-        log.warning(
-            "call %s: required ZRTP failed (%s); hanging up with %s",
-            call.uuid,
-            call.written.get("pbx_zrtp_fail_reason", ""),
-            self.config.hangup_cause,
-        )
-        with contextlib.suppress(EslError):
-            await self.esl.kill(call.uuid, self.config.hangup_cause)
+    async def _ended(self, call: PbxCall) -> None:
+        await self._publish_list()
 
-    async def _ended(self, call: FreeswitchCall, final: dict[str, Any] | None, reason: str) -> None:
-        with contextlib.suppress(EslError):
-            await self._publish_list()
-
-    async def _publish_relays(self, pool: RelayPool) -> None:
+    async def _publish_relays(self, directory: RelayDirectory) -> None:
         """Globals for the dialplan and fs_cli: ``pbx_zrtp_relay_ip_<group>`` (and
         ``pbx_zrtp_relay_ip`` for the default group) name the relay the next call
         should advertise; ``global_getvar pbx_zrtp_relays`` lists them all."""
-        values = {f"pbx_zrtp_relay_ip_{g}": a for g, a in pool.advertise().items()}
+        values = {f"pbx_zrtp_relay_ip_{g}": a for g, a in directory.advertise().items()}
         if f"pbx_zrtp_relay_ip_{DEFAULT_GROUP}" in values:
             values["pbx_zrtp_relay_ip"] = values[f"pbx_zrtp_relay_ip_{DEFAULT_GROUP}"]
-        values["pbx_zrtp_relays"] = ", ".join(f"{n} {s}" for n, s in pool.status_lines().items())
+        lines = directory.status_lines()
+        values["pbx_zrtp_relays"] = ", ".join(f"{n} {s}" for n, s in lines.items())
         for name, value in values.items():
             if self._published.get(name) != value:
                 try:
@@ -342,72 +241,42 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
                     return  # written again after the next connect
                 self._published[name] = value
 
-    # ------------------------------------------------------------------ resync
+    async def _asked(self, channel: LiveChannel) -> bool:
+        requested = await self.esl.get_var(channel.key, "pbx_zrtp_policy")
+        legacy = await self.esl.get_var(channel.key, "zrtp_secure_media")
+        return bool(requested or legacy)
 
-    async def resync(self) -> None:
-        """After every (re)connect: match calls and mirrors to FreeSWITCH's channels."""
-        # Calls that start while we wait for the PBX's answer are not in its snapshot:
-        # only calls known before asking may be judged gone.
-        known_before = set(self.calls)
-        self._republish_relays()
-        try:
-            live = await self._live_channels()
-        except EslError as exc:
-            log.warning("resync: %s", exc)
-            return
-        mirrored = await self._forget_vanished(live, known_before)
-        for uuid in live:
-            call = self.calls.get(uuid)
-            if call is not None:
-                current = await self.relay.show(call.call_id)
-                if current is not None:
-                    call.written.clear()
-                    await self._locked_write(call, current)
-                continue
-            try:  # a call that asked for ZRTP while we were away
-                requested = await self.esl.getvar(uuid, "pbx_zrtp_policy")
-                legacy = await self.esl.getvar(uuid, "zrtp_secure_media")
-                state = await self.esl.getvar(uuid, "pbx_zrtp_state")
-                port = await self.esl.getvar(uuid, "local_media_port")
-            except EslError:
-                continue
-            if (requested or legacy) and (uuid in mirrored or state not in (None, "pending")):
-                policy = mirrored.get(uuid, {}).get("policy", "")
-                with contextlib.suppress(EslError):
-                    policy = policy or await self.esl.getvar(uuid, "pbx_zrtp_active_policy") or ""
-                try:
-                    known = Policy(policy)
-                except ValueError:
-                    known = Policy.REQUIRED  # assume the strictest
-                await self._recover(
-                    FreeswitchCall(uuid, known, CALL_PREFIX + uuid), mirrored.get(uuid)
-                )
-            elif (requested or legacy) and port:
-                headers = {
-                    "Unique-ID": uuid,
-                    "variable_pbx_zrtp_policy": requested or "",
-                    "variable_zrtp_secure_media": legacy or "",
-                    "variable_local_media_port": port,
-                    "variable_rtp_adv_audio_ip": await self.esl.getvar(uuid, "rtp_adv_audio_ip")
-                    or "",
-                    "Caller-Destination-Number": await self.esl.getvar(uuid, "destination_number")
-                    or "",
-                    "Channel-Call-UUID": await self.esl.getvar(uuid, "call_uuid") or uuid,
-                    "variable_pbx_zrtp_enroll": await self.esl.getvar(uuid, "pbx_zrtp_enroll")
-                    or "",
-                    "variable_pbx_zrtp_group": await self.esl.getvar(uuid, "pbx_zrtp_group") or "",
-                }
-                log.info("resync: picking up %s, which asked for ZRTP while ESL was down", uuid)
-                await self._start_call(headers)
-
-    async def _live_channels(self) -> set[str]:
-        body = await self.esl.api("show channels as json")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise EslError("show channels as json: not JSON") from None
-        rows = data.get("rows", []) if isinstance(data, dict) else []
-        return {str(row.get("uuid", "")) for row in rows if isinstance(row, dict)} - {""}
+    async def _announcement_at_resync(self, channel: LiveChannel) -> Announcement | None:
+        """Rebuild the channel's CHANNEL_ANSWER from its variables."""
+        uuid = channel.key
+        names = (
+            "pbx_zrtp_policy",
+            "zrtp_secure_media",
+            "local_media_port",
+            "rtp_adv_audio_ip",
+            "destination_number",
+            "call_uuid",
+            "pbx_zrtp_enroll",
+            "pbx_zrtp_group",
+        )
+        found = dict.fromkeys(names, "")
+        for name in names:
+            with contextlib.suppress(EslError):
+                found[name] = await self.esl.get_var(uuid, name)
+        if not found["local_media_port"]:
+            return None
+        headers = {
+            "Unique-ID": uuid,
+            "variable_pbx_zrtp_policy": found["pbx_zrtp_policy"],
+            "variable_zrtp_secure_media": found["zrtp_secure_media"],
+            "variable_local_media_port": found["local_media_port"],
+            "variable_rtp_adv_audio_ip": found["rtp_adv_audio_ip"],
+            "Caller-Destination-Number": found["destination_number"],
+            "Channel-Call-UUID": found["call_uuid"] or uuid,
+            "variable_pbx_zrtp_enroll": found["pbx_zrtp_enroll"],
+            "variable_pbx_zrtp_group": found["pbx_zrtp_group"],
+        }
+        return self._announcement(headers)
 
     # ------------------------------------------------------------------ fs_cli administration
 
@@ -429,21 +298,14 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
             return
         try:
             if name == "pbx_zrtp_verified":
-                report = await self.relay.verify(call.call_id, value in ("true", "yes", "1"))
-                log.info(
-                    "fs_cli: SAS of %s marked %sverified",
-                    uuid,
-                    "" if value in ("true", "yes", "1") else "un",
-                )
+                # anything but a yes takes the mark back: the safe reading of a typo
+                await self.verify(call, uuid, value in YES)
             else:
-                policy = Policy(value)
-                report = await self.relay.update(call.call_id, policy)
-                call.policy = policy
-            await self._locked_write(call, report)
-        except (RelayUnavailable, ValueError) as exc:
+                await self.change_policy(call, uuid, value)
+        except (RelayError, ValueError) as exc:
             log.warning("fs_cli %s %s: %s", name, uuid, exc)
             with contextlib.suppress(EslError):
-                await self.esl.setvar(
+                await self.esl.set_var(
                     uuid, "pbx_zrtp_admin_error", str(exc).replace(" ", "_")[:200]
                 )
 
@@ -451,11 +313,15 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
         """confirm: the user compared the SAS on an enrollment call (store the
         pbxsecret); remove: forget the phone. pbx_zrtp_enroll_result says how it went."""
         action = action.strip().lower()
-        if action in ("confirm", "true", "yes", "1", "remove", "false", "no", "0"):
-            enroll = action in ("confirm", "true", "yes", "1")
-            result = await self._change_enrollment(self.calls.get(uuid), enroll, uuid)
+        if action in YES | {"confirm"} or action in NO | {"remove"}:
+            enroll = action in YES | {"confirm"}
+            result = await self.change_enrollment(self.calls.get(uuid), enroll, uuid)
         else:
             result = f"failed: pbx_zrtp_enroll: unknown action {action!r}"
             log.warning("enrollment of %s: %s", uuid, result)
         with contextlib.suppress(EslError):
-            await self.esl.setvar(uuid, "pbx_zrtp_enroll_result", result[:200])
+            await self.esl.set_var(uuid, "pbx_zrtp_enroll_result", result[:200])
+
+
+#: What the registry (pbx_zrtp.pbx.registry) starts for a [section].
+Adapter = FreeswitchAdapter

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError, read_secret_file
-from pbx_zrtp.relay.mirror import Policy
-from pbx_zrtp.relay.pool import DEFAULT_GRACE, RelayEntry, parse_grace, parse_relays
-
-_KEYS = {
-    "relays",
-    "relay_grace",
-    "host",
-    "port",
-    "password",
-    "password_file",
-    "default_policy",
-    "hangup_failed_after",
-    "hangup_cause",
-    "require_advertised_relay",
-}
+from pbx_zrtp.calls import Policy
+from pbx_zrtp.config.fields import FieldReader, flag, integer, number, parse_section, policy, text
+from pbx_zrtp.config.relays import DEFAULT_GRACE, RelayEntry, read_grace, read_relays
+from pbx_zrtp.config.secrets import secret_file
 
 
 @dataclass
@@ -45,54 +32,51 @@ class FreeswitchConfig:
     relay_grace: float = DEFAULT_GRACE
 
 
-def parse_freeswitch(data: dict[str, Any]) -> FreeswitchConfig:
-    config = FreeswitchConfig()
-    for key in data:
-        if key not in _KEYS:
-            known = ", ".join(sorted(_KEYS))
-            raise ConfigError(f"freeswitch.{key}: unknown setting (known: {known})")
-    if "host" in data:
-        if not isinstance(data["host"], str) or not data["host"]:
-            raise ConfigError("freeswitch.host: the event socket host")
-        config.host = data["host"]
-    if "port" in data:
-        port = data["port"]
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise ConfigError(
-                "freeswitch.port: the event socket port (event_socket.conf.xml, 8021)"
-            )
-        config.port = port
-    if "password" in data and "password_file" in data:
-        raise ConfigError("freeswitch.password: give password or password_file, not both")
-    if "password" in data:
-        if not isinstance(data["password"], str) or not data["password"]:
-            raise ConfigError("freeswitch.password: the event socket password")
-        config.password = data["password"]
-    if "password_file" in data:
-        config.password = read_secret_file("freeswitch.password_file", data["password_file"])
-    if "default_policy" in data:
-        try:
-            config.default_policy = Policy(data["default_policy"])
-        except ValueError:
-            raise ConfigError("freeswitch.default_policy: one of off, optional, required") from None
-    if "hangup_failed_after" in data:
-        value = data["hangup_failed_after"]
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 60:
-            raise ConfigError("freeswitch.hangup_failed_after: seconds, 0-60")
-        config.hangup_failed_after = float(value)
-    if "hangup_cause" in data:
-        cause = data["hangup_cause"]
-        if not isinstance(cause, str) or not re.fullmatch(r"[A-Z_]+", cause):
-            raise ConfigError(
-                "freeswitch.hangup_cause: a FreeSWITCH cause name, e.g. BEARERCAPABILITY_NOTAVAIL"
-            )
-        config.hangup_cause = cause
-    if "require_advertised_relay" in data:
-        if not isinstance(data["require_advertised_relay"], bool):
-            raise ConfigError("freeswitch.require_advertised_relay: true or false")
-        config.require_advertised_relay = data["require_advertised_relay"]
-    if "relays" in data:
-        config.relays = parse_relays("freeswitch", data["relays"])
-    if "relay_grace" in data:
-        config.relay_grace = parse_grace("freeswitch", data["relay_grace"])
+def read(table: FieldReader) -> FreeswitchConfig:
+    """The section's settings; problems go to ``table``'s reporter."""
+    d = FreeswitchConfig()
+    host = table.take("host", text(empty=False), d.host, fix="the event socket host")
+    port = table.take(
+        "port",
+        integer(1, 65535),
+        d.port,
+        fix="the event socket port (event_socket.conf.xml, 8021)",
+    )
+    if table.has("password") and table.has("password_file"):
+        table.problem("password", "give password or password_file, not both")
+    password = table.take(
+        "password", text(empty=False), d.password, fix="the event socket password"
+    )
+    password = table.take("password_file", secret_file(), password)
+    config = FreeswitchConfig(
+        host=host,
+        port=port,
+        password=password,
+        default_policy=table.take(
+            "default_policy", policy(), d.default_policy, fix="one of off, optional, required"
+        ),
+        hangup_failed_after=table.take(
+            "hangup_failed_after", number(0, 60), d.hangup_failed_after, fix="seconds, 0-60"
+        ),
+        hangup_cause=table.take(
+            "hangup_cause",
+            text(pattern=r"[A-Z_]+"),
+            d.hangup_cause,
+            fix="a FreeSWITCH cause name, e.g. BEARERCAPABILITY_NOTAVAIL",
+        ),
+        require_advertised_relay=table.take(
+            "require_advertised_relay", flag(), d.require_advertised_relay, fix="true or false"
+        ),
+        relays=read_relays(table, "freeswitch"),
+        relay_grace=read_grace(table),
+    )
+    table.finish()
     return config
+
+
+def parse(data: Mapping[str, object]) -> FreeswitchConfig:
+    """The section alone; ConfigError lists all its problems."""
+    return parse_section("freeswitch", data, read)
+
+
+parse_freeswitch = parse

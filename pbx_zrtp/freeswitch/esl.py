@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pbx_zrtp.pbx.link import LiveChannel, PbxError
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
@@ -34,12 +37,12 @@ EVENTS = (
 )
 
 
-class EslError(Exception):
+class EslError(PbxError):
     """An ESL command failed, timed out, or the connection is down."""
 
 
 class Esl:
-    """A reconnecting inbound ESL session served by a gevent thread."""
+    """A reconnecting inbound ESL session served by a gevent thread (a ``PbxLink``)."""
 
     def __init__(
         self,
@@ -58,7 +61,8 @@ class Esl:
         self._on_connect = on_connect
         self._subscription = " ".join((EVENTS, "CUSTOM", *custom_subclasses))
         self.command_timeout = command_timeout
-        self.connected = asyncio.Event()
+        self.address = f"{host}:{port}"
+        self._up = asyncio.Event()
         self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._requests: queue.SimpleQueue[tuple[str, asyncio.Future[str]] | None] = (
@@ -71,6 +75,10 @@ class Esl:
 
     # ------------------------------------------------------------------ asyncio side
 
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
     async def start(self, wait: float = 5.0) -> bool:
         self._loop = asyncio.get_running_loop()
         ready = threading.Event()
@@ -80,7 +88,7 @@ class Esl:
         self._thread.start()
         await asyncio.get_running_loop().run_in_executor(None, ready.wait, 5)
         try:
-            await asyncio.wait_for(self.connected.wait(), wait)
+            await asyncio.wait_for(self._up.wait(), wait)
         except TimeoutError:
             log.warning(
                 "ESL at %s:%d: not connected yet (check host, port, password)", self.host, self.port
@@ -100,7 +108,7 @@ class Esl:
         """Run an ESL ``api`` command; returns its body; raises EslError on -ERR."""
         if "\n" in command or "\r" in command:
             raise EslError("ESL commands are single lines")
-        if not self.connected.is_set():
+        if not self.connected:
             raise EslError(f"ESL not connected (api {command.split(' ', 1)[0]})")
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._requests.put((f"api {command}", future))
@@ -113,27 +121,37 @@ class Esl:
             raise EslError(body.strip())
         return body
 
-    async def setvar(self, uuid: str, name: str, value: str) -> None:
-        await self.api(f"uuid_setvar {uuid} {name} {value}")
+    async def set_var(self, channel: str, name: str, value: str) -> None:
+        await self.api(f"uuid_setvar {channel} {name} {value}")
 
-    async def setvars(self, uuid: str, variables: dict[str, str]) -> None:
-        """uuid_setvar_multi; values must not contain ';' (the separator)."""
-        parts = ";".join(f"{k}={v.replace(';', ',')}" for k, v in variables.items())
-        await self.api(f"uuid_setvar_multi {uuid} {parts}")
+    async def set_vars(self, channel: str, values: Mapping[str, str]) -> None:
+        """One uuid_setvar_multi; a ';' (its separator) in a value becomes ','."""
+        parts = ";".join(f"{k}={v.replace(';', ',')}" for k, v in values.items())
+        await self.api(f"uuid_setvar_multi {channel} {parts}")
 
-    async def getvar(self, uuid: str, name: str) -> str | None:
-        value = (await self.api(f"uuid_getvar {uuid} {name}")).strip()
-        return None if value in ("_undef_", "") else value
+    async def get_var(self, channel: str, name: str) -> str:
+        value = (await self.api(f"uuid_getvar {channel} {name}")).strip()
+        return "" if value == "_undef_" else value
 
-    async def kill(self, uuid: str, cause: str) -> None:
-        await self.api(f"uuid_kill {uuid} {cause}")
+    async def hang_up(self, channel: str, cause: str) -> None:
+        await self.api(f"uuid_kill {channel} {cause}")
 
-    async def send_event(self, subclass: str, headers: dict[str, str]) -> None:
-        """``sendevent CUSTOM``; never with a Unique-ID header (FreeSWITCH would deliver
-        it to that channel instead of broadcasting it)."""
-        lines = ["sendevent CUSTOM", f"Event-Subclass: {subclass}"]
+    async def live_channels(self) -> list[LiveChannel]:
+        body = await self.api("show channels as json")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise EslError("show channels as json: not JSON") from None
+        rows = data.get("rows", []) if isinstance(data, dict) else []
+        uuids = {str(row.get("uuid", "")) for row in rows if isinstance(row, dict)} - {""}
+        return [LiveChannel(uuid, uuid) for uuid in sorted(uuids)]
+
+    async def notify(self, name: str, headers: Mapping[str, str]) -> None:
+        """``sendevent CUSTOM`` of subclass ``name``; never with a Unique-ID header
+        (FreeSWITCH would deliver it to that channel instead of broadcasting it)."""
+        lines = ["sendevent CUSTOM", f"Event-Subclass: {name}"]
         lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "unique-id"]
-        if not self.connected.is_set():
+        if not self.connected:
             raise EslError("ESL not connected (sendevent)")
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._requests.put(("\n".join(lines), future))
@@ -200,7 +218,7 @@ class Esl:
                 # greenswitch leaves these waiting forever after a drop
                 with contextlib.suppress(Exception):
                     pending.set_exception(ConnectionError("ESL connection lost"))
-            self._to_loop(self.connected.clear)
+            self._to_loop(self._up.clear)
             self._fail_pending(EslError("ESL connection lost"))
             with contextlib.suppress(Exception):
                 esl._run = False  # stop() may block on a dead reader: just close
@@ -211,7 +229,7 @@ class Esl:
         self._wake.stop()
 
     def _connected(self) -> None:
-        self.connected.set()
+        self._up.set()
         log.info("ESL connected to %s:%d", self.host, self.port)
         self._on_connect()
 

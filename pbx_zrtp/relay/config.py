@@ -1,29 +1,39 @@
-"""The relay's TOML configuration, with embedded defaults and precise errors.
+"""The relay's sections of the TOML configuration, with embedded defaults.
 
-Every problem is reported as ``ConfigError("section.key: what is wrong")`` so an
-admin knows which line to fix. Unknown keys are errors too: a typo must not
-silently fall back to a default.
+Read with the one field reader (``pbx_zrtp.config.fields``): every problem names
+its setting (``section.key: what is wrong``), unknown keys are errors (a typo must
+not silently fall back to a default), and all problems are reported at once.
+The PBX sections are their packages' (``pbx_zrtp.app.load_settings`` reads a
+whole file).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
-import stat
-import tomllib
 import urllib.parse
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pbx_zrtp.relay.mirror import Policy
-from pbx_zrtp.srtp import SUPPORTED_CIPHERS
+from pbx_zrtp.calls import Policy
+from pbx_zrtp.config import read_toml
+from pbx_zrtp.config.fields import (
+    ConfigError,
+    FieldReader,
+    Invalid,
+    Problems,
+    choice,
+    flag,
+    integer,
+    ip_address,
+    number,
+    policy,
+    section,
+    text,
+)
+from pbx_zrtp.config.secrets import read_secret_file, secret_file
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the setting."""
 
 
 def _default_state_dir() -> Path:
@@ -40,15 +50,20 @@ def _default_runtime_dir() -> Path:
     return Path(base) / "pbx-zrtp" if base else Path(f"/tmp/pbx-zrtp-{os.getuid()}")
 
 
+#: The engine's own defaults (zrtp/config.py), so they are written once.
+_ENGINE = ZrtpConfiguration(zid=bytes(12))
+
+
 @dataclass
 class ZrtpSettings:
-    key_agreements: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
-    hashes: tuple[bytes, ...] = (b"S256", b"S384")
-    ciphers: tuple[bytes, ...] = (b"AES1",)
+    key_agreements: tuple[bytes, ...] = _ENGINE.key_agreement_types
+    hashes: tuple[bytes, ...] = _ENGINE.hash_types
+    ciphers: tuple[bytes, ...] = _ENGINE.cipher_types
+    #: The relay prefers the full 80-bit tag (the engine's default lists HS32 first).
     auth_tags: tuple[bytes, ...] = (b"HS80", b"HS32")
-    sas: tuple[bytes, ...] = (b"B32 ", b"B256")
+    sas: tuple[bytes, ...] = _ENGINE.sas_types
     client_id: str = "pbx_zrtp relay"
-    cache_expiration: int = 0xFFFFFFFF
+    cache_expiration: int = _ENGINE.cache_expiration
     #: D flag (§11): set it when this PBX records calls or hands keys or audio to a
     #: third party; phones then show that the call is not private.
     disclosure: bool = False
@@ -97,8 +112,6 @@ class RelayConfig:
     control_token_file: str | None = None
     metrics: tuple[str, int] | None = ("127.0.0.1", 9597)
     log_level: str = "info"
-    #: Raw [asterisk] / [freeswitch] sections, checked by those adapters' own parsers.
-    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def defaults(cls) -> RelayConfig:
@@ -108,267 +121,221 @@ class RelayConfig:
         return config
 
 
-_SCHEMA: dict[str, set[str]] = {
-    "relay": {
-        "address",
-        "pbx_address",
-        "ports",
-        "prebind",
-        "prebind_policy",
-        "rtcp",
-        "fastpath",
-        "fastpath_workers",
-    },
-    "zrtp": {
-        "key_agreements",
-        "hashes",
-        "ciphers",
-        "auth_tags",
-        "sas",
-        "client_id",
-        "cache_expiration",
-        "disclosure",
-    },
-    "cache": {"path", "url", "password_file"},
-    "timeouts": {"optional", "required"},
-    "control": {"socket", "tcp", "token_file"},
-    "metrics": {"listen"},
-    "log": {"level"},
-}
+#: The relay's sections; a file's other sections belong to the PBX adapters.
+SECTIONS = ("relay", "zrtp", "cache", "timeouts", "control", "metrics", "log")
 
 
-#: Sections that belong to the PBX adapters; they validate them themselves.
-ADAPTER_SECTIONS = ("asterisk", "freeswitch")
-
-
-def load_config(path: str | os.PathLike[str] | None) -> RelayConfig:
-    """Read ``path`` (None: embedded defaults only)."""
+def load_config(
+    path: str | os.PathLike[str] | None, *, others: Collection[str] = ()
+) -> RelayConfig:
+    """Read ``path`` (None: embedded defaults only); ``others``: sections that are not
+    the relay's but someone else's to read (e.g. the PBX adapters')."""
     config = RelayConfig.defaults()
     if path is None:
         return config
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # found by fuzzing: TOML must be UTF-8
-        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at octet {exc.start}") from None
-    apply(config, data)
+    problems = Problems()
+    config = read(read_toml(path), problems, others=others, base=config)
+    problems.check()
     return config
 
 
-def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
-    for section, values in data.items():
-        if section in ADAPTER_SECTIONS:
-            if not isinstance(values, dict):
-                raise ConfigError(f"{section}: must be a table [{section}]")
-            config.adapters[section] = values
-            continue
-        if section not in _SCHEMA:
-            known = ", ".join(sorted([*_SCHEMA, *ADAPTER_SECTIONS]))
-            raise ConfigError(f"[{section}]: unknown section (known: {known})")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{section}: must be a table [{section}]")
-        for key in values:
-            if key not in _SCHEMA[section]:
-                known = ", ".join(sorted(_SCHEMA[section]))
-                raise ConfigError(f"{section}.{key}: unknown setting (known: {known})")
-    relay = data.get("relay", {})
-    if "address" in relay:
-        config.relay_address = _ip("relay.address", relay["address"])
-    if "pbx_address" in relay:
-        config.pbx_address = _ip("relay.pbx_address", relay["pbx_address"])
-    if "ports" in relay:
-        config.port_min, config.port_max = _range("relay.ports", relay["ports"])
-    if "prebind" in relay:
-        low, high = _range("relay.prebind", relay["prebind"])
-        config.prebind = tuple(p for p in range(low, high + 1) if p % 2 == 0)
-    if "prebind_policy" in relay:
-        config.prebind_policy = _policy("relay.prebind_policy", relay["prebind_policy"])
-    if "rtcp" in relay:
-        config.rtcp = _bool("relay.rtcp", relay["rtcp"])
-    if "fastpath" in relay:
-        value = relay["fastpath"]
-        if value not in ("auto", "on", "off"):
-            raise ConfigError('relay.fastpath: "auto", "on" or "off"')
-        config.fastpath = value
-    if "fastpath_workers" in relay:
-        value = relay["fastpath_workers"]
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
-            raise ConfigError("relay.fastpath_workers: 0 (one per CPU but one) to 64")
-        config.fastpath_workers = value
-    zrtp = data.get("zrtp", {})
-    names = {
-        "key_agreements": "key agreement",
-        "hashes": "hash",
-        "ciphers": "cipher",
-        "auth_tags": "auth tag",
-        "sas": "SAS",
-    }
-    for key in names:
-        if key in zrtp:
-            setattr(config.zrtp, key, _algorithms(f"zrtp.{key}", zrtp[key]))
-    if "client_id" in zrtp:
-        value = zrtp["client_id"]
-        if not isinstance(value, str) or not value.isascii() or not 1 <= len(value) <= 16:
-            raise ConfigError("zrtp.client_id: must be 1-16 ASCII characters")
-        config.zrtp.client_id = value
-    if "cache_expiration" in zrtp:
-        value = zrtp["cache_expiration"]
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
-            raise ConfigError("zrtp.cache_expiration: seconds, 0-4294967295 (4294967295 = never)")
-        config.zrtp.cache_expiration = value
-    if "disclosure" in zrtp:
-        if not isinstance(zrtp["disclosure"], bool):
-            raise ConfigError("zrtp.disclosure: true or false (true when calls are recorded)")
-        config.zrtp.disclosure = zrtp["disclosure"]
-    cache = data.get("cache", {})
-    if "path" in cache:
-        value = cache["path"]
-        if not isinstance(value, str) or not value:
-            raise ConfigError('cache.path: a file path, or "memory" for no persistent cache')
-        config.cache_path = None if value == "memory" else value
-    if "url" in cache:
-        if "path" in cache:
-            raise ConfigError("cache.url: set either cache.path (SQLite) or cache.url, not both")
-        config.cache_url = _postgres_url("cache.url", cache["url"])
-        config.cache_path = None
-    if "password_file" in cache:
-        value = cache["password_file"]
-        if config.cache_url is None:
-            raise ConfigError("cache.password_file: only used with cache.url (PostgreSQL)")
-        if not isinstance(value, str) or not value:
-            raise ConfigError("cache.password_file: a path")
-        read_password_file(value)
-        config.cache_password_file = value
-    timeouts = data.get("timeouts", {})
+def apply(config: RelayConfig, data: Mapping[str, object]) -> RelayConfig:
+    """``data``'s settings over ``config`` (in place); ConfigError lists every problem."""
+    problems = Problems()
+    read(data, problems, base=config)
+    problems.check()
+    return config
+
+
+def read(
+    data: Mapping[str, object],
+    problems: Problems,
+    *,
+    others: Collection[str] = (),
+    base: RelayConfig | None = None,
+) -> RelayConfig:
+    """The relay's sections of ``data`` over ``base`` (the defaults when None)."""
+    config = base if base is not None else RelayConfig.defaults()
+    known = ", ".join(sorted([*SECTIONS, *others]))
+    tables: dict[str, FieldReader] = {}
+    for name, values in data.items():
+        if name not in SECTIONS and name not in others:
+            problems.add(f"[{name}]: unknown section (known: {known})")
+        elif not isinstance(values, dict):
+            problems.add(f"{name}: must be a table [{name}]")
+        elif name in SECTIONS:
+            tables[name] = section(name, values, problems)
+    empty = {name: section(name, {}, problems) for name in SECTIONS}
+    _read_relay(tables.get("relay", empty["relay"]), config)
+    _read_zrtp(tables.get("zrtp", empty["zrtp"]), config.zrtp)
+    _read_cache(tables.get("cache", empty["cache"]), config)
+    _read_timeouts(tables.get("timeouts", empty["timeouts"]), config)
+    _read_control(tables.get("control", empty["control"]), config)
+    _read_metrics(tables.get("metrics", empty["metrics"]), config)
+    _read_log(tables.get("log", empty["log"]), config)
+    for table in tables.values():
+        table.finish()
+    if not problems.items:  # checks across sections, on settings that are each valid
+        _validate(config, problems)
+    return config
+
+
+def _read_relay(t: FieldReader, c: RelayConfig) -> None:
+    c.relay_address = t.take("address", ip_address(specific=True), c.relay_address)
+    c.pbx_address = t.take("pbx_address", ip_address(specific=True), c.pbx_address)
+    c.port_min, c.port_max = t.take("ports", _port_range, (c.port_min, c.port_max))
+    if t.has("prebind"):
+        low, high = t.take("prebind", _port_range, (0, -1))
+        c.prebind = tuple(p for p in range(low, high + 1) if p % 2 == 0)
+    else:
+        t.raw("prebind")
+    c.prebind_policy = t.take("prebind_policy", policy(), c.prebind_policy)
+    c.rtcp = t.take("rtcp", flag(), c.rtcp, fix="true or false")
+    c.fastpath = t.take(
+        "fastpath", choice("auto", "on", "off"), c.fastpath, fix='"auto", "on" or "off"'
+    )
+    c.fastpath_workers = t.take(
+        "fastpath_workers",
+        integer(0, 64),
+        c.fastpath_workers,
+        fix="0 (one per CPU but one) to 64",
+    )
+
+
+_ALGORITHMS = {
+    "key_agreements": "key agreement",
+    "hashes": "hash",
+    "ciphers": "cipher",
+    "auth_tags": "auth tag",
+    "sas": "SAS",
+}
+
+
+def _read_zrtp(t: FieldReader, z: ZrtpSettings) -> None:
+    for key in _ALGORITHMS:
+        setattr(z, key, t.take(key, _algorithms, getattr(z, key)))
+    z.client_id = t.take(
+        "client_id",
+        text(pattern=r"[\x00-\x7f]{1,16}"),
+        z.client_id,
+        fix="must be 1-16 ASCII characters",
+    )
+    z.cache_expiration = t.take(
+        "cache_expiration",
+        integer(0, 0xFFFFFFFF),
+        z.cache_expiration,
+        fix="seconds, 0-4294967295 (4294967295 = never)",
+    )
+    z.disclosure = t.take(
+        "disclosure", flag(), z.disclosure, fix="true or false (true when calls are recorded)"
+    )
+
+
+def _read_cache(t: FieldReader, c: RelayConfig) -> None:
+    with_path = t.has("path")
+    path = t.take(
+        "path",
+        text(empty=False),
+        "",
+        fix='a file path, or "memory" for no persistent cache',
+    )
+    if with_path and path:
+        c.cache_path = None if path == "memory" else path
+    if t.has("url"):
+        if with_path:
+            t.problem("url", "set either cache.path (SQLite) or cache.url, not both")
+        c.cache_url = t.take("url", _postgres_url, c.cache_url)
+        c.cache_path = None
+    else:
+        t.raw("url")
+    if t.has("password_file"):
+        if c.cache_url is None:
+            t.problem("password_file", "only used with cache.url (PostgreSQL)")
+            t.raw("password_file")
+        else:
+            path_given = t.raw("password_file")
+            if not isinstance(path_given, str) or not path_given:
+                t.problem("password_file", "a path")
+            else:
+                try:
+                    secret_file()(path_given)  # readable, owner-only: checked now
+                    c.cache_password_file = path_given
+                except Invalid as exc:
+                    t.problem("password_file", str(exc))
+    else:
+        t.raw("password_file")
+
+
+def _read_timeouts(t: FieldReader, c: RelayConfig) -> None:
     for key in ("optional", "required"):
-        if key in timeouts:
-            value = timeouts[key]
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not 0.5 <= value <= 120
-            ):
-                raise ConfigError(f"timeouts.{key}: seconds between 0.5 and 120")
-            setattr(config, f"{key}_timeout", float(value))
-    control = data.get("control", {})
-    if "socket" in control:
-        value = control["socket"]
-        if not isinstance(value, str):
-            raise ConfigError('control.socket: a path, or "" to disable the Unix socket')
-        config.control_socket = value or None
-    if "tcp" in control:
-        config.control_tcp = _listen("control.tcp", control["tcp"])
-    if "token_file" in control:
-        value = control["token_file"]
-        if not isinstance(value, str) or not value:
-            raise ConfigError("control.token_file: a path")
-        config.control_token_file = value
-    if config.control_tcp is not None and config.control_token_file is None:
-        raise ConfigError("control.tcp: needs control.token_file (any local user can reach TCP)")
-    metrics = data.get("metrics", {})
-    if "listen" in metrics:
-        value = metrics["listen"]
-        config.metrics = None if value == "" else _listen("metrics.listen", value)
-    log = data.get("log", {})
-    if "level" in log:
-        value = log["level"]
-        if value not in ("debug", "info", "warning", "error"):
-            raise ConfigError("log.level: one of debug, info, warning, error")
-        config.log_level = value
-    validate(config)
-    return config
+        current = getattr(c, f"{key}_timeout")
+        value = t.take(key, number(0.5, 120), current, fix="seconds between 0.5 and 120")
+        setattr(c, f"{key}_timeout", value)
+
+
+def _read_control(t: FieldReader, c: RelayConfig) -> None:
+    if t.has("socket"):
+        socket = t.take("socket", text(), "", fix='a path, or "" to disable the Unix socket')
+        c.control_socket = socket or None
+    else:
+        t.raw("socket")
+    c.control_tcp = t.take("tcp", _listen, c.control_tcp)
+    c.control_token_file = t.take(
+        "token_file", text(empty=False), c.control_token_file, fix="a path"
+    )
+    if c.control_tcp is not None and c.control_token_file is None:
+        t.problem("tcp", "needs control.token_file (any local user can reach TCP)")
+
+
+def _read_metrics(t: FieldReader, c: RelayConfig) -> None:
+    if t.has("listen"):
+        listen = t.raw("listen")
+        try:
+            c.metrics = None if listen == "" else _listen(listen)
+        except Invalid as exc:
+            t.problem("listen", str(exc))
+    else:
+        t.raw("listen")
+
+
+def _read_log(t: FieldReader, c: RelayConfig) -> None:
+    c.log_level = t.take(
+        "level",
+        choice("debug", "info", "warning", "error"),
+        c.log_level,
+        fix="one of debug, info, warning, error",
+    )
 
 
 def validate(config: RelayConfig) -> None:
+    """Checks across settings; ConfigError lists every problem."""
+    problems = Problems()
+    _validate(config, problems)
+    problems.check()
+
+
+def _validate(config: RelayConfig, problems: Problems) -> None:
+    from pbx_zrtp.srtp import SUPPORTED_CIPHERS  # only when a file is checked: not for --help
+
     if config.relay_address == config.pbx_address:
-        raise ConfigError(
+        problems.add(
             "relay.address: must differ from relay.pbx_address, or the relay would take the"
             " PBX's own RTP ports (bind the PBX's SIP/RTP to its own address)"
         )
     for port in config.prebind:
         if not config.port_min <= port <= config.port_max:
-            raise ConfigError(f"relay.prebind: port {port} is outside relay.ports")
+            problems.add(f"relay.prebind: port {port} is outside relay.ports")
+            break
     for cipher in config.zrtp.ciphers:
         if cipher.decode() not in SUPPORTED_CIPHERS:
-            raise ConfigError(
+            problems.add(
                 f"zrtp.ciphers: {cipher.decode()} cannot be used for SRTP here"
                 f" (supported: {', '.join(SUPPORTED_CIPHERS)})"
             )
     try:
         ZrtpSettings.configuration(config.zrtp, b"\x00" * 12, "", "")
     except ValueError as exc:
-        raise ConfigError(f"zrtp: {exc}") from None
-
-
-def _postgres_url(name: str, value: object) -> str:
-    """A libpq URL without a password (config files are often world-readable)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f'{name}: a PostgreSQL URL such as "postgresql://relay@db.example/zrtp"')
-    try:
-        parts = urllib.parse.urlsplit(value)
-        query = urllib.parse.parse_qs(parts.query)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"{name}: not a valid URL") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f'{name}: must start with "postgresql://" (got "{parts.scheme}:")')
-    if parts.password is not None or "password" in query:
-        raise ConfigError(
-            f"{name}: must not contain the password; put it in cache.password_file (mode 0600)"
-            " or libpq's PGPASSFILE"
-        )
-    if importlib.util.find_spec("psycopg") is None:
-        raise ConfigError(
-            f"{name}: PostgreSQL support is not installed: pip install 'pbx-zrtp[postgres]'"
-        )
-    return value
-
-
-#: Longest secret file read (a password or token is a line, not a file system).
-MAX_SECRET_FILE = 4096
-
-
-def read_secret_file(name: str, path: object, *, min_length: int = 1) -> str:
-    """The first line of a secret file (password, token) that only its owner can read.
-
-    One reader for every secret file, so each refuses the same things: a path that is
-    not a regular file (``/dev/zero`` would never end), a file others can read, more
-    than MAX_SECRET_FILE bytes, non-UTF-8 text, an empty or short secret. Errors name
-    the setting ``name`` and never contain the secret.
-    """
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{name}: a file path")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"{name}: {path} is not a regular file")
-        if mode & 0o077:
-            raise ConfigError(f"{name}: {path} is readable by other users (chmod 600)")
-        data = os.read(fd, MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_SECRET_FILE:
-        raise ConfigError(f"{name}: {path} is longer than {MAX_SECRET_FILE} bytes")
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
-    secret = lines[0].strip() if lines else ""
-    if not secret:
-        raise ConfigError(f"{name}: {path} is empty")
-    if len(secret) < min_length:
-        raise ConfigError(f"{name}: the secret in {path} is shorter than {min_length} characters")
-    return secret
+        problems.add(f"zrtp: {exc}")
 
 
 def read_password_file(path: str) -> str:
@@ -376,19 +343,32 @@ def read_password_file(path: str) -> str:
     return read_secret_file("cache.password_file", path)
 
 
-def _ip(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: an IP address as a string")
+# ---------------------------------------------------------------------- converters
+
+
+def _postgres_url(value: object) -> str:
+    """A libpq URL without a password (config files are often world-readable)."""
+    if not isinstance(value, str) or not value:
+        raise Invalid('a PostgreSQL URL such as "postgresql://relay@db.example/zrtp"')
     try:
-        address = ipaddress.ip_address(value)
+        parts = urllib.parse.urlsplit(value)
+        query = urllib.parse.parse_qs(parts.query)
+        parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not an IP address") from None
-    if address.is_unspecified:
-        raise ConfigError(f"{name}: must be a specific address, not {value}")
-    return str(address)
+        raise Invalid("not a valid URL") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise Invalid(f'must start with "postgresql://" (got "{parts.scheme}:")')
+    if parts.password is not None or "password" in query:
+        raise Invalid(
+            "must not contain the password; put it in cache.password_file (mode 0600)"
+            " or libpq's PGPASSFILE"
+        )
+    if importlib.util.find_spec("psycopg") is None:
+        raise Invalid("PostgreSQL support is not installed: pip install 'pbx-zrtp[postgres]'")
+    return value
 
 
-def _range(name: str, value: object) -> tuple[int, int]:
+def _port_range(value: object) -> tuple[int, int]:
     text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
     parts = text.split("-") if text is not None else []
     try:
@@ -396,44 +376,44 @@ def _range(name: str, value: object) -> tuple[int, int]:
     except ValueError:
         low, high = 0, -1
     if not 1024 <= low <= high <= 65534:
-        raise ConfigError(f"{name}: {value!r} is not a port range LOW-HIGH within 1024-65534")
+        raise Invalid(f"{value!r} is not a port range LOW-HIGH within 1024-65534")
     return low, high
 
 
-def _policy(name: str, value: object) -> Policy:
-    try:
-        return Policy(value)
-    except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not one of off, optional, required") from None
-
-
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: true or false")
-    return value
-
-
-def _algorithms(name: str, value: object) -> tuple[bytes, ...]:
+def _algorithms(value: object) -> tuple[bytes, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f'{name}: a list of type names such as ["X255", "DH3k"]')
+        raise Invalid('a list of type names such as ["X255", "DH3k"]')
     try:
         return parse_algorithm_list(",".join(value))
     except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+        raise Invalid(str(exc)) from None
 
 
-def _listen(name: str, value: object) -> tuple[str, int]:
+def _listen(value: object) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"{name}: HOST:PORT")
+        raise Invalid("HOST:PORT")
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     try:
         number = int(port)
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not HOST:PORT with an IP address") from None
+        ip_address()(host)
+    except (ValueError, Invalid):
+        raise Invalid(f"{value!r} is not HOST:PORT with an IP address") from None
     if not 0 <= number <= 65535:
-        raise ConfigError(f"{name}: port out of range")
+        raise Invalid("port out of range")
     return host, number
+
+
+__all__ = [
+    "SECTIONS",
+    "ConfigError",
+    "RelayConfig",
+    "ZrtpSettings",
+    "apply",
+    "load_config",
+    "read",
+    "read_password_file",
+    "validate",
+]

@@ -28,8 +28,17 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pbx_zrtp.relay.core import Relay, RelayError, Subscription
-from pbx_zrtp.relay.mirror import Address, CallReport, Policy
+from pbx_zrtp.calls import (
+    Address,
+    BadRequest,
+    CallReport,
+    CallRequest,
+    NoSuchCall,
+    Policy,
+    RelayError,
+    RelayUnavailable,
+)
+from pbx_zrtp.relay.core import Relay, Subscription
 
 log = logging.getLogger("pbx_zrtp.relay.control")
 
@@ -60,8 +69,27 @@ UNIX_PATH_MAX = 107
 _POLICIES = ", ".join(repr(p.value) for p in Policy)
 
 
+#: An error reply's ``code``: what kind of failure, for programs (the text is for humans).
+NO_SUCH_CALL = "no_such_call"
+BAD_REQUEST = "bad_request"
+INTERNAL = "internal"
+UNAVAILABLE = "unavailable"
+
+
 class ControlError(Exception):
     """A request the relay refused, or a control connection that failed."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+    def as_relay_error(self) -> RelayError:
+        """The same failure in the adapters' terms (``pbx_zrtp.calls``)."""
+        if self.code == NO_SUCH_CALL:
+            return NoSuchCall(str(self))
+        if self.code == BAD_REQUEST:
+            return BadRequest(str(self))
+        return RelayUnavailable(str(self))
 
 
 class ControlConnectionError(ControlError):
@@ -207,12 +235,12 @@ def _reply(request_id: Any, result: Any) -> dict[str, Any]:
     return {"type": "reply", "id": request_id, "ok": True, "result": result}
 
 
-def _error(request_id: Any, message: str) -> dict[str, Any]:
-    return {"type": "reply", "id": request_id, "ok": False, "error": message}
+def _error(request_id: Any, message: str, code: str = BAD_REQUEST) -> dict[str, Any]:
+    return {"type": "reply", "id": request_id, "ok": False, "error": message, "code": code}
 
 
-def _report(report: CallReport) -> dict[str, Any]:
-    return report.as_dict()
+def _report(report: CallReport) -> dict[str, object]:
+    return report.to_wire()
 
 
 def _reject_constant(name: str) -> Any:
@@ -375,7 +403,7 @@ class ControlServer:
                 return
             if len(self._connections) > self.max_clients:
                 log.warning("control client %s refused: too many connections", connection.peer)
-                await connection.send(_error(None, "too many control connections"))
+                await connection.send(_error(None, "too many control connections", UNAVAILABLE))
                 return
             await connection.run()
         except asyncio.CancelledError:
@@ -539,7 +567,9 @@ class _Connection:
                     sent = await self.send(reply)
                 except (TypeError, ValueError):  # a result JSON cannot carry
                     log.exception("control reply to %s cannot be encoded", self.peer)
-                    sent = await self.send(_error(reply["id"], "internal error: unencodable"))
+                    sent = await self.send(
+                        _error(reply["id"], "internal error: unencodable", INTERNAL)
+                    )
                 if not sent:
                     return
             if self.close_after_reply:
@@ -587,11 +617,15 @@ class _Connection:
             result = await handler(args)
         except _BadRequest as exc:
             return _error(request_id, str(exc))
+        except NoSuchCall as exc:
+            return _error(request_id, str(exc), NO_SUCH_CALL)
         except RelayError as exc:
             return _error(request_id, str(exc))
         except Exception:
             log.exception("control op %r from %s failed", op, self.peer)
-            return _error(request_id, f"internal error in op {op!r} (see the relay's log)")
+            return _error(
+                request_id, f"internal error in op {op!r} (see the relay's log)", INTERNAL
+            )
         return _reply(request_id, result)
 
     async def _forward(self, subscription: Subscription) -> None:
@@ -671,20 +705,20 @@ class _Connection:
         phone_hint: Address | None = None
         if phone_host is not None and phone_port is not None:
             phone_hint = (phone_host, phone_port)
-        report = await self.relay.create(
+        request = CallRequest(
             call_id,
             port,
             policy,
-            pbx_host=pbx_host,
-            pbx_port=pbx_port,
             self_uri=self_uri,
             peer_uri=peer_uri,
-            payload_type=payload_type if payload_type is not None else 0,
             phone_hint=phone_hint,
             bridge=bridge,
             enroll=enroll,
+            pbx_host=pbx_host,
+            pbx_port=pbx_port,
+            payload_type=payload_type if payload_type is not None else 0,
         )
-        return _report(report)
+        return _report(await self.relay.admit(request))
 
     async def _op_update(self, args: _Args) -> Any:
         call_id = args.call_id()
@@ -947,7 +981,11 @@ class ControlClient:
         finally:
             self._pending.pop(request_id, None)
         if not reply.get("ok"):
-            raise ControlError(str(reply.get("error", "the relay refused the request")))
+            code = reply.get("code")
+            raise ControlError(
+                str(reply.get("error", "the relay refused the request")),
+                code if isinstance(code, str) else "",
+            )
         return reply.get("result")
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

@@ -19,25 +19,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbx_zrtp.cache.base import CacheKey
-from pbx_zrtp.relay.fastpath import FastPath
-from pbx_zrtp.relay.mirror import (
+from pbx_zrtp.calls import (
     Address,
+    BadRequest,
     CallIdentity,
     CallReport,
+    CallRequest,
     CallState,
-    Mirror,
-    MirrorSettings,
+    NoSuchCall,
     Policy,
+    RelayError,
+    StateCallback,
 )
+from pbx_zrtp.relay.fastpath import FastPath
+from pbx_zrtp.relay.mirror import Mirror, MirrorSettings
 
 log = logging.getLogger("pbx_zrtp.relay")
 
 #: Events a slow subscriber may fall behind by before it is disconnected.
 SUBSCRIBER_QUEUE = 1000
-
-
-class RelayError(Exception):
-    """A request the relay refuses; the message is safe to show to the caller."""
 
 
 @dataclass
@@ -56,11 +56,11 @@ class RelayLayout:
 
     def check_port(self, port: int) -> None:
         if not self.port_min <= port <= self.port_max - (1 if self.rtcp else 0):
-            raise RelayError(
+            raise BadRequest(
                 f"port {port} is outside the relay's range {self.port_min}-{self.port_max}"
             )
         if port % 2 and self.rtcp:
-            raise RelayError(f"port {port} is odd: RTP uses even ports, RTCP the next one")
+            raise BadRequest(f"port {port} is odd: RTP uses even ports, RTCP the next one")
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Relay:
         self._by_call: dict[str, Mirror] = {}
         self._prebound: set[int] = set()
         self._subscribers: set[Subscription] = set()
-        self._listeners: list[Any] = []  # callables(report) e.g. metrics
+        self._listeners: list[StateCallback] = []  # e.g. metrics, in-process adapters
         self.totals = Totals()
         self.started_at = time.time()
         #: The native forwarding worker for secured calls (None: all in Python).
@@ -184,13 +184,29 @@ class Relay:
                     # loop's next turn: give it that turn before giving up.
                     await asyncio.sleep(0)
                     continue
-                raise RelayError(
+                raise BadRequest(
                     f"cannot bind {self.layout.relay_host}:{port}: {exc.strerror or exc}"
                 ) from None
         self._by_port[port] = mirror
         return mirror
 
     # ------------------------------------------------------------------ calls
+
+    async def admit(self, request: CallRequest) -> CallReport:
+        """``create`` for a request an adapter or the control API built."""
+        return await self.create(
+            request.call_id,
+            request.port,
+            request.policy,
+            pbx_host=request.pbx_host,
+            pbx_port=request.pbx_port,
+            self_uri=request.self_uri,
+            peer_uri=request.peer_uri,
+            payload_type=request.payload_type,
+            phone_hint=request.phone_hint,
+            bridge=request.bridge,
+            enroll=request.enroll,
+        )
 
     async def create(
         self,
@@ -210,20 +226,20 @@ class Relay:
         """Mirror the PBX's port ``port`` for ``call_id`` (or name the call on a
         pre-bound port that may already carry its media)."""
         if not call_id or len(call_id) > 200:
-            raise RelayError("call_id must be 1-200 characters")
+            raise BadRequest("call_id must be 1-200 characters")
         if len(bridge) > 200:
-            raise RelayError("bridge must be at most 200 characters")
+            raise BadRequest("bridge must be at most 200 characters")
         if call_id in self._by_call:
-            raise RelayError(f"call {call_id!r} already has a mirror")
+            raise BadRequest(f"call {call_id!r} already has a mirror")
         if payload_type not in (0, 8):
-            raise RelayError("payload_type must be 0 (PCMU) or 8 (PCMA)")
+            raise BadRequest("payload_type must be 0 (PCMU) or 8 (PCMA)")
         if pbx_host is not None:
             try:  # packets are matched on their source address: use the canonical form
                 pbx_host = str(ipaddress.ip_address(pbx_host))
             except ValueError:
-                raise RelayError(f"pbx_host {pbx_host!r} is not an IP address") from None
+                raise BadRequest(f"pbx_host {pbx_host!r} is not an IP address") from None
         if pbx_port is not None and not 1 <= pbx_port <= 65534:
-            raise RelayError("pbx_port must be 1-65534 (RTCP uses the next port)")
+            raise BadRequest("pbx_port must be 1-65534 (RTCP uses the next port)")
         self.layout.check_port(port)
         identity = CallIdentity(
             call_id, policy, self_uri, peer_uri, payload_type, phone_hint, bridge, enroll
@@ -232,9 +248,9 @@ class Relay:
         if mirror is not None:
             if port not in self._prebound:
                 owner = mirror.identity.call_id if mirror.identity else "?"
-                raise RelayError(f"port {port} is already mirrored for call {owner!r}")
+                raise BadRequest(f"port {port} is already mirrored for call {owner!r}")
             if mirror.identity is not None and not mirror.identity.call_id.startswith("port-"):
-                raise RelayError(
+                raise BadRequest(
                     f"pre-bound port {port} already carries call {mirror.identity.call_id!r}"
                 )
             if mirror.identity is not None:  # media came first: name the call now
@@ -242,7 +258,7 @@ class Relay:
                     try:
                         mirror.offer_enrollment()
                     except ValueError as exc:
-                        raise RelayError(str(exc)) from None
+                        raise BadRequest(str(exc)) from None
                 self._by_call.pop(mirror.identity.call_id, None)
                 mirror.identity.call_id = call_id
                 mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
@@ -301,7 +317,7 @@ class Relay:
     def _mirror(self, call_id: str) -> Mirror:
         mirror = self._by_call.get(call_id)
         if mirror is None:
-            raise RelayError(f"no call {call_id!r}")
+            raise NoSuchCall(f"no call {call_id!r}")
         return mirror
 
     def update(self, call_id: str, *, policy: Policy | None = None) -> CallReport:
@@ -310,13 +326,13 @@ class Relay:
             try:
                 mirror.set_policy(policy)
             except ValueError as exc:
-                raise RelayError(str(exc)) from None
+                raise BadRequest(str(exc)) from None
         return mirror.report()
 
     def delete(self, call_id: str, reason: str = "hangup") -> CallReport:
         mirror = self._by_call.pop(call_id, None)
         if mirror is None:
-            raise RelayError(f"no call {call_id!r}")
+            raise NoSuchCall(f"no call {call_id!r}")
         final = mirror.end(reason)
         self._account(final)
         if mirror.port not in self._prebound:
@@ -335,7 +351,7 @@ class Relay:
         try:
             mirror.mark_verified(verified)
         except ValueError as exc:
-            raise RelayError(str(exc)) from None
+            raise BadRequest(str(exc)) from None
         return mirror.report()
 
     def enroll(self, call_id: str) -> CallReport:
@@ -344,7 +360,7 @@ class Relay:
         try:
             mirror.enroll()
         except ValueError as exc:
-            raise RelayError(str(exc)) from None
+            raise BadRequest(str(exc)) from None
         return mirror.report()
 
     def unenroll(self, call_id: str | None = None, peer_zid: bytes | None = None) -> int:
@@ -353,13 +369,13 @@ class Relay:
             try:
                 self._mirror(call_id).unenroll()
             except ValueError as exc:
-                raise RelayError(str(exc)) from None
+                raise BadRequest(str(exc)) from None
             return 1
         cache = self.settings.cache
         if peer_zid is None or len(peer_zid) != 12:
-            raise RelayError("unenroll needs a call or a 12-byte peer ZID")
+            raise BadRequest("unenroll needs a call or a 12-byte peer ZID")
         if cache is None:
-            raise RelayError("the relay has no cache (cache.path = memory)")
+            raise BadRequest("the relay has no cache (cache.path = memory)")
         erased = 0
         for self_zid, zid, _expires in self.enrolled_phones():
             if zid == peer_zid:
@@ -426,7 +442,7 @@ class Relay:
         self._subscribers.add(sub)
         return sub
 
-    def add_listener(self, listener: Any) -> None:
+    def add_listener(self, listener: StateCallback) -> None:
         self._listeners.append(listener)
 
     def _changed(self, mirror: Mirror) -> None:
@@ -437,7 +453,7 @@ class Relay:
             self._relay_sas(mirror)  # publishes both legs itself once it relays
             if mirror.relay_role:
                 return
-        event = {"event": "state", "call": report.as_dict()}
+        event = {"event": "state", "call": report.to_wire()}
         for sub in list(self._subscribers):
             sub.push(event)
         for listener in self._listeners:
@@ -450,10 +466,16 @@ class Relay:
         totals = self.totals
         totals.calls[final.last_state or final.state] += 1
         counters = final.counters
-        for key in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
-            totals.packets[key] += int(counters.get(key, 0))
-        for reason, count in counters.get("drops", {}).items():
-            totals.drops[reason] += int(count)
+        totals.packets["phone_in"] += counters["phone_in"]
+        totals.packets["phone_out"] += counters["phone_out"]
+        totals.packets["pbx_in"] += counters["pbx_in"]
+        totals.packets["pbx_out"] += counters["pbx_out"]
+        totals.drops.update(counters["drops"])
+
+    def live_calls(self) -> int:
+        """Calls with a mirror that has not gone back to idle."""
+        idle = (CallState.IDLE, CallState.ENDED)
+        return sum(1 for mirror in self._by_call.values() if mirror.state not in idle)
 
     def stats(self) -> dict[str, Any]:
         by_state: Counter[str] = Counter(m.state.value for m in self._by_call.values())
@@ -480,4 +502,4 @@ class Relay:
         }
 
 
-__all__ = ["CallState", "Policy", "Relay", "RelayError", "RelayLayout", "Subscription"]
+__all__ = ["Relay", "RelayError", "RelayLayout", "Subscription"]

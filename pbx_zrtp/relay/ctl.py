@@ -9,9 +9,10 @@ import sys
 import time
 from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError, RelayConfig, read_secret_file
+from pbx_zrtp.calls import Policy
+from pbx_zrtp.config import ConfigError, read_secret_file
+from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.control import ControlClient, ControlError, parse_control_address
-from pbx_zrtp.relay.mirror import Policy
 
 #: The relay's default control socket (same rule as ``pbx-zrtp relay`` without a config:
 #: /run/pbx-zrtp as root, else $XDG_RUNTIME_DIR/pbx-zrtp or /tmp/pbx-zrtp-UID).

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pbx_zrtp.calls import CallReport
 from pbx_zrtp.relay.core import Relay
-from pbx_zrtp.relay.mirror import CallReport
 
 log = logging.getLogger("pbx_zrtp.relay")
 

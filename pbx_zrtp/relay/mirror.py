@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import struct
@@ -27,6 +26,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.calls import (
+    TRAFFIC_FIELDS,
+    Address,
+    CallIdentity,
+    CallReport,
+    CallState,
+    Policy,
+    TrafficCounters,
+    no_traffic,
+)
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -46,8 +55,6 @@ from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 
 log = logging.getLogger("pbx_zrtp.relay")
 
-Address = tuple[str, int]
-
 #: Largest datagram a mirror accepts; anything bigger is dropped as oversize.
 MAX_DATAGRAM = 1500
 #: Priming: one silence packet per 20 ms, for at most this long.
@@ -55,22 +62,6 @@ PRIMING_INTERVAL = 0.020
 PRIMING_LIMIT = 60.0
 #: Silence payloads for the codecs a PBX offers first (160 samples = 20 ms).
 SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
-
-
-class Policy(enum.Enum):
-    OFF = "off"  # pure pass-through, byte-exact, no ZRTP
-    OPTIONAL = "optional"  # secure if the phone speaks ZRTP, else clear after a time-out
-    REQUIRED = "required"  # nothing clear ever flows; "failed" if not secure in time
-
-
-class CallState(enum.Enum):
-    IDLE = "idle"  # a pre-bound port without a call
-    OFF = "off"
-    PENDING = "pending"
-    SECURE = "secure"
-    CLEAR = "clear"
-    FAILED = "failed"
-    ENDED = "ended"
 
 
 @dataclass
@@ -81,23 +72,6 @@ class MirrorSettings:
     cache: SecretCache | None
     optional_timeout: float = 5.0  # optional: report "clear" after this long without ZRTP
     required_timeout: float = 10.0  # required: report "failed" after this long
-
-
-@dataclass
-class CallIdentity:
-    """What the adapter tells the relay about the call."""
-
-    call_id: str
-    policy: Policy
-    self_uri: str = ""  # the extension the phone talks to (cache key, like bzrtp)
-    peer_uri: str = ""  # the phone
-    payload_type: int = 0  # codec for priming: 0 PCMU, 8 PCMA
-    phone_hint: Address | None = None  # the phone's SDP address, if known
-    #: Legs of one bridged call share a bridge id (Asterisk's Linkedid, FreeSWITCH's
-    #: Channel-Call-UUID): the relay relays the SAS between them (§7.3).
-    bridge: str = ""
-    #: Invite the phone to enroll with this PBX (E flag in Confirm, §7.3.1).
-    enroll: bool = False
 
 
 @dataclass
@@ -113,10 +87,13 @@ class Counters:
     priming_sent: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "drops"}
-        data["drops"] = dict(self.drops)
-        return data
+    def snapshot(self) -> TrafficCounters:
+        """The counters as a report carries them (a copy)."""
+        counters = no_traffic()
+        for name in TRAFFIC_FIELDS:
+            counters[name] = getattr(self, name)  # type: ignore[literal-required]
+        counters["drops"] = dict(self.drops)
+        return counters
 
     def plus(self, fast: dict[str, int]) -> Counters:
         """These counters with the native worker's added (a new object)."""
@@ -141,52 +118,6 @@ _ENGINE_IGNORED = (
 def _engine_ignored(engine: ZrtpConnection) -> int:
     stats = engine.stats
     return sum(stats[name] for name in _ENGINE_IGNORED)
-
-
-@dataclass(frozen=True)
-class CallReport:
-    """A call's state as reported to adapters and admins (never any key)."""
-
-    call_id: str
-    port: int
-    state: str
-    policy: str
-    reason: str = ""
-    sas: str = ""
-    sas_type: str = ""
-    sas_verified: bool = False
-    key_agreement: str = ""
-    hash: str = ""
-    cipher: str = ""
-    auth_tag: str = ""
-    peer_zid: str = ""
-    peer_client_id: str = ""
-    cache_mismatch: bool = False
-    previously_verified: bool = False
-    handshake_ms: float | None = None
-    phone: str = ""
-    #: In an ``ended`` report: the state the call had reached before it ended.
-    last_state: str = ""
-    bridge: str = ""
-    #: The phone proved a pbxsecret shared with us (it trusts this PBX, §7.3),
-    #: or enrolled during this call.
-    enrolled: bool = False
-    enrollment_offered: bool = False
-    #: What the user on this leg reads, and whether the far end reads the same:
-    #: "end-to-end" (SAS relayed between the legs) or "pbx-leg" (this leg only).
-    displayed_sas: str = ""
-    sas_scope: str = ""
-    #: This leg's part in the SAS relay: "", "none" (no leg enrolled), "target"
-    #: (this phone shows the far end's SAS) or "source" (the far end shows ours),
-    #: then ":pending", ":acknowledged" or ":unacknowledged" for what we sent.
-    sas_relay: str = ""
-    #: The retained-secret store failed for this call (disk full, database down):
-    #: the call is secure but key continuity with the phone was not saved.
-    cache_error: str = ""
-    counters: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 _FAST_TRAFFIC = (
@@ -456,8 +387,8 @@ class Mirror:
         return CallReport(
             call_id=identity.call_id if identity else "",
             port=self.port,
-            state=self.state.value,
-            policy=identity.policy.value if identity else "",
+            state=self.state,
+            policy=identity.policy if identity else None,
             reason=self.reason,
             sas=secured.sas if secured else "",
             sas_type=secured.sas_type if secured else "",
@@ -483,11 +414,11 @@ class Mirror:
             counters=self._merged_counters(),
         )
 
-    def _merged_counters(self) -> dict[str, Any]:
+    def _merged_counters(self) -> TrafficCounters:
         if self._fast_handle is not None and self._fastpath is not None:
             with contextlib.suppress(KeyError, RuntimeError):
-                return self.counters.plus(self._fastpath.stats(self._fast_handle)).as_dict()
-        return self.counters.as_dict()
+                return self.counters.plus(self._fastpath.stats(self._fast_handle)).snapshot()
+        return self.counters.snapshot()
 
     def mark_verified(self, verified: bool) -> None:
         """The humans compared the SAS: persist it (V flag) in the cache."""

@@ -22,92 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import re
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pbx_zrtp.relay.config import ConfigError, read_secret_file
-from pbx_zrtp.relay.handle import RelayHandle, RelayUnavailable, RemoteRelay
-from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.calls import (
+    CallReport,
+    CallRequest,
+    CallState,
+    Policy,
+    RelayDirectory,
+    RelayError,
+    RelayHandle,
+    RelayUnavailable,
+)
+from pbx_zrtp.config.relays import DEFAULT_GRACE, DEFAULT_GROUP, RelayEntry
+from pbx_zrtp.relay.handle import Listeners, RemoteRelay
 
 log = logging.getLogger("pbx_zrtp.relay.pool")
 
-DEFAULT_GROUP = "default"
 #: How often each member's ``stats`` are read (load from other adapters; liveness).
 STATS_INTERVAL = 2.0
-#: How long a member may stay unreachable before its calls are reported failed.
-DEFAULT_GRACE = 2.0
-
-_ENTRY_KEYS = {"name", "control", "address", "group", "weight", "token_file"}
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-
-
-@dataclass
-class RelayEntry:
-    """One ``[[<adapter>.relays]]`` table."""
-
-    name: str
-    control: str  # unix:PATH or tcp:HOST:PORT
-    address: str  # R, what the PBX advertises for calls on this relay
-    group: str = DEFAULT_GROUP
-    weight: float = 1.0
-    token: str | None = field(default=None, repr=False)
-
-
-def parse_relays(section: str, value: object) -> list[RelayEntry]:
-    where = f"{section}.relays"
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: one [[{where}]] table per relay")
-    entries: list[RelayEntry] = []
-    for index, item in enumerate(value):
-        at = f"{where}[{index}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{at}: a table with control, address (and name, group, weight)")
-        for key in item:
-            if key not in _ENTRY_KEYS:
-                known = ", ".join(sorted(_ENTRY_KEYS))
-                raise ConfigError(f"{at}.{key}: unknown setting (known: {known})")
-        name = item.get("name", f"relay{index + 1}")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"{at}.name: 1-32 letters, digits, '.', '_' or '-'")
-        control = item.get("control")
-        if not isinstance(control, str) or not control.startswith(("unix:", "tcp:")):
-            raise ConfigError(f"{at}.control: the relay's control API, unix:PATH or tcp:HOST:PORT")
-        address = item.get("address")
-        try:
-            ipaddress.ip_address(address if isinstance(address, str) else "")
-        except ValueError:
-            raise ConfigError(f"{at}.address: the relay's address R (an IP address)") from None
-        assert isinstance(address, str)
-        group = item.get("group", DEFAULT_GROUP)
-        if not isinstance(group, str) or not _NAME.fullmatch(group):
-            raise ConfigError(f"{at}.group: 1-32 letters, digits, '.', '_' or '-'")
-        weight = item.get("weight", 1)
-        if (
-            not isinstance(weight, int | float)
-            or isinstance(weight, bool)
-            or not 0 < weight <= 1000
-        ):
-            raise ConfigError(f"{at}.weight: a number above 0, at most 1000")
-        token = None
-        if "token_file" in item:
-            token = read_secret_file(f"{at}.token_file", item["token_file"], min_length=16)
-        elif control.startswith("tcp:"):
-            raise ConfigError(f"{at}.token_file: needed for a tcp: control address")
-        if any(e.name == name for e in entries):
-            raise ConfigError(f"{at}.name: {name!r} is used twice")
-        entries.append(RelayEntry(name, control, address, group, float(weight), token))
-    return entries
-
-
-def parse_grace(section: str, value: object) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 60:
-        raise ConfigError(f"{section}.relay_grace: seconds, 0-60")
-    return float(value)
 
 
 class _Member:
@@ -137,7 +73,7 @@ class _Member:
         }
 
 
-class RelayPool(RelayHandle):
+class RelayPool(Listeners):
     """Several relays as one handle (see the module's docstring)."""
 
     def __init__(
@@ -213,6 +149,10 @@ class RelayPool(RelayHandle):
         return min(members, key=lambda m: (m.load, len(m.calls)))  # ties: config order
 
     @property
+    def directory(self) -> RelayDirectory | None:
+        return self
+
+    @property
     def relay_host(self) -> str:
         return " or ".join(dict.fromkeys(m.entry.address for m in self._members))
 
@@ -272,54 +212,35 @@ class RelayPool(RelayHandle):
             raise RelayUnavailable(f"no relay holds call {call_id!r}")
         return member
 
-    async def create(
-        self,
-        call_id: str,
-        port: int,
-        policy: Policy,
-        *,
-        self_uri: str = "",
-        peer_uri: str = "",
-        phone_hint: tuple[str, int] | None = None,
-        bridge: str = "",
-        enroll: bool = False,
-    ) -> dict[str, Any]:
-        self.choose(call_id, bridge=bridge)
+    async def create(self, request: CallRequest) -> CallReport:
+        call_id = request.call_id
+        self.choose(call_id, bridge=request.bridge)
         member = self._holding(call_id)
         try:
-            report = await member.handle.create(
-                call_id,
-                port,
-                policy,
-                self_uri=self_uri,
-                peer_uri=peer_uri,
-                phone_hint=phone_hint,
-                bridge=bridge,
-                enroll=enroll,
-            )
-        except RelayUnavailable as exc:
+            report = await member.handle.create(request)
+        except RelayError as exc:
             self._forget(call_id)
-            raise RelayUnavailable(f"{member.entry.name}: {exc}") from None
+            raise type(exc)(f"{member.entry.name}: {exc}") from None
         log.info("call %s placed on relay %s", call_id, member.entry.name)
         return report
 
-    async def update(self, call_id: str, policy: Policy) -> dict[str, Any]:
+    async def update(self, call_id: str, policy: Policy) -> CallReport:
         return await self._holding(call_id).handle.update(call_id, policy)
 
-    async def verify(self, call_id: str, verified: bool) -> dict[str, Any]:
+    async def verify(self, call_id: str, verified: bool) -> CallReport:
         return await self._holding(call_id).handle.verify(call_id, verified)
 
-    async def enroll(self, call_id: str) -> dict[str, Any]:
+    async def enroll(self, call_id: str) -> CallReport:
         return await self._holding(call_id).handle.enroll(call_id)
 
     async def unenroll(self, call_id: str) -> None:
         await self._holding(call_id).handle.unenroll(call_id)
 
-    async def show(self, call_id: str) -> dict[str, Any] | None:
+    async def show(self, call_id: str) -> CallReport | None:
         member = self._where.get(call_id) or self._listed.get(call_id)
         return await member.handle.show(call_id) if member is not None else None
 
-    async def delete(self, call_id: str, reason: str) -> dict[str, Any] | None:
+    async def delete(self, call_id: str, reason: str) -> CallReport | None:
         member = self._forget(call_id) or self._listed.pop(call_id, None)
         if member is None:
             return None
@@ -328,21 +249,21 @@ class RelayPool(RelayHandle):
             return None
         return await member.handle.delete(call_id, reason)
 
-    async def calls(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    async def calls(self) -> list[CallReport]:
+        out: list[CallReport] = []
         listed: dict[str, _Member] = {}
         for member in self._members:
             if not member.up:
                 continue
-            with contextlib.suppress(RelayUnavailable):
+            with contextlib.suppress(RelayError):
                 for report in await member.handle.calls():
-                    listed[str(report.get("call_id", ""))] = member
+                    listed[report.call_id] = member
                     out.append(report)
         self._listed = listed
         return out
 
-    async def stats(self) -> dict[str, Any] | None:
-        return {"relays": self.status()}
+    async def live_calls(self) -> int:
+        return sum(len(m.calls) + m.others for m in self._members if m.up)
 
     # ------------------------------------------------------------------ members coming and going
 
@@ -351,9 +272,9 @@ class RelayPool(RelayHandle):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _member_state(self, member: _Member, report: dict[str, Any]) -> None:
-        call_id = str(report.get("call_id", ""))
-        if report.get("state") == "ended" and self._where.get(call_id) is member:
+    def _member_state(self, member: _Member, report: CallReport) -> None:
+        call_id = report.call_id
+        if report.state is CallState.ENDED and self._where.get(call_id) is member:
             # Ended by the relay, not by us (we forget a call before deleting it):
             # the relay is stopping, or someone deleted the mirror by hand.
             self._lose(member, [call_id], f"relay {member.entry.name} ended the call", stale=False)
@@ -397,8 +318,8 @@ class RelayPool(RelayHandle):
     async def _reconnected(self, member: _Member) -> None:
         """The control connection is back: see which of our calls survived."""
         try:
-            listed = {str(r.get("call_id", "")): r for r in await member.handle.calls()}
-        except RelayUnavailable:
+            listed = {r.call_id: r for r in await member.handle.calls()}
+        except RelayError:
             return  # lost again; the next connection tries anew
         if not member.handle.connected or self._closing:
             return
@@ -417,8 +338,7 @@ class RelayPool(RelayHandle):
         for call_id in list(member.calls):
             self._emit(listed[call_id])  # events missed while disconnected
         for call_id in member.stale & set(listed):
-            with contextlib.suppress(RelayUnavailable):
-                await member.handle.delete(call_id, "declared lost while the relay was unreachable")
+            await member.handle.delete(call_id, "declared lost while the relay was unreachable")
         member.stale.clear()
         if not was_up:
             log.info("relay %s is up (%d call(s) carried on)", member.entry.name, len(member.calls))
@@ -434,23 +354,19 @@ class RelayPool(RelayHandle):
             if stale:
                 member.stale.add(call_id)
             log.warning("call %s: %s", call_id, reason)
-            self._emit({"call_id": call_id, "state": "failed", "reason": reason})
+            self._emit(CallReport.lost(call_id, reason))
         self._changed()
 
     async def _poll(self, member: _Member) -> None:
         try:
-            stats = await asyncio.wait_for(member.handle.stats(), self.stats_interval * 2)
-        except (RelayUnavailable, TimeoutError):
+            live = await asyncio.wait_for(member.handle.live_calls(), self.stats_interval * 2)
+        except (RelayError, TimeoutError):
             if member.up:
                 self._down(member)  # connected, but not answering
             return
         if not member.up and member.handle.connected:
             self._spawn(self._reconnected(member))  # answering again
             return
-        states = (stats or {}).get("calls", {})
-        live = sum(
-            int(n) for s, n in states.items() if s not in ("idle", "ended") and isinstance(n, int)
-        )
         others = max(0, live - len(member.calls))
         if others != member.others:
             member.others = others

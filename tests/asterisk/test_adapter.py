@@ -1,25 +1,23 @@
-"""The Asterisk adapter through whole calls: fake AMI (replaying real Asterisk
+"""What only the Asterisk adapter does (the flows every adapter shares are in
+tests/pbx/test_adapters.py), through whole calls: fake AMI (replaying real Asterisk
 behaviour), a real relay, a real ZRTP phone (our engine) and an echo 'PBX'."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
-
 from pbx_zrtp.asterisk.adapter import AsteriskAdapter
 from pbx_zrtp.asterisk.config import AsteriskConfig
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.handle import LocalRelay
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.asterisk.fake_ami import FakeAmi, FakeChannel
-from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay, rtp
+from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay
 
 SETTLED: Callable[[str | None], bool] = lambda v: v not in (None, "", "pending")  # noqa: E731
 
@@ -137,117 +135,6 @@ def test_secure_call_sets_every_variable_and_tells_ami_consumers() -> None:
     run(scenario())
 
 
-def test_optional_call_from_a_phone_without_zrtp_reports_clear() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("optional")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((PHONE_HOST, 0))
-            for i in range(10):
-                sock.sendto(rtp(i), (RELAY_HOST, port))
-            state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
-            sock.close()
-            assert state == "clear" and channel.variables["ZRTP_SECURE"] == "0"
-            assert "no ZRTP" in channel.variables["ZRTP_FAIL_REASON"]
-            assert channel.alive  # optional: the call goes on
-
-    run(scenario())
-
-
-def test_required_failure_is_reported_and_the_call_hung_up_with_cause_58() -> None:
-    async def scenario() -> None:
-        async with lab(required_timeout=0.6, hangup_failed_after=0.3) as t:
-            channel, _port = await t.call("required")  # no phone ever sends
-            state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
-            assert (
-                state == "failed" and "not secure within" in channel.variables["ZRTP_FAIL_REASON"]
-            )
-            await _until(lambda: any(a.get("UserEvent") == "ZrtpFailed" for a in t.fake.actions))
-            # the dialplan here "forgot" to hang up: the adapter's safety net does
-            await _until(lambda: not channel.alive)
-            assert channel.hangup_cause == 58
-            await _until(lambda: not t.relay.calls())
-            assert not list(t.relay.mirrors())  # no port left behind
-
-    run(scenario())
-
-
-@pytest.mark.parametrize("when", ["before_event_handled", "during_handshake", "after_secure"])
-def test_hangup_at_any_moment_leaves_nothing_behind(when: str) -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("required")
-            if when == "before_event_handled":
-                await channel.hangup()
-            elif when == "during_handshake":
-                await _until(lambda: bool(t.relay.calls()))
-                task = asyncio.ensure_future(phone(port, srtp=0))
-                await asyncio.sleep(0.01)
-                await channel.hangup()
-                with contextlib.suppress(Exception):
-                    await task
-            else:
-                await asyncio.gather(
-                    phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
-                )
-                await channel.hangup()
-            await _until(lambda: not t.relay.calls() and not t.adapter.calls)
-            await asyncio.sleep(0.2)  # a late event must not resurrect anything
-            assert not t.relay.calls() and not list(t.relay.mirrors()) and not t.adapter.calls
-
-    run(scenario())
-
-
-def test_ami_drop_mid_call_reconnects_and_rewrites_state() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("required")
-            await asyncio.gather(
-                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
-            )
-            logins = t.fake.logins
-            channel.variables["ZRTP_SAS"] = "lost"  # as if a Setvar had not arrived
-            await t.fake.drop_connections()
-            await _until(lambda: t.fake.logins > logins, timeout=10)
-            await _until(lambda: channel.variables.get("ZRTP_SAS") != "lost")
-            assert channel.variables["ZRTP_STATE"] == "secure"
-            assert len(t.relay.calls()) == 1  # no duplicate mirror
-            await channel.hangup()
-            await _until(lambda: not t.relay.calls())
-
-    run(scenario())
-
-
-def test_asterisk_restart_drops_mirrors_of_vanished_channels() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("required")
-            await asyncio.gather(
-                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
-            )
-            logins = t.fake.logins
-            await t.fake.restart(down_for=0.5)  # channels are gone with the old Asterisk
-            await _until(lambda: t.fake.logins > logins, timeout=10)
-            await _until(lambda: not t.relay.calls() and not t.adapter.calls)
-
-    run(scenario())
-
-
-def test_a_call_announced_while_ami_was_down_is_picked_up_on_reconnect() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            logins = t.fake.logins
-            await t.fake.drop_connections()
-            channel, port = await t.call("required")  # its UserEvent reaches nobody
-            await _until(lambda: t.fake.logins > logins, timeout=10)
-            result, state = await asyncio.gather(
-                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
-            )
-            assert state == "secure" and channel.variables["ZRTP_SAS"] == result["sas"]
-
-    run(scenario())
-
-
 def test_malformed_ami_input_is_survived() -> None:
     async def scenario() -> None:
         async with lab() as t:
@@ -300,6 +187,8 @@ def test_missing_progress_gives_a_clear_failure_reason() -> None:
             assert state == "failed"
             assert "Progress()" in channel.variables["ZRTP_FAIL_REASON"]
             assert not t.relay.calls()
+            # other AMI consumers are told too
+            await _until(lambda: any(a.get("UserEvent") == "ZrtpFailed" for a in t.fake.actions))
 
     run(scenario())
 

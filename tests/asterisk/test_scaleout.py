@@ -138,9 +138,13 @@ def test_calls_spread_over_relays_and_survive_one_relay_killed(tmp_path: pathlib
             await _until(lambda: on_a.variables.get("ZRTP_STATE") == "failed", timeout=5)
             assert on_a.variables["ZRTP_FAIL_REASON"] == "relay a unreachable for 1 s"
             assert on_a.variables["ZRTP_SECURE"] == "0" and on_a.variables["ZRTP_SAS"] == ""
-            assert any(
-                a.get("UserEvent") == "ZrtpFailed" and a.get("CallId") == on_a.uniqueid
-                for a in fake.actions
+            # the UserEvent follows the ZRTP_STATE Setvar's answer: wait for it, as the
+            # other tests do (asserting at once raced under load)
+            await _until(
+                lambda: any(
+                    a.get("UserEvent") == "ZrtpFailed" and a.get("CallId") == on_a.uniqueid
+                    for a in fake.actions
+                )
             )
             await _until(lambda: not on_a.alive)  # required: hung up, cause 58
             assert on_a.hangup_cause == 58
@@ -183,7 +187,7 @@ def test_pbx_zrtp_restarted_with_its_relay_tells_asterisk_and_hangs_up_required(
             await asyncio.gather(
                 phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
             )
-            t.adapter.ami.close()  # the process dies: no clean-up of any kind
+            await t.adapter.ami.close()  # the process dies: no clean-up of any kind
             await t.relay.close()
             relay = make_relay()
             adapter = AsteriskAdapter(
@@ -220,7 +224,7 @@ def test_an_adapter_restarted_alone_adopts_the_calls_its_relay_still_carries() -
             await asyncio.gather(
                 phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
             )
-            t.adapter.ami.close()  # the adapter's process dies; the relay carries on
+            await t.adapter.ami.close()  # the adapter's process dies; the relay carries on
             channel.variables["ZRTP_SAS"] = "lost"  # as if a Setvar had not arrived
             adapter = AsteriskAdapter(
                 AsteriskConfig(

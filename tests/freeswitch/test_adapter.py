@@ -1,26 +1,24 @@
-"""The FreeSWITCH adapter through whole calls: fake ESL (replaying real FreeSWITCH
-1.10 behaviour), a real relay with pre-bound ports, a real ZRTP phone (our
-engine) and an echo 'PBX'."""
+"""What only the FreeSWITCH adapter does (the flows every adapter shares are in
+tests/pbx/test_adapters.py), through whole calls: fake ESL (replaying real
+FreeSWITCH 1.10 behaviour), a real relay with pre-bound ports, a real ZRTP phone
+(our engine) and an echo 'PBX'."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
-
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
-from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter, legacy_sas
+from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
+from pbx_zrtp.pbx.variables import legacy_sas
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.handle import LocalRelay
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.freeswitch.fake_esl import FakeEsl, FakeFsChannel
-from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay, rtp
+from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay
 
 SETTLED: Callable[[str | None], bool] = lambda v: v not in (None, "", "pending")  # noqa: E731
 
@@ -174,40 +172,6 @@ def test_media_before_the_port_is_known_is_held_then_secured() -> None:
     run(scenario())
 
 
-def test_optional_call_without_zrtp_reports_clear() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("optional")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((PHONE_HOST, 0))
-            for i in range(5):
-                sock.sendto(rtp(i), (RELAY_HOST, port))
-            state = await channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
-            sock.close()
-            assert (
-                state == "clear"
-                and channel.variables["zrtp_secure_media_confirmed_audio"] == "false"
-            )
-
-    run(scenario())
-
-
-def test_required_failure_hangs_up_with_a_clear_cause() -> None:
-    async def scenario() -> None:
-        async with lab(required_timeout=0.6, hangup_failed_after=0.2) as t:
-            channel, _ = await t.call("required")
-            state = await channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
-            assert (
-                state == "failed"
-                and "not secure within" in channel.variables["pbx_zrtp_fail_reason"]
-            )
-            await _until(lambda: not channel.alive)
-            assert channel.hangup_cause == "BEARERCAPABILITY_NOTAVAIL"
-            await _until(lambda: not t.relay.calls())
-
-    run(scenario())
-
-
 def test_missing_rtp_adv_audio_ip_is_a_named_failure() -> None:
     async def scenario() -> None:
         async with lab(hangup_failed_after=30) as t:
@@ -217,72 +181,6 @@ def test_missing_rtp_adv_audio_ip_is_a_named_failure() -> None:
                 state == "failed"
                 and "rtp_adv_audio_ip" in channel.variables["pbx_zrtp_fail_reason"]
             )
-
-    run(scenario())
-
-
-@pytest.mark.parametrize("when", ["at_once", "during_handshake", "after_secure"])
-def test_hangup_at_any_moment_leaves_no_call_behind(when: str) -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("required")
-            if when == "during_handshake":
-                await _until(lambda: any(c.call_id.startswith("fs-") for c in t.relay.calls()))
-                task = asyncio.ensure_future(phone(port, srtp=0))
-                await asyncio.sleep(0.01)
-                await channel.hangup()
-                with contextlib.suppress(Exception):
-                    await task
-            elif when == "after_secure":
-                await asyncio.gather(
-                    phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
-                )
-                await channel.hangup()
-            else:
-                await channel.hangup()
-            await _until(
-                lambda: (
-                    not t.adapter.calls
-                    and not [c for c in t.relay.calls() if c.call_id.startswith("fs-")]
-                )
-            )
-            await asyncio.sleep(0.2)
-            assert not t.adapter.calls
-            assert not [c for c in t.relay.calls() if c.call_id.startswith("fs-")]
-
-    run(scenario())
-
-
-def test_esl_drop_mid_call_reconnects_and_rewrites_state() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("required")
-            await asyncio.gather(
-                phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
-            )
-            connections = t.adapter.esl.connections
-            channel.variables["pbx_zrtp_sas"] = "lost"
-            await t.fake.drop_connections()
-            await _until(lambda: t.adapter.esl.connections > connections, timeout=10)
-            await _until(lambda: channel.variables.get("pbx_zrtp_sas") != "lost")
-            assert channel.variables["pbx_zrtp_state"] == "secure"
-            assert len([c for c in t.relay.calls() if c.call_id.startswith("fs-")]) == 1
-
-    run(scenario())
-
-
-def test_freeswitch_restart_drops_vanished_calls() -> None:
-    async def scenario() -> None:
-        async with lab() as t:
-            channel, port = await t.call("required")
-            await asyncio.gather(
-                phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
-            )
-            connections = t.adapter.esl.connections
-            await t.fake.restart(down_for=0.5)
-            await _until(lambda: t.adapter.esl.connections > connections, timeout=10)
-            await _until(lambda: not t.adapter.calls)
-            await _until(lambda: not [c for c in t.relay.calls() if c.call_id.startswith("fs-")])
 
     run(scenario())
 
@@ -320,20 +218,6 @@ def test_fs_cli_administration() -> None:
             # fs_cli> uuid_setvar <uuid> pbx_zrtp_policy required
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_policy required")
             await _until(lambda: channel.variables.get("pbx_zrtp_active_policy") == "required")
-
-    run(scenario())
-
-
-def test_auto_policy_from_global_variable() -> None:
-    async def scenario() -> None:
-        async with lab(default_policy=Policy.OFF) as t:
-            t.fake.global_vars["pbx_zrtp_policy_9401"] = "required"
-            channel, _ = await t.call("auto", destination="9401")
-            await _until(lambda: channel.variables.get("pbx_zrtp_state") is not None)
-            assert channel.variables["pbx_zrtp_active_policy"] == "required"
-            other, _ = await t.call("auto", destination="9402")
-            await _until(lambda: other.variables.get("pbx_zrtp_state") is not None)
-            assert other.variables["pbx_zrtp_active_policy"] == "off"
 
     run(scenario())
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.calls import Policy
 from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, Recorder, create_call, make_relay
 from tests.relay.test_trusted_mitm import BOB, Phone, enroll
 

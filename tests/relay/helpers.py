@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbx_zrtp.cache.memory import MemorySecretCache
+from pbx_zrtp.calls import CallReport, Policy
 from pbx_zrtp.relay.core import Relay, RelayError, RelayLayout
-from pbx_zrtp.relay.mirror import CallReport, MirrorSettings, Policy
+from pbx_zrtp.relay.mirror import MirrorSettings
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 
 RELAY_HOST = "127.0.0.2"

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.core import Relay
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp import packets as p
 from pbx_zrtp.zrtp.config import ZrtpConfiguration

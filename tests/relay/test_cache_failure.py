@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, Recorder, create_call, make_relay
 from tests.test_cache_faults import _fill

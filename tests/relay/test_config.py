@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from pbx_zrtp.relay.config import ConfigError, load_config
-from pbx_zrtp.relay.mirror import Policy
+from pbx_zrtp.calls import Policy
+from pbx_zrtp.config import ConfigError
+from pbx_zrtp.relay.config import load_config
 
 
 def write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
@@ -128,7 +129,7 @@ def test_disclosure_flag_reaches_the_engine_configuration(tmp_path: pathlib.Path
 def test_every_secret_file_refuses_devices_huge_and_foreign_readable_files(
     tmp_path: pathlib.Path,
 ) -> None:
-    from pbx_zrtp.relay.config import read_secret_file
+    from pbx_zrtp.config import read_secret_file
 
     with pytest.raises(ConfigError, match=r"x\.secret_file: /dev/zero is not a regular file"):
         read_secret_file("x.secret_file", "/dev/zero")  # would never end if read

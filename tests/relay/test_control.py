@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.control import (
     MAX_LINE,
@@ -31,7 +32,6 @@ from pbx_zrtp.relay.control import (
 )
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.ctl import ctl_main, format_table
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay
 
@@ -214,7 +214,13 @@ def test_hello_and_a_call_lifecycle(sock_path: str, transport: str) -> None:
             assert deleted["result"]["state"] == "ended"
             assert deleted["result"]["reason"] == "bye"
             gone = await raw.call({"id": 7, "op": "show", "call_id": "call-1"})
-            assert gone == {"type": "reply", "id": 7, "ok": False, "error": "no call 'call-1'"}
+            assert gone == {
+                "type": "reply",
+                "id": 7,
+                "ok": False,
+                "error": "no call 'call-1'",
+                "code": "no_such_call",  # a program tells "gone" from "refused" by this
+            }
             stats = await raw.call({"id": 8, "op": "stats"})
             assert stats["result"]["calls"] == {}
             assert sum(stats["result"]["ended"].values()) == 1
@@ -393,6 +399,7 @@ def test_tcp_wrong_token_and_unauthenticated_ops_are_refused(sock_path: str) -> 
                 "id": 1,
                 "ok": False,
                 "error": "authentication failed: closing",
+                "code": "bad_request",
             }
             assert "guess" not in json.dumps(reply)
             assert await wrong.closed()

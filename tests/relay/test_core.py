@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.core import RelayError
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.relay.helpers import (
     PHONE_HOST,

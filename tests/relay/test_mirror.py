@@ -7,8 +7,8 @@ import socket
 import sys
 from pathlib import Path
 
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.relay.helpers import (
     PHONE_HOST,

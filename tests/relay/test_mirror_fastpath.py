@@ -7,9 +7,9 @@ import os
 
 import pytest
 
+from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.fastpath import available
-from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.events import SrtpKeys

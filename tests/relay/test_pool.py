@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from pbx_zrtp.relay.config import ConfigError
+from pbx_zrtp.calls import CallReport, CallRequest, Policy, RelayUnavailable
+from pbx_zrtp.config import ConfigError
+from pbx_zrtp.config.relays import RelayEntry, parse_relays
 from pbx_zrtp.relay.control import ControlClient, ControlServer
 from pbx_zrtp.relay.core import Relay
-from pbx_zrtp.relay.handle import RelayUnavailable, RemoteRelay
-from pbx_zrtp.relay.mirror import Policy
-from pbx_zrtp.relay.pool import RelayEntry, RelayPool, parse_relays
+from pbx_zrtp.relay.handle import RemoteRelay
+from pbx_zrtp.relay.pool import RelayPool
 from tests.relay.helpers import RELAY_HOST, free_even_port, make_relay
 
 
@@ -124,11 +125,11 @@ def test_calls_spread_by_group_weight_and_the_relays_own_load(tmp_path: pathlib.
         try:
             assert [s["up"] for s in pool.status()] == [True, True, True]
             for n in range(6):
-                await pool.create(f"d{n}", free_even_port(), Policy.OPTIONAL)
+                await pool.create(CallRequest(f"d{n}", free_even_port(), Policy.OPTIONAL))
             # weight 2 takes twice the calls of weight 1
             assert len(a.relay.calls()) == 2 and len(b.relay.calls()) == 4
             pool.choose("g1", group="gold")
-            await pool.create("g1", free_even_port(), Policy.OPTIONAL)
+            await pool.create(CallRequest("g1", free_even_port(), Policy.OPTIONAL))
             assert [r.call_id for r in c.relay.calls()] == ["g1"]
             with pytest.raises(RelayUnavailable, match="no relay in group silver"):
                 pool.choose("s1", group="silver")
@@ -139,24 +140,25 @@ def test_calls_spread_by_group_weight_and_the_relays_own_load(tmp_path: pathlib.
                         "create", call_id=f"o{n}", port=free_even_port(), policy="off"
                     )
                 await until(lambda: pool.status()[1]["other_calls"] == 4)
-                await pool.create("d6", free_even_port(), Policy.OPTIONAL)
+                await pool.create(CallRequest("d6", free_even_port(), Policy.OPTIONAL))
                 assert pool.holder("d6") == "a"  # a: 3 calls/1, b: 8 calls/2
             lines = pool.status_lines()
             assert lines["a"].startswith("up group=default") and "calls=3" in lines["a"]
             # every operation reaches the relay that holds the call, and only that one
             await pool.update("d6", Policy.REQUIRED)
             assert a.relay.get("d6").policy == "required"
-            assert (await pool.delete("d6", "hangup") or {}).get("state") == "ended"
+            final = await pool.delete("d6", "hangup")
+            assert final is not None and final.state == "ended"
             assert await pool.show("d6") is None
             # a mirror deleted behind the adapter's back: its call is lost, and said so
-            reports: list[dict[str, Any]] = []
+            reports: list[CallReport] = []
             pool.on_state(reports.append)
             assert pool.holder("d0") == "a"
             async with ControlClient(f"unix:{a.path}") as admin:
                 await admin.request("delete", call_id="d0")
-            await until(lambda: any(r["state"] == "failed" for r in reports))
-            assert [r for r in reports if r["state"] == "failed"] == [
-                {"call_id": "d0", "state": "failed", "reason": "relay a ended the call"}
+            await until(lambda: any(r.state == "failed" for r in reports))
+            assert [r for r in reports if r.state == "failed"] == [
+                CallReport.lost("d0", "relay a ended the call")
             ]
         finally:
             await pool.close()
@@ -175,29 +177,31 @@ def test_a_relay_that_goes_away_and_comes_back(tmp_path: pathlib.Path) -> None:
         await a.up()
         await b.up()
         pool = pool_of({"a": (a, "default", 1), "b": (b, "default", 1)}, grace=10)
-        reports: list[dict[str, Any]] = []
+        reports: list[CallReport] = []
         pool.on_state(reports.append)
         await pool.start()
         try:
-            await pool.create("x", free_even_port(), Policy.OFF)  # no time-out of its own
+            await pool.create(
+                CallRequest("x", free_even_port(), Policy.OFF)
+            )  # no time-out of its own
             assert pool.holder("x") == "a"
             await a.control_down()  # the connection drops; the relay keeps the mirror
             await until(lambda: not pool.status()[0]["up"])
-            await pool.create("y", free_even_port(), Policy.OFF)
+            await pool.create(CallRequest("y", free_even_port(), Policy.OFF))
             assert pool.holder("y") == "b"  # new calls avoid a relay that is down
             await a.up()
             await until(lambda: pool.status()[0]["up"])
-            assert not [r for r in reports if r.get("call_id") == "x" and r["state"] == "failed"]
+            assert not [r for r in reports if r.call_id == "x" and r.state == "failed"]
             assert pool.holder("x") == "a"
-            assert any(r.get("call_id") == "x" for r in reports)  # state re-sent on reconnect
+            assert any(r.call_id == "x" for r in reports)  # state re-sent on reconnect
 
             await a.down()  # kill: the relay and its mirrors are gone...
             await until(lambda: not pool.status()[0]["up"])
             await a.up(fresh=True)  # ...and it comes back empty
-            await until(lambda: any(r.get("state") == "failed" for r in reports))
-            (lost,) = [r for r in reports if r.get("state") == "failed"]
-            assert lost["call_id"] == "x"
-            assert lost["reason"] == "relay a restarted and lost the call"
+            await until(lambda: any(r.state == "failed" for r in reports))
+            (lost,) = [r for r in reports if r.state == "failed"]
+            assert lost.call_id == "x"
+            assert lost.reason == "relay a restarted and lost the call"
             assert pool.holder("x") is None and pool.holder("y") == "b"
             assert await pool.delete("x", "hangup") is None  # the PBX hangs up later: fine
         finally:
@@ -215,22 +219,20 @@ def test_an_unreachable_relay_loses_its_calls_after_the_grace_time(
         a = Site(tmp_path / "a.sock")
         await a.up()
         pool = pool_of({"a": (a, "default", 1)}, grace=0.5)
-        reports: list[dict[str, Any]] = []
+        reports: list[CallReport] = []
         pool.on_state(reports.append)
         await pool.start()
         try:
-            await pool.create("x", free_even_port(), Policy.OFF)
+            await pool.create(CallRequest("x", free_even_port(), Policy.OFF))
             closing = asyncio.ensure_future(a.control_down())
             await until(lambda: not pool.status()[0]["up"])
             loop = asyncio.get_running_loop()
             lost_from = loop.time()
-            await until(lambda: any(r.get("state") == "failed" for r in reports))
+            await until(lambda: any(r.state == "failed" for r in reports))
             assert 0.45 <= loop.time() - lost_from < 3
             await closing
-            failed = [r for r in reports if r.get("state") == "failed"]
-            assert failed == [
-                {"call_id": "x", "state": "failed", "reason": "relay a unreachable for 0.5 s"}
-            ]
+            failed = [r for r in reports if r.state == "failed"]
+            assert failed == [CallReport.lost("x", "relay a unreachable for 0.5 s")]
             with pytest.raises(RelayUnavailable, match=r"no relay of group default is up"):
                 pool.choose("z")
             await pool.delete("x", "hangup")  # the PBX hung up meanwhile
@@ -269,7 +271,7 @@ def test_legs_of_one_bridge_go_to_the_same_relay(tmp_path: pathlib.Path) -> None
         pool = pool_of({"a": (a, "default", 1), "b": (b, "default", 1)}, stats_interval=0.1)
         await pool.start()
         try:
-            await pool.create("leg-a", free_even_port(), Policy.OFF, bridge="call-1")
+            await pool.create(CallRequest("leg-a", free_even_port(), Policy.OFF, bridge="call-1"))
             first = pool.holder("leg-a")
             busy = a if first == "a" else b
             index = 0 if first == "a" else 1
@@ -279,9 +281,11 @@ def test_legs_of_one_bridge_go_to_the_same_relay(tmp_path: pathlib.Path) -> None
                         "create", call_id=f"o{n}", port=free_even_port(), policy="off"
                     )
                 await until(lambda: pool.status()[index]["other_calls"] == 4)
-                await pool.create("solo", free_even_port(), Policy.OFF)
+                await pool.create(CallRequest("solo", free_even_port(), Policy.OFF))
                 assert pool.holder("solo") != first  # load alone would avoid the busy relay
-                await pool.create("leg-b", free_even_port(), Policy.OFF, bridge="call-1")
+                await pool.create(
+                    CallRequest("leg-b", free_even_port(), Policy.OFF, bridge="call-1")
+                )
                 assert pool.holder("leg-b") == first  # but the bridge keeps the legs together
                 assert busy.relay.get("leg-b").bridge == "call-1"
         finally:

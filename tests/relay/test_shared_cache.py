@@ -15,8 +15,9 @@ import pytest
 
 from pbx_zrtp.cache.base import CacheKey
 from pbx_zrtp.cache.memory import MemorySecretCache
+from pbx_zrtp.config import ConfigError
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
-from pbx_zrtp.relay.config import ConfigError, apply, load_config
+from pbx_zrtp.relay.config import apply, load_config
 from pbx_zrtp.relay.control import ControlClient
 from pbx_zrtp.relay.service import RelayService
 from pbx_zrtp.zrtp.config import ZrtpConfiguration

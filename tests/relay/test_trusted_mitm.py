@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from pbx_zrtp.cache.memory import MemorySecretCache
+from pbx_zrtp.calls import CallReport, Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.core import Relay, RelayError
 from pbx_zrtp.relay.fastpath import available
-from pbx_zrtp.relay.mirror import CallReport, Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, Recorder, create_call, make_relay
 

@@ -1,0 +1,505 @@
+"""What every PBX adapter does with its calls, whatever the PBX.
+
+An adapter turns its PBX's events into ``announce`` (a channel asks for ZRTP),
+``hung_up`` and the admin verbs, and supplies the few PBX-specific steps as
+hooks (how to learn the RTP port, where a stored policy lives, how to tell the
+PBX's admins). ``CallBook`` owns the rest, once for all PBXs:
+
+- one ``PbxCall`` per channel that asked for ZRTP, named in the relay
+  ``<prefix><channel id>``; recently hung-up channels are remembered, so a set-up
+  still awaiting an answer notices and leaves no mirror behind;
+- the relay's state reports written to the channel (details first, the state
+  last) under the call's lock, and the safety-net hangup of a failed
+  ``required`` call the dialplan left up;
+- the end of a call, and the reconciliation after a PBX (re)connect: vanished
+  channels lose their mirror, live ones get their variables written again, a
+  channel that asked while the link was down is picked up, a call the relay lost
+  is reported failed;
+- verify / unverify / policy / enroll / unenroll from the PBX's admins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pbx_zrtp.calls import (
+    Address,
+    CallReport,
+    CallRequest,
+    CallState,
+    NoSuchCall,
+    Policy,
+    RelayDirectory,
+    RelayError,
+    RelayHandle,
+)
+from pbx_zrtp.pbx.link import LiveChannel, PbxError, PbxLink
+from pbx_zrtp.pbx.variables import CallView, VariableTable
+
+log = logging.getLogger("pbx_zrtp")
+
+#: How many hung-up channel ids to remember (late events about them are ignored).
+GONE_MEMORY = 4096
+
+#: What the PBXs' dialplans and consoles accept as "yes" (both adapters always did).
+YES = frozenset({"true", "yes", "1"})
+NO = frozenset({"false", "no", "0"})
+#: A call invites its phone to enroll with this PBX (PBX_ZRTP_ENROLL, pbx_zrtp_enroll).
+ENROLL_OFFER = YES | {"offer"}
+
+
+@dataclass
+class PbxCall:
+    key: str  # the PBX's channel id (Asterisk Uniqueid, FreeSWITCH UUID)
+    policy: Policy
+    call_id: str  # the mirror's name in the relay
+    channel: str = ""  # what the PBX link's actions address (Asterisk: the channel name)
+    written: dict[str, str] = field(default_factory=dict)  # variables as last written
+    hangup_task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A channel asks for ZRTP: from a dialplan event, or found asking at resync."""
+
+    key: str
+    channel: str
+    requested: str  # off | optional | required | auto (or "": the configured default)
+    target: str = ""  # the extension the phone talks to (policy lookup, cache key)
+    peer: str = ""  # the phone (cache key)
+    #: Legs of one bridged call share it (Asterisk Linkedid, FreeSWITCH Channel-Call-UUID).
+    bridge: str = ""
+    enroll: bool = False
+    group: str = ""  # the relay group the dialplan chose
+    media_address: str = ""  # the relay address the PBX advertised to the phone
+    port: int | None = None  # the PBX's RTP port, when the announcement carries it
+    #: The dialplan's own words, for the PBX's hooks (e.g. FreeSWITCH's rtp_adv_audio_ip).
+    details: tuple[tuple[str, str], ...] = ()
+
+    def detail(self, name: str) -> str:
+        return dict(self.details).get(name, "")
+
+
+class CallBook(ABC):
+    """The calls of one PBX adapter (see the module docstring)."""
+
+    #: Call ids of this adapter's mirrors carry this prefix (resync only touches these).
+    prefix: ClassVar[str]
+    #: The PBX's variable names for a report, in write order.
+    variables: ClassVar[VariableTable]
+    #: The failure reason when the announcement's channel has no RTP port yet.
+    no_port_reason: ClassVar[str]
+
+    def __init__(
+        self,
+        relay: RelayHandle,
+        link: PbxLink,
+        *,
+        default_policy: Policy,
+        hangup_failed_after: float,
+        failed_cause: str,
+    ) -> None:
+        self.relay = relay
+        self.link = link
+        self.default_policy = default_policy
+        self.hangup_failed_after = hangup_failed_after
+        self.failed_cause = failed_cause
+        self.calls: dict[str, PbxCall] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._published: dict[str, str] = {}  # relays' status as last written to the PBX
+        self._publishing = False
+        relay.on_state(self._on_relay_state)
+        if relay.directory is not None:
+            relay.directory.on_status(self._relays_changed)
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self) -> bool:
+        """Connect to the PBX (and keep reconnecting); True if connected in time."""
+        return await self.link.start()
+
+    async def close(self) -> None:
+        for key in list(self.calls):
+            await self._end(key, "adapter stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await self.link.close()
+
+    def _on_connect(self) -> None:
+        """The link's ``on_connect``: after every (re)connection, resync."""
+        self._spawn(self.resync())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ hooks
+
+    async def _stored_policy(self, target: str) -> str | None:
+        """Hook: the policy an admin stored for ``target`` in the PBX (AstDB, global
+        variables); may raise PbxError."""
+        return None
+
+    def _matched_policy(self, target: str) -> Policy | None:
+        """Hook: the policy configured patterns give ``target``."""
+        return None
+
+    async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
+        """Hook: the PBX's RTP port for the call, when the announcement lacks it."""
+        return announced.port
+
+    def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
+        """Hook: why this call must not be mirrored as announced (reported failed)."""
+        return None
+
+    async def _phone_hint(self, call: PbxCall) -> Address | None:
+        """Hook: accept the phone's media only from this address (host, 0)."""
+        return None
+
+    @abstractmethod
+    async def _tell(self, call: PbxCall, before: dict[str, str], changed: bool) -> None:
+        """Tell the PBX's other consumers and consoles about a write: ``call.written``
+        holds the values now, ``before`` what they were; ``changed``: the state
+        changed. May raise PbxError."""
+
+    @abstractmethod
+    async def _ended(self, call: PbxCall) -> None:
+        """PBX-side clean-up once a call's mirror is gone; may raise PbxError."""
+
+    @abstractmethod
+    async def _publish_relays(self, directory: RelayDirectory) -> None:
+        """Show the relays (up/down, load; where to send the next call) to the PBX."""
+
+    async def _asked(self, channel: LiveChannel) -> bool:
+        """Hook, at resync: whether a channel we do not know asked for ZRTP; may raise
+        PbxError (the channel is then left alone)."""
+        return False
+
+    async def _announcement_at_resync(self, channel: LiveChannel) -> Announcement | None:
+        """Hook, at resync: the announcement of a channel that asked while we were away."""
+        return None
+
+    # ------------------------------------------------------------------ calls
+
+    def hung_up(self, key: str, reason: str) -> None:
+        """The PBX says the channel is gone. Remembered, so a call whose set-up is
+        still awaiting PBX/relay answers notices instead of leaving a mirror behind."""
+        if not key:
+            return
+        self._mark_gone(key)
+        if key in self.calls:
+            self._spawn(self._end(key, reason))
+
+    def _mark_gone(self, key: str) -> None:
+        self._gone[key] = None
+        while len(self._gone) > GONE_MEMORY:
+            self._gone.popitem(last=False)
+
+    async def resolve_policy(self, requested: str, target: str) -> Policy:
+        """The dialplan's word; for ``auto`` (or nothing): the policy stored for the
+        target in the PBX, then the configured patterns, then the default."""
+        requested = requested.strip().lower()
+        if requested in ("off", "optional", "required"):
+            return Policy(requested)
+        if target:
+            with contextlib.suppress(PbxError, ValueError):
+                stored = await self._stored_policy(target)
+                if stored and stored.strip():
+                    return Policy(stored.strip().lower())
+            matched = self._matched_policy(target)
+            if matched is not None:
+                return matched
+        return self.default_policy
+
+    async def announce(self, announced: Announcement) -> None:
+        """A channel asks for ZRTP: have the relay mirror its port, write the state."""
+        key = announced.key
+        if key in self.calls or key in self._gone:
+            return  # a repeated announcement, or a channel that is already gone
+        call = PbxCall(key, Policy.REQUIRED, self.prefix + key, channel=announced.channel)
+        self.calls[key] = call  # from here a hangup finds it
+        async with call.lock:
+            call.policy = await self.resolve_policy(announced.requested, announced.target)
+            if key not in self.calls:
+                return
+            port = await self._find_port(call, announced)
+            if port is None:
+                await self._write_failure(call, self.no_port_reason)
+                return
+            refusal = self._refusal(call, announced)
+            if refusal is not None:
+                await self._write_failure(call, refusal)
+                return
+            hint = await self._phone_hint(call)
+            try:
+                self.relay.choose(
+                    call.call_id,
+                    group=announced.group,
+                    address=announced.media_address,
+                    bridge=announced.bridge,
+                )
+                report = await self.relay.create(
+                    CallRequest(
+                        call.call_id,
+                        port,
+                        call.policy,
+                        self_uri=announced.target,
+                        peer_uri=announced.peer,
+                        phone_hint=hint,
+                        bridge=announced.bridge,
+                        enroll=announced.enroll,
+                    )
+                )
+            except RelayError as exc:
+                await self._write_failure(call, f"relay: {exc}")
+                return
+            if key not in self.calls:  # hung up while the relay was binding
+                await self.relay.delete(call.call_id, "hangup")
+                return
+            log.info(
+                "call %s (%s -> %s) on port %d, policy %s",
+                call.channel,
+                announced.peer,
+                announced.target,
+                port,
+                call.policy.value,
+            )
+            await self._write(call, report)
+
+    def _on_relay_state(self, report: CallReport) -> None:
+        call_id = report.call_id
+        if not call_id.startswith(self.prefix):
+            return
+        call = self.calls.get(call_id[len(self.prefix) :])
+        if call is not None and report.state is not CallState.ENDED:
+            self._spawn(self._locked_write(call, report))
+
+    async def _locked_write(self, call: PbxCall, report: CallReport) -> None:
+        async with call.lock:
+            if call.key in self.calls:
+                await self._write(call, report)
+
+    async def _write(self, call: PbxCall, report: CallReport) -> None:
+        """Set what changed, the state last; then tell the PBX's other consumers."""
+        table = self.variables
+        values = table.render(CallView.of(report, call.policy))
+        before = dict(call.written)
+        changed_values = {k: v for k, v in values.items() if call.written.get(k) != v}
+        if changed_values:
+            state = changed_values.pop(table.state, None)
+            try:
+                if changed_values:
+                    await self.link.set_vars(call.channel, changed_values)
+                if state is not None:
+                    await self.link.set_var(call.channel, table.state, state)
+            except PbxError as exc:
+                log.warning("call %s: could not write variables: %s", call.channel, exc)
+                return  # written again after the reconnect's resync
+            call.written.update(values)
+        changed = before.get(table.state) != values[table.state]
+        with contextlib.suppress(PbxError):
+            await self._tell(call, before, changed)
+        if (
+            changed
+            and values[table.state] == CallState.FAILED.value
+            and call.policy is Policy.REQUIRED
+        ):
+            self._arm_hangup(call)
+
+    def verified_now(self, call: PbxCall, before: dict[str, str]) -> bool:
+        """The last write marked the SAS verified (for ``_tell``)."""
+        name = self.variables.name_of("sas_verified")
+        true = self.variables.true
+        return call.written.get(name) == true and before.get(name) != true
+
+    async def _write_failure(self, call: PbxCall, reason: str) -> None:
+        log.warning("call %s: %s", call.key, reason)
+        await self._write(call, CallReport.failed(call.call_id, reason, call.policy))
+
+    def _arm_hangup(self, call: PbxCall) -> None:
+        """Safety net: hang up a failed `required` call the dialplan left up."""
+        delay = self.hangup_failed_after
+        if delay <= 0 or call.hangup_task is not None:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            if call.key in self.calls:
+                await self._hang_up_failed(call)
+
+        call.hangup_task = asyncio.ensure_future(later())
+
+    async def _hang_up_failed(self, call: PbxCall) -> None:
+        log.warning(
+            "call %s: required ZRTP failed (%s) and the dialplan did not hang up;"
+            " hanging up with cause %s",
+            call.channel,
+            call.written.get(self.variables.name_of("fail_reason"), ""),
+            self.failed_cause,
+        )
+        with contextlib.suppress(PbxError):
+            await self.link.hang_up(call.channel, self.failed_cause)
+
+    async def _end(self, key: str, reason: str) -> None:
+        call = self.calls.pop(key, None)
+        if call is None:
+            return
+        self._mark_gone(key)
+        if call.hangup_task is not None:
+            call.hangup_task.cancel()
+        final = await self.relay.delete(call.call_id, reason)
+        log.info("call %s ended (%s); reached %s", key, reason, final.last_state if final else "-")
+        with contextlib.suppress(PbxError):
+            await self._ended(call)
+
+    # ------------------------------------------------------------------ relays' status
+
+    def _relays_changed(self) -> None:
+        directory = self.relay.directory
+        if directory is not None and not self._publishing:
+            self._publishing = True
+            self._spawn(self._publish_now(directory))
+
+    async def _publish_now(self, directory: RelayDirectory) -> None:
+        self._publishing = False
+        await self._publish_relays(directory)
+
+    # ------------------------------------------------------------------ resync
+
+    async def resync(self) -> None:
+        """After every (re)connect: make our calls and mirrors match the PBX's channels."""
+        # Calls that start while we wait for the PBX's answer are not in its snapshot:
+        # only calls known before asking may be judged gone.
+        known_before = set(self.calls)
+        self._published.clear()  # a restarted PBX lost what we had written
+        self._relays_changed()
+        try:
+            live = {channel.key: channel for channel in await self.link.live_channels()}
+        except PbxError as exc:
+            log.warning("resync: %s", exc)
+            return
+        live.pop("", None)
+        mirrored = await self._forget_vanished(set(live), known_before)
+        for key, channel in live.items():
+            call = self.calls.get(key)
+            if call is not None:
+                try:
+                    current = await self.relay.show(call.call_id)
+                except RelayError:
+                    continue
+                if current is not None:
+                    call.written.clear()  # a write may have been lost with the connection
+                    await self._locked_write(call, current)
+                continue
+            try:
+                if not await self._asked(channel):
+                    continue
+                state = await self.link.get_var(channel.name, self.variables.state)
+            except PbxError:
+                continue
+            if key in mirrored or state not in ("", CallState.PENDING.value):
+                await self._recover(channel, mirrored.get(key))
+                continue
+            announced = await self._announcement_at_resync(channel)
+            if announced is not None:
+                log.info("resync: picking up %s, which asked for ZRTP while away", channel.name)
+                await self.announce(announced)
+
+    async def _forget_vanished(
+        self, live: set[str], known_before: set[str]
+    ) -> dict[str, CallReport]:
+        """End calls whose channel is gone (only those known before the PBX's channel
+        list was asked for), and delete our orphaned mirrors. Returns the relay's
+        reports of our mirrors whose channel is live, by key."""
+        for key in [k for k in self.calls if k not in live and k in known_before]:
+            await self._end(key, "channel gone while the PBX link was down")
+        kept: dict[str, CallReport] = {}
+        with contextlib.suppress(RelayError):
+            for mirrored in await self.relay.calls():
+                call_id = mirrored.call_id
+                key = call_id[len(self.prefix) :]
+                if not call_id.startswith(self.prefix):
+                    continue
+                if key in live:
+                    kept[key] = mirrored
+                elif key not in self.calls:
+                    await self.relay.delete(call_id, "channel gone")
+        return kept
+
+    async def _recover(self, channel: LiveChannel, report: CallReport | None) -> None:
+        """A live channel that had ZRTP before this adapter (re)started: adopt its
+        mirror if the relay still has it (hangup then frees it); otherwise the relay
+        lost the call (it restarted with us, or alone) and the PBX is told, as for
+        any failure (a `required` call is hung up). Its policy: the relay's, else the
+        one we had written, else the strictest."""
+        policy = report.policy if report is not None else None
+        if policy is None:
+            with contextlib.suppress(PbxError, ValueError):
+                written = await self.link.get_var(channel.name, self.variables.name_of("policy"))
+                policy = Policy.named(written)
+        call = PbxCall(
+            channel.key, policy or Policy.REQUIRED, self.prefix + channel.key, channel=channel.name
+        )
+        self.calls[call.key] = call
+        if report is not None:
+            log.info("call %s: adopted, still mirrored by the relay", call.key)
+            await self._locked_write(call, report)
+        else:
+            reason = "the relay lost this call (it restarted)"
+            log.warning("call %s: %s", call.key, reason)
+            await self._locked_write(call, CallReport.lost(call.call_id, reason))
+
+    # ------------------------------------------------------------------ administration
+
+    async def verify(self, call: PbxCall | None, ref: str, verified: bool) -> None:
+        """The humans compared the SAS (or take it back). Raises RelayError."""
+        if call is None:
+            raise NoSuchCall(f"no ZRTP call {ref!r}")
+        report = await self.relay.verify(call.call_id, verified)
+        await self._locked_write(call, report)
+        log.info("admin: SAS of %s marked %sverified", call.channel, "" if verified else "un")
+
+    async def change_policy(self, call: PbxCall | None, ref: str, value: str) -> None:
+        """A live call's policy changes. Raises RelayError, or ValueError for a bad policy."""
+        if call is None:
+            raise NoSuchCall(f"no ZRTP call {ref!r}")
+        policy = Policy(value.strip().lower())
+        report = await self.relay.update(call.call_id, policy)
+        call.policy = policy
+        await self._locked_write(call, report)
+
+    async def change_enrollment(self, call: PbxCall | None, enroll: bool, name: str) -> str:
+        """enroll: the user confirmed the SAS of an enrollment call (store the
+        pbxsecret); otherwise forget the phone. Writes the call's new state and
+        returns what the dialplan is told: "enrolled", "unenrolled" or "failed: …"."""
+        report: CallReport | None
+        try:
+            if call is None:
+                raise NoSuchCall(f"no ZRTP call {name}")
+            if enroll:
+                report = await self.relay.enroll(call.call_id)
+                result = "enrolled"
+            else:
+                await self.relay.unenroll(call.call_id)
+                try:
+                    report = await self.relay.show(call.call_id)
+                except RelayError:
+                    report = None
+                result = "unenrolled"
+        except RelayError as exc:
+            log.warning("enrollment of %s: %s", name, exc)
+            return f"failed: {exc}"
+        log.info("enrollment of %s: %s", name, result)
+        if report is not None:
+            await self._locked_write(call, report)
+        return result
