@@ -4,11 +4,17 @@ pylibsrtp is wrapped here and nowhere else. It raises ``ValueError`` for
 oversize packets and ``pylibsrtp.Error`` for authentication or replay failures;
 both mean "drop and count", so ``unprotect`` returns None and the datagram
 path never sees an exception.
+
+Two private parts of pylibsrtp are used, each behind one function below
+(``_c_policy``, ``libsrtp_path``); pyproject.toml pins the versions they were
+checked with and tests/test_dependencies.py fails loudly when they move.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
+from typing import Any
 
 import pylibsrtp
 
@@ -21,6 +27,18 @@ _PROFILES = {
 
 #: Ciphers this SRTP layer can use; AES3 needs an AES-256-CM profile pylibsrtp lacks.
 SUPPORTED_CIPHERS = ("AES1",)
+
+
+def _c_policy(policy: pylibsrtp.Policy) -> Any:
+    """The C ``srtp_policy_t`` behind a pylibsrtp Policy (its private ``_policy``)."""
+    return getattr(policy, "_policy")  # noqa: B009 - private: see the module docstring
+
+
+def libsrtp_path() -> str:
+    """The shared object holding pylibsrtp's libsrtp (its private ``_binding``
+    extension), whose functions the native fast path calls; "" if unknown."""
+    binding = importlib.import_module("pylibsrtp._binding")
+    return str(getattr(binding, "__file__", "") or "")
 
 
 def is_rtcp(packet: bytes) -> bool:
@@ -64,7 +82,7 @@ class SrtpContext:
             # linphone 5.1 through the relay (every SRTCP packet failed with 80 bits).
             # pylibsrtp has no option for it, so set the RTCP half of its policy here.
             ffi, lib = getattr(pylibsrtp, "ffi"), getattr(pylibsrtp, "lib")  # noqa: B009
-            rtcp = ffi.addressof(policy._policy.rtcp)
+            rtcp = ffi.addressof(_c_policy(policy).rtcp)
             status = lib.srtp_crypto_policy_set_from_profile_for_rtp(rtcp, profile)
             if status != 0:
                 raise ValueError(f"libsrtp refused a 32-bit SRTCP tag (status {status})")

@@ -98,5 +98,14 @@ class SecretCache(ABC):
         relays gives them one PBX identity (§4.9, §10).
         """
 
+    @abstractmethod
+    def list_pbx_secrets(self) -> list[tuple[bytes, bytes, float | None]]:
+        """(our ZID, peer ZID, expiry or None) of every unexpired pbxsecret."""
+
+    @abstractmethod
+    def purge_expired(self) -> int:
+        """Erase expired secrets (a running relay does so on a schedule); returns how
+        many secret values were erased."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default store needs none."""

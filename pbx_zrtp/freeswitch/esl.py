@@ -37,6 +37,34 @@ EVENTS = (
 )
 
 
+# ---------------------------------------------------------------------- greenswitch's insides
+# The only private parts of greenswitch used anywhere, each behind one function
+# here. pyproject.toml pins the versions they were checked with, and
+# tests/test_dependencies.py fails loudly when an installed greenswitch lacks them.
+
+
+def reader_died(esl: Any) -> bool:
+    """greenswitch's event reader greenlet (``_receive_events_greenlet``) has died."""
+    reader = esl._receive_events_greenlet
+    return reader is not None and bool(reader.dead)
+
+
+def fail_sent_commands(esl: Any, error: Exception) -> None:
+    """Commands sent on a dropped connection (``_commands_sent``): greenswitch would
+    leave them waiting forever."""
+    for pending in list(esl._commands_sent):
+        with contextlib.suppress(Exception):
+            pending.set_exception(error)
+
+
+def abandon(esl: Any) -> None:
+    """Close without ``stop()``, which may block on a dead reader: clear ``_run``
+    (the reader's loop condition) and close the socket."""
+    with contextlib.suppress(Exception):
+        esl._run = False
+        esl.sock.close()
+
+
 class EslError(PbxError):
     """An ESL command failed, timed out, or the connection is down."""
 
@@ -201,8 +229,7 @@ class Esl:
             delay = 0.2
             self._to_loop(self._connected)
             while esl.connected and not self._stopping.is_set():
-                reader = getattr(esl, "_receive_events_greenlet", None)
-                if reader is not None and reader.dead:
+                if reader_died(esl):
                     # greenswitch's reader dies on input it cannot parse (e.g. a header
                     # line without ": "), leaving a connection that never answers
                     # again: treat it as lost and start over.
@@ -214,15 +241,10 @@ class Esl:
                     break
                 gevent.sleep(0.1)
             self._esl = None
-            for pending in list(getattr(esl, "_commands_sent", [])):
-                # greenswitch leaves these waiting forever after a drop
-                with contextlib.suppress(Exception):
-                    pending.set_exception(ConnectionError("ESL connection lost"))
+            fail_sent_commands(esl, ConnectionError("ESL connection lost"))
             self._to_loop(self._up.clear)
             self._fail_pending(EslError("ESL connection lost"))
-            with contextlib.suppress(Exception):
-                esl._run = False  # stop() may block on a dead reader: just close
-                esl.sock.close()
+            abandon(esl)
             if not self._stopping.is_set():
                 log.warning("ESL connection to %s:%d lost; reconnecting", self.host, self.port)
                 gevent.sleep(delay)

@@ -105,6 +105,8 @@ class RelayConfig:
     cache_url: str | None = None
     #: The PostgreSQL password (a 0600 file); without it libpq's PGPASSWORD/PGPASSFILE.
     cache_password_file: str | None = None
+    #: Seconds between two purges of expired secrets from the store.
+    cache_purge_interval: float = 3600.0
     optional_timeout: float = 5.0
     required_timeout: float = 10.0
     control_socket: str | None = None
@@ -264,6 +266,12 @@ def _read_cache(t: FieldReader, c: RelayConfig) -> None:
                     t.problem("password_file", str(exc))
     else:
         t.raw("password_file")
+    c.cache_purge_interval = t.take(
+        "purge_interval",
+        number(60, 86400),
+        c.cache_purge_interval,
+        fix="seconds between purges of expired secrets, 60-86400",
+    )
 
 
 def _read_timeouts(t: FieldReader, c: RelayConfig) -> None:

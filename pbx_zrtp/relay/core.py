@@ -374,8 +374,6 @@ class Relay:
         cache = self.settings.cache
         if peer_zid is None or len(peer_zid) != 12:
             raise BadRequest("unenroll needs a call or a 12-byte peer ZID")
-        if cache is None:
-            raise BadRequest("the relay has no cache (cache.path = memory)")
         erased = 0
         for self_zid, zid, _expires in self.enrolled_phones():
             if zid == peer_zid:
@@ -385,11 +383,7 @@ class Relay:
 
     def enrolled_phones(self) -> list[tuple[bytes, bytes, float | None]]:
         """(our ZID, phone ZID, expiry) of every pbxsecret the cache holds."""
-        lister = getattr(self.settings.cache, "list_pbx_secrets", None)
-        if lister is None:
-            return []
-        result: list[tuple[bytes, bytes, float | None]] = lister()
-        return result
+        return self.settings.cache.list_pbx_secrets()
 
     def _relay_sas(self, mirror: Mirror) -> None:
         """Once both legs of a bridged call are secure, apply §7.3's relay rules.

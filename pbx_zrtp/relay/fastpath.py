@@ -117,11 +117,12 @@ def _srtp_library() -> str:
         return ""
     if choice:
         return choice
+    from pbx_zrtp.srtp import libsrtp_path
+
     try:  # loaded already by pbx_zrtp.srtp: dlopen returns the same mapping
-        binding = importlib.import_module("pylibsrtp._binding")
+        return libsrtp_path()
     except ImportError:
         return ""
-    return str(getattr(binding, "__file__", "") or "")
 
 
 def _load() -> tuple[Any, Any]:

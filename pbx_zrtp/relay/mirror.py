@@ -69,7 +69,7 @@ class MirrorSettings:
     """What the relay decides for every mirror (from its configuration)."""
 
     zrtp: Callable[[str, str], ZrtpConfiguration]  # (self_uri, peer_uri) -> configuration
-    cache: SecretCache | None
+    cache: SecretCache  # the relay always has one (cache.path = "memory": in memory)
     optional_timeout: float = 5.0  # optional: report "clear" after this long without ZRTP
     required_timeout: float = 10.0  # required: report "failed" after this long
 
@@ -277,12 +277,6 @@ class Mirror:
     def fastpath(self) -> FastPath | None:
         """The native worker this mirror's secured RTP goes to, if any."""
         return self._fastpath
-
-    @property
-    def pbx_side_port(self) -> int:
-        """The relay port the PBX sees our packets come from."""
-        assert self._pbx_rtp is not None
-        return int(self._pbx_rtp.get_extra_info("sockname")[1])
 
     def attach(self, identity: CallIdentity) -> None:
         """Give this mirror a call (at creation, or later for a pre-bound port)."""

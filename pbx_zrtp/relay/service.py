@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
 
-from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.base import CacheError, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.config import ConfigError, read_secret_file
@@ -100,11 +102,13 @@ class RelayService:
         self.control = ControlServer(self.relay, token=token)
         self.metrics = RelayMetrics(self.relay)
         self.metrics_port: int | None = None
+        self._purging: asyncio.Task[None] | None = None
         self.control_port: int | None = None
 
     async def start(self) -> None:
         warm_up(self.config.zrtp.key_agreements[:1])
         await self.relay.start()
+        self._purging = asyncio.ensure_future(self._purge_forever())
         if self.config.control_socket:
             await self.control.start_unix(self.config.control_socket)
         if self.config.control_tcp:
@@ -121,7 +125,24 @@ class RelayService:
             self.config.control_socket or "tcp",
         )
 
+    async def _purge_forever(self) -> None:
+        """Expired secrets leave the store on a schedule (and at start): a lookup
+        already ignores them, but a stolen or shared database should not keep them."""
+        while True:
+            try:
+                erased = self.cache.purge_expired()
+            except CacheError as exc:
+                log.warning("cache: purging expired secrets failed: %s", exc)
+            else:
+                if erased:
+                    log.info("cache: purged %d expired secret(s)", erased)
+            await asyncio.sleep(self.config.cache_purge_interval)
+
     async def close(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
         await self.control.close()
         await self.metrics.close()
         await self.relay.close()

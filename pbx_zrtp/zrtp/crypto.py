@@ -17,7 +17,6 @@ try:  # cryptography >= 47 keeps CFB among the "decrepit" modes
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
-from pbx_zrtp.zrtp.errors import ErrorCode, ZrtpProtocolError
 
 #: Length of the truncated MACs carried in ZRTP messages (64 bits).
 MAC_LENGTH = 8
@@ -100,9 +99,3 @@ def aes_cfb(key: bytes, iv: bytes, data: bytes, *, encrypt: bool) -> bytes:
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
-
-
-def check_mac(expected: bytes, received: bytes, what: str, code: ErrorCode) -> None:
-    """Raise the protocol error ``code`` when a MAC does not match (never logs values)."""
-    if not constant_time_equal(expected, received):
-        raise ZrtpProtocolError(f"bad MAC on {what}", code)

@@ -25,11 +25,8 @@ from tests.asterisk.fake_ami import VERSION_LINE, AmiSession, FakeAmi, FakeChann
 
 T = TypeVar("T")
 
-_HERE = Path(__file__).parent
-_TRANSCRIPT_CANDIDATES = (
-    _HERE / "asterisk-ami-transcript.txt",
-    Path("/work/shared/fixtures/asterisk-ami-transcript.txt"),
-)
+#: The real Asterisk 22 capture, kept with the tests (a copy of the shared fixture).
+TRANSCRIPT = Path(__file__).parent / "asterisk-ami-transcript.txt"
 _MARKER = re.compile(
     rb"^#### \+([0-9.]+)s (ASTERISK -> CLIENT|CLIENT -> ASTERISK) \((\d+) bytes\)\n", re.M
 )
@@ -77,10 +74,8 @@ def parse_fields(data: bytes) -> list[tuple[str, str]]:
 
 
 def transcript_path() -> Path:
-    for path in _TRANSCRIPT_CANDIDATES:
-        if path.exists():
-            return path
-    pytest.skip("asterisk-ami-transcript.txt fixture not available")
+    assert TRANSCRIPT.is_file(), f"{TRANSCRIPT} is part of the repository"
+    return TRANSCRIPT
 
 
 def parse_transcript(path: Path) -> list[Segment]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import time
 
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.config import apply, load_config
@@ -77,3 +78,41 @@ def test_service_end_to_end_with_metrics_and_verified_sas(tmp_path: pathlib.Path
             await service.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_running_relay_purges_expired_secrets_on_a_schedule(tmp_path: pathlib.Path) -> None:
+    """Expired secrets are erased from the store by the running relay, at start and then
+    every cache.purge_interval (before, only a manual call of purge_expired did it)."""
+    from pbx_zrtp.cache.base import CacheKey
+    from pbx_zrtp.cache.sqlite import SqliteSecretCache
+
+    path = tmp_path / "cache.db"
+    # Written 100 s in the past with a 10 s lifetime: expired 90 s ago.
+    past = SqliteSecretCache(path, clock=lambda: time.time() - 100)
+    key = CacheKey(b"R" * 12, b"P" * 12)
+    past.store_pbx_secret(key, b"s" * 32, 10)
+    assert past.list_pbx_secrets()  # still there (the past clock sees it live)
+
+    async def scenario() -> None:
+        config = load_config(None)
+        apply(config, {"cache": {"path": str(path)}, "control": {"socket": ""}})
+        config.metrics = None
+        config.cache_purge_interval = 0.1
+        service = RelayService(config)
+        await service.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 5
+            while past.list_pbx_secrets():
+                assert asyncio.get_running_loop().time() < deadline, "never purged"
+                await asyncio.sleep(0.05)
+            # and again later: one that expires while the relay runs goes too
+            past.store_pbx_secret(key, b"t" * 32, 10)
+            deadline = asyncio.get_running_loop().time() + 5
+            while past.list_pbx_secrets():
+                assert asyncio.get_running_loop().time() < deadline, "purged only at start"
+                await asyncio.sleep(0.05)
+        finally:
+            await service.close()
+            past.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
