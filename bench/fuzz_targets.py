@@ -850,7 +850,7 @@ class ControlTarget:
     """JSON-lines requests on a real control connection object; TOML configuration."""
 
     def __init__(self) -> None:
-        from pbx_zrtp.relay.control import ControlServer, _Connection
+        from pbx_zrtp.relay.control.server import ControlServer, _Connection
 
         self.lab = _AdapterLab()
         self.server = ControlServer(self.lab.relay, token="fuzz-token")
@@ -874,7 +874,7 @@ class ControlTarget:
             self._control(data[1:], tcp=bool(data[0] & 2))
 
     def _control(self, data: bytes, *, tcp: bool) -> None:
-        from pbx_zrtp.relay.control import _encode
+        from pbx_zrtp.relay.control.protocol import encode as _encode
 
         connection = self.connection_class(self.server, asyncio.StreamReader(), _Writer(), tcp=tcp)
         loop = self.lab.loop

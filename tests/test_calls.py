@@ -22,7 +22,7 @@ from pbx_zrtp.calls import (
     RelayUnavailable,
     no_traffic,
 )
-from pbx_zrtp.relay.control import ControlServer
+from pbx_zrtp.relay.control.server import ControlServer
 from pbx_zrtp.relay.handle import LocalRelay, RemoteRelay
 from tests.relay.helpers import RELAY_HOST, free_even_port, make_relay
 

@@ -191,13 +191,16 @@ class FieldReader:
         label: Callable[[str], str],
         problems: Problems | None = None,
         error: Callable[[str], Exception] = ConfigError,
+        absent: Callable[[str], str] | None = None,
     ) -> None:
         """``label(key)`` starts a message about ``key`` ("asterisk.port: ");
-        without ``problems`` the first problem raises ``error(message)``."""
+        without ``problems`` the first problem raises ``error(message)``;
+        ``absent(key)``, if given, is the whole message for a required field left out."""
         self._data = dict(data)
         self._label = label
         self._problems = problems
         self._error = error
+        self._absent = absent
         self._known: list[str] = []
         self.failed = False
 
@@ -213,8 +216,10 @@ class FieldReader:
 
     def problem(self, key: str, message: str) -> None:
         """Report a problem with ``key`` (also for checks across fields)."""
+        self._report(self._label(key) + message)
+
+    def _report(self, text: str) -> None:
         self.failed = True
-        text = self._label(key) + message
         if self._problems is None:
             raise self._error(text)
         self._problems.add(text)
@@ -233,13 +238,20 @@ class FieldReader:
         missing: str | None = None,
     ) -> T:
         """The field's converted value, or ``default`` when absent (or bad, when
-        collecting problems). ``missing``: the field is required, and this says so."""
+        collecting problems). ``missing``: the field is required, and this says so.
+        An explicit null is absent for an optional field; for a required one it is
+        converted (the converter says what it wanted instead)."""
         if key not in self._known:
             self._known.append(key)
-        value = self._data.pop(key, None)
-        if value is None:
+        if key not in self._data:
             if missing is not None:
-                self.problem(key, missing)
+                if self._absent is not None:
+                    self._report(self._absent(key))
+                else:
+                    self.problem(key, missing)
+            return default
+        value = self._data.pop(key)
+        if value is None and missing is None:
             return default
         try:
             return convert(value)

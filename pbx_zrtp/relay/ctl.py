@@ -7,6 +7,8 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pbx_zrtp.calls import Policy
@@ -36,6 +38,134 @@ def _json_flag(parser: argparse.ArgumentParser, *, default: Any) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Command:
+    """One ``pbx-zrtp ctl`` command: its arguments, the request they make, and how
+    the answer is shown (adding an op to the control API: one entry here)."""
+
+    help: str
+    request: Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    show: Callable[[Any], str] = lambda result: format_call(result)
+
+
+def _call_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("call_id", metavar="CALL_ID")
+
+
+def _create_arguments(create: argparse.ArgumentParser) -> None:
+    create.add_argument("call_id", metavar="CALL_ID")
+    create.add_argument("port", type=int, metavar="PORT", help="the PBX's RTP port (even)")
+    create.add_argument("--policy", required=True, choices=_POLICIES)
+    create.add_argument("--pbx-host", metavar="IP", help="the PBX's RTP address for this call")
+    create.add_argument("--pbx-port", type=int, metavar="PORT", help="default: PORT")
+    create.add_argument("--self-uri", metavar="URI", help="the extension the phone talks to")
+    create.add_argument("--peer-uri", metavar="URI", help="the phone's URI")
+    create.add_argument(
+        "--payload-type", type=int, choices=(0, 8), help="codec for priming: 0 PCMU, 8 PCMA"
+    )
+    create.add_argument(
+        "--bridge", metavar="ID", help="legs of one bridged call share it (SAS relay)"
+    )
+    create.add_argument(
+        "--enroll", action="store_true", help="invite the phone to enroll (E flag, §7.3.1)"
+    )
+
+
+def _create_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    options = {
+        "pbx_host": args.pbx_host,
+        "pbx_port": args.pbx_port,
+        "self_uri": args.self_uri,
+        "peer_uri": args.peer_uri,
+        "payload_type": args.payload_type,
+        "bridge": args.bridge,
+        "enroll": True if args.enroll else None,
+    }
+    given = {name: value for name, value in options.items() if value is not None}
+    return "create", {"call_id": args.call_id, "port": args.port, "policy": args.policy, **given}
+
+
+def _unenroll_arguments(unenroll: argparse.ArgumentParser) -> None:
+    target = unenroll.add_mutually_exclusive_group(required=True)
+    target.add_argument("--call", metavar="CALL_ID", help="the phone of this live call")
+    target.add_argument("--peer-zid", metavar="HEX", help="the phone's ZID (24 hex digits)")
+
+
+def _unenroll_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.call is not None:
+        return "unenroll", {"call_id": args.call}
+    return "unenroll", {"peer_zid": args.peer_zid}
+
+
+def _verify_arguments(verify: argparse.ArgumentParser) -> None:
+    _call_id(verify)
+    verify.add_argument("--unverify", action="store_true", help="clear the verified flag")
+
+
+def _update_arguments(update: argparse.ArgumentParser) -> None:
+    _call_id(update)
+    update.add_argument("--policy", required=True, choices=_POLICIES)
+
+
+def _delete_arguments(delete: argparse.ArgumentParser) -> None:
+    _call_id(delete)
+    delete.add_argument("--reason", default="deleted by pbx-zrtp ctl")
+
+
+def _named(op: str) -> Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]:
+    return lambda args: (op, {"call_id": args.call_id})
+
+
+def _plain(op: str) -> Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]:
+    return lambda args: (op, {})
+
+
+#: Every command, in the order ``--help`` lists them (``watch`` is the event stream).
+COMMANDS: dict[str, Command] = {
+    "create": Command("mirror a PBX port for a call", _create_request, _create_arguments),
+    "enroll": Command(
+        "enroll a call's phone: the user confirmed the SAS (stores the pbxsecret)",
+        _named("enroll"),
+        _call_id,
+    ),
+    "unenroll": Command(
+        "forget a phone's pbxsecret",
+        _unenroll_request,
+        _unenroll_arguments,
+        lambda result: f"erased {result.get('erased', 0)} pbxsecret(s)",
+    ),
+    "enrolled": Command(
+        "list the phones enrolled with this PBX",
+        _plain("enrolled"),
+        show=lambda result: format_enrolled(result),
+    ),
+    "list": Command(
+        "list the calls (table: call, port, state, policy, SAS)",
+        _plain("list"),
+        show=lambda result: format_table(result),
+    ),
+    "show": Command("show one call", _named("show"), _call_id),
+    "verify": Command(
+        "mark a call's SAS as compared by the humans",
+        lambda args: ("verify", {"call_id": args.call_id, "verified": not args.unverify}),
+        _verify_arguments,
+    ),
+    "update": Command(
+        "change a call's policy",
+        lambda args: ("update", {"call_id": args.call_id, "policy": args.policy}),
+        _update_arguments,
+    ),
+    "delete": Command(
+        "end a call's mirror",
+        lambda args: ("delete", {"call_id": args.call_id, "reason": args.reason}),
+        _delete_arguments,
+    ),
+    "stats": Command("relay counters", _plain("stats"), show=lambda result: format_stats(result)),
+    "ping": Command("check that the relay answers", _plain("ping"), show=str),
+}
+
+
 def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``ctl`` options and commands to ``parser`` (e.g. a ``pbx-zrtp`` subparser)."""
     parser.add_argument(
@@ -56,48 +186,8 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     _json_flag(parser, default=False)
     # Subcommands take --json too; SUPPRESS keeps theirs from hiding the global one.
     commands = parser.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
-
-    create = commands.add_parser("create", help="mirror a PBX port for a call")
-    create.add_argument("call_id", metavar="CALL_ID")
-    create.add_argument("port", type=int, metavar="PORT", help="the PBX's RTP port (even)")
-    create.add_argument("--policy", required=True, choices=_POLICIES)
-    create.add_argument("--pbx-host", metavar="IP", help="the PBX's RTP address for this call")
-    create.add_argument("--pbx-port", type=int, metavar="PORT", help="default: PORT")
-    create.add_argument("--self-uri", metavar="URI", help="the extension the phone talks to")
-    create.add_argument("--peer-uri", metavar="URI", help="the phone's URI")
-    create.add_argument(
-        "--payload-type", type=int, choices=(0, 8), help="codec for priming: 0 PCMU, 8 PCMA"
-    )
-    create.add_argument(
-        "--bridge", metavar="ID", help="legs of one bridged call share it (SAS relay)"
-    )
-    create.add_argument(
-        "--enroll", action="store_true", help="invite the phone to enroll (E flag, §7.3.1)"
-    )
-    enroll = commands.add_parser(
-        "enroll", help="enroll a call's phone: the user confirmed the SAS (stores the pbxsecret)"
-    )
-    enroll.add_argument("call_id", metavar="CALL_ID")
-    unenroll = commands.add_parser("unenroll", help="forget a phone's pbxsecret")
-    target = unenroll.add_mutually_exclusive_group(required=True)
-    target.add_argument("--call", metavar="CALL_ID", help="the phone of this live call")
-    target.add_argument("--peer-zid", metavar="HEX", help="the phone's ZID (24 hex digits)")
-    commands.add_parser("enrolled", help="list the phones enrolled with this PBX")
-
-    commands.add_parser("list", help="list the calls (table: call, port, state, policy, SAS)")
-    show = commands.add_parser("show", help="show one call")
-    show.add_argument("call_id", metavar="CALL_ID")
-    verify = commands.add_parser("verify", help="mark a call's SAS as compared by the humans")
-    verify.add_argument("call_id", metavar="CALL_ID")
-    verify.add_argument("--unverify", action="store_true", help="clear the verified flag")
-    update = commands.add_parser("update", help="change a call's policy")
-    update.add_argument("call_id", metavar="CALL_ID")
-    update.add_argument("--policy", required=True, choices=_POLICIES)
-    delete = commands.add_parser("delete", help="end a call's mirror")
-    delete.add_argument("call_id", metavar="CALL_ID")
-    delete.add_argument("--reason", default="deleted by pbx-zrtp ctl")
-    commands.add_parser("stats", help="relay counters")
-    commands.add_parser("ping", help="check that the relay answers")
+    for name, command in COMMANDS.items():
+        command.arguments(commands.add_parser(name, help=command.help))
     commands.add_parser("watch", help="print call state changes as they happen (Ctrl-C stops)")
     for sub in commands.choices.values():
         _json_flag(sub, default=argparse.SUPPRESS)
@@ -143,59 +233,14 @@ def _read_token(path: str) -> str:
 
 
 async def _run(args: argparse.Namespace, token: str | None) -> int:
-    command: str = args.ctl_command
+    command = COMMANDS.get(args.ctl_command)
     async with ControlClient(args.control, token=token, timeout=args.timeout) as client:
-        if command == "watch":
+        if command is None:  # watch
             return await _watch(client, args.json)
-        result = await _request(client, args)
-    if args.json:
-        _out(json.dumps(result, indent=2))
-    elif command == "list":
-        _out(format_table(result))
-    elif command == "stats":
-        _out(format_stats(result))
-    elif command == "ping":
-        _out(str(result))
-    elif command == "enrolled":
-        _out(format_enrolled(result))
-    elif command == "unenroll":
-        _out(f"erased {result.get('erased', 0)} pbxsecret(s)")
-    else:
-        _out(format_call(result))
+        op, fields = command.request(args)
+        result = await client.request(op, **fields)
+    _out(json.dumps(result, indent=2) if args.json else command.show(result))
     return 0
-
-
-async def _request(client: ControlClient, args: argparse.Namespace) -> Any:
-    command: str = args.ctl_command
-    if command == "create":
-        options = {
-            "pbx_host": args.pbx_host,
-            "pbx_port": args.pbx_port,
-            "self_uri": args.self_uri,
-            "peer_uri": args.peer_uri,
-            "payload_type": args.payload_type,
-            "bridge": args.bridge,
-            "enroll": True if args.enroll else None,
-        }
-        given = {name: value for name, value in options.items() if value is not None}
-        return await client.request(
-            "create", call_id=args.call_id, port=args.port, policy=args.policy, **given
-        )
-    if command == "update":
-        return await client.request("update", call_id=args.call_id, policy=args.policy)
-    if command == "verify":
-        return await client.request("verify", call_id=args.call_id, verified=not args.unverify)
-    if command == "delete":
-        return await client.request("delete", call_id=args.call_id, reason=args.reason)
-    if command == "show":
-        return await client.request("show", call_id=args.call_id)
-    if command == "enroll":
-        return await client.request("enroll", call_id=args.call_id)
-    if command == "unenroll":
-        if args.call is not None:
-            return await client.request("unenroll", call_id=args.call)
-        return await client.request("unenroll", peer_zid=args.peer_zid)
-    return await client.request(command)  # list, stats, ping, enrolled
 
 
 async def _watch(client: ControlClient, as_json: bool) -> int:
@@ -328,4 +373,12 @@ def format_event(call: dict[str, Any]) -> str:
     return text
 
 
-__all__ = ["DEFAULT_CONTROL", "add_ctl_arguments", "build_ctl_parser", "ctl_main", "run_ctl"]
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_CONTROL",
+    "Command",
+    "add_ctl_arguments",
+    "build_ctl_parser",
+    "ctl_main",
+    "run_ctl",
+]

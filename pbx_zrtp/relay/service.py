@@ -13,7 +13,7 @@ from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.config import ConfigError, read_secret_file
 from pbx_zrtp.relay.config import RelayConfig, read_password_file
-from pbx_zrtp.relay.control import ControlServer
+from pbx_zrtp.relay.control.server import ControlServer
 from pbx_zrtp.relay.core import Relay, RelayLayout
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.relay.fastpath import available as fastpath_available

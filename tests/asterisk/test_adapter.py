@@ -226,7 +226,7 @@ async def _until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
 
 def test_adapter_in_its_own_process_role_against_a_remote_relay(tmp_path: Any) -> None:
     """`pbx-zrtp asterisk --relay unix:…`: the adapter reaches the relay over the control API."""
-    from pbx_zrtp.relay.control import ControlServer
+    from pbx_zrtp.relay.control.server import ControlServer
     from pbx_zrtp.relay.handle import RemoteRelay
 
     async def scenario() -> None:

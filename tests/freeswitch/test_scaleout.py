@@ -12,7 +12,7 @@ from typing import Any
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
-from pbx_zrtp.relay.control import ControlServer
+from pbx_zrtp.relay.control.server import ControlServer
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.handle import LocalRelay
 from pbx_zrtp.relay.pool import RelayEntry, RelayPool

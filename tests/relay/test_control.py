@@ -27,9 +27,9 @@ from pbx_zrtp.relay.control import (
     ControlClient,
     ControlConnectionError,
     ControlError,
-    ControlServer,
     parse_control_address,
 )
+from pbx_zrtp.relay.control.server import ControlServer
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.ctl import ctl_main, format_table
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -662,7 +662,7 @@ def test_a_subscriber_that_falls_behind_is_told_and_dropped(sock_path: str) -> N
 def test_tcp_client_that_does_not_authenticate_in_time_is_dropped(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pbx_zrtp.relay.control.AUTH_TIMEOUT", 0.2)
+    monkeypatch.setattr("pbx_zrtp.relay.control.server.AUTH_TIMEOUT", 0.2)
 
     async def scenario() -> None:
         async with serving(sock_path, token=TOKEN, tcp=True) as (_relay, _server, port):
@@ -862,3 +862,18 @@ def test_ctl_watch_prints_events_as_json(
         ]
         assert code == 1  # the stream ended without Ctrl-C
         assert captured.err.startswith("pbx-zrtp ctl: the event stream ended: ")
+
+
+def test_every_op_is_in_the_table_the_docs_and_ctl() -> None:
+    """Adding an op is one function in ops.py and one ctl entry: nothing else can lag
+    behind unnoticed (the docs list each op's fields under its own heading)."""
+    import pathlib
+    import re
+
+    from pbx_zrtp.relay.control.ops import OPS
+    from pbx_zrtp.relay.ctl import COMMANDS
+
+    docs = (pathlib.Path(__file__).parents[2] / "docs" / "control-api.md").read_text()
+    documented = set(re.findall(r"^### `(\w+)` \{", docs, re.M))
+    assert documented == set(OPS)
+    assert set(COMMANDS) == set(OPS) - {"auth", "subscribe"}  # those two ctl does itself

@@ -15,7 +15,8 @@ import pytest
 from pbx_zrtp.calls import CallReport, CallRequest, Policy, RelayUnavailable
 from pbx_zrtp.config import ConfigError
 from pbx_zrtp.config.relays import RelayEntry, parse_relays
-from pbx_zrtp.relay.control import ControlClient, ControlServer
+from pbx_zrtp.relay.control import ControlClient
+from pbx_zrtp.relay.control.server import ControlServer
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.handle import RemoteRelay
 from pbx_zrtp.relay.pool import RelayPool
