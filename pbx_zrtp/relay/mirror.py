@@ -425,8 +425,17 @@ class Mirror:
         secured = self._secured
         return self._enrolled_now or (secured is not None and secured.pbx_secret_matched)
 
+    @property
+    def renders_relayed_sas(self) -> bool:
+        """The phone proved a pbxsecret shared with us in this DH exchange: only then
+        does it render a SAS we relay (§7.3). A phone that enrolled during this call,
+        or holds a pbxsecret we lack, acknowledges a SASrelay but shows its own SAS."""
+        secured = self._secured
+        return secured is not None and secured.pbx_secret_matched
+
     def _sas_view(self) -> tuple[str, str]:
-        """(displayed SAS, scope) for the user on this leg."""
+        """(displayed SAS, scope) for the user on this leg: "end-to-end" only when the
+        target phone can render the relayed SAS and acknowledged it (RelayACK)."""
         secured = self._secured
         if secured is None or self.state is not CallState.SECURE:
             return "", ""
@@ -435,6 +444,7 @@ class Mirror:
         if (
             self.relay_role == "target"
             and self.relay_status == "acknowledged"
+            and self.renders_relayed_sas
             and partner_secured is not None
         ):
             return partner_secured.sas, "end-to-end"
@@ -442,6 +452,7 @@ class Mirror:
             self.relay_role == "source"
             and partner is not None
             and partner.relay_status == "acknowledged"
+            and partner.renders_relayed_sas
         ):
             return secured.sas, "end-to-end"
         return secured.sas, "pbx-leg"
