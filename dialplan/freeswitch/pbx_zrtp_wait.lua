@@ -48,7 +48,8 @@ if requested == "required" or active == "required"
     or (state == "" and requested ~= "off" and requested ~= "optional") then
   local uuid = session:getVariable("uuid") or "?"
   local why = state == "" and "not answered by pbx-zrtp" or state
-  freeswitch.consoleLog("WARNING", "pbx_zrtp: " .. uuid .. " needs ZRTP but is " .. why
-    .. "; hanging up\n")
+  local reason = session:getVariable("pbx_zrtp_fail_reason") or ""
+  session:consoleLog("WARNING", "pbx_zrtp: " .. uuid .. " required ZRTP but is " .. why
+    .. ": " .. reason .. "; hanging up\n")
   session:hangup("BEARERCAPABILITY_NOTAVAIL")
 end

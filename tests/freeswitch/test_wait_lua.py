@@ -25,22 +25,25 @@ except ImportError:  # pragma: no cover - lupa builds without 5.3
 SCRIPT = Path(__file__).resolve().parents[2] / "dialplan" / "freeswitch" / "pbx_zrtp_wait.lua"
 
 _SESSION = """
-function(get, ready, sleep, hangup)
+function(get, ready, sleep, hangup, log)
   return {
     getVariable = function(self, name) return get(name) end,
     ready = function(self) return ready() end,
     sleep = function(self, ms) sleep(ms) end,
     hangup = function(self, cause) hangup(cause) end,
+    consoleLog = function(self, level, text) log(level, text) end,
   }
 end
 """
 
 
-async def wait_lua(channel: FakeFsChannel, *args: str) -> str | None:
+async def wait_lua(channel: FakeFsChannel, *args: str, log: list[str] | None = None) -> str | None:
     """``<action application="lua" data="pbx_zrtp_wait.lua ARGS"/>`` on ``channel``:
-    the hangup cause the script gave, or None when the dialplan goes on."""
+    the hangup cause the script gave, or None when the dialplan goes on. Console
+    lines go to ``log``."""
     loop = asyncio.get_running_loop()
     causes: list[str] = []
+    lines = log if log is not None else []
 
     def hangup(cause: str) -> None:
         causes.append(cause)
@@ -58,11 +61,11 @@ async def wait_lua(channel: FakeFsChannel, *args: str) -> str | None:
             lambda: channel.alive,
             lambda ms: time.sleep(ms / 1000),
             hangup,
+            lambda level, text: lines.append(f"[{level}] {text}"),
         )
         globals_: Any = lua.globals()
         globals_.session = session
         globals_.argv = lua.table_from({0: "pbx_zrtp_wait.lua", **dict(enumerate(args, 1))})
-        globals_.freeswitch = lua.table_from({"consoleLog": lambda level, text: None})
         lua.execute(SCRIPT.read_text())
 
     await asyncio.to_thread(script)
@@ -95,11 +98,16 @@ def test_without_an_answer_from_pbx_zrtp_only_off_and_optional_go_on(
         await fake.start()
         try:
             channel = await bare_call(fake, rtp_adv_audio_ip=RELAY_HOST, **variables)
-            cause = await wait_lua(channel, "0.3")
+            log: list[str] = []
+            cause = await wait_lua(channel, "0.3", log=log)
             assert (cause is None) is goes_on
             assert channel.alive is goes_on
             if not goes_on:
                 assert cause == "BEARERCAPABILITY_NOTAVAIL"
+                assert log == [
+                    f"[WARNING] pbx_zrtp: {channel.uuid} required ZRTP but is not answered"
+                    " by pbx-zrtp: ; hanging up\n"
+                ]
         finally:
             await fake.close()
 
