@@ -81,6 +81,7 @@ static struct {
 	stream_t *creating; /* stream whose SRTP keys are being set up */
 	int enrollment_offered, enrolled, already_enrolled, sas_updated, passive_restriction;
 	char sas_at_secure[64];
+	int verified_at_secure;
 	struct { zrtp_stream_t *s; zrtp_retry_task_t *t; double due; } tasks[MAX_TASKS];
 	int ntasks;
 } G;
@@ -130,6 +131,11 @@ static void fail(const char *fmt, ...) {
 	fputs("}\n", stdout);
 	fflush(stdout);
 	exit(1);
+}
+
+static void log_engine(int level, char *data, int len, int offset) {
+	(void)offset;
+	if (G.verbose || level <= 1) fprintf(stderr, "%.*s", len, data);
 }
 
 /* ------------------------------------------------------------------ addresses */
@@ -198,6 +204,15 @@ static void set_list(uint8_t *out, zrtp_crypto_comp_t type, const char *list, co
 		if (n >= ZRTP_MAX_COMP_COUNT) fail("%s: too many types", opt);
 		out[n++] = id;
 	}
+}
+
+static zrtp_profile_t *G_profile;
+
+static void ensure(uint8_t *list, zrtp_crypto_comp_t type, uint8_t id) {
+	int n = 0;
+	if (zrtp_profile_find(G_profile, type, id) >= 0) return;
+	while (list[n]) n++;
+	if (n < ZRTP_MAX_COMP_COUNT) list[n] = id;
 }
 
 static void comp_name(char out[5], const zrtp_uchar4_t type) {
@@ -446,7 +461,7 @@ static void print_success(void) {
 	printf("\"zid_self\": \"%s\", \"zid_peer\": \"%s\", ", zs, zp);
 	stream_fields(st);
 	printf(", \"cache_mismatch\": %s, \"previously_verified\": %s, \"cached_flags\": %u, \"matches_flags\": %u",
-		mismatch ? "true" : "false", info.sas_is_verified ? "true" : "false", info.cached_flags, info.matches_flags);
+		mismatch ? "true" : "false", G.verified_at_secure ? "true" : "false", info.cached_flags, info.matches_flags);
 	printf(", \"peer_mitm\": %s, \"enrollment_offered\": %s, \"enrolled\": %s, \"pbx_trusted\": %s",
 		st->zs->peer_mitm_flag ? "true" : "false", G.enrollment_offered ? "true" : "false",
 		G.enrolled ? "true" : "false", (info.matches_flags & ZRTP_BIT_PBX) ? "true" : "false");
@@ -536,7 +551,8 @@ int main(int argc, char **argv) {
 	memset(&G, 0, sizeof G);
 	G.t0 = now_ms();
 	parse_args(argc, argv);
-	zrtp_log_set_level(G.verbose ? 3 : 0);
+	zrtp_log_set_log_engine(log_engine); /* stdout carries only the JSON report */
+	zrtp_log_set_level(G.verbose ? 3 : 1);
 	G.nstreams = G.ms_bind ? 2 : 1;
 	for (int i = 0; i < G.nstreams; i++) {
 		stream_t *st = &G.st[i];
@@ -576,16 +592,19 @@ int main(int argc, char **argv) {
 
 	zrtp_profile_t profile;
 	zrtp_profile_defaults(&profile, G.zrtp);
+	G_profile = &profile;
 	set_list(profile.pk_schemes, ZRTP_CC_PKT, G.ka, "--key-agreement");
 	set_list(profile.hash_schemes, ZRTP_CC_HASH, G.hash, "--hash");
 	set_list(profile.cipher_types, ZRTP_CC_CIPHER, G.cipher, "--cipher");
 	set_list(profile.auth_tag_lens, ZRTP_CC_ATL, G.auth, "--auth-tag");
 	set_list(profile.sas_schemes, ZRTP_CC_SAS, G.sas, "--sas");
-	if (G.ka && G.nstreams > 1) { /* keep Mult for the second stream */
-		int n = 0;
-		while (profile.pk_schemes[n]) n++;
-		if (n < ZRTP_MAX_COMP_COUNT) profile.pk_schemes[n] = ZRTP_PKTYPE_MULT;
-	}
+	/* libzrtp insists on the mandatory types (and Mult) in every profile: append them. */
+	ensure(profile.pk_schemes, ZRTP_CC_PKT, ZRTP_PKTYPE_DH3072);
+	ensure(profile.pk_schemes, ZRTP_CC_PKT, ZRTP_PKTYPE_MULT);
+	ensure(profile.hash_schemes, ZRTP_CC_HASH, ZRTP_HASH_SHA256);
+	ensure(profile.cipher_types, ZRTP_CC_CIPHER, ZRTP_CIPHER_AES128);
+	ensure(profile.auth_tag_lens, ZRTP_CC_ATL, ZRTP_ATL_HS32);
+	ensure(profile.sas_schemes, ZRTP_CC_SAS, ZRTP_SAS_BASE32);
 	if (zrtp_profile_check(&profile, G.zrtp) != zrtp_status_ok) fail("libzrtp refuses this profile");
 	if (zrtp_session_init(G.zrtp, &profile, ZRTP_SIGNALING_ROLE_UNKNOWN, &G.session) != zrtp_status_ok)
 		fail("zrtp_session_init failed");
@@ -606,7 +625,12 @@ int main(int argc, char **argv) {
 			fail("libzrtp reported a protocol error 0x%x (last sent %s, last received %s)", first->error_code,
 				first->last_sent, first->last_recv);
 		if (!first->secure) continue;
-		if (!G.sas_at_secure[0]) current_sas(G.sas_at_secure, sizeof G.sas_at_secure);
+		if (!G.sas_at_secure[0]) {
+			zrtp_session_info_t info;
+			current_sas(G.sas_at_secure, sizeof G.sas_at_secure);
+			zrtp_session_get(G.session, &info);
+			G.verified_at_secure = info.sas_is_verified != 0; /* before we mark it ourselves */
+		}
 		if (G.mark_verified && !verified_marked) {
 			zrtp_verified_set(G.zrtp, &G.zrtp->zid, &G.session->peer_zid, 1);
 			verified_marked = 1;
