@@ -17,7 +17,6 @@ from .bzrtp_build import (
     run_pair,
     wait_port_file,
 )
-
 from .libzrtp_build import build_libzrtp_peer, libzrtp_prefix
 from .source_build import BuildError
 from .zrtpcpp_build import build_zrtpcpp_peer, zrtpcpp_prefix

@@ -37,7 +37,9 @@ def tree_key(source: pathlib.Path, *extra: str) -> str:
     for path in sorted(source.rglob("*")):
         if path.is_file():
             stat = path.stat()
-            digest.update(f"{path.relative_to(source)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+            digest.update(
+                f"{path.relative_to(source)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
+            )
     return digest.hexdigest()[:16]
 
 
@@ -48,7 +50,12 @@ def run(cmd: Sequence[str], cwd: pathlib.Path, log: pathlib.Path, timeout: float
         out.flush()
         try:
             proc = subprocess.run(
-                list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+                list(cmd),
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BuildError(f"{cmd[0]} failed: {exc}") from None

@@ -99,7 +99,10 @@ def test_cache_continuity_over_three_calls(
     theirs_args = ["--cache", str(theirs_cache)]
     # 1: nothing cached; both users compare the SAS and say so.
     ours, theirs = interop(
-        libzrtp_peer_bin, tmp_path, [*theirs_args, "--mark-verified"], [*ours_args, "--mark-verified"]
+        libzrtp_peer_bin,
+        tmp_path,
+        [*theirs_args, "--mark-verified"],
+        [*ours_args, "--mark-verified"],
     )
     assert_interop(ours, theirs, srtp=0)
     assert not ours["cache_mismatch"] and not theirs["cache_mismatch"]

@@ -26,7 +26,10 @@ N_SRTP = 10
 MATRIX = [
     combo
     for combo in itertools.product(
-        ["E255", "DH3k", "DH2k", "EC25", "EC38"], ["S256", "S384"], ["HS32", "HS80"], ["B32", "B256"]
+        ["E255", "DH3k", "DH2k", "EC25", "EC38"],
+        ["S256", "S384"],
+        ["HS32", "HS80"],
+        ["B32", "B256"],
     )
     if combo[:2] != ("EC38", "S256")
 ]
@@ -95,7 +98,11 @@ def test_forced_responder_started_before_gnu_zrtp_does_not_deadlock(
     waits for a Commit. Our forced responder commits after its grace period
     instead of both timing out (issue 16, item 3)."""
     ours, theirs = ours_first(
-        zrtpcpp_peer_bin, tmp_path, ["--role", "responder", "--srtp", "5"], ["--srtp", "5"], delay=0.6
+        zrtpcpp_peer_bin,
+        tmp_path,
+        ["--role", "responder", "--srtp", "5"],
+        ["--srtp", "5"],
+        delay=0.6,
     )
     assert_interop(ours, theirs, srtp=5)
     # Either GNU ZRTP committed after all, or we did after the grace period.
@@ -115,7 +122,10 @@ def test_cache_continuity_over_three_calls(
     ours_args = ["--cache", str(ours_db), "--self-uri", "sip:pbx@x", "--peer-uri", "sip:gnu@x"]
     theirs_args = ["--cache", str(theirs_db)]
     ours, theirs = interop(
-        zrtpcpp_peer_bin, tmp_path, [*theirs_args, "--mark-verified"], [*ours_args, "--mark-verified"]
+        zrtpcpp_peer_bin,
+        tmp_path,
+        [*theirs_args, "--mark-verified"],
+        [*ours_args, "--mark-verified"],
     )
     assert_interop(ours, theirs, srtp=0)
     assert not ours["cache_mismatch"] and not theirs["cache_mismatch"]
