@@ -299,11 +299,11 @@ static void on_protocol_event(zrtp_stream_t *zs, zrtp_protocol_event_t ev) {
 		case ZRTP_EVENT_IS_CLIENT_ENROLLMENT:
 			G.enrollment_offered = 1;
 			if (G.accept_enrollment) {
-				zrtp_status_t s = zrtp_register_with_trusted_mitm(zs);
+				zrtp_status_t s = zrtp_register_with_trusted_mitm(zs); /* stores the pbxsecret */
 				vlog("zrtp_register_with_trusted_mitm -> %d", (int)s);
+				if (s == zrtp_status_ok) G.enrolled = 1;
 			}
 			break;
-		case ZRTP_EVENT_NEW_USER_ENROLLED: G.enrolled = 1; break;
 		case ZRTP_EVENT_USER_ALREADY_ENROLLED: G.already_enrolled = 1; break;
 		case ZRTP_EVENT_LOCAL_SAS_UPDATED:
 		case ZRTP_EVENT_REMOTE_SAS_UPDATED: G.sas_updated = 1; break;

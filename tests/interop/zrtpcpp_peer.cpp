@@ -382,6 +382,9 @@ static void start_engine(stream_t *st, ZrtpContext *master) {
 	configure(st->ctx, zrtp_CipherAlgorithm, G.cipher, "--cipher");
 	configure(st->ctx, zrtp_AuthLength, G.auth, "--auth-tag");
 	configure(st->ctx, zrtp_SasType, G.sas, "--sas");
+	/* "trusted MitM" here enables the phone side of enrollment (it does not set the
+	 * M flag); GNU ZRTP honours it only when built with ZRTP_SAS_RELAY_SUPPORT. */
+	if (G.accept_enrollment) zrtp_setTrustedMitM(st->ctx, 1);
 	zrtp_initializeZrtpEngine(st->ctx, &cbs, "GNU ZRTP peer", G.cache_path, st, 0);
 	if (master) {
 		int32_t len = 0;
