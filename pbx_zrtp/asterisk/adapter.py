@@ -86,6 +86,7 @@ def parse_port(value: str) -> int | None:
 class AsteriskAdapter(CallBook):
     prefix = CALL_PREFIX
     variables = VARIABLES
+    stored_policy_name = "AstDB pbx_zrtp/policy/{target}"
     no_port_reason = "no RTP port: the dialplan must run Progress() before the Gosub"
 
     def __init__(self, config: AsteriskConfig, relay: RelayHandle) -> None:

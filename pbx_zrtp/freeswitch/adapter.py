@@ -98,6 +98,7 @@ def _port(text: str) -> int | None:
 class FreeswitchAdapter(CallBook):
     prefix = CALL_PREFIX
     variables = VARIABLES
+    stored_policy_name = "global variable pbx_zrtp_policy_{target}"
     no_port_reason = "no local_media_port yet: announce the call after pre_answer or answer"
 
     def __init__(self, config: FreeswitchConfig, relay: RelayHandle) -> None:
@@ -159,7 +160,7 @@ class FreeswitchAdapter(CallBook):
     # ------------------------------------------------------------------ CallBook hooks
 
     async def _stored_policy(self, target: str) -> str | None:
-        return (await self.esl.api(f"global_getvar pbx_zrtp_policy_{target}")).strip()
+        return await self.esl.global_getvar(f"pbx_zrtp_policy_{target}")
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         if announced.port is not None:

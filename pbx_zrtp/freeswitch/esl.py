@@ -69,6 +69,10 @@ class EslError(PbxError):
     """An ESL command failed, timed out, or the connection is down."""
 
 
+#: mod_event_socket's answer to an ``api`` command whose output is empty.
+NO_REPLY = "-ERR no reply"
+
+
 class Esl:
     """A reconnecting inbound ESL session served by a gevent thread (a ``PbxLink``)."""
 
@@ -163,6 +167,16 @@ class Esl:
 
     async def hang_up(self, channel: str, cause: str) -> None:
         await self.api(f"uuid_kill {channel} {cause}")
+
+    async def global_getvar(self, name: str) -> str:
+        """A global variable, "" when unset (FreeSWITCH answers an empty API output
+        with ``-ERR no reply``); EslError when it could not be read."""
+        try:
+            return (await self.api(f"global_getvar {name}")).strip()
+        except EslError as exc:
+            if str(exc) == NO_REPLY:
+                return ""
+            raise
 
     async def live_channels(self) -> list[LiveChannel]:
         body = await self.api("show channels as json")

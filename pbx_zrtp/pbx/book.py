@@ -97,6 +97,8 @@ class CallBook(ABC):
     variables: ClassVar[VariableTable]
     #: The failure reason when the announcement's channel has no RTP port yet.
     no_port_reason: ClassVar[str]
+    #: Where ``_stored_policy`` looks, for log lines ("AstDB pbx_zrtp/policy/{target}").
+    stored_policy_name: ClassVar[str] = "the stored policy of {target}"
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class CallBook(ABC):
 
     async def _stored_policy(self, target: str) -> str | None:
         """Hook: the policy an admin stored for ``target`` in the PBX (AstDB, global
-        variables); may raise PbxError."""
+        variables); None or "" when none is stored; PbxError when it cannot be read."""
         return None
 
     def _matched_policy(self, target: str) -> Policy | None:
@@ -207,15 +209,28 @@ class CallBook(ABC):
 
     async def resolve_policy(self, requested: str, target: str) -> Policy:
         """The dialplan's word; for ``auto`` (or nothing): the policy stored for the
-        target in the PBX, then the configured patterns, then the default."""
+        target in the PBX, then the configured patterns, then the default.
+
+        A stored policy that cannot be read (PBX time-out) or holds no policy may be
+        meant as ``required``: the call is then treated as ``required`` (fail closed)."""
         requested = requested.strip().lower()
         if requested in ("off", "optional", "required"):
             return Policy(requested)
         if target:
-            with contextlib.suppress(PbxError, ValueError):
+            try:
                 stored = await self._stored_policy(target)
-                if stored and stored.strip():
+            except PbxError as exc:
+                log.warning("policy of %s unknown (%s): treating the call as required", target, exc)
+                return Policy.REQUIRED
+            if stored:
+                try:
                     return Policy(stored.strip().lower())
+                except ValueError:
+                    log.warning(
+                        "%s is not off, optional or required: treating the call as required",
+                        self.stored_policy_name.format(target=target),
+                    )
+                    return Policy.REQUIRED
             matched = self._matched_policy(target)
             if matched is not None:
                 return matched

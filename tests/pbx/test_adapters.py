@@ -399,3 +399,16 @@ def test_an_admin_marks_the_sas_verified(kind: str) -> None:
             assert report.sas_verified
 
     run(scenario())
+
+
+def test_a_stored_policy_that_is_no_policy_is_treated_as_required(kind: str) -> None:
+    """Issue 11 item 4, for every PBX: the stored value may have meant `required`."""
+
+    async def scenario() -> None:
+        async with lab(kind, default_policy=Policy.OFF) as t:
+            t.pbx.store_policy("601", "requried")  # a typo
+            placed = await t.call("auto", target="601")
+            await until(lambda: placed.channel.variables.get(t.book.variables.state) is not None)
+            assert t.var(placed, "policy") == "required"
+
+    run(scenario())
