@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pbx_zrtp import app
@@ -18,7 +18,6 @@ from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.calls import Address, RelayError
 from pbx_zrtp.config import ConfigError
 from pbx_zrtp.pbx.registry import BY_NAME, KINDS
-from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
@@ -255,19 +254,20 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 0
     try:
         if args.command == "relay":
-            return _run_service(app.run(settings, adapters=()), native_media=_native_media(config))
+            return run_service(app.run(settings, adapters=()), config.event_loop)
         if args.command in BY_NAME:
             if args.command not in settings.pbxs:
                 sys.stderr.write(
                     f"pbx-zrtp: configuration error: [{args.command}]: missing section\n"
                 )
                 return 2
-            return _run_service(
+            return run_service(
                 app.run(
                     settings, with_relay=False, adapters=(args.command,), relay_address=args.relay
-                )
+                ),
+                config.event_loop,
             )
-        return _run_service(app.run(settings), native_media=_native_media(config))
+        return run_service(app.run(settings), config.event_loop)
     except ConfigError as exc:
         return _config_errors(exc)
     except (RelayError, OSError, CacheError) as exc:
@@ -275,24 +275,19 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run_service(main: Coroutine[Any, Any, int], *, native_media: bool = False) -> int:
-    """Run a long-lived service. Without the native fast path the relay forwards media
-    in Python and uvloop helps (~2x loss-free calls per core, bench/relay.py); with it,
-    the standard loop is needed (its UDP transports can pause reading while the native
-    worker owns a socket; uvloop's cannot)."""
-    if native_media:
-        return asyncio.run(main)
-    try:
+def event_loop_runner(name: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """How a long-lived service runs: ``relay.event_loop`` says, nothing else (not
+    whether the fast path could be built)."""
+    if name == "uvloop":
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(main)
-    return uvloop.run(main)
+
+        runner: Callable[[Coroutine[Any, Any, int]], int] = uvloop.run
+        return runner
+    return asyncio.run
 
 
-def _native_media(config: RelayConfig) -> bool:
-    from pbx_zrtp.relay.fastpath import available
-
-    return config.fastpath != "off" and available() is None
+def run_service(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    return event_loop_runner(event_loop)(main)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,6 +99,10 @@ class RelayConfig:
     fastpath: str = "auto"
     #: Native worker threads (each can use its own core): 0 = one per CPU but one.
     fastpath_workers: int = 0
+    #: The event loop: "asyncio" (what the native fast path needs: its UDP transports
+    #: can pause reading while the worker owns a socket) or "uvloop" (faster for
+    #: media forwarded in Python; then no fast path).
+    event_loop: str = "asyncio"
     zrtp: ZrtpSettings = field(default_factory=ZrtpSettings)
     cache_path: str | None = None  # None: in memory (no key continuity across restarts)
     #: A PostgreSQL URL instead of cache_path: a cache shared by several relays.
@@ -201,6 +205,9 @@ def _read_relay(t: FieldReader, c: RelayConfig) -> None:
         integer(0, 64),
         c.fastpath_workers,
         fix="0 (one per CPU but one) to 64",
+    )
+    c.event_loop = t.take(
+        "event_loop", choice("asyncio", "uvloop"), c.event_loop, fix='"asyncio" or "uvloop"'
     )
 
 
@@ -329,6 +336,11 @@ def _validate(config: RelayConfig, problems: Problems) -> None:
         problems.add(
             "relay.address: must differ from relay.pbx_address, or the relay would take the"
             " PBX's own RTP ports (bind the PBX's SIP/RTP to its own address)"
+        )
+    if config.event_loop == "uvloop" and config.fastpath == "on":
+        problems.add(
+            "relay.event_loop: uvloop cannot hand sockets to the native fast path"
+            ' (relay.fastpath = "on"): use "asyncio", or fastpath = "off"'
         )
     for port in config.prebind:
         if not config.port_min <= port <= config.port_max:

@@ -47,10 +47,16 @@ def open_cache(
     return SqliteSecretCache(path)
 
 
-def open_fastpath(mode: str, workers: int = 1) -> list[FastPath] | None:
+def open_fastpath(
+    mode: str, workers: int = 1, event_loop: str = "asyncio"
+) -> list[FastPath] | None:
     """The native forwarding workers, per `relay.fastpath` ("auto", "on", "off") and
-    `relay.fastpath_workers` (0: one per CPU but one, for the asyncio loop)."""
+    `relay.fastpath_workers` (0: one per CPU but one, for the asyncio loop); none on
+    uvloop, whose UDP transports cannot pause reading for the worker."""
     if mode == "off":
+        return None
+    if event_loop == "uvloop":
+        log.info("event loop uvloop: secured media is forwarded in Python (no fast path)")
         return None
     reason = fastpath_available()
     if reason is not None:
@@ -96,7 +102,9 @@ class RelayService:
             config.rtcp,
         )
         self.relay = Relay(
-            layout, settings, fastpath=open_fastpath(config.fastpath, config.fastpath_workers)
+            layout,
+            settings,
+            fastpath=open_fastpath(config.fastpath, config.fastpath_workers, config.event_loop),
         )
         token = read_token(config.control_token_file) if config.control_token_file else None
         self.control = ControlServer(self.relay, token=token)

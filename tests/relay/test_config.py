@@ -88,6 +88,11 @@ listen = ""
         ('[control]\ntcp = "localhost"\n', "control.tcp: HOST:PORT"),
         ('[metrics]\nlisten = "nowhere:99"\n', "metrics.listen"),
         ('[log]\nlevel = "loud"\n', "log.level"),
+        ('[relay]\nevent_loop = "trio"\n', 'relay.event_loop: "asyncio" or "uvloop"'),
+        (
+            '[relay]\nevent_loop = "uvloop"\nfastpath = "on"\n',
+            "relay.event_loop: uvloop cannot hand sockets to the native fast path",
+        ),
         ("[relay\n", "not valid TOML"),
     ],
 )
@@ -153,3 +158,21 @@ def test_every_secret_file_refuses_devices_huge_and_foreign_readable_files(
         read_secret_file("x", str(token))
     token.write_text("  s3cret-value  \nsecond line\n")
     assert read_secret_file("x", str(token)) == "s3cret-value"
+
+
+def test_the_event_loop_is_the_configurations_choice(tmp_path: pathlib.Path) -> None:
+    """Not a consequence of whether gcc built the fast path: asyncio unless the
+    file says uvloop (which then forwards secured media in Python)."""
+    import asyncio
+
+    import uvloop
+
+    from pbx_zrtp.cli import event_loop_runner
+    from pbx_zrtp.relay.service import open_fastpath
+
+    assert load_config(None).event_loop == "asyncio"
+    assert event_loop_runner("asyncio") is asyncio.run
+    config = load_config(write(tmp_path, '[relay]\nevent_loop = "uvloop"\n'))
+    assert config.event_loop == "uvloop" and config.fastpath == "auto"
+    assert event_loop_runner(config.event_loop) is uvloop.run
+    assert open_fastpath(config.fastpath, 1, config.event_loop) is None
