@@ -321,3 +321,95 @@ def test_random_datagrams_do_not_crash(fp: FastPath) -> None:
         assert fp.stats(call.handle)["oversize"] > 0
         exchange(call, 3)
         exchange(other, 3)
+
+
+def test_the_worker_carries_on_the_calls_own_srtp_state(fp: FastPath) -> None:
+    """One SRTP state per call: the worker borrows the call's sessions, so the
+    rollover counter and the replay window survive detach and attach both ways."""
+    relay_ctx, phone_ctx = relay_srtp()
+    with calls(fp, 1) as (call,):
+        fp.detach(call.handle)  # re-attach the same sockets with our own contexts
+        call.srtp, call.relay_srtp = phone_ctx, relay_ctx
+        call.handle = fp.attach(
+            phone_fd=call.relay_phone.fileno(),
+            pbx_fd=call.relay_pbx.fileno(),
+            phone_addr=call.phone.getsockname(),
+            pbx_addr=call.pbx.getsockname(),
+            srtp=relay_ctx,
+        )
+        assert relay_ctx.lent
+        wrap = [65530 + i for i in range(6)] + [65536 + i for i in range(4)]
+        for seq in wrap:  # the PBX's sequence number wraps in the worker
+            call.pbx.send(rtp(seq, ssrc=0x5678))
+            assert phone_ctx.unprotect(call.phone.recv(2048)) == rtp(seq, ssrc=0x5678)
+        up = phone_ctx.protect(rtp(1))
+        assert up is not None
+        call.phone.send(up)
+        assert call.pbx.recv(2048) == rtp(1)
+        # While lent, Python's uses run in the worker's sessions, under its lock:
+        assert relay_ctx.unprotect(up) is None  # replayed: the worker saw it
+        fp.detach(call.handle)
+        assert not relay_ctx.lent
+        # Back in Python, the same state: ROC 1 goes on, the replay is still refused.
+        down = relay_ctx.protect(rtp(65540, ssrc=0x5678))
+        assert down is not None and phone_ctx.unprotect(down) == rtp(65540, ssrc=0x5678)
+        assert relay_ctx.unprotect(up) is None
+        assert relay_ctx.protect(rtp(65539, ssrc=0x5678)) is None  # index 1:3 used already
+        call.handle = fp.attach(
+            phone_fd=call.relay_phone.fileno(),
+            pbx_fd=call.relay_pbx.fileno(),
+            phone_addr=call.phone.getsockname(),
+            pbx_addr=call.pbx.getsockname(),
+            srtp=relay_ctx,
+        )
+        call.pbx.send(rtp(65541, ssrc=0x5678))
+        assert phone_ctx.unprotect(call.phone.recv(2048)) == rtp(65541, ssrc=0x5678)
+        call.phone.send(up)  # a replay from the phone's address: dropped
+        call.pbx.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            call.pbx.recv(2048)
+        assert fp.stats(call.handle)["srtp_auth"] == 1
+
+
+def test_set_phone_moves_the_latch_with_the_same_sessions(fp: FastPath) -> None:
+    with calls(fp, 1) as (call,):
+        exchange(call, 3)
+        moved = udp(PHONE_HOST)
+        try:
+            moved.settimeout(5)
+            fp.set_phone(call.handle, moved.getsockname())
+            call.pbx.send(rtp(4, ssrc=0x5678))
+            assert call.srtp.unprotect(moved.recv(2048)) == rtp(4, ssrc=0x5678)
+            moved.sendto(call.srtp.protect(rtp(4)) or b"", call.relay_phone.getsockname())
+            assert call.pbx.recv(2048) == rtp(4)
+            call.phone.send(call.srtp.protect(rtp(5)) or b"")  # the old address: Python's
+            wait_for(lambda: fp.stats(call.handle)["punted"] == 1)
+            assert fp.read_punted()[0][2] == call.phone.getsockname()
+            with pytest.raises(ValueError):
+                fp.set_phone(call.handle, ("::1", 5))
+            with pytest.raises(KeyError):
+                fp.set_phone(call.handle + 1, moved.getsockname())
+        finally:
+            moved.close()
+
+
+def test_rtcp_feedback_from_the_pbx_is_punted_as_rtcp(fp: FastPath) -> None:
+    """RFC 5761: 192-223 in the second byte is RTCP, feedback (205-207) included."""
+    with calls(fp, 1) as (call,):
+        sent = [bytes([0x81, pt, 0, 2]) + struct.pack("!II", 1, 2) for pt in (205, 206, 207)]
+        for packet in sent:
+            call.pbx.send(packet)
+        punted: list[tuple[int, bytes, tuple[str, int], str]] = []
+        wait_for(lambda: len(punted.__iadd__(fp.read_punted())) >= 3)
+        assert [d for _, d, _, side in punted if side == "pbx"] == sent
+        assert fp.stats(call.handle)["phone_out"] == 0  # none was protected as RTP
+
+
+def test_one_rtcp_demultiplexing_rule_in_both_paths() -> None:
+    from pbx_zrtp.relay.fastpath import is_rtcp as worker_is_rtcp
+    from pbx_zrtp.srtp import is_rtcp
+
+    for second in range(256):
+        for packet in (bytes([0x80, second]), bytes([0x80, second]) + bytes(10)):
+            assert worker_is_rtcp(packet) == is_rtcp(packet), (second, len(packet))
+    assert not worker_is_rtcp(b"") and not worker_is_rtcp(b"\x80")
