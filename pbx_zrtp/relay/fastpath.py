@@ -170,7 +170,10 @@ def _load() -> tuple[Any, Any]:
             path = _build()
             ffi = cffi.FFI()
             ffi.cdef(_CDEF)
-            lib = ffi.dlopen(str(path))
+            try:
+                lib = ffi.dlopen(str(path))
+            except OSError:  # another build's clean-up removed it meanwhile: once more
+                lib = ffi.dlopen(str(_build()))
             srtp_lib = _srtp_library()
             status = lib.fp_init(srtp_lib.encode())
             if status != 0:
