@@ -1,8 +1,8 @@
 """The native worker's tests under AddressSanitizer and UndefinedBehaviorSanitizer.
 
 ``_fastpath.c`` is the only C in the project and it parses attacker input, so its
-unit tests, the relay tests that run calls through it and the security
-regression tests run again here in a child process with the sanitizer build of
+unit tests, the relay tests that run calls through it (fast-path variants) and
+the security regression tests run again here in a child process with the sanitizer build of
 the library (``PBX_ZRTP_FASTPATH_SANITIZE=1``: ``-fsanitize=address,undefined``,
 its own cache key) and gcc's sanitizer runtimes preloaded. Any sanitizer report
 fails the test, even one that does not fail the child's tests. A canary first
@@ -26,6 +26,9 @@ TESTS = (
     "tests/relay/test_fastpath.py",
     "tests/relay/test_mirror_fastpath.py",
     "tests/relay/test_fastpath_security.py",
+    # the relay tests that also run calls through the worker
+    "tests/relay/test_rtcp_latch.py",
+    "tests/relay/test_trusted_mitm.py",
 )
 REPORTS = (
     "ERROR: AddressSanitizer",
