@@ -58,31 +58,39 @@ class Listeners:
                 log.exception("link callback failed")
 
 
-class LocalRelay(Listeners):
-    """The relay in this process (``pbx-zrtp run``)."""
+class _OneRelay(Listeners):
+    """A handle for one relay at ``relay_host``: no directory, nothing to choose."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay_host: str) -> None:
         super().__init__()
-        self.relay = relay
-        relay.add_listener(self._emit)
+        self._relay_host = relay_host
 
     @property
     def relay_host(self) -> str:
-        return self.relay.layout.relay_host
-
-    @property
-    def connected(self) -> bool:
-        return True
+        return self._relay_host
 
     @property
     def directory(self) -> RelayDirectory | None:
         return None
 
     def serves(self, address: str) -> bool:
-        return address == self.relay_host
+        return address == self._relay_host
 
     def choose(self, call_id: str, *, group: str = "", address: str = "", bridge: str = "") -> None:
         """One relay: nothing to choose."""
+
+
+class LocalRelay(_OneRelay):
+    """The relay in this process (``pbx-zrtp run``)."""
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay.layout.relay_host)
+        self.relay = relay
+        relay.add_listener(self._emit)
+
+    @property
+    def connected(self) -> bool:
+        return True
 
     async def create(self, request: CallRequest) -> CallReport:
         return await self.relay.admit(request)
@@ -124,7 +132,7 @@ class LocalRelay(Listeners):
         """The relay's owner closes it."""
 
 
-class RemoteRelay(Listeners):
+class RemoteRelay(_OneRelay):
     """A relay in another process or on another host, through its control API.
 
     Reconnects with a bounded back-off when the connection drops; requests made
@@ -133,31 +141,16 @@ class RemoteRelay(Listeners):
     """
 
     def __init__(self, address: str, relay_host: str, *, token: str | None = None) -> None:
-        super().__init__()
+        super().__init__(relay_host)
         self.address = address
-        self._relay_host = relay_host
         self._token = token
         self._client: ControlClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
     @property
-    def relay_host(self) -> str:
-        return self._relay_host
-
-    @property
     def connected(self) -> bool:
         return self._client is not None
-
-    @property
-    def directory(self) -> RelayDirectory | None:
-        return None
-
-    def serves(self, address: str) -> bool:
-        return address == self.relay_host
-
-    def choose(self, call_id: str, *, group: str = "", address: str = "", bridge: str = "") -> None:
-        """One relay: nothing to choose."""
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
