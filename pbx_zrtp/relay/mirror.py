@@ -154,23 +154,35 @@ class _AmplificationGuard:
     count the latched source only; a new source starts from zero. ``port_in``
     counts every datagram on the port and bounds the priming silence sent to the
     PBX (``primed``), so a sweep of strays cannot make the relay flood the PBX.
+
+    Our Hello goes before our HelloACK: a phone stops repeating its Hello once it
+    is acknowledged, and if its Hello is smaller than ours, nothing would then
+    pay for ours (the exchange would stall until the call is named).
     """
 
     source: Address | None = None
     from_source: int = 0
     to_source: int = 0
+    hello_sent: bool = False
     port_in: int = 0
     primed: int = 0
 
     def heard(self, source: Address, size: int) -> None:
         if source != self.source:
             self.source, self.from_source, self.to_source = source, 0, 0
+            self.hello_sent = False
         self.from_source += size
 
-    def may_send(self, target: Address | None, size: int) -> bool:
-        if target is None or target != self.source or self.to_source + size > self.from_source:
+    def may_send(self, target: Address | None, data: bytes) -> bool:
+        if target is None or target != self.source:
             return False
-        self.to_source += size
+        kind = data[16:24] if data[:1] == b"\x10" and data[4:8] == b"ZRTP" else b""
+        if kind == b"HelloACK" and not self.hello_sent:
+            return False
+        if self.to_source + len(data) > self.from_source:
+            return False
+        self.to_source += len(data)
+        self.hello_sent = self.hello_sent or kind == b"Hello   "
         return True
 
 
@@ -1113,7 +1125,7 @@ class Mirror:
             self.counters.drops["phone_unknown"] += 1
             return
         guard = self._guard
-        if guard is not None and not guard.may_send(self.phone, len(data)):
+        if guard is not None and not guard.may_send(self.phone, data):
             self.counters.drops["amplification_guard"] += 1
             return
         self._phone_rtp.sendto(data, self.phone)

@@ -368,6 +368,46 @@ def test_a_zrtp_phone_secures_on_an_unclaimed_port_within_the_byte_limit() -> No
     asyncio.run(asyncio.wait_for(scenario(), 40))
 
 
+def test_a_phone_with_a_smaller_hello_than_ours_secures_on_an_unclaimed_port() -> None:
+    """A phone whose Hello is smaller than the relay's and that stops repeating it
+    once acknowledged (as bzrtp and our engine do): acknowledging it before our
+    Hello could go out would leave nothing to pay for our Hello, a deadlock."""
+
+    async def scenario() -> None:
+        port = free_even_port()
+        relay = make_relay(prebind=(port,))
+        await relay.start()
+        pbx = EchoPbx(port)
+        await pbx.start()
+        small = ZrtpConfiguration(
+            zid=b"M" * 12,
+            key_agreement_types=(b"DH3k",),
+            hash_types=(b"S256",),
+            cipher_types=(b"AES1",),
+            auth_tag_types=(b"HS32",),
+            sas_types=(b"B32 ",),
+            multistream=False,
+        )
+        engine = ZrtpConnection(small, ssrc=0x4D4D)
+        engine.start(0.0)
+        (small_hello,) = engine.datagrams_to_send()
+        assert len(small_hello) < len(_hello(mitm=True))  # the relay's Hello is bigger
+        try:
+            phone = await run_endpoint(
+                small,
+                EndpointOptions(
+                    bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=10, timeout=10
+                ),
+            )
+            assert phone["ok"] and phone["srtp"]["received_ok"] == 10
+            assert relay.get(f"port-{port}").state == "secure"
+        finally:
+            pbx.close()
+            await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 40))
+
+
 def test_a_stray_sweep_does_not_make_the_relay_flood_the_pbx() -> None:
     """Before a call is named, priming silence toward the PBX is bounded by the
     bytes that reached the port: a one-packet stray buys at most one packet's worth."""
