@@ -34,7 +34,7 @@ from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.relay.fastpath import FastPath
-from pbx_zrtp.srtp import SrtpContext, is_rtcp
+from pbx_zrtp.srtp import Refusal, SrtpContext, is_rtcp
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
@@ -257,6 +257,7 @@ _FAST_TRAFFIC = (
 _FAST_DROPS = (
     "srtp_auth",
     "srtp_protect",
+    "srtp_repeat",
     "wrong_source",
     "oversize",
     "punt_overflow",
@@ -879,16 +880,18 @@ class Mirror:
 
     def _enter_fast(self) -> None:
         """Hand the secured RTP of this call to the native worker (RTCP, ZRTP and
-        anything unexpected keep coming back here through the relay's punt queue)."""
-        fastpath, secured = self._fastpath, self._secured
-        if fastpath is None or secured is None or self._fast_handle is not None:
+        anything unexpected keep coming back here through the relay's punt queue).
+        The worker borrows this call's SRTP sessions: one SRTP state for the call."""
+        fastpath, srtp = self._fastpath, self._srtp
+        if fastpath is None or self._secured is None or srtp is None:
+            return
+        if self._fast_handle is not None:
             return
         phone, pbx = self._phone_rtp, self._pbx_rtp
         if self.phone is None or phone is None or pbx is None:
             return
         if not (hasattr(phone, "pause_reading") and hasattr(pbx, "pause_reading")):
             return  # e.g. uvloop's UDP transports cannot stop reading
-        keys = secured.keys
         _reading(phone, False)
         _reading(pbx, False)
         try:
@@ -897,9 +900,7 @@ class Mirror:
                 pbx_fd=pbx.get_extra_info("socket").fileno(),
                 phone_addr=self.phone,
                 pbx_addr=self.pbx,
-                auth_tag=keys.auth_tag,
-                tx_key=keys.local_key + keys.local_salt,
-                rx_key=keys.remote_key + keys.remote_salt,
+                srtp=srtp,
             )
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning(
@@ -929,9 +930,19 @@ class Mirror:
         """A datagram the native worker did not handle (ZRTP, RTCP, strangers)."""
         if side == "phone":
             self._from_phone(data, addr)
-            if self._fast_handle is not None and self.phone != self._fast_phone:
-                self._leave_fast()  # the phone moved (authenticated): re-attach there
-                self._enter_fast()
+            handle, fastpath, phone = self._fast_handle, self._fastpath, self.phone
+            if handle is not None and fastpath is not None and phone != self._fast_phone:
+                # The phone moved: a packet from there authenticated and was fresh
+                # under the live replay window (the worker's sessions are ours). The
+                # worker follows; nothing is re-created.
+                try:
+                    if phone is None:
+                        raise ValueError("no phone")
+                    fastpath.set_phone(handle, phone)
+                except (KeyError, ValueError, RuntimeError):
+                    self._leave_fast()  # Python carries on, with the same sessions
+                    return
+                self._fast_phone = phone
         else:
             self._from_pbx(data, addr)
 
@@ -973,8 +984,9 @@ class Mirror:
         srtp = self._srtp
         if addr != self.phone:
             if self.phone is not None:
-                # Latched already. Only an authenticated SRTP packet may move the
-                # phone (NAT rebinding); anything else from elsewhere is dropped.
+                # Latched already. Only an SRTP packet that authenticates and is fresh
+                # under the call's live replay window may move the phone (NAT
+                # rebinding); a replay from anywhere, or anything else, is dropped.
                 plain = srtp.unprotect(data) if srtp is not None else None
                 if plain is None:
                     counters.drops["wrong_source"] += 1
@@ -1103,8 +1115,9 @@ class Mirror:
 
     def _srtcp_unprotect(self, data: bytes) -> bytes | None:
         """The phone's SRTCP decrypted if it authenticates and is fresh under the
-        call's live SRTCP replay state, else None. RTCP on P+1 never goes to the
-        native worker, so that state is this context's."""
+        call's live SRTCP replay state, else None. That state is the call's one
+        SrtpContext's (while the native worker holds its sessions, this runs there,
+        under the worker's lock)."""
         srtp = self._srtp
         if srtp is None or not is_rtcp(data):
             return None  # e.g. a captured SRTP *RTP* packet replayed to P+1
@@ -1170,9 +1183,9 @@ class Mirror:
         if self._protect_out:
             srtp = self._srtp
             assert srtp is not None
-            packet = srtp.protect(data)
-            if packet is None:
-                counters.drops["srtp_protect"] += 1
+            packet = srtp.protect_checked(data)
+            if isinstance(packet, Refusal):
+                counters.drops[packet.value] += 1  # srtp_repeat: index used already
                 return
             self._to_phone(packet)
         elif self._clear_allowed():
@@ -1199,9 +1212,9 @@ class Mirror:
         if self._protect_out:
             srtp = self._srtp
             assert srtp is not None
-            packet = srtp.protect(data)
-            if packet is None:
-                counters.drops["srtp_protect"] += 1
+            packet = srtp.protect_checked(data)
+            if isinstance(packet, Refusal):
+                counters.drops[packet.value] += 1
                 return
             self._phone_rtcp_sock.sendto(packet, target)
         elif self._clear_allowed():
