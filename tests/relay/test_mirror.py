@@ -175,7 +175,8 @@ def test_required_never_lets_clear_audio_through_and_fails_on_time() -> None:
 def test_priming_stops_when_the_pbx_answers() -> None:
     async def scenario() -> None:
         relay = make_relay()
-        port = await create_call(relay, "prime-1", Policy.OFF, payload_type=8)
+        # required: a call that needs the PBX latched (off and clear calls do not prime)
+        port = await create_call(relay, "prime-1", Policy.REQUIRED, payload_type=8)
         await asyncio.sleep(0.15)
         mirror = next(iter(relay.mirrors()))
         assert mirror.counters.priming_sent >= 4  # nobody answers yet: keeps priming
