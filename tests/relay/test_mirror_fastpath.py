@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
 
 import pytest
 
 from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
-from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.fastpath import available
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -19,6 +17,7 @@ from tests.relay.helpers import (
     PHONE_HOST,
     RELAY_HOST,
     EchoPbx,
+    assert_echoed_back,
     create_call,
     make_relay,
     rtcp_sr,
@@ -29,18 +28,6 @@ if _REASON is not None:
     if os.environ.get("CI"):
         raise RuntimeError(f"the fast path must work in CI: {_REASON}")
     pytest.skip(f"fast path unavailable: {_REASON}", allow_module_level=True)
-
-
-def _every_packet_came_back(
-    relay: Relay, results: list[dict[str, Any]], prefix: str, n: int
-) -> None:
-    """Each phone got its n packets back, plus at most the priming packets its echo PBX
-    echoed while they crossed the hand-over (which the phone rightly accepts too)."""
-    mirrors = {m.identity.call_id: m for m in relay.mirrors() if m.identity}
-    for i, result in enumerate(results):
-        primed = mirrors[f"{prefix}{i}"].counters.priming_sent
-        received = result["srtp"]["received_ok"]
-        assert result["ok"] and n <= received <= n + primed, (f"{prefix}{i}", received, primed)
 
 
 def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
@@ -124,7 +111,8 @@ def test_many_fast_calls_and_a_zrtp_retransmission_is_punted_to_the_engine() -> 
                     for i, port in enumerate(ports)
                 ]
             )
-            _every_packet_came_back(relay, results, "f", 30)
+            for i, result in enumerate(results):
+                assert_echoed_back(result, 30, relay, f"f{i}")
             assert all(m._fast_handle is not None for m in relay.mirrors())
             # a ZRTP packet arriving on a fast call goes back to the Python engine
             mirror = next(m for m in relay.mirrors() if m.identity and m.identity.call_id == "f0")
@@ -170,7 +158,8 @@ def test_calls_spread_over_several_native_workers() -> None:
                     for i, port in enumerate(ports)
                 ]
             )
-            _every_packet_came_back(relay, results, "w", 20)
+            for i, result in enumerate(results):
+                assert_echoed_back(result, 20, relay, f"w{i}")
             workers = {id(m.fastpath) for m in relay.mirrors() if m._fast_handle is not None}
             assert len(workers) == 2 and len(relay.fastpaths) == 2
         finally:
