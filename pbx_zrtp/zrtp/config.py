@@ -84,6 +84,9 @@ class ZrtpConfiguration:
     t2_retries: int = 10
     #: Responder gives up when nothing arrives for this long after Commit (§6).
     responder_timeout: float = 10.0
+    #: A host-served cache (``host_cache``) that has not answered a lookup after
+    #: this long is treated as unreadable: the exchange goes on without continuity.
+    cache_timeout: float = 3.0
 
     def __post_init__(self) -> None:
         if len(self.zid) != 12:
@@ -106,6 +109,8 @@ class ZrtpConfiguration:
             raise ValueError("enrollment (E flag) excludes allow_clear (A flag), §7.3.1")
         if self.aux_secret is not None and not self.aux_secret:
             raise ValueError("aux_secret must not be empty")
+        if not self.cache_timeout > 0:
+            raise ValueError("cache_timeout must be > 0 seconds")
 
     @staticmethod
     def _check(
