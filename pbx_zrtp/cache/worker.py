@@ -39,6 +39,7 @@ _Order = tuple[bytes, bytes]
 
 @dataclass
 class _Job:
+    number: int
     run: Callable[[], Any]
     done: Callable[[Any, str], None]
 
@@ -53,7 +54,10 @@ class StoreWorker:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._queues: dict[_Order, deque[_Job]] = {}
-        self._idle: list[asyncio.Future[None]] = []
+        self._submitted = 0
+        #: Jobs not answered yet: number -> the peer they belong to.
+        self._outstanding: dict[int, _Order] = {}
+        self._waiters: list[tuple[int, _Order | None, asyncio.Future[None]]] = []
 
     def __repr__(self) -> str:
         return f"StoreWorker({self.store!r}, {self.pending} pending)"
@@ -61,7 +65,7 @@ class StoreWorker:
     @property
     def pending(self) -> int:
         """Operations submitted and not yet answered."""
-        return sum(len(queue) for queue in self._queues.values())
+        return len(self._outstanding)
 
     def lookup(self, key: CacheKey, done: Callable[[CacheEntry | None, str], None]) -> None:
         """Look ``key`` up; ``done(entry, "")`` or ``done(None, error)`` on the loop."""
@@ -94,12 +98,16 @@ class StoreWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool(), function)
 
-    async def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted operation is answered; False on time-out."""
-        if not self._queues:
+    async def drain(self, timeout: float | None = None, key: CacheKey | None = None) -> bool:
+        """Wait until every operation submitted so far (for ``key``'s peer only, if
+        given) is answered; later ones are not waited for, so a busy relay cannot
+        starve this. False on time-out."""
+        target = self._submitted
+        order = None if key is None else (key.self_zid, key.peer_zid)
+        if self._settled(target, order):
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._idle.append(future)
+        self._waiters.append((target, order, future))
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
@@ -118,6 +126,12 @@ class StoreWorker:
 
     # ------------------------------------------------------------------ internals
 
+    def _settled(self, target: int, order: _Order | None) -> bool:
+        return not any(
+            number <= target and (order is None or peer == order)
+            for number, peer in self._outstanding.items()
+        )
+
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
@@ -128,7 +142,9 @@ class StoreWorker:
     def _submit(
         self, order: _Order, function: Callable[[], Any], done: Callable[[Any, str], None]
     ) -> None:
-        job = _Job(function, done)
+        self._submitted += 1
+        job = _Job(self._submitted, function, done)
+        self._outstanding[job.number] = order
         queue = self._queues.get(order)
         if queue is not None:
             queue.append(job)  # runs after the peer's earlier operations
@@ -148,19 +164,24 @@ class StoreWorker:
             result, error = None, "the store operation was cancelled"
         else:
             result, error = future.result()
+        del self._outstanding[job.number]
         try:
             job.done(result, error)
         except Exception:  # a host bug must not stop this peer's queue
             log.exception("store answer handler failed")
         if queue:
             self._start(order, queue[0])
-            return
-        del self._queues[order]
-        if not self._queues:
-            idle, self._idle = self._idle, []
-            for waiter in idle:
-                if not waiter.done():
-                    waiter.set_result(None)
+        else:
+            del self._queues[order]
+        waiting = []
+        for target, peer, waiter in self._waiters:
+            if waiter.done():
+                continue  # timed out
+            if self._settled(target, peer):
+                waiter.set_result(None)
+            else:
+                waiting.append((target, peer, waiter))
+        self._waiters = waiting
 
 
 def _guarded(function: Callable[[], Any]) -> tuple[Any, str]:

@@ -26,12 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.base import CacheKey, SecretCache
+from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import SrtpContext
+from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
+    Event,
     GoClearRefused,
     HandshakeFailed,
     PeerHelloReceived,
@@ -81,6 +84,14 @@ class MirrorSettings:
     cache: SecretCache | None
     optional_timeout: float = 5.0  # optional: report "clear" after this long without ZRTP
     required_timeout: float = 10.0  # required: report "failed" after this long
+    #: Runs ``cache`` on worker threads: the loop that forwards every call's media
+    #: never waits on the store. One per relay (made from ``cache`` if not given),
+    #: so one phone's lookups and writes stay in order across its calls.
+    store: StoreWorker | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.cache is not None:
+            self.store = StoreWorker(self.cache)
 
 
 @dataclass
@@ -287,6 +298,7 @@ class Mirror:
         self._pbx_rtp: asyncio.DatagramTransport | None = None
         self._pbx_rtcp_sock: asyncio.DatagramTransport | None = None
         self._engine: ZrtpConnection | None = None
+        self._engine_store: EngineStore | None = None
         self._engine_timer: asyncio.TimerHandle | None = None
         self._policy_timer: asyncio.TimerHandle | None = None
         self._srtp: SrtpContext | None = None
@@ -489,12 +501,18 @@ class Mirror:
                 return self.counters.plus(self._fastpath.stats(self._fast_handle)).as_dict()
         return self.counters.as_dict()
 
+    @property
+    def cache_key(self) -> CacheKey | None:
+        """This call's retained-secret key, once the phone's Hello is in."""
+        return self._engine.cache_key if self._engine is not None else None
+
     def mark_verified(self, verified: bool) -> None:
         """The humans compared the SAS: persist it (V flag) in the cache."""
         if self._engine is None or self._secured is None:
             raise ValueError("the call is not secure: there is no SAS to verify")
         self._engine.set_sas_verified(verified)
         self._sas_verified = verified
+        self._pump()  # hands the write to the store worker
         self.on_change(self)
 
     def offer_enrollment(self) -> None:
@@ -516,6 +534,7 @@ class Mirror:
         self._engine.set_sas_verified(True)
         self._sas_verified = True
         self._enrolled_now = True
+        self._pump()
         self.on_change(self)
 
     def unenroll(self) -> None:
@@ -524,6 +543,7 @@ class Mirror:
             raise ValueError("no ZRTP peer on this call")
         self._engine.unenroll()
         self._enrolled_now = False
+        self._pump()
         self.on_change(self)
 
     def send_sas_relay(
@@ -654,7 +674,18 @@ class Mirror:
         if self.identity.enroll:  # E implies a MiTM and excludes A (§7.3.1)
             configuration = replace(configuration, mitm=True, enrollment=True, allow_clear=False)
         ssrc = int.from_bytes(os.urandom(4), "big")
-        self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
+        store = self.settings.store
+        if store is not None:
+            self._engine = ZrtpConnection(configuration, ssrc=ssrc, host_cache=True)
+            self._engine_store = EngineStore(
+                store,
+                self._engine,
+                clock=self._loop.time,
+                wake=self._store_answered,
+                label=f"call {self._call_id()}",
+            )
+        else:
+            self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
         self._engine_started_at = self._loop.time()
         self._engine.start(self._engine_started_at)
         self._pump()
@@ -667,8 +698,18 @@ class Mirror:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        self._engine_store = None
         self._srtp = None
         self._protect_out = False
+
+    def _store_answered(self, engine: ZrtpConnection, failed: bool) -> None:
+        """The store answered ``engine`` (on the loop): let the exchange go on, and
+        tell the adapters when key continuity was not saved."""
+        if engine is not self._engine:
+            return  # that call's engine is gone; the answer went nowhere
+        self._pump()
+        if failed and self._engine is engine:
+            self.on_change(self)
 
     def _on_engine_timer(self) -> None:
         self._engine_timer = None
@@ -694,7 +735,9 @@ class Mirror:
         if deadline is not None:
             self._engine_timer = self._loop.call_at(deadline, self._on_engine_timer)
 
-    def _on_engine_event(self, event: object) -> None:
+    def _on_engine_event(self, event: Event) -> None:
+        if self._engine_store is not None and self._engine_store.handle(event):
+            return
         if isinstance(event, SrtpKeysReady):
             self._srtp = self._srtp_context(event)
         elif isinstance(event, Secured):

@@ -317,6 +317,11 @@ class ZrtpConnection:
         return self._peer_hello.zid if self._peer_hello else None
 
     @property
+    def cache_key(self) -> CacheKey | None:
+        """The store key of this peer (our ZID, its ZID, the URIs), once its Hello is in."""
+        return self._cache_key()
+
+    @property
     def session(self) -> ZrtpSession | None:
         """After a DH exchange, the material Multistream streams need."""
         return self._session

@@ -162,8 +162,8 @@ def test_a_phone_that_declined_enrollment_is_not_trusted_and_unenroll_forgets() 
         alice, bob = Phone(ALICE), Phone(BOB)
         await enroll(relay, recorder, alice, consent=False)  # the user said no on the phone
         await enroll(relay, recorder, bob)
-        assert {peer for _, peer, _ in relay.enrolled_phones()} == {ALICE, BOB}
-        assert relay.unenroll(peer_zid=BOB) == 1
+        assert {peer for _, peer, _ in await relay.enrolled_phones()} == {ALICE, BOB}
+        assert await relay.unenroll(peer_zid=BOB) == 1
         results, reports = await bridged_call(relay, recorder, alice, bob, relay_wait=1.0)
         assert not any(r["pbx_trusted"] for r in results)
         assert all(r.sas_relay == "none" and not r.enrolled for r in reports)
