@@ -212,10 +212,14 @@ async def run_endpoint(
     started = time.perf_counter()
     if ssrc is None:
         ssrc = int.from_bytes(os.urandom(4), "big")
-    # The store runs on a worker thread, as in the relay: the engine only asks.
-    store = StoreWorker(cache) if cache is not None else None
+    # A store on disk runs on a worker thread, as in the relay: the engine only asks.
+    store = StoreWorker(cache) if cache is not None and cache.blocking else None
     connection = ZrtpConnection(
-        configuration, ssrc=ssrc, random=os.urandom, host_cache=store is not None
+        configuration,
+        ssrc=ssrc,
+        random=os.urandom,
+        cache=cache if store is None else None,
+        host_cache=store is not None,
     )
     outcome = _Outcome()
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 #: Cache expiration interval meaning "never expires" (RFC 6189 §4.9).
 NEVER_EXPIRES = 0xFFFFFFFF
@@ -67,6 +68,11 @@ class SecretCache(ABC):
     Persistent stores raise :class:`CacheError` when storage fails; invalid
     arguments raise ValueError.
     """
+
+    #: The store waits on a disk or a network: a host on an event loop runs it on
+    #: a :class:`~pbx_zrtp.cache.worker.StoreWorker`, never on the loop. An
+    #: in-memory store answers at once and may be called inline.
+    blocking: ClassVar[bool] = True
 
     @abstractmethod
     def lookup(self, key: CacheKey) -> CacheEntry:

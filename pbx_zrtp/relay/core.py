@@ -380,16 +380,23 @@ class Relay:
                 raise RelayError(str(exc)) from None
             await self.stored(call_id)
             return 1
-        store = self.settings.store
+        cache, store = self.settings.cache, self.settings.store
         if peer_zid is None or len(peer_zid) != 12:
             raise RelayError("unenroll needs a call or a 12-byte peer ZID")
-        if store is None:
+        if cache is None:
             raise RelayError("the relay has no cache (cache.path = memory)")
         erased = 0
         for self_zid, zid, _expires in await self.enrolled_phones():
             if zid == peer_zid:
                 write = PbxSecretWrite(CacheKey(self_zid, zid), os.urandom(32), 0)
-                error = await store.apply(write)
+                error = ""
+                try:
+                    if store is not None:
+                        error = await store.apply(write)
+                    else:
+                        write.apply(cache)  # in memory: at once
+                except CacheError as exc:
+                    error = str(exc)
                 if error:
                     raise RelayError(f"{write.failure}: {error}")
                 erased += 1
@@ -400,10 +407,12 @@ class Relay:
         worker thread, after the writes already handed to it)."""
         store = self.settings.store
         lister = getattr(self.settings.cache, "list_pbx_secrets", None)
-        if lister is None or store is None:
+        if lister is None:
             return []
         try:
-            result: list[tuple[bytes, bytes, float | None]] = await store.run(lister)
+            result: list[tuple[bytes, bytes, float | None]] = (
+                await store.run(lister) if store is not None else lister()
+            )
         except CacheError as exc:
             raise RelayError(f"the enrolled phones could not be listed: {exc}") from None
         return result

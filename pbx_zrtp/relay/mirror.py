@@ -84,13 +84,14 @@ class MirrorSettings:
     cache: SecretCache | None
     optional_timeout: float = 5.0  # optional: report "clear" after this long without ZRTP
     required_timeout: float = 10.0  # required: report "failed" after this long
-    #: Runs ``cache`` on worker threads: the loop that forwards every call's media
-    #: never waits on the store. One per relay (made from ``cache`` if not given),
-    #: so one phone's lookups and writes stay in order across its calls.
+    #: Runs a blocking ``cache`` (SQLite, PostgreSQL) on worker threads: the loop
+    #: that forwards every call's media never waits on the store. One per relay
+    #: (made from ``cache`` if not given), so one phone's lookups and writes stay in
+    #: order across its calls. None for an in-memory store, called inline.
     store: StoreWorker | None = None
 
     def __post_init__(self) -> None:
-        if self.store is None and self.cache is not None:
+        if self.store is None and self.cache is not None and self.cache.blocking:
             self.store = StoreWorker(self.cache)
 
 
