@@ -97,7 +97,7 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
             None
             if store is None
             else EngineStore(
-                store, connection, clock=self._loop.time, wake=lambda _e, _f: self._pump()
+                store, connection, clock=self._loop.time, wake=lambda _engine: self._pump()
             )
         )
 

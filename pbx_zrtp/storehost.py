@@ -30,16 +30,18 @@ class EngineStore:
         engine: ZrtpConnection,
         *,
         clock: Callable[[], float],
-        wake: Callable[[ZrtpConnection, bool], None],
+        wake: Callable[[ZrtpConnection], None],
+        write_failed: Callable[[ZrtpConnection, CacheWrite, str], None] | None = None,
         label: str = "",
     ) -> None:
         self.worker = worker
         self.engine = engine
         self._clock = clock
-        #: Called after an answer reached the engine, with whether its
-        #: ``cache_error`` changed: pump it (it may have packets to send now) and
-        #: publish the error.
+        #: Called after a lookup's answer reached the engine: pump it (it may have
+        #: packets to send now).
         self._wake = wake
+        #: Called after a write failed (``engine.cache_error`` says so already).
+        self._write_failed = write_failed
         self._label = label
 
     def handle(self, event: Event) -> bool:
@@ -58,11 +60,12 @@ class EngineStore:
         if error:
             log.warning("%s: retained secrets could not be read: %s", self._label or "-", error)
         self.engine.provide_cache_entry(key, entry, self._clock(), error=error)
-        self._wake(self.engine, bool(error))
+        self._wake(self.engine)
 
     def _written(self, write: CacheWrite, error: str) -> None:
         if not error:
             return
         log.warning("%s: %s: %s", self._label or "-", write.failure, error)
         self.engine.cache_write_failed(write, error)
-        self._wake(self.engine, True)
+        if self._write_failed is not None:
+            self._write_failed(self.engine, write, error)

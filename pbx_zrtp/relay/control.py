@@ -717,8 +717,7 @@ class _Connection:
     async def _op_enroll(self, args: _Args) -> Any:
         call_id = args.call_id()
         args.finish()
-        self.relay.enroll(call_id)
-        return _report(await self.relay.stored(call_id))
+        return _report(await self.relay.enroll(call_id))
 
     async def _op_unenroll(self, args: _Args) -> Any:
         call_id = args.string("call_id", max_length=200)

@@ -358,14 +358,26 @@ class Relay:
             await store.drain(STORE_SETTLE_TIMEOUT, key)
         return self._mirror(call_id).report()
 
-    def enroll(self, call_id: str) -> CallReport:
-        """The user confirmed the SAS of an enrollment call: store the pbxsecret."""
+    async def enroll(self, call_id: str) -> CallReport:
+        """The user confirmed the SAS of an enrollment call: store the pbxsecret.
+
+        Answers once it is stored; RelayError if the store refused it.
+        """
         mirror = self._mirror(call_id)
+        failed = len(mirror.failed_writes)
         try:
             mirror.enroll()
         except ValueError as exc:
             raise RelayError(str(exc)) from None
-        return mirror.report()
+        return await self._stored_or_error(call_id, mirror, failed)
+
+    async def _stored_or_error(self, call_id: str, mirror: Mirror, failed: int) -> CallReport:
+        """``stored``, raising RelayError if a pbxsecret write since ``failed`` failed."""
+        report = await self.stored(call_id)
+        for write, error in mirror.failed_writes[failed:]:
+            if isinstance(write, PbxSecretWrite):
+                raise RelayError(f"{write.failure}: {error}")
+        return report
 
     async def unenroll(self, call_id: str | None = None, peer_zid: bytes | None = None) -> int:
         """Forget pbxsecrets: of a live call's phone, or of a peer ZID (any of our ZIDs).
@@ -374,11 +386,13 @@ class Relay:
         calls' own writes for that phone, never on the media loop.
         """
         if call_id is not None:
+            mirror = self._mirror(call_id)
+            failed = len(mirror.failed_writes)
             try:
-                self._mirror(call_id).unenroll()
+                mirror.unenroll()
             except ValueError as exc:
                 raise RelayError(str(exc)) from None
-            await self.stored(call_id)
+            await self._stored_or_error(call_id, mirror, failed)
             return 1
         cache, store = self.settings.cache, self.settings.store
         if peer_zid is None or len(peer_zid) != 12:

@@ -185,8 +185,7 @@ class LocalRelay(RelayHandle):
 
     async def enroll(self, call_id: str) -> dict[str, Any]:
         try:
-            self.relay.enroll(call_id)
-            return (await self.relay.stored(call_id)).as_dict()
+            return (await self.relay.enroll(call_id)).as_dict()
         except RelayError as exc:
             raise RelayUnavailable(str(exc)) from None
 

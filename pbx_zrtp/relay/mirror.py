@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pbx_zrtp.cache.base import CacheKey, SecretCache
+from pbx_zrtp.cache.base import CacheKey, CacheWrite, PbxSecretWrite, SecretCache
 from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import SrtpContext
@@ -329,6 +329,8 @@ class Mirror:
         self.relay_status = ""  # "", "pending", "acknowledged", "unacknowledged"
         self._enrolled_now = False
         self._cache_error = ""  # kept from the engine for the final report
+        #: Writes of this call the store refused, with its error, oldest first.
+        self.failed_writes: list[tuple[CacheWrite, str]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -584,6 +586,7 @@ class Mirror:
         self.relay_role = self.relay_status = ""
         self._enrolled_now = False
         self._cache_error = ""
+        self.failed_writes = []
         self._handshake_ms = None
         self._pbx_heard = False
         self._last_forward = -1.0
@@ -683,6 +686,7 @@ class Mirror:
                 self._engine,
                 clock=self._loop.time,
                 wake=self._store_answered,
+                write_failed=self._store_write_failed,
                 label=f"call {self._call_id()}",
             )
         else:
@@ -703,14 +707,19 @@ class Mirror:
         self._srtp = None
         self._protect_out = False
 
-    def _store_answered(self, engine: ZrtpConnection, failed: bool) -> None:
-        """The store answered ``engine`` (on the loop): let the exchange go on, and
-        tell the adapters when key continuity was not saved."""
+    def _store_answered(self, engine: ZrtpConnection) -> None:
+        """The store answered ``engine``'s lookup (on the loop): the exchange goes on."""
+        if engine is self._engine:
+            self._pump()
+
+    def _store_write_failed(self, engine: ZrtpConnection, write: CacheWrite, error: str) -> None:
+        """A write of this call did not reach the store: say so in the report."""
         if engine is not self._engine:
-            return  # that call's engine is gone; the answer went nowhere
-        self._pump()
-        if failed and self._engine is engine:
-            self.on_change(self)
+            return  # the call is over; the store worker logged it
+        self.failed_writes.append((write, error))
+        if isinstance(write, PbxSecretWrite) and write.lifetime:
+            self._enrolled_now = False  # the pbxsecret was not stored: not enrolled
+        self.on_change(self)
 
     def _on_engine_timer(self) -> None:
         self._engine_timer = None

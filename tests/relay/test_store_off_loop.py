@@ -25,17 +25,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pbx_zrtp.cache.base import CacheEntry, CacheKey, SecretCache
+import pytest
+
+from pbx_zrtp.cache.base import CacheEntry, CacheError, CacheKey, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.control import ControlServer
+from pbx_zrtp.relay.core import Relay, RelayError
 from pbx_zrtp.relay.ctl import ctl_main
 from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.events import SrtpKeys
-from tests.relay.helpers import PBX_HOST, PHONE_HOST, RELAY_HOST, Recorder, create_call, make_relay
+from tests.relay.helpers import (
+    PBX_HOST,
+    PHONE_HOST,
+    RELAY_HOST,
+    EchoPbx,
+    Recorder,
+    create_call,
+    make_relay,
+)
 
 T = TypeVar("T")
 
@@ -280,3 +291,62 @@ def test_a_slow_store_stalls_neither_other_calls_media_nor_the_control_api(
         asyncio.run(asyncio.wait_for(scenario(), 90))
     finally:
         sqlite.close()
+
+
+class RefusingStore(SqliteSecretCache):
+    """SQLite, but slow to take a pbxsecret, or refusing it outright."""
+
+    refuse = False
+
+    def store_pbx_secret(self, key: CacheKey, secret: bytes, lifetime: int) -> None:
+        time.sleep(0.3)
+        if self.refuse:
+            raise CacheError(f"{self!r}: cannot store the pbxsecret: disk I/O error")
+        super().store_pbx_secret(key, secret, lifetime)
+
+
+def test_enroll_answers_once_the_pbxsecret_is_stored_or_says_it_was_not(tmp_path: Path) -> None:
+    async def enroll_once(relay: Relay, recorder: Recorder, call_id: str) -> None:
+        port = await create_call(relay, call_id, Policy.REQUIRED, enroll=True)
+        pbx = EchoPbx(port)
+        await pbx.start()
+        phone = asyncio.ensure_future(
+            run_endpoint(
+                ZrtpConfiguration(zid=PHONE_A),
+                EndpointOptions(
+                    bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), timeout=10, linger=1.0
+                ),
+                cache=MemorySecretCache(),
+            )
+        )
+        try:
+            await recorder.wait_for(lambda: relay.get(call_id).state == "secure")
+        finally:
+            await phone
+            pbx.close()
+
+    async def scenario() -> None:
+        store = RefusingStore(tmp_path / "cache.db")
+        relay = make_relay(cache=store)  # type: ignore[arg-type]
+        await relay.start()
+        recorder = Recorder(relay)
+        try:
+            await enroll_once(relay, recorder, "e1")
+            report = await relay.enroll("e1")
+            assert report.enrolled and report.sas_verified and not report.cache_error
+            assert [peer for _, peer, _ in store.list_pbx_secrets()] == [PHONE_A]  # stored
+            relay.delete("e1")
+
+            store.refuse = True
+            await enroll_once(relay, recorder, "e2")
+            with pytest.raises(RelayError, match=r"pbxsecret was not stored: .*disk I/O error"):
+                await relay.enroll("e2")
+            report = relay.get("e2")
+            assert not report.enrolled
+            assert report.cache_error.startswith("the pbxsecret was not stored")
+            relay.delete("e2")
+        finally:
+            await relay.close()
+            store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -49,7 +49,7 @@ async def enroll(relay: Relay, recorder: Recorder, phone: Phone, *, consent: boo
     try:
         task = asyncio.ensure_future(phone.call(port, accept_enrollment=consent))
         await recorder.wait_for(lambda: "secure" in recorder.states(call_id))
-        report = relay.enroll(call_id)  # the user pressed 1: "the SAS matches"
+        report = await relay.enroll(call_id)  # the user pressed 1: "the SAS matches"
         assert report.enrolled and report.sas_verified and report.enrollment_offered
         result = await task
         assert result["ok"] and result["pbx_enrollment_offered"]
