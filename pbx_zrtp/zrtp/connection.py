@@ -892,6 +892,11 @@ class ZrtpConnection:
     def _on_commit(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         commit = packet.message
         assert isinstance(commit, p.Commit)
+        if self._held_commit is not None:
+            # One Commit is already waiting for the store: it stands, exactly as it
+            # would had it been answered at once (later ones could not re-pick the Hello).
+            self.stats["commit_held_for_cache"] += 1
+            return
         if self._state is State.DISCOVERY:
             # The Commit's H2 tells which candidate Hello is the live one (§9).
             for hello, hello_raw, ssrc in self._hello_candidates:
@@ -924,10 +929,8 @@ class ZrtpConnection:
             self.stats["commit_contention_lost"] += 1
             self._retransmission = None
         if self._lookup_key is not None and not commit.is_multistream:
-            # DHPart1 names our retained secrets: answer once the store has. The
-            # first Commit is kept, as it would be by answering it at once.
-            if self._held_commit is None:
-                self._held_commit = (packet, raw)
+            # DHPart1 names our retained secrets: answer once the store has.
+            self._held_commit = (packet, raw)
             self.stats["commit_held_for_cache"] += 1
             return
         self._respond_to_commit(commit, raw, now)
