@@ -41,16 +41,25 @@ class Host:
 class HostedNetwork(Network):
     """The harness's network, plus hosts answering the engines' store requests."""
 
-    hosts: dict[int, Host]
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hosts: dict[int, Host] = {}
+        self.times: list[float] = []  # when each datagram of ``wire`` was sent
 
     def serve(self, conn: ZrtpConnection, host: Host) -> None:
-        if not hasattr(self, "hosts"):
-            self.hosts = {}
         self.hosts[id(conn)] = host
+
+    def _pending_times(self) -> list[float]:
+        return [when for host in self.hosts.values() for when, _ in host.due]
+
+    def _collect(self, source: ZrtpConnection, direction: str) -> None:
+        sent = len(self.wire)
+        super()._collect(source, direction)
+        self.times += [self.now] * (len(self.wire) - sent)
 
     def _drain_events(self) -> None:
         for conn, sink in ((self.a, self.events_a), (self.b, self.events_b)):
-            host = getattr(self, "hosts", {}).get(id(conn))
+            host = self.hosts.get(id(conn))
             while (event := conn.next_event()) is not None:
                 sink.append(event)
                 if host is None:
@@ -193,3 +202,34 @@ def test_the_host_mode_takes_no_store_object() -> None:
         ZrtpConnection(
             ZrtpConfiguration(zid=ZID_A), ssrc=1, cache=MemorySecretCache(), host_cache=True
         )
+
+
+def test_a_forced_responders_fallback_commit_waits_for_the_store_not_longer() -> None:
+    """Both sides forced responders; B never commits. A's fallback Commit (after
+    ``responder_commit_wait``) comes due while its lookup is still out: A commits
+    as soon as the store answers, not one more grace period later."""
+    store_a = MemorySecretCache()
+    configuration = ZrtpConfiguration(zid=ZID_A, role="responder", cache_timeout=5.0)
+    a = ZrtpConnection(
+        configuration, ssrc=0x1111, random=random.Random(9).randbytes, host_cache=True
+    )
+    b = make_connection(
+        ZID_B,
+        seed=10,
+        ssrc=0x2222,
+        cache=MemorySecretCache(),
+        role="responder",
+        responder_commit_wait=60.0,
+    )
+    net = HostedNetwork(a, b)
+    host = Host(store_a, delay=2.5)  # answers after A's 2 s grace period
+    net.serve(a, host)
+    net.run(until=30)
+    net.secured()
+    first_commit = next(
+        when
+        for when, (direction, data) in zip(net.times, net.wire, strict=True)
+        if direction == "a->b" and isinstance(p.ZrtpPacket.parse(data).message, p.Commit)
+    )
+    assert a.stats["responder_fallback_commit"] == 1
+    assert 2.5 <= first_commit < 2.8

@@ -174,14 +174,29 @@ class AsteriskAdapter(CallBook[AsteriskCall]):
     # ------------------------------------------------------------------ calls
 
     async def _resolve_policy(self, requested: str, target: str) -> Policy:
+        """The argument; for ``auto``: AstDB, then patterns, then the default.
+
+        An AstDB key that cannot be read (AMI time-out) or holds no policy may
+        be meant as ``required``: the call is then treated as ``required``."""
         requested = requested.strip().lower()
         if requested in ("off", "optional", "required"):
             return Policy(requested)
         if target:
-            with contextlib.suppress(AmiError, ValueError):
+            try:
                 stored = await self.ami.db_get("pbx_zrtp/policy", target)
-                if stored:
+            except AmiError as exc:
+                log.warning("policy of %s unknown (%s): treating the call as required", target, exc)
+                return Policy.REQUIRED
+            if stored:
+                try:
                     return Policy(stored.strip().lower())
+                except ValueError:
+                    log.warning(
+                        "AstDB pbx_zrtp/policy/%s is not off, optional or required:"
+                        " treating the call as required",
+                        target,
+                    )
+                    return Policy.REQUIRED
             matched = match_policy(self.config, target)
             if matched is not None:
                 return matched

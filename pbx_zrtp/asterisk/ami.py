@@ -7,6 +7,14 @@
   cancelled so a stale Setvar/Hangup is never replayed.
 - Repeated header names arrive as lists; events that carry an ActionID are
   consumed by that action's result (DBGet, CoreShowChannels).
+- ``send_action(..., as_list=True)`` never completes an action that Asterisk
+  answers with a lone ``Response: Error`` (a DBGet of a missing key: "Database
+  entry not found"): the future waits for a list that never comes, so the
+  lookup took the whole action time-out. List actions therefore use
+  panoramisk's own detection (``as_list=None``): a response with ``EventList:
+  start`` (every list action of Asterisk 22) collects events up to the
+  ``...Complete`` one, a lone Error completes at once. ``_send_list`` is the
+  only caller; tests/asterisk/test_ami.py fails if panoramisk changes either.
 - panoramisk reconnects by itself (reconnect_timeout, integer seconds) and pings.
 """
 
@@ -27,6 +35,18 @@ AmiEvent = dict[str, str]
 
 class AmiError(Exception):
     """An AMI action failed or timed out; the message is safe to log."""
+
+
+class AmiRefused(AmiError):
+    """Asterisk answered the action with ``Response: Error``; ``reason`` is its Message."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"AMI {action}: {reason}")
+        self.reason = reason
+
+
+#: manager.c's answer to a DBGet of a key that does not exist.
+DB_ENTRY_NOT_FOUND = "Database entry not found"
 
 
 def _flatten(message: Any) -> dict[str, str]:
@@ -125,15 +145,24 @@ class Ami:
             response = response[0]
         flat = _flatten(response)
         if flat.get("Response") not in ("Success", "Follows", "Goodbye"):
-            raise AmiError(f"AMI {name}: {flat.get('Message', flat.get('Response', 'failed'))}")
+            raise AmiRefused(name, flat.get("Message", flat.get("Response", "failed")))
         return flat
 
+    def _send_list(self, fields: dict[str, str]) -> asyncio.Future[Any]:
+        """Send a list action so that a lone ``Response: Error`` completes it too.
+
+        Not ``as_list=True``: panoramisk 1.4 then waits for list items after an
+        Error forever (see the module docstring)."""
+        future: asyncio.Future[Any] = self._manager.send_action(fields, as_list=None)
+        return future
+
     async def action_list(self, **fields: str) -> list[dict[str, str]]:
-        """An action answered by a list of events (e.g. CoreShowChannels)."""
+        """An action answered by a list of events (e.g. CoreShowChannels), or by one
+        Error (raised as AmiError at once)."""
         name = fields.get("Action", "?")
         if not self.logged_in.is_set():
             raise AmiError(f"AMI not connected (action {name})")
-        future = self._manager.send_action(dict(fields), as_list=True)
+        future = self._send_list(dict(fields))
         try:
             responses = await asyncio.wait_for(asyncio.shield(future), self.action_timeout)
         except TimeoutError:
@@ -143,7 +172,7 @@ class Ami:
             _flatten(m) for m in (responses if isinstance(responses, list) else [responses])
         ]
         if messages and messages[0].get("Response") == "Error":
-            raise AmiError(f"AMI {name}: {messages[0].get('Message', 'failed')}")
+            raise AmiRefused(name, messages[0].get("Message", "failed"))
         return messages
 
     # -- the actions the adapter uses ------------------------------------------------
@@ -162,10 +191,14 @@ class Ami:
         await self.action(Action="UserEvent", UserEvent=name, **headers)
 
     async def db_get(self, family: str, key: str) -> str | None:
+        """The AstDB value, None when the key does not exist; AmiError when the
+        lookup itself failed (time-out, connection lost): then nobody knows."""
         try:
             messages = await self.action_list(Action="DBGet", Family=family, Key=key)
-        except AmiError:
-            return None  # "Database entry not found"
+        except AmiRefused as exc:
+            if exc.reason == DB_ENTRY_NOT_FOUND:
+                return None
+            raise
         for message in messages:
             if message.get("Event") == "DBGetResponse":
                 return message.get("Val", "")

@@ -165,15 +165,30 @@ class FreeswitchAdapter(CallBook[FreeswitchCall]):
     # ------------------------------------------------------------------ calls
 
     async def _resolve(self, requested: str, destination: str) -> Policy:
+        """The request; for ``auto``: the global variable, then the default.
+
+        A global that cannot be read (ESL time-out) or holds no policy may be
+        meant as ``required``: the call is then treated as ``required``."""
         if requested in ("off", "optional", "required"):
             return Policy(requested)
         if destination:
-            with contextlib.suppress(EslError, ValueError):
-                stored = (
-                    await self.esl.api(f"global_getvar pbx_zrtp_policy_{destination}")
-                ).strip()
-                if stored:
+            try:
+                stored = await self.esl.global_getvar(f"pbx_zrtp_policy_{destination}")
+            except EslError as exc:
+                log.warning(
+                    "policy of %s unknown (%s): treating the call as required", destination, exc
+                )
+                return Policy.REQUIRED
+            if stored:
+                try:
                     return Policy(stored.lower())
+                except ValueError:
+                    log.warning(
+                        "pbx_zrtp_policy_%s is not off, optional or required:"
+                        " treating the call as required",
+                        destination,
+                    )
+                    return Policy.REQUIRED
         return self.config.default_policy
 
     async def _start_call(self, headers: EslEvent) -> None:

@@ -38,6 +38,10 @@ class EslError(Exception):
     """An ESL command failed, timed out, or the connection is down."""
 
 
+#: mod_event_socket's answer to an ``api`` command whose output is empty.
+NO_REPLY = "-ERR no reply"
+
+
 class Esl:
     """A reconnecting inbound ESL session served by a gevent thread."""
 
@@ -124,6 +128,16 @@ class Esl:
     async def getvar(self, uuid: str, name: str) -> str | None:
         value = (await self.api(f"uuid_getvar {uuid} {name}")).strip()
         return None if value in ("_undef_", "") else value
+
+    async def global_getvar(self, name: str) -> str:
+        """A global variable, "" when unset (FreeSWITCH answers an empty API output
+        with ``-ERR no reply``); EslError when it could not be read."""
+        try:
+            return (await self.api(f"global_getvar {name}")).strip()
+        except EslError as exc:
+            if str(exc) == NO_REPLY:
+                return ""
+            raise
 
     async def kill(self, uuid: str, cause: str) -> None:
         await self.api(f"uuid_kill {uuid} {cause}")

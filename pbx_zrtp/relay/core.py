@@ -434,10 +434,12 @@ class Relay:
     def _relay_sas(self, mirror: Mirror) -> None:
         """Once both legs of a bridged call are secure, apply §7.3's relay rules.
 
-        No leg enrolled: nothing is relayed. One: the far end's SAS goes to the
-        enrolled leg, an "empty" SASrelay (rendering scheme only) to the other
-        (6189bis). Both: to exactly one, never to a leg whose phone is itself a
-        PBX (M flag).
+        "Enrolled" here is what §7.3 says: a trusted MiTM key (pbxsecret) shared in
+        this key negotiation (``renders_relayed_sas``); a phone enrolled during this
+        call has none yet and would not render a relayed SAS. No such leg: nothing
+        is relayed. One: the far end's SAS goes to it, an "empty" SASrelay
+        (rendering scheme only) to the other (6189bis). Both: to exactly one, never
+        to a leg whose phone is itself a PBX (M flag).
         """
         identity = mirror.identity
         if identity is None or not identity.bridge or mirror.relay_role:
@@ -452,16 +454,17 @@ class Relay:
         if sa is None or sb is None:
             return
         a.partner, b.partner = b, a
-        if not a.enrolled and not b.enrolled:
+        trusted_a, trusted_b = a.renders_relayed_sas, b.renders_relayed_sas
+        if not trusted_a and not trusted_b:
             a.relay_role = b.relay_role = "none"
             log.info("bridge %s: neither leg is enrolled: each keeps its own SAS", identity.bridge)
             self._changed(a)
             self._changed(b)
             return
-        if a.enrolled and b.enrolled:
+        if trusted_a and trusted_b:
             target, source = (a, b) if sb.peer_mitm and not sa.peer_mitm else (b, a)
         else:
-            target, source = (a, b) if a.enrolled else (b, a)
+            target, source = (a, b) if trusted_a else (b, a)
         ts, ss = target.secured, source.secured
         assert ts is not None and ss is not None
         try:

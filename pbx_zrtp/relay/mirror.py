@@ -29,7 +29,7 @@ from typing import Any
 from pbx_zrtp.cache.base import CacheKey, CacheWrite, PbxSecretWrite, SecretCache
 from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.relay.fastpath import FastPath
-from pbx_zrtp.srtp import SrtpContext
+from pbx_zrtp.srtp import SrtpContext, is_rtcp
 from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
@@ -440,8 +440,17 @@ class Mirror:
         secured = self._secured
         return self._enrolled_now or (secured is not None and secured.pbx_secret_matched)
 
+    @property
+    def renders_relayed_sas(self) -> bool:
+        """The phone proved a pbxsecret shared with us in this DH exchange: only then
+        does it render a SAS we relay (§7.3). A phone that enrolled during this call,
+        or holds a pbxsecret we lack, acknowledges a SASrelay but shows its own SAS."""
+        secured = self._secured
+        return secured is not None and secured.pbx_secret_matched
+
     def _sas_view(self) -> tuple[str, str]:
-        """(displayed SAS, scope) for the user on this leg."""
+        """(displayed SAS, scope) for the user on this leg: "end-to-end" only when the
+        target phone can render the relayed SAS and acknowledged it (RelayACK)."""
         secured = self._secured
         if secured is None or self.state is not CallState.SECURE:
             return "", ""
@@ -450,6 +459,7 @@ class Mirror:
         if (
             self.relay_role == "target"
             and self.relay_status == "acknowledged"
+            and self.renders_relayed_sas
             and partner_secured is not None
         ):
             return partner_secured.sas, "end-to-end"
@@ -457,6 +467,7 @@ class Mirror:
             self.relay_role == "source"
             and partner is not None
             and partner.relay_status == "acknowledged"
+            and partner.renders_relayed_sas
         ):
             return secured.sas, "end-to-end"
         return secured.sas, "pbx-leg"
@@ -977,29 +988,52 @@ class Mirror:
             return False
 
     def _from_phone_rtcp(self, data: bytes, addr: Address) -> None:
+        """RTCP on R:P+1, latched by the RTP rules: only from the phone's SDP host;
+        nothing clear latches or passes where clear media may not flow; once SRTP
+        keys exist only SRTCP that authenticates and is fresh latches or moves it."""
         counters = self.counters
         if len(data) > MAX_DATAGRAM or len(data) < 8 or data[0] >> 6 != 2:
             counters.drops["stun" if _is_stun(data) else "rtcp_malformed"] += 1
             return
-        if self.identity is None:
+        identity = self.identity
+        if identity is None:
             counters.drops["no_call"] += 1
             return
-        if self.phone_rtcp is None:
-            self.phone_rtcp = addr
-        elif addr != self.phone_rtcp:
-            counters.drops["wrong_source"] += 1
+        hint = identity.phone_hint
+        if hint is not None and addr[0] != hint[0]:
+            counters.drops["wrong_source"] += 1  # the SDP named the phone's address
             return
-        srtp = self._srtp
-        if srtp is not None:
-            plain = srtp.unprotect(data)
-            if plain is None:
-                counters.drops["srtcp_auth"] += 1
+        latched = self.phone_rtcp
+        if self._srtp is None:
+            if not self._clear_allowed():
+                counters.drops["clear_blocked"] += 1  # not even the latch moves
                 return
-            self._send_pbx_rtcp(plain)
-        elif self._clear_allowed():
+            if latched is None:
+                self.phone_rtcp = addr  # symmetric RTCP, as RTP: the first packet
+            elif addr != latched:
+                counters.drops["wrong_source"] += 1
+                return
             self._send_pbx_rtcp(data)
-        else:
-            counters.drops["clear_blocked"] += 1
+            return
+        plain = self._srtcp_unprotect(data)
+        if plain is None:
+            stranger = latched is not None and addr != latched
+            counters.drops["wrong_source" if stranger else "srtcp_auth"] += 1
+            return
+        if addr != latched:
+            if latched is not None:
+                counters.drops["rtcp_relatched"] += 1  # NAT rebinding, proven by SRTCP
+            self.phone_rtcp = addr
+        self._send_pbx_rtcp(plain)
+
+    def _srtcp_unprotect(self, data: bytes) -> bytes | None:
+        """The phone's SRTCP decrypted if it authenticates and is fresh under the
+        call's live SRTCP replay state, else None. RTCP on P+1 never goes to the
+        native worker, so that state is this context's."""
+        srtp = self._srtp
+        if srtp is None or not is_rtcp(data):
+            return None  # e.g. a captured SRTP *RTP* packet replayed to P+1
+        return srtp.unprotect(data)
 
     def _clear_allowed(self) -> bool:
         identity = self.identity

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pbx_zrtp.cache.base import NEVER_EXPIRES
 from pbx_zrtp.zrtp.crypto import AUTH_TAGS, CIPHERS, HASHES, SAS_TYPES
-from pbx_zrtp.zrtp.keyagreement import KEY_AGREEMENTS, MULTISTREAM
+from pbx_zrtp.zrtp.keyagreement import ALIASES, KEY_AGREEMENTS, MULTISTREAM
 
 Role = Literal["auto", "initiator", "responder"]
 
@@ -44,7 +44,8 @@ class ZrtpConfiguration:
     """Everything that is fixed for one endpoint identity and one stream's policy.
 
     Algorithm lists are in preference order. Mandatory types (§5.1) are always
-    accepted even when left out, as the RFC requires.
+    accepted even when left out, as the RFC requires. Curve25519 is offered under
+    both its names (X255 as bzrtp says, E255 as GNU ZRTP says) when either is listed.
     """
 
     zid: bytes
@@ -87,6 +88,11 @@ class ZrtpConfiguration:
     #: A host-served cache (``host_cache``) that has not answered a lookup after
     #: this long is treated as unreadable: the exchange goes on without continuity.
     cache_timeout: float = 3.0
+    #: A forced responder whose discovery is complete (both Hellos seen and
+    #: acknowledged) commits itself when the peer has not committed for this long:
+    #: a peer that waits for our Commit (GNU ZRTP, once its Hello was acknowledged
+    #: before it saw ours) must not be left waiting forever (§4.2).
+    responder_commit_wait: float = 2.0
 
     def __post_init__(self) -> None:
         if len(self.zid) != 12:
@@ -111,6 +117,8 @@ class ZrtpConfiguration:
             raise ValueError("aux_secret must not be empty")
         if not self.cache_timeout > 0:
             raise ValueError("cache_timeout must be > 0 seconds")
+        if not self.responder_commit_wait > 0:
+            raise ValueError("responder_commit_wait must be positive")
 
     @staticmethod
     def _check(
@@ -127,9 +135,21 @@ class ZrtpConfiguration:
             raise ValueError(f"{kind} list is empty")
         return blocks
 
+    def offered_key_agreements(self) -> tuple[bytes, ...]:
+        """Our DH key agreement types in preference order, each Curve25519 name
+        followed by its alias (one computation, two names on the wire)."""
+        types: list[bytes] = []
+        for name in self.key_agreement_types:
+            if name == MULTISTREAM:
+                continue
+            for candidate in (name, ALIASES.get(name)):
+                if candidate is not None and candidate not in types:
+                    types.append(candidate)
+        return tuple(types)
+
     def hello_key_agreements(self) -> tuple[bytes, ...]:
-        """Key agreement types as listed in our Hello (with Mult when offered)."""
-        types = tuple(t for t in self.key_agreement_types if t != MULTISTREAM)
+        """Key agreement types as listed in our Hello (at most 7, Mult kept when offered)."""
+        types = self.offered_key_agreements()
         if self.multistream:
-            types += (MULTISTREAM,)
+            return (*types[:6], MULTISTREAM)
         return types[:7]

@@ -85,7 +85,7 @@ from pbx_zrtp.zrtp.events import (
 from pbx_zrtp.zrtp.keyagreement import (
     KEY_AGREEMENTS,
     MULTISTREAM,
-    SPEED_ORDER,
+    SPEED_RANK,
     KeyAgreement,
     RandomSource,
     create_key_agreement,
@@ -150,25 +150,47 @@ def with_mandatory(types: tuple[bytes, ...], mandatory: tuple[bytes, ...]) -> tu
     return types + tuple(m for m in mandatory if m not in types)
 
 
+def _peer_list(
+    ours: tuple[bytes, ...], theirs: tuple[bytes, ...], mandatory: tuple[bytes, ...]
+) -> tuple[bytes, ...]:
+    """The peer's list to choose from: what it explicitly lists, when that has
+    anything in common with ours; the implied mandatory types only otherwise.
+
+    §5.2 adds unlisted mandatory types to every Hello list, but libzrtp refuses a
+    Commit naming a type its Hello did not list (Error 0x54 for HS80 against its
+    stock HS32-only profile), even from the side that would win the Commit
+    contention. Choosing from the explicit list is always valid for both readings.
+    """
+    if any(t in with_mandatory(ours, mandatory) for t in theirs):
+        return theirs
+    return with_mandatory(theirs, mandatory)
+
+
 def choose_key_agreement(ours: tuple[bytes, ...], theirs: tuple[bytes, ...]) -> bytes:
-    """§4.1.2: intersect, compare both first choices, take the faster one."""
-    ours_dh = [t for t in with_mandatory(ours, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS]
-    theirs_dh = [
-        t for t in with_mandatory(theirs, (MANDATORY_KEY_AGREEMENT,)) if t in KEY_AGREEMENTS
-    ]
+    """§4.1.2: intersect, compare both first choices, take the faster one.
+
+    Unknown names and Mult are skipped; X255/E255 rank alike (one computation);
+    a tie between two names of one rank goes to the lower name, so both sides
+    pick the same one.
+    """
+    mandatory = (MANDATORY_KEY_AGREEMENT,)
+    ours_dh = tuple(t for t in with_mandatory(ours, mandatory) if t in KEY_AGREEMENTS)
+    theirs_dh = tuple(t for t in theirs if t in KEY_AGREEMENTS)
+    theirs_dh = _peer_list(ours_dh, theirs_dh, mandatory)
     ours_common = [t for t in ours_dh if t in theirs_dh]
     theirs_common = [t for t in theirs_dh if t in ours_dh]
     if not ours_common:
         raise ZrtpProtocolError("no key agreement in common", ErrorCode.UNSUPPORTED_KEY_AGREEMENT)
     a, b = ours_common[0], theirs_common[0]
-    rank = {name: index for index, name in enumerate(SPEED_ORDER)}
-    return a if rank.get(a, len(rank)) <= rank.get(b, len(rank)) else b
+    last = len(SPEED_RANK)
+    return min(a, b, key=lambda name: (SPEED_RANK.get(name, last), name))
 
 
 def _choose(
     ours: tuple[bytes, ...], theirs: tuple[bytes, ...], mandatory: tuple[bytes, ...]
 ) -> bytes:
-    theirs_all = with_mandatory(theirs, mandatory)
+    """The initiator's choice (§4.1.2): our first preference the peer lists."""
+    theirs_all = _peer_list(ours, theirs, mandatory)
     for candidate in with_mandatory(ours, mandatory):
         if candidate in theirs_all:
             return candidate
@@ -208,6 +230,7 @@ class ZrtpConnection:
         #: A DH Commit that arrived while the lookup was outstanding (§4.3: DHPart1
         #: names our retained secrets, so it cannot be built before the answer).
         self._held_commit: tuple[p.ZrtpPacket, bytes] | None = None
+        self._commit_after_lookup = False  # a forced responder's fallback Commit waits
         self._closed = False
         self._session_in = session
         self._state = State.IDLE
@@ -230,7 +253,9 @@ class ZrtpConnection:
             zid=configuration.zid,
             signature_capable=False,  # never set S: libzrtp peers ignore such Hellos
             mitm=configuration.mitm,
-            passive=configuration.role == "responder",
+            # P means "never sends Commit" (§5.2); even a forced responder commits
+            # rather than leave a peer that waits for a Commit waiting forever.
+            passive=False,
             hash_types=configuration.hash_types[:7],
             cipher_types=configuration.cipher_types[:7],
             auth_tag_types=configuration.auth_tag_types[:7],
@@ -297,6 +322,7 @@ class ZrtpConnection:
         self._retransmission: _Retransmission | None = None
         self._hello_deadline: float | None = None
         self._inactivity_deadline: float | None = None
+        self._commit_wait_deadline: float | None = None
 
     # ------------------------------------------------------------------ host API
 
@@ -413,6 +439,15 @@ class ZrtpConnection:
             )
             return
         if (
+            self._commit_wait_deadline is not None
+            and now >= self._commit_wait_deadline
+            and self._state is State.DISCOVERY
+        ):
+            self._commit_wait_deadline = None
+            self.stats["responder_fallback_commit"] += 1
+            self._maybe_commit(now, fallback=True)
+            return
+        if (
             self._hello_deadline is not None
             and now >= self._hello_deadline
             and self._state is State.DISCOVERY
@@ -466,6 +501,7 @@ class ZrtpConnection:
             for d in (
                 self._retransmission.due if self._retransmission else None,
                 self._hello_deadline if self._state is State.DISCOVERY else None,
+                self._commit_wait_deadline if self._state is State.DISCOVERY else None,
                 self._inactivity_deadline,
                 self._lookup_deadline,
             )
@@ -619,6 +655,7 @@ class ZrtpConnection:
         self._retransmission = None
         self._hello_deadline = None
         self._inactivity_deadline = None
+        self._commit_wait_deadline = None
         self._wipe_keys()
         self._mackey_i = self._mackey_r = b""
         self._new_rs1 = None
@@ -654,6 +691,7 @@ class ZrtpConnection:
         self._state = State.FAILED
         self._hello_deadline = None
         self._inactivity_deadline = None
+        self._commit_wait_deadline = None
         self._retransmission = None
         self._lookup_key = self._lookup_deadline = self._held_commit = None
         self._wipe_keys()
@@ -662,9 +700,14 @@ class ZrtpConnection:
         self._events.append(HandshakeFailed(reason, code, by_peer))
 
     def _discovery_failure(self) -> str:
+        """Name the step of discovery that did not happen."""
         if self._peer_hello is None:
+            if self._hello_acked:
+                return "time-out: the peer acknowledged our Hello but never sent its own"
             return "time-out: no ZRTP Hello from the peer"
-        return "time-out: the peer never acknowledged our Hello"
+        if not self._hello_acked:
+            return "time-out: the peer never acknowledged our Hello"
+        return "time-out: both Hellos were acknowledged but no Commit came"
 
     def _wipe_keys(self) -> None:
         self._mackey_i = self._mackey_r = b""
@@ -788,7 +831,8 @@ class ZrtpConnection:
             commit = packet.message
             self._guarded(lambda: self._respond_to_commit(commit, raw, now), now)
         else:
-            self._guarded(lambda: self._maybe_commit(now), now)
+            fallback, self._commit_after_lookup = self._commit_after_lookup, False
+            self._guarded(lambda: self._maybe_commit(now, fallback=fallback), now)
 
     def _on_hello_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         if not self._hello_acked:
@@ -802,13 +846,15 @@ class ZrtpConnection:
                 break
         self._maybe_commit(now)
 
-    def _maybe_commit(self, now: float) -> None:
-        if (
-            self._state is not State.DISCOVERY
-            or self._config.role == "responder"
-            or self._peer_hello is None
-            or not self._hello_acked
-        ):
+    def _maybe_commit(self, now: float, *, fallback: bool = False) -> None:
+        if self._state is not State.DISCOVERY or self._peer_hello is None or not self._hello_acked:
+            return
+        if self._config.role == "responder" and not fallback:
+            # Discovery is complete: the peer should commit now. Give it time, then
+            # commit ourselves (GNU ZRTP, acknowledged before it saw our Hello, only
+            # waits for a Commit).
+            if self._commit_wait_deadline is None:
+                self._commit_wait_deadline = now + self._config.responder_commit_wait
             return
         peer = self._peer_hello
         multistream = (
@@ -817,7 +863,11 @@ class ZrtpConnection:
             and self._config.multistream
         )
         if not multistream and self._lookup_key is not None:
-            return  # our DHPart2 (committed to by hvi) names the cached secrets: wait
+            # Our DHPart2 (committed to by hvi) names the cached secrets: wait for
+            # the store, then commit (a forced responder's fallback included).
+            self._commit_after_lookup = self._commit_after_lookup or fallback
+            return
+        self._commit_wait_deadline = None
         if multistream:
             assert self._session_in is not None
             self._check_session_peer(self._session_in, peer)
@@ -875,7 +925,7 @@ class ZrtpConnection:
 
     def _negotiate_as_initiator(self, peer: p.Hello) -> None:
         cfg = self._config
-        ours = cfg.key_agreement_types
+        ours = tuple(t for t in self._hello.key_agreement_types if t != MULTISTREAM)
         if not (b"S384" in cfg.hash_types and b"S384" in peer.hash_types):
             ours = tuple(t for t in ours if t != b"EC38")  # §5.1.5: EC38 MUST use S384
         self._key_agreement_type = choose_key_agreement(ours, peer.key_agreement_types)
@@ -988,7 +1038,8 @@ class ZrtpConnection:
             return
         if commit.key_agreement_type == b"EC38" and commit.hash_type != b"S384":
             raise ZrtpProtocolError("EC38 needs the S384 hash (§5.1.5)", ErrorCode.UNSUPPORTED_HASH)
-        if commit.key_agreement_type not in (*cfg.key_agreement_types, MANDATORY_KEY_AGREEMENT):
+        offered = (*self._hello.key_agreement_types, MANDATORY_KEY_AGREEMENT)
+        if commit.key_agreement_type not in offered:
             raise ZrtpProtocolError(
                 f"key agreement {_name(commit.key_agreement_type)} was not offered",
                 ErrorCode.UNSUPPORTED_KEY_AGREEMENT,

@@ -3,7 +3,7 @@
 A key agreement produces our public value ``pv`` and, given the peer's, the
 DHResult that enters s0. New types (e.g. a hybrid ML-KEM + X25519 as bzrtp
 5.2 offers) plug in here without touching the state machine: register a class
-in ``KEY_AGREEMENTS`` and a rank in ``SPEED_ORDER``.
+in ``KEY_AGREEMENTS`` and a rank in ``SPEED_RANK``.
 
 Randomness is always injected; cryptography (OpenSSL) does the arithmetic.
 """
@@ -207,6 +207,16 @@ class X255(_Montgomery):
     public_type = x25519.X25519PublicKey
 
 
+class E255(X255):
+    """Curve25519 under GNU ZRTP's name: the same X25519 computation as ``X255``.
+
+    RFC 6189 names no Curve25519 type; bzrtp says ``X255``, GNU ZRTP ``E255``.
+    Offering both lets every Curve25519-capable phone use it instead of DH3k.
+    """
+
+    name = b"E255"
+
+
 class X448(_Montgomery):
     name = b"X448"
     pv_length = 56
@@ -215,16 +225,24 @@ class X448(_Montgomery):
 
 
 KEY_AGREEMENTS: dict[bytes, type[KeyAgreement]] = {
-    cls.name: cls for cls in (DH2k, DH3k, EC25, EC38, X255, X448)
+    cls.name: cls for cls in (DH2k, DH3k, EC25, EC38, X255, E255, X448)
 }
+
+#: Names of one computation (Curve25519): a list naming one also offers the other.
+ALIASES: dict[bytes, bytes] = {b"X255": b"E255", b"E255": b"X255"}
 
 #: Non-DH key agreement types (§4.4.2, §4.4.3).
 MULTISTREAM = b"Mult"
 PRESHARED = b"Prsh"
 
 #: Fastest first (§4.1.2), extended with the Curve types the way bzrtp ranks them:
-#: DH2k < X255 < EC25 < X448 < DH3k < EC38.
+#: DH2k < X255 < EC25 < X448 < DH3k < EC38. GNU ZRTP ranks its E255 where bzrtp
+#: ranks X255 (DH2k < E255 < EC25 < DH3k < ...): one rank for both names.
 SPEED_ORDER: tuple[bytes, ...] = (b"DH2k", b"X255", b"EC25", b"X448", b"DH3k", b"EC38")
+SPEED_RANK: dict[bytes, int] = {
+    **{name: rank for rank, name in enumerate(SPEED_ORDER)},
+    b"E255": SPEED_ORDER.index(b"X255"),
+}
 
 
 def create_key_agreement(name: bytes, random: RandomSource, secret_bits: int = 256) -> KeyAgreement:

@@ -292,6 +292,53 @@ def test_auto_policy_from_astdb_then_patterns_then_default() -> None:
     run(scenario())
 
 
+def test_auto_call_is_answered_well_within_the_dialplans_wait() -> None:
+    """Issue 11 item 4: an ``auto`` call whose extension has no AstDB key waited 5 s
+    for the lookup, longer than the subroutine's 3 s: the dialplan moved on before
+    the relay bound the port. Now the adapter answers (ZRTP_STATE) at once."""
+
+    async def scenario() -> None:
+        async with lab(policies=[("_6XX", Policy.REQUIRED)]) as t:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            channel, _ = await t.call("auto", exten="602")
+            state = await channel.wait_for_var("ZRTP_STATE", lambda v: bool(v), 3.0)
+            elapsed = loop.time() - started
+            assert state == "pending" and channel.variables["ZRTP_POLICY"] == "required"
+            assert elapsed < 1.0, f"the adapter answered after {elapsed:.2f} s"
+            assert [m.identity.policy for m in t.relay.mirrors() if m.identity] == [Policy.REQUIRED]
+            await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
+def test_auto_policy_that_cannot_be_read_is_treated_as_required() -> None:
+    """An AstDB lookup that fails (time-out) or a stored value that is no policy:
+    the key may have meant `required`, so the call is treated as required."""
+
+    async def scenario() -> None:
+        async with lab(default_policy=Policy.OFF) as t:
+            t.fake.astdb[("pbx_zrtp/policy", "601")] = "requried"  # a typo
+            channel, _ = await t.call("auto", exten="601")
+            await _until(lambda: channel.variables.get("ZRTP_STATE") is not None)
+            assert channel.variables["ZRTP_POLICY"] == "required"
+            await channel.hangup()
+
+            async def stuck(session: object, headers: list[str]) -> bool:
+                return True  # Asterisk never answers the DBGet
+
+            t.fake._handlers["dbget"] = stuck
+            t.adapter.ami.action_timeout = 0.3
+            channel, _ = await t.call("auto", exten="602")
+            await _until(lambda: channel.variables.get("ZRTP_STATE") is not None)
+            assert channel.variables["ZRTP_POLICY"] == "required"
+            await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
 def test_missing_progress_gives_a_clear_failure_reason() -> None:
     async def scenario() -> None:
         async with lab() as t:

@@ -322,6 +322,14 @@ Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
  same => n,Echo()
  same => n,Hangup()
 
+; auto: no AstDB key, [asterisk.policies] resolves it to required (issue 11, item 4).
+exten => 610,1,Gosub(pbx-zrtp,s,1(auto))
+ same => n,Answer()
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
+Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
+ same => n,Echo()
+ same => n,Hangup()
+
 ; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
 exten => 702,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^required^702))
@@ -360,6 +368,9 @@ host = "127.0.0.1"
 port = {ami_port}
 username = "pbx-zrtp"
 secret_file = "{secret}"
+
+[asterisk.policies]
+"610" = "required"
 """,
     )
 
@@ -663,12 +674,13 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
         phone.stop()
 
 
-def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None:
-    phone = lab.phone("phone-clear", zrtp=False)
+@pytest.mark.parametrize("exten", ["600", "610"])  # 610: auto, resolved to required
+def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab, exten: str) -> None:
+    phone = lab.phone(f"phone-clear-{exten}", zrtp=False)
     try:
         started = time.monotonic()
         count = len(lab.ami.events)
-        phone.send(f"call sip:600@{A}")
+        phone.send(f"call sip:{exten}@{A}")
         hangup = lab.ami.wait_event(
             lambda e: (
                 e.get("Event") == "Hangup"

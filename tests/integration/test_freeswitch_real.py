@@ -842,7 +842,7 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
             for line in lab.channel_log(uuid)
             if "[WARNING]" in line and f"pbx_zrtp: {uuid} required ZRTP but is failed" in line
         ]
-        assert warning, "no WARNING line from the pbx_zrtp_refused extension"
+        assert warning, "no WARNING line from pbx_zrtp_wait.lua (or pbx_zrtp_refused)"
         print(
             "CLEAR CALL:",
             json.dumps(

@@ -251,3 +251,88 @@ def test_enrollment_offered_too_late_on_a_prebound_port_is_refused_harmlessly() 
         await relay.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+async def enroll_on_a_bridged_leg(
+    relay: Relay, recorder: Recorder, enrolling: Phone, other: Phone
+) -> tuple[dict[str, Any], dict[str, Any], CallReport, CallReport]:
+    """``enrolling`` enrolls on leg a of a bridged call (E flag, the user confirms),
+    then leg b (``other``) is answered: the relay applies §7.3 to the two legs.
+    Leg b's mirror is created first (the relay's tie-break would favour leg a)."""
+    group = f"linkedid-{os.urandom(3).hex()}"
+    legs = [f"{group}-a", f"{group}-b"]
+    port_b = await create_call(relay, legs[1], Policy.REQUIRED, bridge=group)
+    port_a = await create_call(relay, legs[0], Policy.REQUIRED, bridge=group, enroll=True)
+    pbxs = [EchoPbx(port_a), EchoPbx(port_b)]
+    for pbx in pbxs:
+        await pbx.start()
+    try:
+        task_a = asyncio.ensure_future(
+            enrolling.call(port_a, accept_enrollment=True, sas_relay_wait=4)
+        )
+        await recorder.wait_for(lambda: "secure" in recorder.states(legs[0]))
+        assert (await relay.enroll(legs[0])).enrolled  # the user pressed 1
+        result_b = await other.call(port_b, sas_relay_wait=4)
+        result_a = await task_a
+        await recorder.wait_for(
+            lambda: all(
+                relay.get(leg).sas_relay == "none" or relay.get(leg).sas_relay.endswith("ed")
+                for leg in legs
+            )
+        )
+        return result_a, result_b, relay.get(legs[0]), relay.get(legs[1])
+    finally:
+        for leg in legs:
+            relay.delete(leg)
+        for pbx in pbxs:
+            pbx.close()
+
+
+def test_a_phone_enrolled_during_this_call_is_not_reported_end_to_end() -> None:
+    """Issue 11 item 8: the phone enrolled in this very call shares no pbxsecret in this
+    DH exchange, so it acknowledges a SASrelay but shows its own SAS (§7.3). Before,
+    the relay sent it the far end's SAS anyway and reported both legs end-to-end."""
+
+    async def scenario() -> None:
+        relay = make_relay()
+        await relay.start()
+        recorder = Recorder(relay)
+        alice, bob = Phone(ALICE), Phone(BOB)
+        a, b, report_a, report_b = await enroll_on_a_bridged_leg(relay, recorder, alice, bob)
+        assert a["ok"] and b["ok"] and a["enrolled"] and report_a.enrolled
+        assert a["displayed_sas"] == a["sas"] != b["displayed_sas"]  # two SAS on the phones
+        # ...and the relay says so: no SAS relayed, each leg reads its own
+        assert report_a.sas_scope == report_b.sas_scope == "pbx-leg"
+        assert report_a.sas_relay == report_b.sas_relay == "none"
+        assert (report_a.displayed_sas, report_b.displayed_sas) == (a["sas"], b["sas"])
+        # Next call: Alice's pbxsecret matches, the SAS is relayed to her, end-to-end.
+        results, reports = await bridged_call(relay, recorder, alice, bob, relay_wait=5)
+        assert results[0]["displayed_sas"] == results[1]["displayed_sas"] == results[1]["sas"]
+        assert all(r.sas_scope == "end-to-end" for r in reports)
+        await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_relayed_sas_goes_to_the_leg_that_can_render_it() -> None:
+    """Bob enrolled earlier (his pbxsecret matches); Alice enrolls during this call.
+    Both are "enrolled", but only Bob renders a relayed SAS: he is the target."""
+
+    async def scenario() -> None:
+        relay = make_relay()
+        await relay.start()
+        recorder = Recorder(relay)
+        alice, bob = Phone(ALICE), Phone(BOB)
+        await enroll(relay, recorder, bob)
+        a, b, report_a, report_b = await enroll_on_a_bridged_leg(relay, recorder, alice, bob)
+        assert a["ok"] and b["ok"] and report_a.enrolled and report_b.enrolled
+        assert b["sas_relay"]["relayed"] and b["displayed_sas"] == a["sas"] == a["displayed_sas"]
+        assert (report_a.sas_relay, report_b.sas_relay) == (
+            "source:acknowledged",
+            "target:acknowledged",
+        )
+        assert report_a.sas_scope == report_b.sas_scope == "end-to-end"
+        assert report_a.displayed_sas == report_b.displayed_sas == a["sas"]
+        await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
