@@ -58,6 +58,8 @@ def _relay_bench() -> Any:
 def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_host: str) -> int:
     """The measured process: attach every call of calls_file, wait for EOF on stdin."""
     from pbx_zrtp.relay.fastpath import FastPath
+    from pbx_zrtp.srtp import SrtpContext
+    from pbx_zrtp.zrtp.events import SrtpKeys
 
     fp = FastPath()
     sockets: list[socket.socket] = []
@@ -78,10 +80,17 @@ def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_
                 pbx_fd=pbx_side.fileno(),
                 phone_addr=(phone_host, port),
                 pbx_addr=(pbx_host, port),
-                auth_tag=auth_tag,
                 # rtpload's phone protects with its SELF key: what we unprotect.
-                tx_key=bytes.fromhex(peer_key + peer_salt),
-                rx_key=bytes.fromhex(self_key + self_salt),
+                srtp=SrtpContext(
+                    SrtpKeys(
+                        "AES1",
+                        auth_tag,
+                        bytes.fromhex(peer_key),
+                        bytes.fromhex(peer_salt),
+                        bytes.fromhex(self_key),
+                        bytes.fromhex(self_salt),
+                    )
+                ),
             )
         )
     print("ready", flush=True)

@@ -1,5 +1,9 @@
 """Coverage-guided fuzzing campaign (atheris / libFuzzer) over bench/fuzz_targets.py.
 
+The ``fastpath`` target is the native worker's libFuzzer harness in C
+(bench/fuzz_fastpath.c, built with clang, ASan and UBSan); the others are Python
+under atheris. Both print libFuzzer's figures, read the same way here.
+
     .venv/bin/python bench/fuzz.py                      # the full campaign (>= 10 M inputs)
     .venv/bin/python bench/fuzz.py engine --runs 20000  # one target
     .venv/bin/python bench/fuzz.py --scale 0.01         # 1 % of every target's budget
@@ -36,8 +40,11 @@ BUDGET = {
     "relay": 200_000,
     "engine": 150_000,
     "control": 120_000,
+    "fastpath": 2_000_000,
 }
 SEED = 20260509
+#: libFuzzer binaries (C harnesses), run directly instead of through atheris.
+NATIVE = ("fastpath",)
 #: Instrumented for coverage: our code and the third-party parsers we fuzz through.
 INSTRUMENT = ["pbx_zrtp", "panoramisk", "greenswitch", "tomllib", "json"]
 
@@ -64,13 +71,15 @@ def run_target(
     """One target in a child process; returns its figures."""
     artifacts.mkdir(parents=True, exist_ok=True)
     seeds = ROOT / "tests" / "fuzz_corpus" / name
+    if name in NATIVE:
+        import bench.fuzz_targets as targets
+
+        command = [str(targets.build_fastpath_fuzzer())]
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--"]
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as scratch:
         args = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            name,
-            "--",
+            *command,
             f"-runs={runs}",
             f"-seed={seed}",
             "-max_len=4096",

@@ -17,6 +17,11 @@ Targets:
   Asterisk / FreeSWITCH adapters' event handling.
 * ``control``: the control API's JSON-lines request handling and the TOML config
   loader (with the adapter sections).
+* ``fastpath``: the native worker (``relay/_fastpath.c``): its per-datagram
+  decision and the SRTP paths Python takes through it (punted RTCP, relatch),
+  against reference libsrtp sessions. A libFuzzer harness in C
+  (``bench/fuzz_fastpath.c``, clang, ASan + UBSan), not an atheris callable:
+  ``build_fastpath_fuzzer`` builds it, :class:`FastpathTarget` runs one input.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -917,6 +923,123 @@ class _Writer:
 
 
 # ---------------------------------------------------------------------------
+# the native worker (libFuzzer in C)
+# ---------------------------------------------------------------------------
+
+FASTPATH_HARNESS = ROOT / "bench" / "fuzz_fastpath.c"
+#: Targets that are libFuzzer binaries rather than atheris callables.
+NATIVE = ("fastpath",)
+
+
+def build_fastpath_fuzzer() -> Path:
+    """bench/fuzz_fastpath.c (which includes relay/_fastpath.c) as a libFuzzer binary
+    with ASan and UBSan, on the libsrtp production uses (pylibsrtp's); cached."""
+    import hashlib
+    import importlib
+    import shutil
+    import sysconfig
+
+    from pbx_zrtp.relay import fastpath
+
+    clang = shutil.which("clang")
+    if clang is None:
+        raise OSError("the fastpath fuzz target needs clang (bash install.sh --dev)")
+    binding = Path(str(importlib.import_module("pylibsrtp._binding").__file__)).resolve()
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    version = sysconfig.get_config_var("LDVERSION") or ""
+    source = fastpath._SOURCE
+    flags = [
+        *("-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all"),
+        *("-fno-omit-frame-pointer", f"-I{source.parent}", *fastpath._cflags()),
+        f'-DSRTP_LIB="{binding}"',
+    ]
+    libs = [f"-L{libdir}", "-Wl,--no-as-needed", f"-lpython{version}", "-Wl,--as-needed"]
+    libs += [f"-Wl,-rpath,{libdir}", "-lpthread", "-ldl"]
+    blob = FASTPATH_HARNESS.read_bytes() + source.read_bytes() + " ".join(flags + libs).encode()
+    out_dir = fastpath._cache_dir()
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    binary = out_dir / f"fuzz_fastpath-{hashlib.sha256(blob).hexdigest()[:16]}"
+    if binary.is_file():
+        return binary
+    tmp = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
+    cmd = [clang, *flags, str(FASTPATH_HARNESS), *libs, "-o", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"building the fastpath fuzzer failed: {proc.stderr[-2000:]}")
+    os.replace(tmp, binary)
+    for stale in out_dir.glob("fuzz_fastpath-*"):
+        if stale != binary and not stale.name.endswith(".tmp"):
+            stale.unlink(missing_ok=True)
+    return binary
+
+
+class FastpathTarget:
+    """The native harness, one input per run of the binary (seed replay in tests)."""
+
+    def __init__(self) -> None:
+        self.binary = build_fastpath_fuzzer()
+        self._dir = tempfile.TemporaryDirectory(prefix="fuzz-fastpath-")
+
+    def __call__(self, data: bytes) -> None:
+        scratch = Path(self._dir.name)
+        path = scratch / "input"
+        path.write_bytes(data)
+        proc = subprocess.run(
+            [str(self.binary), f"-artifact_prefix={scratch}/", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise FuzzFailure(f"fuzz_fastpath exit {proc.returncode}: {proc.stderr[-3000:]}")
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def _fp_header(b0: int, b1: int, word: int, stamp: int) -> bytes:
+    return bytes([b0 & 0xFF, b1 & 0xFF]) + word.to_bytes(2, "big") + stamp.to_bytes(2, "big")
+
+
+def _fp_body(payload: bytes) -> bytes:
+    payload = payload[: 255 * 4]
+    return bytes([len(payload) // 4]) + payload[: len(payload) // 4 * 4]
+
+
+def fastpath_program(hs32: bool, *ops: bytes) -> bytes:
+    """An input of bench/fuzz_fastpath.c: the flags byte, then operations."""
+    return bytes([1 if hs32 else 0]) + b"".join(ops)
+
+
+def fp_phone_rtp(seq: int, source: int = 0, payload: bytes = b"\x7f" * 160) -> bytes:
+    return b"\x01" + bytes([source, 1]) + _fp_header(0, 0, seq, seq) + _fp_body(payload)
+
+
+def fp_phone_rtcp(pt: int, source: int = 0) -> bytes:
+    return b"\x06" + bytes([source, 1]) + _fp_header(1, pt - 192, 6, 0) + _fp_body(bytes(20))
+
+
+def fp_again(which: int, source: int, tamper: int | None = None) -> bytes:
+    op, where = (b"\x02", 0) if tamper is None else (b"\x03", tamper)
+    return op + bytes([source, which]) + where.to_bytes(2, "big")
+
+
+def fp_pbx_rtp(seq: int, b1: int = 0, payload: bytes = b"\x55" * 160, who: int = 0) -> bytes:
+    return b"\x04" + bytes([who, 1]) + _fp_header(0, b1, seq, seq) + _fp_body(payload)
+
+
+def fp_raw(side: str, data: bytes, source: int = 0) -> bytes:
+    size = len(data).to_bytes(2, "big")
+    return (b"\x00" + bytes([source]) if side == "phone" else b"\x05") + size + data
+
+
+def fp_pbx_rtcp_port(pt: int = 200) -> bytes:
+    return b"\x07" + _fp_header(0, pt - 192, 6, 0) + _fp_body(bytes(20))
+
+
+# ---------------------------------------------------------------------------
 # registry and seeds
 # ---------------------------------------------------------------------------
 
@@ -929,6 +1052,7 @@ FACTORIES: dict[str, Callable[[], Target]] = {
     "ami": AmiTarget,
     "esl": EslTarget,
     "control": ControlTarget,
+    "fastpath": FastpathTarget,
 }
 
 
@@ -1002,5 +1126,45 @@ def generate_seeds() -> dict[str, list[bytes]]:
     seeds["control"].append(
         b'\x01[asterisk]\nsecret = "x"\npolicies = { "6XX" = "required" }\n'
         b'[freeswitch]\npassword = "y"\n'
+    )
+    for hs32 in (False, True):
+        # a call: phone audio, the PBX's sequence wrapping, a relatch (NAT rebinding),
+        # replays from the phone and an attacker, a tampered copy, RTCP feedback both
+        # ways on the RTP port, RTCP on P+1, junk on both sides
+        seeds["fastpath"].append(
+            fastpath_program(
+                hs32,
+                *(fp_phone_rtp(seq) for seq in (1, 2, 3)),
+                *(fp_pbx_rtp(seq) for seq in (65534, 65535, 0, 1)),
+                fp_phone_rtp(4, source=1),
+                fp_pbx_rtp(2),
+                fp_again(0, 2),
+                *(fp_again(i, 2) for i in range(4)),
+                fp_again(3, 1),
+                fp_again(1, 0, tamper=40),
+                fp_pbx_rtp(3, b1=205, payload=bytes(8)),
+                fp_pbx_rtp(4, b1=206, payload=bytes(4)),
+                fp_phone_rtcp(205),
+                fp_phone_rtcp(206, source=2),
+                fp_pbx_rtcp_port(),
+                fp_raw("phone", b"\x10\x00\x00\x01ZRTP" + bytes(20)),
+                fp_raw("pbx", b"\x80\xc8" + bytes(26)),
+                fp_raw("phone", b"\x80" * 1550),  # oversize (the length is taken mod 1564)
+                b"\x08" + _fp_header(0x9F, 0, 5, 5) + (40).to_bytes(2, "big") + bytes(40),
+            )
+        )
+    # a repeated PBX index (another payload, then the same one), a late packet from
+    # before the wrap, a stranger on the PBX side
+    seeds["fastpath"].append(
+        fastpath_program(
+            False,
+            fp_pbx_rtp(100),
+            fp_pbx_rtp(100, payload=b"\x66" * 160),
+            fp_pbx_rtp(100),
+            fp_pbx_rtp(65535),
+            fp_pbx_rtp(0),
+            fp_pbx_rtp(65534, payload=b"\x77" * 160),
+            fp_pbx_rtp(1, who=7),
+        )
     )
     return seeds

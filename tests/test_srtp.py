@@ -5,9 +5,17 @@ from __future__ import annotations
 import os
 import struct
 
+import pylibsrtp
 import pytest
 
-from pbx_zrtp.srtp import SrtpContext, is_rtcp
+from pbx_zrtp.srtp import (
+    PYLIBSRTP_VERIFIED,
+    Op,
+    Refusal,
+    SrtpContext,
+    is_rtcp,
+    session_pointer,
+)
 from pbx_zrtp.zrtp.events import SrtpKeys
 
 
@@ -61,3 +69,66 @@ def test_unsupported_profile_is_refused() -> None:
 
 def test_rtcp_demultiplexing() -> None:
     assert is_rtcp(RTCP) and not is_rtcp(rtp(1)) and not is_rtcp(b"\x80")
+
+
+def test_a_repeated_index_is_refused_and_counted_never_encrypted_again() -> None:
+    """RFC 3711 §9.1: one (SSRC, index) is encrypted once. Another payload under a
+    used index would reuse its keystream; an identical one carries nothing (the
+    receiver's replay window drops it)."""
+    a, b = pair("HS80")
+    first = a.protect(rtp(5))
+    assert first is not None and b.unprotect(first) == rtp(5)
+    other = rtp(5)[:12] + b"\x01" * 160
+    assert a.protect_checked(other) is Refusal.REPEAT
+    assert a.protect(rtp(5)) is None  # byte-identical: refused too
+    assert a.stats["protect_repeat"] == 2 and a.stats["protect_failed"] == 0
+    later = a.protect(rtp(6))
+    assert later is not None and b.unprotect(later) == rtp(6)  # the stream goes on
+    assert a.protect_checked(b"\x80\x00") is Refusal.FAILED  # not a repeat: a bad packet
+    assert a.stats["protect_failed"] == 1
+
+
+def test_the_pylibsrtp_internals_the_fast_path_borrows_are_there() -> None:
+    """srtp.py reads pylibsrtp's Session._srtp (an srtp_t *) to lend a call's
+    sessions to the native worker: a pylibsrtp that changes it must fail here,
+    loudly, not corrupt memory later."""
+    assert pylibsrtp.__version__.startswith(PYLIBSRTP_VERIFIED)
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    policy.allow_repeat_tx = False
+    session = pylibsrtp.Session(policy)
+    address = session_pointer(session)
+    # The address is the very session pylibsrtp uses: what it protected is used up.
+    session.protect(rtp(1))
+    ffi, lib = pylibsrtp.ffi, pylibsrtp.lib
+    buf = ffi.new("unsigned char[]", 2048)
+    length = ffi.new("int *", len(rtp(1)))
+    ffi.memmove(buf, rtp(1), len(rtp(1)))
+    assert lib.srtp_protect(ffi.cast("srtp_t", address), buf, length) == 9  # replay_fail
+    session._srtp = object()  # what a changed pylibsrtp would look like
+    with pytest.raises(RuntimeError, match=r"Session\._srtp is not an srtp_t"):
+        session_pointer(session)
+
+
+class _Direct:
+    """A lender that refuses everything (for the lending bookkeeping only)."""
+
+    def __init__(self, ctx: SrtpContext) -> None:
+        self.ctx = ctx
+        self.calls = 0
+
+    def run(self, op: Op, packet: bytes) -> tuple[int, bytes]:
+        self.calls += 1
+        return -1, b""
+
+
+def test_lent_sessions_run_only_through_the_borrower() -> None:
+    a, b = pair("HS80")
+    lender = _Direct(a)
+    a.lend(lender)
+    with pytest.raises(RuntimeError, match="lent already"):
+        a.lend(lender)
+    assert a.protect(rtp(1)) is None and a.unprotect(b.protect(rtp(1)) or b"") is None
+    assert lender.calls == 2 and a.lent
+    a.take_back()
+    packet = a.protect(rtp(1))  # index 1 was never encrypted: the borrower refused it
+    assert packet is not None and b.unprotect(packet) == rtp(1)

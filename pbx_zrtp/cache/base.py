@@ -164,17 +164,5 @@ class PbxSecretWrite:
         store.store_pbx_secret(self.key, self.secret, self.lifetime)
 
 
-@dataclass(frozen=True)
-class ForgetWrite:
-    """Erase everything known about a peer (``SecretCache.forget``)."""
-
-    key: CacheKey
-
-    failure = "the peer's retained secrets were not erased"
-
-    def apply(self, store: SecretCache) -> None:
-        store.forget(self.key)
-
-
 #: One write to a store, as the engine hands it to its host.
-CacheWrite = RetainedSecretWrite | SasVerifiedWrite | PbxSecretWrite | ForgetWrite
+CacheWrite = RetainedSecretWrite | SasVerifiedWrite | PbxSecretWrite

@@ -1,5 +1,5 @@
 /*
- * _fastpath.c: native steady-state media path of the relay (experimental).
+ * _fastpath.c: native steady-state media path of the relay.
  *
  * One worker pthread per fp_t waits in epoll on the phone-side and PBX-side UDP
  * sockets of many calls and forwards secured RTP with recvmmsg/sendmmsg and
@@ -10,13 +10,27 @@
  *   pbx_fd:   RTP from pbx_addr   -> srtp_protect   -> sendmmsg(phone_fd, phone_addr)
  *             non-RTP (RTCP, ...) from pbx_addr -> punt queue; other sources -> wrong_source
  *
+ * The per-datagram decision is decide(), which touches no socket (the fuzz harness,
+ * bench/fuzz_fastpath.c, drives it directly).
+ *
+ * SRTP state: a call's two libsrtp sessions are NOT ours. Python (pbx_zrtp/srtp.py)
+ * creates them once per call with pylibsrtp and lends them to the worker while it
+ * forwards (fp_attach); the worker never creates or deallocates a session. So the
+ * rollover counter, the highest index and the replay window are the call's, across
+ * every hand-over and every relatch. libsrtp sessions are not thread-safe: while a
+ * call is attached, Python's own uses of them (punted RTCP, the relatch check of a
+ * packet from a new address, ...) come through fp_srtp, under the same mutex; the
+ * latch moves with fp_set_phone, without re-attaching.
+ *
  * Locking: one mutex per fp_t. The worker holds it while it handles the events
  * of one epoll_wait round (never while it sleeps in epoll_wait). attach, detach,
- * stats and the punt queue take the same mutex, so when fp_detach returns the
- * worker no longer touches that call's fds or sessions: events already returned
- * by epoll_wait carry a (slot, generation) tag that no longer matches.
+ * srtp, set_phone, stats and the punt queue take the same mutex, so when fp_detach
+ * returns the worker no longer touches that call's fds or sessions: events already
+ * returned by epoll_wait carry a (slot, generation) tag that no longer matches.
  *
- * Build: gcc -O2 -shared -fPIC _fastpath.c $(pkg-config --cflags --libs libsrtp2) -lpthread -ldl
+ * Build: gcc -O2 -shared -fPIC _fastpath.c $(pkg-config --cflags libsrtp2) -lpthread -ldl
+ * (only libsrtp's headers: its functions are taken with dlsym from the libsrtp that
+ * made the sessions, pylibsrtp's; fp_init).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -24,7 +38,6 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <srtp2/crypto_types.h>
 #include <srtp2/srtp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,20 +59,23 @@
 enum {
     C_PHONE_IN, C_PHONE_IN_BYTES, C_PHONE_OUT, C_PHONE_OUT_BYTES,
     C_PBX_IN, C_PBX_IN_BYTES, C_PBX_OUT, C_PBX_OUT_BYTES,
-    C_SRTP_AUTH, C_SRTP_PROTECT, C_WRONG_SOURCE, C_OVERSIZE, C_PUNTED,
+    C_SRTP_AUTH, C_SRTP_PROTECT, C_SRTP_REPEAT, C_WRONG_SOURCE, C_OVERSIZE, C_PUNTED,
     C_PUNT_OVERFLOW, C_SEND_ERRORS, C_RECV_ERRORS, C_COUNT
 };
 static const char COUNTER_NAMES[] =
     "phone_in,phone_in_bytes,phone_out,phone_out_bytes,"
     "pbx_in,pbx_in_bytes,pbx_out,pbx_out_bytes,"
-    "srtp_auth,srtp_protect,wrong_source,oversize,punted,"
+    "srtp_auth,srtp_protect,srtp_repeat,wrong_source,oversize,punted,"
     "punt_overflow,send_errors,recv_errors";
+
+/* fp_srtp operations: the same codes as pbx_zrtp.srtp.Op */
+enum { OP_PROTECT, OP_UNPROTECT, OP_PROTECT_RTCP, OP_UNPROTECT_RTCP };
 
 struct call {
     uint32_t gen;
     int phone_fd, pbx_fd;
     struct sockaddr_in phone_addr, pbx_addr;
-    srtp_t tx, rx;
+    srtp_t tx, rx; /* borrowed from Python (pbx_zrtp.srtp.SrtpContext): never deallocated here */
     uint64_t c[C_COUNT];
 };
 
@@ -89,67 +105,66 @@ typedef struct fp {
     struct sockaddr_in from[BATCH];
 } fp_t;
 
-/* libsrtp entry points: the system libsrtp2 we link against, or the same functions
- * taken with dlsym from another build of libsrtp 2.x (fp_init): Debian's libsrtp2 uses
- * NSS for AES/HMAC, which costs ~15 us per packet; pylibsrtp's wheel bundles libsrtp
- * with OpenSSL (~2.5 us). The srtp_policy_t layout is the same in libsrtp 2.4-2.7. */
+/* libsrtp entry points, taken with dlsym from the libsrtp that created the sessions
+ * (pylibsrtp's bundled build, OpenSSL's AES and HMAC: fp_init). Sessions must only ever
+ * meet the functions of the library that made them. */
+typedef srtp_err_status_t (*srtp_fn)(srtp_t, void *, int *);
 static struct {
-    srtp_err_status_t (*init)(void);
-    srtp_err_status_t (*create)(srtp_t *, const srtp_policy_t *);
-    srtp_err_status_t (*dealloc)(srtp_t);
-    srtp_err_status_t (*protect)(srtp_t, void *, int *);
-    srtp_err_status_t (*unprotect)(srtp_t, void *, int *);
-} S = {srtp_init, srtp_create, srtp_dealloc, srtp_protect, srtp_unprotect};
-static int srtp_init_status = -1;
-static srtp_t make_session(const uint8_t *key, int hs32, int inbound);
-static char srtp_backend[512] = "system libsrtp2";
+    srtp_fn protect, unprotect, protect_rtcp, unprotect_rtcp;
+} S;
+static char srtp_backend[512] = "";
 static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* Choose the libsrtp to use (NULL or "": the system one) and initialise it. Only the
- * first call counts. Returns 0, or -1 (dlopen/dlsym failed) / -2 (srtp_init failed). */
+/* Take libsrtp's functions from srtp_lib (a path; the library is initialised already,
+ * by whoever creates the sessions). Only the first successful call counts.
+ * Returns 0, -1 (no path, dlopen or dlsym failed) or -2 (a different library than the
+ * first call's). */
 int fp_init(const char *srtp_lib) {
+    int st = 0;
     pthread_mutex_lock(&init_mu);
-    if (srtp_init_status >= 0) {
-        int st = srtp_init_status;
-        pthread_mutex_unlock(&init_mu);
-        return st == 0 ? 0 : -2;
-    }
-    if (srtp_lib && *srtp_lib) {
+    if (!srtp_lib || !*srtp_lib) {
+        st = -1;
+    } else if (S.protect) {
+        st = strcmp(srtp_backend, srtp_lib) == 0 ? 0 : -2;
+    } else {
         void *h = dlopen(srtp_lib, RTLD_NOW | RTLD_LOCAL);
-        void *f[5] = {0};
-        const char *names[5] = {"srtp_init", "srtp_create", "srtp_dealloc", "srtp_protect",
-                                "srtp_unprotect"};
-        for (int i = 0; h && i < 5; i++) f[i] = dlsym(h, names[i]);
-        if (!h || !f[0] || !f[1] || !f[2] || !f[3] || !f[4]) {
-            pthread_mutex_unlock(&init_mu);
-            return -1;
-        }
-        memcpy(&S.init, &f[0], sizeof f[0]);
-        memcpy(&S.create, &f[1], sizeof f[1]);
-        memcpy(&S.dealloc, &f[2], sizeof f[2]);
-        memcpy(&S.protect, &f[3], sizeof f[3]);
-        memcpy(&S.unprotect, &f[4], sizeof f[4]);
-        snprintf(srtp_backend, sizeof srtp_backend, "%s", srtp_lib);
-    }
-    srtp_init_status = (int)S.init();
-    if (srtp_init_status != 0 && srtp_lib && *srtp_lib) {
-        /* pylibsrtp calls srtp_init at import; a second call fails: fine if usable */
-        uint8_t key[30] = {0};
-        srtp_t probe = make_session(key, 0, 0);
-        if (probe) {
-            S.dealloc(probe);
-            srtp_init_status = 0;
+        const char *names[4] = {"srtp_protect", "srtp_unprotect", "srtp_protect_rtcp",
+                                "srtp_unprotect_rtcp"};
+        void *f[4] = {0};
+        for (int i = 0; h && i < 4; i++) f[i] = dlsym(h, names[i]);
+        if (!h || !f[0] || !f[1] || !f[2] || !f[3]) {
+            st = -1;
+        } else {
+            memcpy(&S.unprotect, &f[1], sizeof f[1]);
+            memcpy(&S.protect_rtcp, &f[2], sizeof f[2]);
+            memcpy(&S.unprotect_rtcp, &f[3], sizeof f[3]);
+            memcpy(&S.protect, &f[0], sizeof f[0]); /* last: S.protect set means ready */
+            snprintf(srtp_backend, sizeof srtp_backend, "%s", srtp_lib);
         }
     }
-    int st = srtp_init_status;
     pthread_mutex_unlock(&init_mu);
-    return st == 0 ? 0 : -2;
+    return st;
 }
 
 const char *fp_backend(void) { return srtp_backend; }
 
 const char *fp_counter_names(void) { return COUNTER_NAMES; }
 int fp_counter_count(void) { return C_COUNT; }
+
+/* "asan" when built with AddressSanitizer (the opt-in sanitizer build), else "". */
+const char *fp_build(void) {
+#if defined(__SANITIZE_ADDRESS__)
+    return "asan";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return "asan";
+#else
+    return "";
+#endif
+#else
+    return "";
+#endif
+}
 
 static int64_t make_handle(uint32_t slot, uint32_t gen) {
     return ((int64_t)gen << 20) | (int64_t)slot;
@@ -170,11 +185,51 @@ static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b) {
            a->sin_addr.s_addr == b->sin_addr.s_addr;
 }
 
-/* RTP version 2 and not RTCP (PT 200-204 as masked M+PT 72-76). */
+/* RFC 5761 demultiplexing, the same rule as pbx_zrtp.srtp.is_rtcp: RTCP packet types
+ * 192-223 sit where RTP has M+PT (RTCP feedback, 205-207, included). */
+static int is_rtcp(const uint8_t *p, unsigned len) { return len >= 2 && p[1] >= 192 && p[1] <= 223; }
+
+int fp_is_rtcp(const uint8_t *p, int len) { return len >= 0 && is_rtcp(p, (unsigned)len); }
+
+/* RTP version 2 with at least a fixed header, and not RTCP. */
 static int is_rtp(const uint8_t *p, unsigned len) {
-    if (len < 12 || (p[0] >> 6) != 2) return 0;
-    unsigned pt = p[1] & 0x7f;
-    return !(pt >= 72 && pt <= 76);
+    return len >= 12 && (p[0] >> 6) == 2 && !is_rtcp(p, len);
+}
+
+/* Verdicts of decide() besides a drop (a counter index, >= 0). */
+#define V_FORWARD (-1)
+#define V_PUNT (-2)
+
+/* What one datagram read on one side of a call becomes, without any socket: V_FORWARD
+ * (buf now holds what to send, *len its length), V_PUNT (to Python, unchanged), or the
+ * counter it is dropped under. buf must have room for the SRTP trailer (BUFSZ). */
+static int decide(struct call *c, int side, uint8_t *buf, int *len, const struct sockaddr_in *from) {
+    if (*len < 0 || *len > MAX_DGRAM) return C_OVERSIZE;
+    if (side == 0) {
+        /* Only the latched phone's RTP is ours; a stranger's (maybe a relatch) is Python's
+         * to judge, against the same sessions (fp_srtp). */
+        if (!same_addr(from, &c->phone_addr) || !is_rtp(buf, (unsigned)*len)) return V_PUNT;
+        return S.unprotect(c->rx, buf, len) == srtp_err_status_ok ? V_FORWARD : C_SRTP_AUTH;
+    }
+    if (!same_addr(from, &c->pbx_addr)) return C_WRONG_SOURCE;
+    if (!is_rtp(buf, (unsigned)*len)) return V_PUNT;
+    srtp_err_status_t st = S.protect(c->tx, buf, len);
+    if (st == srtp_err_status_ok) return V_FORWARD;
+    /* a repeated (SSRC, index) is never encrypted again (RFC 3711 §9.1) */
+    if (st == srtp_err_status_replay_fail || st == srtp_err_status_replay_old) return C_SRTP_REPEAT;
+    return C_SRTP_PROTECT;
+}
+
+/* One use of a call's sessions; returns the libsrtp status, -2 (length) or -3 (op). */
+static int call_srtp(struct call *c, int op, uint8_t *buf, int *len) {
+    if (*len < 0 || *len > MAX_DGRAM) return -2;
+    switch (op) {
+    case OP_PROTECT: return (int)S.protect(c->tx, buf, len);
+    case OP_UNPROTECT: return (int)S.unprotect(c->rx, buf, len);
+    case OP_PROTECT_RTCP: return (int)S.protect_rtcp(c->tx, buf, len);
+    case OP_UNPROTECT_RTCP: return (int)S.unprotect_rtcp(c->rx, buf, len);
+    default: return -3;
+    }
 }
 
 static void punt(fp_t *fp, struct call *c, int64_t handle, int dir, const uint8_t *data,
@@ -254,28 +309,14 @@ static int handle_side(fp_t *fp, struct call *c, int64_t handle, int side) {
             continue;
         }
         int ilen = (int)len;
-        if (side == 0) {
-            if (!same_addr(from, &c->phone_addr) || !is_rtp(buf, len)) {
-                punt(fp, c, handle, 0, buf, len, from);
-                continue;
-            }
-            if (S.unprotect(c->rx, buf, &ilen) != srtp_err_status_ok) {
-                c->c[C_SRTP_AUTH]++;
-                continue;
-            }
-        } else {
-            if (!same_addr(from, &c->pbx_addr)) {
-                c->c[C_WRONG_SOURCE]++;
-                continue;
-            }
-            if (!is_rtp(buf, len)) {
-                punt(fp, c, handle, 1, buf, len, from);
-                continue;
-            }
-            if (S.protect(c->tx, buf, &ilen) != srtp_err_status_ok) {
-                c->c[C_SRTP_PROTECT]++;
-                continue;
-            }
+        int verdict = decide(c, side, buf, &ilen, from);
+        if (verdict == V_PUNT) {
+            punt(fp, c, handle, side, buf, len, from);
+            continue;
+        }
+        if (verdict != V_FORWARD) {
+            c->c[verdict]++;
+            continue;
         }
         fp->iov_out[nout].iov_base = buf;
         fp->iov_out[nout].iov_len = (size_t)ilen;
@@ -332,7 +373,7 @@ static void wake(fp_t *fp) {
 }
 
 fp_t *fp_create(void) {
-    if (fp_init(NULL) != 0) return NULL;
+    if (!S.protect) return NULL; /* fp_init first */
     fp_t *fp = calloc(1, sizeof *fp);
     if (!fp) return NULL;
     pthread_mutex_init(&fp->mu, NULL);
@@ -361,31 +402,6 @@ fp_t *fp_create(void) {
 
 int fp_punt_fd(fp_t *fp) { return fp->punt_fd; }
 
-static srtp_t make_session(const uint8_t *key, int hs32, int inbound) {
-    srtp_policy_t policy;
-    memset(&policy, 0, sizeof policy);
-    /* what srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80/_32 set (not all exported) */
-    srtp_crypto_policy_t cp = {.cipher_type = SRTP_AES_ICM_128,
-                               .cipher_key_len = SRTP_AES_ICM_128_KEY_LEN_WSALT,
-                               .auth_type = SRTP_HMAC_SHA1,
-                               .auth_key_len = 20,
-                               .auth_tag_len = hs32 ? 4 : 10,
-                               .sec_serv = sec_serv_conf_and_auth};
-    policy.rtp = cp;
-    policy.rtcp = cp; /* ZRTP applies HS32 to SRTCP too */
-    policy.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
-    uint8_t keycopy[30];
-    memcpy(keycopy, key, 30);
-    policy.key = keycopy;
-    policy.window_size = 1024;
-    policy.allow_repeat_tx = 1;
-    policy.next = NULL;
-    srtp_t s = NULL;
-    if (S.create(&s, &policy) != srtp_err_status_ok) return NULL;
-    memset(keycopy, 0, sizeof keycopy);
-    return s;
-}
-
 static int parse_addr(struct sockaddr_in *a, const char *ip, int port) {
     memset(a, 0, sizeof *a);
     a->sin_family = AF_INET;
@@ -394,10 +410,13 @@ static int parse_addr(struct sockaddr_in *a, const char *ip, int port) {
     return inet_pton(AF_INET, ip, &a->sin_addr) == 1 ? 0 : -1;
 }
 
-/* Returns a handle >= 0, or a negative error: -1 bad args, -2 srtp, -3 epoll, -4 memory. */
+/* Hand a call's two sockets to the worker with the call's sessions (borrowed: the caller
+ * keeps them alive until fp_detach or fp_close returns, and never uses them meanwhile but
+ * through fp_srtp). Returns a handle >= 0, or a negative error: -1 bad args, -2 no
+ * sessions (or fp_init not done), -3 epoll, -4 memory. */
 int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int phone_port,
-                  const char *pbx_ip, int pbx_port, int hs32, const uint8_t *tx_key,
-                  const uint8_t *rx_key) {
+                  const char *pbx_ip, int pbx_port, void *tx, void *rx) {
+    if (!tx || !rx || tx == rx || !S.protect) return -2;
     struct call *c = calloc(1, sizeof *c);
     if (!c) return -4;
     if (phone_fd < 0 || pbx_fd < 0 || phone_fd == pbx_fd ||
@@ -408,14 +427,8 @@ int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int 
     }
     c->phone_fd = phone_fd;
     c->pbx_fd = pbx_fd;
-    c->tx = make_session(tx_key, hs32, 0);
-    c->rx = make_session(rx_key, hs32, 1);
-    if (!c->tx || !c->rx) {
-        if (c->tx) S.dealloc(c->tx);
-        if (c->rx) S.dealloc(c->rx);
-        free(c);
-        return -2;
-    }
+    c->tx = (srtp_t)tx;
+    c->rx = (srtp_t)rx;
     pthread_mutex_lock(&fp->mu);
     uint32_t slot = 0;
     while (slot < fp->ncap && fp->calls[slot]) slot++;
@@ -424,8 +437,6 @@ int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int 
         struct call **grown = ncap <= MAX_CALLS ? realloc(fp->calls, ncap * sizeof *grown) : NULL;
         if (!grown) {
             pthread_mutex_unlock(&fp->mu);
-            S.dealloc(c->tx);
-            S.dealloc(c->rx);
             free(c);
             return -4;
         }
@@ -440,22 +451,41 @@ int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int 
     struct epoll_event ev1 = {.events = EPOLLIN, .data.u64 = ((uint64_t)handle << 1) | 1};
     if (epoll_ctl(fp->epfd, EPOLL_CTL_ADD, phone_fd, &ev0) < 0) {
         pthread_mutex_unlock(&fp->mu);
-        S.dealloc(c->tx);
-        S.dealloc(c->rx);
         free(c);
         return -3;
     }
     if (epoll_ctl(fp->epfd, EPOLL_CTL_ADD, pbx_fd, &ev1) < 0) {
         epoll_ctl(fp->epfd, EPOLL_CTL_DEL, phone_fd, NULL);
         pthread_mutex_unlock(&fp->mu);
-        S.dealloc(c->tx);
-        S.dealloc(c->rx);
         free(c);
         return -3;
     }
     fp->calls[slot] = c;
     pthread_mutex_unlock(&fp->mu);
     return handle;
+}
+
+/* Python's use of an attached call's sessions (buf: room for the SRTP trailer, BUFSZ),
+ * serialised with the worker. Returns the libsrtp status (0: ok, *len updated), -1 (no
+ * such call), -2 (length) or -3 (op). */
+int fp_srtp(fp_t *fp, int64_t handle, int op, uint8_t *buf, int *len) {
+    pthread_mutex_lock(&fp->mu);
+    struct call *c = lookup(fp, handle);
+    int st = c ? call_srtp(c, op, buf, len) : -1;
+    pthread_mutex_unlock(&fp->mu);
+    return st;
+}
+
+/* Move the phone's latch (Python judged the packet from there: authentic and fresh under
+ * the call's live replay window). Returns 0, -1 (bad address) or -2 (no such call). */
+int fp_set_phone(fp_t *fp, int64_t handle, const char *ip, int port) {
+    struct sockaddr_in addr;
+    if (parse_addr(&addr, ip, port) < 0) return -1;
+    pthread_mutex_lock(&fp->mu);
+    struct call *c = lookup(fp, handle);
+    if (c) c->phone_addr = addr;
+    pthread_mutex_unlock(&fp->mu);
+    return c ? 0 : -2;
 }
 
 int fp_stats(fp_t *fp, int64_t handle, uint64_t *out) {
@@ -477,10 +507,9 @@ int fp_detach(fp_t *fp, int64_t handle, uint64_t *out) {
     epoll_ctl(fp->epfd, EPOLL_CTL_DEL, c->pbx_fd, NULL);
     fp->calls[handle & (MAX_CALLS - 1)] = NULL;
     pthread_mutex_unlock(&fp->mu);
-    /* The worker only sees calls through fp->calls under the mutex: c is ours now. */
+    /* The worker only sees calls through fp->calls under the mutex: c is ours now, and
+     * the sessions are Python's again. */
     if (out) memcpy(out, c->c, sizeof c->c);
-    S.dealloc(c->tx);
-    S.dealloc(c->rx);
     free(c);
     return 0;
 }
@@ -511,11 +540,7 @@ void fp_close(fp_t *fp) {
     wake(fp);
     if (fp->thread_started) pthread_join(fp->thread, NULL);
     for (uint32_t i = 0; i < fp->ncap; i++) {
-        struct call *c = fp->calls[i];
-        if (!c) continue;
-        S.dealloc(c->tx);
-        S.dealloc(c->rx);
-        free(c);
+        free(fp->calls[i]); /* the sessions are Python's */
     }
     free(fp->calls);
     close(fp->epfd);

@@ -1,18 +1,25 @@
-"""Native fast path for the steady state of a secured call (experimental).
+"""Native fast path for the steady state of a secured call.
 
-``_fastpath.c`` (next to this file) is compiled with gcc against libsrtp2 on
+``_fastpath.c`` (next to this file) is compiled with gcc (libsrtp2's headers) on
 first use into a cache directory, keyed by a hash of the source and the flags,
 and loaded with cffi in ABI mode. One :class:`FastPath` runs one native worker
-thread (epoll, ``recvmmsg``/``sendmmsg``, libsrtp2) that forwards the RTP of
-many calls; what it does not handle (ZRTP, RTCP, STUN, packets from other
-sources on the phone side) is queued for Python ("punted").
+thread (epoll, ``recvmmsg``/``sendmmsg``) that forwards the RTP of many calls;
+what it does not handle (ZRTP, RTCP, STUN, packets from other sources on the
+phone side) is queued for Python ("punted").
 
-Which libsrtp does the crypto: by default the one bundled in pylibsrtp's wheel
-(OpenSSL's AES and HMAC, ~2.5 µs per packet), whose functions the library
-takes with dlsym; Debian's libsrtp2 (which the library is linked against, and
-whose headers it is compiled with) uses NSS and costs several times more. Set
-``PBX_ZRTP_FASTPATH_SRTP=system`` to use the system one, or a path to another
-libsrtp 2.x build.
+One SRTP state per call: the worker does not make sessions. A call's
+:class:`~pbx_zrtp.srtp.SrtpContext` lends it its two libsrtp sessions for as long
+as the call is attached (their rollover counters and replay windows carry on
+across every hand-over and relatch), and while it does, every use of them from
+Python runs through :meth:`FastPath._srtp` under the worker's lock. The worker
+therefore calls the libsrtp that made them, the one bundled in pylibsrtp's wheel
+(OpenSSL's AES and HMAC), whose functions it takes with dlsym.
+
+``PBX_ZRTP_FASTPATH_SANITIZE=1`` builds and loads an AddressSanitizer +
+UndefinedBehaviorSanitizer build instead (its own cache key); the process must
+run with the sanitizer runtimes preloaded (``LD_PRELOAD``), which is checked
+before loading. ``tests/relay/test_fastpath_sanitizers.py`` runs the fast path's
+tests that way.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import subprocess
 import threading
 from typing import Any
 
+from pbx_zrtp.srtp import STATUS_OK, Op, SrtpContext
+
 # cffi ships no type stubs (and the project does not depend on types-cffi)
 cffi: Any = importlib.import_module("cffi")
 
@@ -36,13 +45,16 @@ _CDEF = """
 typedef struct fp fp_t;
 int fp_init(const char *srtp_lib);
 const char *fp_backend(void);
+const char *fp_build(void);
 const char *fp_counter_names(void);
 int fp_counter_count(void);
+int fp_is_rtcp(const uint8_t *p, int len);
 fp_t *fp_create(void);
 int fp_punt_fd(fp_t *fp);
 int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int phone_port,
-                  const char *pbx_ip, int pbx_port, int hs32, const uint8_t *tx_key,
-                  const uint8_t *rx_key);
+                  const char *pbx_ip, int pbx_port, void *tx, void *rx);
+int fp_srtp(fp_t *fp, int64_t handle, int op, uint8_t *buf, int *len);
+int fp_set_phone(fp_t *fp, int64_t handle, const char *ip, int port);
 int fp_stats(fp_t *fp, int64_t handle, uint64_t *out);
 int fp_detach(fp_t *fp, int64_t handle, uint64_t *out);
 int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int *port);
@@ -51,7 +63,7 @@ void fp_close(fp_t *fp);
 
 _ATTACH_ERRORS = {
     -1: "bad arguments (fds or addresses)",
-    -2: "libsrtp refused the keys",
+    -2: "no SRTP sessions (or the library is not initialised)",
     -3: "epoll_ctl failed (fd already attached or not a socket?)",
     -4: "out of memory",
 }
@@ -68,10 +80,22 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(f"/tmp/pbx-zrtp-{os.getuid()}")
 
 
-def _flags() -> list[str]:
+#: Opt-in sanitizer build (tests/relay/test_fastpath_sanitizers.py).
+SANITIZE_ENV = "PBX_ZRTP_FASTPATH_SANITIZE"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+#: The sanitizer runtimes a sanitized build needs preloaded (gcc's names).
+SANITIZER_RUNTIMES = ("libasan.so", "libubsan.so")
+
+
+def _sanitize() -> bool:
+    return os.environ.get(SANITIZE_ENV, "") not in ("", "0")
+
+
+def _cflags() -> list[str]:
+    """libsrtp2's headers (the types; its functions come from pylibsrtp's build)."""
     if shutil.which("pkg-config"):
         proc = subprocess.run(
-            ["pkg-config", "--cflags", "--libs", "libsrtp2"],
+            ["pkg-config", "--cflags", "libsrtp2"],
             capture_output=True,
             text=True,
             check=False,
@@ -79,49 +103,58 @@ def _flags() -> list[str]:
         )
         if proc.returncode == 0:
             return proc.stdout.split()
-    return ["-lsrtp2"]
+    return []
+
+
+def _check_sanitizer_runtime() -> None:
+    """Loading an ASan build into a process without the runtime first would abort it."""
+    maps = pathlib.Path("/proc/self/maps").read_text(errors="replace")
+    missing = [name for name in SANITIZER_RUNTIMES if name not in maps]
+    if missing:
+        raise OSError(
+            f"{SANITIZE_ENV} is set but {', '.join(missing)} is not preloaded "
+            "(LD_PRELOAD=$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so))"
+        )
 
 
 def _build() -> pathlib.Path:
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         raise OSError("no C compiler (gcc) on PATH")
-    flags = [*_flags(), "-lpthread", "-ldl"]
+    sanitize = _sanitize()
+    opt = ["-O1", *SANITIZE_FLAGS] if sanitize else ["-O2"]
+    flags = [*opt, *_cflags(), "-lpthread", "-ldl"]
     source = _SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
+    prefix = "_fastpath-san-" if sanitize else "_fastpath-"
     out_dir = _cache_dir()
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if out_dir.stat().st_uid != os.getuid():
         raise OSError(f"{out_dir} is not owned by this user")
-    lib = out_dir / f"_fastpath-{digest}.so"
+    lib = out_dir / f"{prefix}{digest}.so"
     if lib.is_file():
         return lib
-    tmp = out_dir / f"_fastpath-{digest}.{os.getpid()}.tmp"
-    cmd = [gcc, "-O2", "-std=gnu11", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE), *flags]
+    tmp = out_dir / f"{prefix}{digest}.{os.getpid()}.tmp"
+    cmd = [gcc, "-std=gnu11", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE), *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         hint = " (apt-get install libsrtp2-dev)" if "srtp2/srtp.h" in proc.stderr else ""
         raise OSError(f"compiling _fastpath.c failed{hint}: {proc.stderr.strip()[-1500:]}")
     os.replace(tmp, lib)
-    for stale in out_dir.glob("_fastpath-*.so"):  # older sources (unlinking a mapped .so is safe)
-        if stale != lib:
+    for stale in out_dir.glob(f"{prefix}*.so"):  # older sources (unlinking a mapped .so is safe)
+        if stale != lib and (sanitize or not stale.name.startswith("_fastpath-san-")):
             stale.unlink(missing_ok=True)
     return lib
 
 
 def _srtp_library() -> str:
-    """The libsrtp whose functions the worker calls ("" = the system libsrtp2)."""
-    choice = os.environ.get("PBX_ZRTP_FASTPATH_SRTP", "")
-    if choice == "system":
-        return ""
-    if choice:
-        return choice
-    try:  # loaded already by pbx_zrtp.srtp: dlopen returns the same mapping
-        binding = importlib.import_module("pylibsrtp._binding")
-    except ImportError:
-        return ""
-    return str(getattr(binding, "__file__", "") or "")
+    """The libsrtp that makes the sessions (pylibsrtp's bundled build): its file."""
+    binding = importlib.import_module("pylibsrtp._binding")  # loaded by pbx_zrtp.srtp
+    path = str(getattr(binding, "__file__", "") or "")
+    if not path:
+        raise OSError("cannot locate pylibsrtp's libsrtp (pylibsrtp._binding has no file)")
+    return path
 
 
 def _load() -> tuple[Any, Any]:
@@ -132,13 +165,19 @@ def _load() -> tuple[Any, Any]:
         if _load_error is not None:
             raise OSError(_load_error)
         try:
+            if _sanitize():
+                _check_sanitizer_runtime()
             path = _build()
             ffi = cffi.FFI()
             ffi.cdef(_CDEF)
-            lib = ffi.dlopen(str(path))
-            status = lib.fp_init(_srtp_library().encode())
+            try:
+                lib = ffi.dlopen(str(path))
+            except OSError:  # another build's clean-up removed it meanwhile: once more
+                lib = ffi.dlopen(str(_build()))
+            srtp_lib = _srtp_library()
+            status = lib.fp_init(srtp_lib.encode())
             if status != 0:
-                raise OSError(f"fp_init failed ({status}): cannot use {_srtp_library()!r}")
+                raise OSError(f"fp_init failed ({status}): cannot use {srtp_lib!r}")
         except (OSError, subprocess.SubprocessError) as exc:
             _load_error = str(exc) or type(exc).__name__
             raise OSError(_load_error) from exc
@@ -147,9 +186,21 @@ def _load() -> tuple[Any, Any]:
 
 
 def backend() -> str:
-    """Which libsrtp the worker uses (a path, or "system libsrtp2")."""
+    """Which libsrtp the worker calls (the path of pylibsrtp's binding)."""
     ffi, lib = _load()
     return str(ffi.string(lib.fp_backend()).decode())
+
+
+def build() -> str:
+    """The build loaded: "asan" for the sanitizer build, "" for the normal one."""
+    ffi, lib = _load()
+    return str(ffi.string(lib.fp_build()).decode())
+
+
+def is_rtcp(packet: bytes) -> bool:
+    """The worker's RTCP demultiplexing rule (it must be ``pbx_zrtp.srtp.is_rtcp``'s)."""
+    _, lib = _load()
+    return bool(lib.fp_is_rtcp(packet, len(packet)))
 
 
 def available() -> str | None:
@@ -159,6 +210,19 @@ def available() -> str | None:
     except OSError as exc:
         return str(exc)
     return None
+
+
+class _Loan:
+    """A call's sessions while the worker holds them: Python's uses go through it."""
+
+    __slots__ = ("fastpath", "handle")
+
+    def __init__(self, fastpath: FastPath) -> None:
+        self.fastpath = fastpath
+        self.handle = -1
+
+    def run(self, op: Op, packet: bytes) -> tuple[int, bytes]:
+        return self.fastpath._srtp(self.handle, op, packet)
 
 
 class FastPath:
@@ -171,7 +235,7 @@ class FastPath:
         self._mutex = threading.Lock()
         fp = self._lib.fp_create()
         if fp == self._ffi.NULL:
-            raise OSError("fp_create failed (srtp_init, epoll, eventfd or thread)")
+            raise OSError("fp_create failed (epoll, eventfd or thread)")
         self._fp: Any = fp
         self._punt_fd = int(self._lib.fp_punt_fd(fp))
         self._buf = self._ffi.new("uint8_t[]", 2048)
@@ -180,6 +244,10 @@ class FastPath:
         self._handle = self._ffi.new("int64_t *")
         self._dir = self._ffi.new("int *")
         self._port = self._ffi.new("int *")
+        self._sbuf = self._ffi.new("uint8_t[]", 2048)
+        self._slen = self._ffi.new("int *")
+        #: handle -> the SrtpContext whose sessions the worker borrows (kept alive here)
+        self._loans: dict[int, SrtpContext] = {}
 
     def _live(self) -> Any:
         if self._fp is None:
@@ -193,42 +261,75 @@ class FastPath:
         pbx_fd: int,
         phone_addr: tuple[str, int],
         pbx_addr: tuple[str, int],
-        auth_tag: str,
-        tx_key: bytes,
-        rx_key: bytes,
+        srtp: SrtpContext,
     ) -> int:
-        """Hand both sockets' reading to the worker; returns the call's handle."""
-        if auth_tag not in ("HS80", "HS32"):
-            raise ValueError(f"unsupported auth tag {auth_tag!r}")
-        if len(tx_key) != 30 or len(rx_key) != 30:
-            raise ValueError("tx_key and rx_key must be 30 bytes (16-byte key + 14-byte salt)")
-        with self._mutex:
-            handle = int(
-                self._lib.fp_attach(
-                    self._live(),
-                    phone_fd,
-                    pbx_fd,
-                    phone_addr[0].encode(),
-                    int(phone_addr[1]),
-                    pbx_addr[0].encode(),
-                    int(pbx_addr[1]),
-                    1 if auth_tag == "HS32" else 0,
-                    tx_key,
-                    rx_key,
+        """Hand both sockets' reading to the worker, with the call's SRTP sessions
+        (lent, not copied: until detach, ``srtp`` runs through the worker)."""
+        loan = _Loan(self)
+        tx, rx = srtp.lend(loan)
+        try:
+            with self._mutex:
+                handle = int(
+                    self._lib.fp_attach(
+                        self._live(),
+                        phone_fd,
+                        pbx_fd,
+                        phone_addr[0].encode(),
+                        int(phone_addr[1]),
+                        pbx_addr[0].encode(),
+                        int(pbx_addr[1]),
+                        self._ffi.cast("void *", tx),
+                        self._ffi.cast("void *", rx),
+                    )
                 )
-            )
+                if handle >= 0:
+                    loan.handle = handle
+                    self._loans[handle] = srtp
+        except BaseException:
+            srtp.take_back()
+            raise
         if handle < 0:
+            srtp.take_back()
             raise OSError(f"fast path attach failed: {_ATTACH_ERRORS.get(handle, handle)}")
         return handle
+
+    def _srtp(self, handle: int, op: Op, packet: bytes) -> tuple[int, bytes]:
+        """One use of an attached call's sessions, under the worker's lock."""
+        size = len(packet)
+        with self._mutex:
+            fp = self._fp
+            if fp is None:
+                return -1, b""
+            self._ffi.memmove(self._sbuf, packet, min(size, 1500))
+            self._slen[0] = size
+            status = int(self._lib.fp_srtp(fp, handle, int(op), self._sbuf, self._slen))
+            if status != STATUS_OK:
+                return status, b""
+            return STATUS_OK, self._ffi.buffer(self._sbuf, self._slen[0])[:]
+
+    def set_phone(self, handle: int, phone_addr: tuple[str, int]) -> None:
+        """Move the call's phone latch (the caller checked the packet that moved it)."""
+        with self._mutex:
+            status = self._lib.fp_set_phone(
+                self._live(), handle, phone_addr[0].encode(), int(phone_addr[1])
+            )
+        if status == -2:
+            raise KeyError(handle)
+        if status != 0:
+            raise ValueError(f"not an IPv4 address: {phone_addr!r}")
 
     def _counters(self) -> dict[str, int]:
         return {name: int(self._out[i]) for i, name in enumerate(self._names)}
 
     def detach(self, handle: int) -> dict[str, int]:
-        """Stop forwarding; the worker no longer touches the fds when this returns."""
+        """Stop forwarding; the worker no longer touches the fds or the call's SRTP
+        sessions when this returns (they are Python's again, state and all)."""
         with self._mutex:
             if self._lib.fp_detach(self._live(), handle, self._out) != 0:
                 raise KeyError(handle)
+            srtp = self._loans.pop(handle, None)
+            if srtp is not None:
+                srtp.take_back()
             return self._counters()
 
     def stats(self, handle: int) -> dict[str, int]:
@@ -265,11 +366,15 @@ class FastPath:
                 )
 
     def close(self) -> None:
-        """Stop the worker and free every call's sessions (the fds stay open); idempotent."""
+        """Stop the worker and give every call's sessions back (the fds stay open);
+        idempotent."""
         with self._mutex:
             fp, self._fp = self._fp, None
             if fp is not None:
                 self._lib.fp_close(fp)
+            loans, self._loans = self._loans, {}
+        for srtp in loans.values():
+            srtp.take_back()
 
     def __enter__(self) -> FastPath:
         return self

@@ -7,7 +7,13 @@ ZRTP endpoint and speaks SRTP once secure; toward the PBX always plain RTP.
 
 Until the PBX's first packet reaches the relay, the mirror sends silence RTP to
 A:P (closed-loop priming) so the PBX's symmetric RTP latches onto the relay
-instead of sending clear audio straight to the phone.
+instead of sending clear audio straight to the phone. Only a call that still
+needs it primes: pending or secure, not off, clear or failed.
+
+Media on a pre-bound port before the adapter names its call comes from a source
+nobody vouched for (its address may be spoofed): until the call is named or the
+source completes ZRTP, the mirror sends it at most the bytes it sent (no Hello
+schedule), and primes the PBX with at most the bytes the port received.
 
 Nothing that arrives on a socket can raise out of the datagram path: every
 packet is forwarded, or dropped and counted under a reason.
@@ -29,7 +35,7 @@ from typing import Any
 from pbx_zrtp.cache.base import CacheKey, CacheWrite, PbxSecretWrite, SecretCache
 from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.relay.fastpath import FastPath
-from pbx_zrtp.srtp import SrtpContext, is_rtcp
+from pbx_zrtp.srtp import Refusal, SrtpContext, is_rtcp
 from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
@@ -150,6 +156,55 @@ _ENGINE_IGNORED = (
 )
 
 
+@dataclass
+class _AmplificationGuard:
+    """Byte accounts of a pre-bound port whose call nobody has named yet.
+
+    Its source is unauthenticated and may be a forged address: answering it with
+    more than it sent (a Hello schedule is 21 to 60 packets) would make the relay
+    an amplifier toward whoever's address was forged. ``from_source``/``to_source``
+    count the latched source only; a new source starts from zero. ``port_in``
+    counts every datagram on the port and bounds the priming silence sent to the
+    PBX (``primed``), so a sweep of strays cannot make the relay flood the PBX.
+
+    Our Hello goes before our HelloACK: a phone stops repeating its Hello once it
+    is acknowledged, and if its Hello is smaller than ours, nothing would then
+    pay for ours (the exchange would stall until the call is named).
+    """
+
+    source: Address | None = None
+    from_source: int = 0
+    to_source: int = 0
+    hello_sent: bool = False
+    port_in: int = 0
+    primed: int = 0
+
+    def heard(self, source: Address, size: int) -> None:
+        if source != self.source:
+            self.source, self.from_source, self.to_source = source, 0, 0
+            self.hello_sent = False
+        self.from_source += size
+
+    def may_send(self, target: Address | None, data: bytes) -> bool:
+        if target is None or target != self.source:
+            return False
+        kind = data[16:24] if data[:1] == b"\x10" and data[4:8] == b"ZRTP" else b""
+        if kind == b"HelloACK" and not self.hello_sent:
+            return False
+        if self.to_source + len(data) > self.from_source:
+            return False
+        self.to_source += len(data)
+        self.hello_sent = self.hello_sent or kind == b"Hello   "
+        return True
+
+
+def _is_hello(data: bytes) -> bool:
+    try:
+        return isinstance(ZrtpPacket.parse(data).message, Hello)
+    except ValueError:
+        return False
+
+
 def _engine_ignored(engine: ZrtpConnection) -> int:
     stats = engine.stats
     return sum(stats[name] for name in _ENGINE_IGNORED)
@@ -214,6 +269,7 @@ _FAST_TRAFFIC = (
 _FAST_DROPS = (
     "srtp_auth",
     "srtp_protect",
+    "srtp_repeat",
     "wrong_source",
     "oversize",
     "punt_overflow",
@@ -331,6 +387,10 @@ class Mirror:
         self._cache_error = ""  # kept from the engine for the final report
         #: Writes of this call the store refused, with its error, oldest first.
         self.failed_writes: list[tuple[CacheWrite, str]] = []
+        #: Set while the call is an unclaimed pre-bound port's (see _AmplificationGuard).
+        self._guard: _AmplificationGuard | None = None
+        #: Datagrams received from the phone side or from the PBX (the relay's idle check).
+        self._heard = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -368,14 +428,50 @@ class Mirror:
         assert self._pbx_rtp is not None
         return int(self._pbx_rtp.get_extra_info("sockname")[1])
 
-    def attach(self, identity: CallIdentity) -> None:
-        """Give this mirror a call (at creation, or later for a pre-bound port)."""
+    def attach(self, identity: CallIdentity, *, unclaimed: bool = False) -> None:
+        """Give this mirror a call (at creation, or later for a pre-bound port).
+
+        ``unclaimed``: media reached a pre-bound port before any call was named
+        there; its source is unknown, so the amplification guard applies.
+        """
         self.identity = identity
         if identity.phone_hint is not None and self.phone is None:
             self.phone = identity.phone_hint
         self.reason = ""
-        self._start_priming()
+        self._guard = _AmplificationGuard() if unclaimed else None
         self._apply_policy(identity.policy)
+
+    def claim(self, identity: CallIdentity) -> None:
+        """The adapter named the call whose ZRTP exchange already runs on this
+        unclaimed pre-bound port: keep the exchange, lift the guard (the port now
+        belongs to a call), and run the call's policy from now on."""
+        self.identity = identity
+        if identity.phone_hint is not None and self.phone is None:
+            self.phone = identity.phone_hint
+        self._guard = None
+        self._apply_policy(identity.policy)
+        if self.state in (CallState.PENDING, CallState.SECURE):
+            self._start_priming()
+        self.on_change(self)
+
+    @property
+    def speaks_zrtp(self) -> bool:
+        """A ZRTP peer's Hello was accepted on this call (or it is secure)."""
+        engine = self._engine
+        return self.state is CallState.SECURE or (
+            engine is not None and engine.peer_zid is not None
+        )
+
+    def heard(self) -> int:
+        """Datagrams received so far (the native worker's included): changes while
+        anything at all arrives, whether it is forwarded or dropped."""
+        heard = self._heard
+        if self._fast_handle is not None and self._fastpath is not None:
+            with contextlib.suppress(KeyError, RuntimeError):
+                fast = self._fastpath.stats(self._fast_handle)
+                heard += fast.get("phone_in", 0) + fast.get("pbx_in", 0)
+                heard += sum(fast.get(name, 0) for name in _FAST_DROPS)
+        return heard
 
     def set_policy(self, policy: Policy) -> None:
         """Change the policy of a live call (the dialplan decided later)."""
@@ -407,7 +503,7 @@ class Mirror:
             else self.settings.optional_timeout
         )
         self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
-        if self.phone is not None:
+        if self.phone is not None and self._guard is None:
             self._start_engine()
 
     def _policy_timeout(self) -> None:
@@ -599,8 +695,17 @@ class Mirror:
         self._cache_error = ""
         self.failed_writes = []
         self._handshake_ms = None
+        self._engine_started_at = 0.0
         self._pbx_heard = False
+        self._priming_until = 0.0
         self._last_forward = -1.0
+        self._prime_seq = int.from_bytes(os.urandom(2), "big")  # a new stream per call
+        self._prime_ts = int.from_bytes(os.urandom(4), "big")
+        self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
+        self._fast_phone = None
+        self._fast_pbx_out_seen = 0
+        self._guard = None
+        self._heard = 0
         self.counters = Counters()
         self.state = CallState.IDLE
         self.reason = ""
@@ -621,6 +726,10 @@ class Mirror:
             return
         self.state = state
         self.reason = reason
+        if state in (CallState.PENDING, CallState.SECURE):
+            self._start_priming()  # until the PBX is heard (no-op once it was)
+        else:
+            self._stop_priming()  # off or clear: passing through; failed: nothing flows
         if state is CallState.FAILED:
             log.warning("call %s on port %d failed: %s", self._call_id(), self.port, reason)
         else:
@@ -666,12 +775,19 @@ class Mirror:
             self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
             return
         pt = self.identity.payload_type if self.identity else 0
+        silence = SILENCE.get(pt, SILENCE[0])
+        guard = self._guard
+        if guard is not None:
+            if guard.primed + 12 + len(silence) > guard.port_in:
+                self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
+                return  # unclaimed: no more silence than the port received
+            guard.primed += 12 + len(silence)
         self._prime_seq = (self._prime_seq + 1) & 0xFFFF
         self._prime_ts = (self._prime_ts + 160) & 0xFFFFFFFF
         header = struct.pack(
             "!BBHII", 0x80, pt & 0x7F, self._prime_seq, self._prime_ts, self._prime_ssrc
         )
-        self._pbx_rtp.sendto(header + SILENCE.get(pt, SILENCE[0]), self.pbx)
+        self._pbx_rtp.sendto(header + silence, self.pbx)
         self.counters.priming_sent += 1
         self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
 
@@ -768,6 +884,7 @@ class Mirror:
                 return
             self._secured = event
             self._protect_out = True
+            self._guard = None  # the source completed ZRTP: it receives what we send
             # From our first Hello (the phone's first packet) to secure.
             self._handshake_ms = round((self._loop.time() - self._engine_started_at) * 1000, 1)
             self._cancel_policy_timer()
@@ -816,16 +933,18 @@ class Mirror:
 
     def _enter_fast(self) -> None:
         """Hand the secured RTP of this call to the native worker (RTCP, ZRTP and
-        anything unexpected keep coming back here through the relay's punt queue)."""
-        fastpath, secured = self._fastpath, self._secured
-        if fastpath is None or secured is None or self._fast_handle is not None:
+        anything unexpected keep coming back here through the relay's punt queue).
+        The worker borrows this call's SRTP sessions: one SRTP state for the call."""
+        fastpath, srtp = self._fastpath, self._srtp
+        if fastpath is None or self._secured is None or srtp is None:
+            return
+        if self._fast_handle is not None:
             return
         phone, pbx = self._phone_rtp, self._pbx_rtp
         if self.phone is None or phone is None or pbx is None:
             return
         if not (hasattr(phone, "pause_reading") and hasattr(pbx, "pause_reading")):
             return  # e.g. uvloop's UDP transports cannot stop reading
-        keys = secured.keys
         _reading(phone, False)
         _reading(pbx, False)
         try:
@@ -834,9 +953,7 @@ class Mirror:
                 pbx_fd=pbx.get_extra_info("socket").fileno(),
                 phone_addr=self.phone,
                 pbx_addr=self.pbx,
-                auth_tag=keys.auth_tag,
-                tx_key=keys.local_key + keys.local_salt,
-                rx_key=keys.remote_key + keys.remote_salt,
+                srtp=srtp,
             )
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning(
@@ -866,9 +983,19 @@ class Mirror:
         """A datagram the native worker did not handle (ZRTP, RTCP, strangers)."""
         if side == "phone":
             self._from_phone(data, addr)
-            if self._fast_handle is not None and self.phone != self._fast_phone:
-                self._leave_fast()  # the phone moved (authenticated): re-attach there
-                self._enter_fast()
+            handle, fastpath, phone = self._fast_handle, self._fastpath, self.phone
+            if handle is not None and fastpath is not None and phone != self._fast_phone:
+                # The phone moved: a packet from there authenticated and was fresh
+                # under the live replay window (the worker's sessions are ours). The
+                # worker follows; nothing is re-created.
+                try:
+                    if phone is None:
+                        raise ValueError("no phone")
+                    fastpath.set_phone(handle, phone)
+                except (KeyError, ValueError, RuntimeError):
+                    self._leave_fast()  # Python carries on, with the same sessions
+                    return
+                self._fast_phone = phone
         else:
             self._from_pbx(data, addr)
 
@@ -877,6 +1004,7 @@ class Mirror:
     def _from_phone(self, data: bytes, addr: Address) -> None:
         counters = self.counters
         size = len(data)
+        self._heard += 1
         if size > MAX_DATAGRAM:
             counters.drops["oversize"] += 1
             return
@@ -888,6 +1016,9 @@ class Mirror:
             if self.identity is None:
                 counters.drops["no_call"] += 1
                 return
+        guard = self._guard
+        if guard is not None:
+            guard.port_in += size
         first = data[0]
         if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
             hint = self.identity.phone_hint
@@ -906,8 +1037,9 @@ class Mirror:
         srtp = self._srtp
         if addr != self.phone:
             if self.phone is not None:
-                # Latched already. Only an authenticated SRTP packet may move the
-                # phone (NAT rebinding); anything else from elsewhere is dropped.
+                # Latched already. Only an SRTP packet that authenticates and is fresh
+                # under the call's live replay window may move the phone (NAT
+                # rebinding); a replay from anywhere, or anything else, is dropped.
                 plain = srtp.unprotect(data) if srtp is not None else None
                 if plain is None:
                     counters.drops["wrong_source"] += 1
@@ -922,6 +1054,8 @@ class Mirror:
             self._start_engine_if_due()
         counters.phone_in += 1
         counters.phone_in_bytes += size
+        if guard is not None:
+            guard.heard(addr, size)
         if srtp is not None:
             plain = srtp.unprotect(data)
             if plain is None:
@@ -939,7 +1073,8 @@ class Mirror:
             counters.drops["clear_blocked"] += 1
 
     def _start_engine_if_due(self) -> None:
-        if self.identity is not None and self.state is CallState.PENDING:
+        # Unclaimed: no Hello schedule toward a source that has not spoken ZRTP.
+        if self.identity is not None and self.state is CallState.PENDING and self._guard is None:
             self._start_engine()
 
     def _zrtp_from_phone(self, data: bytes, addr: Address) -> None:
@@ -954,6 +1089,11 @@ class Mirror:
             else:
                 counters.drops["wrong_source"] += 1
             return
+        guard = self._guard
+        if guard is not None and self._engine is None and not _is_hello(data):
+            # Unclaimed: only a genuine Hello starts ZRTP (and latches) here.
+            counters.drops["zrtp_ignored"] += 1
+            return
         if addr != self.phone:
             if self.phone is not None and not self._hello_may_relatch(data):
                 counters.drops["wrong_source"] += 1
@@ -963,6 +1103,8 @@ class Mirror:
             self.phone = addr
         counters.phone_in += 1
         counters.phone_in_bytes += len(data)
+        if guard is not None:
+            guard.heard(addr, len(data))
         if self._engine is None:
             self._start_engine()
         engine = self._engine
@@ -982,16 +1124,14 @@ class Mirror:
         fixed until secure; then only authenticated SRTP may move it."""
         if self._engine is not None and self._engine.peer_zid is not None:
             return False
-        try:
-            return isinstance(ZrtpPacket.parse(data).message, Hello)
-        except ValueError:
-            return False
+        return _is_hello(data)
 
     def _from_phone_rtcp(self, data: bytes, addr: Address) -> None:
         """RTCP on R:P+1, latched by the RTP rules: only from the phone's SDP host;
         nothing clear latches or passes where clear media may not flow; once SRTP
         keys exist only SRTCP that authenticates and is fresh latches or moves it."""
         counters = self.counters
+        self._heard += 1
         if len(data) > MAX_DATAGRAM or len(data) < 8 or data[0] >> 6 != 2:
             counters.drops["stun" if _is_stun(data) else "rtcp_malformed"] += 1
             return
@@ -1028,8 +1168,9 @@ class Mirror:
 
     def _srtcp_unprotect(self, data: bytes) -> bytes | None:
         """The phone's SRTCP decrypted if it authenticates and is fresh under the
-        call's live SRTCP replay state, else None. RTCP on P+1 never goes to the
-        native worker, so that state is this context's."""
+        call's live SRTCP replay state, else None. That state is the call's one
+        SrtpContext's (while the native worker holds its sessions, this runs there,
+        under the worker's lock)."""
         srtp = self._srtp
         if srtp is None or not is_rtcp(data):
             return None  # e.g. a captured SRTP *RTP* packet replayed to P+1
@@ -1048,6 +1189,10 @@ class Mirror:
     def _to_phone(self, data: bytes) -> None:
         if self.phone is None or self._phone_rtp is None:
             self.counters.drops["phone_unknown"] += 1
+            return
+        guard = self._guard
+        if guard is not None and not guard.may_send(self.phone, data):
+            self.counters.drops["amplification_guard"] += 1
             return
         self._phone_rtp.sendto(data, self.phone)
         self.counters.phone_out += 1
@@ -1075,6 +1220,7 @@ class Mirror:
         if addr != self.pbx:
             counters.drops["wrong_source"] += 1
             return
+        self._heard += 1
         if not self._pbx_heard:
             self._pbx_heard = True  # the PBX latched onto us: stop priming
             self._stop_priming()
@@ -1090,9 +1236,9 @@ class Mirror:
         if self._protect_out:
             srtp = self._srtp
             assert srtp is not None
-            packet = srtp.protect(data)
-            if packet is None:
-                counters.drops["srtp_protect"] += 1
+            packet = srtp.protect_checked(data)
+            if isinstance(packet, Refusal):
+                counters.drops[packet.value] += 1  # srtp_repeat: index used already
                 return
             self._to_phone(packet)
         elif self._clear_allowed():
@@ -1105,8 +1251,12 @@ class Mirror:
         if addr != self.pbx_rtcp:
             counters.drops["wrong_source"] += 1
             return
+        self._heard += 1
         if len(data) > MAX_DATAGRAM or len(data) < 8 or self.identity is None:
             counters.drops["rtcp_malformed"] += 1
+            return
+        if self._guard is not None:
+            counters.drops["amplification_guard"] += 1  # nothing to an unknown source's RTCP
             return
         target = self.phone_rtcp
         if target is None or self._phone_rtcp_sock is None:
@@ -1115,9 +1265,9 @@ class Mirror:
         if self._protect_out:
             srtp = self._srtp
             assert srtp is not None
-            packet = srtp.protect(data)
-            if packet is None:
-                counters.drops["srtp_protect"] += 1
+            packet = srtp.protect_checked(data)
+            if isinstance(packet, Refusal):
+                counters.drops[packet.value] += 1
                 return
             self._phone_rtcp_sock.sendto(packet, target)
         elif self._clear_allowed():

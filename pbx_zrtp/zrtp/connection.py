@@ -37,7 +37,6 @@ from pbx_zrtp.cache.base import (
     CacheError,
     CacheKey,
     CacheWrite,
-    ForgetWrite,
     PbxSecretWrite,
     RetainedSecretWrite,
     SasVerifiedWrite,
@@ -540,23 +539,20 @@ class ZrtpConnection:
         self.stats["cache_errors"] += 1
 
     def set_sas_verified(self, verified: bool) -> None:
-        """The user compared the SAS (True) or found a mismatch (False), §7.1.
+        """The user compared the SAS (True) or withdrew that mark (False), §7.1.
 
         Persists the V flag; a cache update held back by a cache mismatch
-        (§4.6.1.1) is carried out once the SAS is verified. A mismatch erases the
-        retained secrets of this peer.
+        (§4.6.1.1) is carried out once the SAS is verified. Clearing the flag
+        touches nothing else: the peer still holds the retained secret, and
+        erasing ours would show it a cache mismatch (a false MiTM alarm) next call.
         """
         key = self._cache_key()
         if not self._has_cache or key is None:
             return
-        if verified:
-            self._write(SasVerifiedWrite(key, True))
-            if self._pending_cache_update:
-                self._pending_cache_update = False
-                self._update_cache()
-        else:
+        self._write(SasVerifiedWrite(key, verified))
+        if verified and self._pending_cache_update:
             self._pending_cache_update = False
-            self._write(ForgetWrite(key))
+            self._update_cache()
 
     @property
     def pbx_secret_matched(self) -> bool:

@@ -52,6 +52,7 @@ class Call:
     phone: socket.socket
     pbx: socket.socket
     srtp: SrtpContext  # the phone's SRTP
+    relay_srtp: SrtpContext  # the relay's, lent to the fast path
     handle: int = -1
 
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -62,11 +63,17 @@ class Call:
             s.close()
 
 
-def make_call(fp: FastPath, auth_tag: str = "HS80") -> Call:
+def relay_srtp(auth_tag: str = "HS80") -> tuple[SrtpContext, SrtpContext]:
+    """(the relay's context, the phone's): the phone protects with what we unprotect."""
     tx_key, rx_key = os.urandom(30), os.urandom(30)
-    # The phone protects with what we unprotect (rx_key) and unprotects our tx_key.
-    keys = SrtpKeys("AES1", auth_tag, rx_key[:16], rx_key[16:], tx_key[:16], tx_key[16:])
-    call = Call(udp(RELAY_HOST), udp(RELAY_HOST), udp(PHONE_HOST), udp(PBX_HOST), SrtpContext(keys))
+    relay = SrtpKeys("AES1", auth_tag, tx_key[:16], tx_key[16:], rx_key[:16], rx_key[16:])
+    phone = SrtpKeys("AES1", auth_tag, rx_key[:16], rx_key[16:], tx_key[:16], tx_key[16:])
+    return SrtpContext(relay), SrtpContext(phone)
+
+
+def make_call(fp: FastPath, auth_tag: str = "HS80") -> Call:
+    relay, phone = relay_srtp(auth_tag)
+    call = Call(udp(RELAY_HOST), udp(RELAY_HOST), udp(PHONE_HOST), udp(PBX_HOST), phone, relay)
     call.relay_phone.setblocking(False)
     call.relay_pbx.setblocking(False)
     call.phone.connect(call.relay_phone.getsockname())
@@ -78,9 +85,7 @@ def make_call(fp: FastPath, auth_tag: str = "HS80") -> Call:
         pbx_fd=call.relay_pbx.fileno(),
         phone_addr=call.phone.getsockname(),
         pbx_addr=call.pbx.getsockname(),
-        auth_tag=auth_tag,
-        tx_key=tx_key,
-        rx_key=rx_key,
+        srtp=relay,
     )
     return call
 
@@ -216,9 +221,7 @@ def test_detach_returns_counters_and_releases_the_sockets(fp: FastPath) -> None:
             pbx_fd=call.relay_pbx.fileno(),
             phone_addr=call.phone.getsockname(),
             pbx_addr=call.pbx.getsockname(),
-            auth_tag="HS80",
-            tx_key=bytes(30),
-            rx_key=bytes(30),
+            srtp=relay_srtp()[0],
         )
         assert handle != call.handle
         call.handle = handle
@@ -256,26 +259,16 @@ def test_oversize_and_garbage_do_not_crash(fp: FastPath) -> None:
 
 def test_bad_arguments_and_close_is_idempotent() -> None:
     path = FastPath()
-    with pytest.raises(ValueError):
-        path.attach(
-            phone_fd=0,
-            pbx_fd=1,
-            phone_addr=(PHONE_HOST, 1),
-            pbx_addr=(PBX_HOST, 1),
-            auth_tag="HS99",
-            tx_key=bytes(30),
-            rx_key=bytes(30),
-        )
+    srtp = relay_srtp()[0]
     with pytest.raises(OSError):
         path.attach(
             phone_fd=5,
             pbx_fd=5,
             phone_addr=(PHONE_HOST, 1),
             pbx_addr=(PBX_HOST, 1),
-            auth_tag="HS80",
-            tx_key=bytes(30),
-            rx_key=bytes(30),
+            srtp=srtp,
         )
+    assert not srtp.lent  # a failed attach gives the sessions straight back
     with calls(path, 3):
         path.close()  # with calls attached: frees them; the fds stay open
     path.close()
@@ -291,7 +284,7 @@ def test_detach_and_attach_while_traffic_flows(fp: FastPath) -> None:
             for seq in range(1, 6):
                 for call in many:
                     call.phone.send(call.srtp.protect(rtp(seq + 10 * round_)) or b"")
-                    call.pbx.send(rtp(seq))
+                    call.pbx.send(rtp(seq + 10 * round_))  # a repeated index would be dropped
             victim = many[round_]
             counters = fp.detach(victim.handle)
             assert counters["phone_in"] <= 5 * (round_ + 1) * 2
@@ -300,13 +293,12 @@ def test_detach_and_attach_while_traffic_flows(fp: FastPath) -> None:
                 pbx_fd=victim.relay_pbx.fileno(),
                 phone_addr=victim.phone.getsockname(),
                 pbx_addr=victim.pbx.getsockname(),
-                auth_tag="HS80",
-                tx_key=os.urandom(30),
-                rx_key=os.urandom(30),
+                srtp=victim.relay_srtp,  # the same sessions, their state carried on
             )
         survivor = many[-1]
         wait_for(lambda: fp.stats(survivor.handle)["pbx_out"] == 50)
-        assert fp.stats(survivor.handle)["phone_out"] == 50
+        wait_for(lambda: fp.stats(survivor.handle)["phone_out"] == 50)
+        assert fp.stats(survivor.handle)["srtp_repeat"] == 0
 
 
 def test_random_datagrams_do_not_crash(fp: FastPath) -> None:
@@ -329,3 +321,95 @@ def test_random_datagrams_do_not_crash(fp: FastPath) -> None:
         assert fp.stats(call.handle)["oversize"] > 0
         exchange(call, 3)
         exchange(other, 3)
+
+
+def test_the_worker_carries_on_the_calls_own_srtp_state(fp: FastPath) -> None:
+    """One SRTP state per call: the worker borrows the call's sessions, so the
+    rollover counter and the replay window survive detach and attach both ways."""
+    relay_ctx, phone_ctx = relay_srtp()
+    with calls(fp, 1) as (call,):
+        fp.detach(call.handle)  # re-attach the same sockets with our own contexts
+        call.srtp, call.relay_srtp = phone_ctx, relay_ctx
+        call.handle = fp.attach(
+            phone_fd=call.relay_phone.fileno(),
+            pbx_fd=call.relay_pbx.fileno(),
+            phone_addr=call.phone.getsockname(),
+            pbx_addr=call.pbx.getsockname(),
+            srtp=relay_ctx,
+        )
+        assert relay_ctx.lent
+        wrap = [65530 + i for i in range(6)] + [65536 + i for i in range(4)]
+        for seq in wrap:  # the PBX's sequence number wraps in the worker
+            call.pbx.send(rtp(seq, ssrc=0x5678))
+            assert phone_ctx.unprotect(call.phone.recv(2048)) == rtp(seq, ssrc=0x5678)
+        up = phone_ctx.protect(rtp(1))
+        assert up is not None
+        call.phone.send(up)
+        assert call.pbx.recv(2048) == rtp(1)
+        # While lent, Python's uses run in the worker's sessions, under its lock:
+        assert relay_ctx.unprotect(up) is None  # replayed: the worker saw it
+        fp.detach(call.handle)
+        assert not relay_ctx.lent
+        # Back in Python, the same state: ROC 1 goes on, the replay is still refused.
+        down = relay_ctx.protect(rtp(65540, ssrc=0x5678))
+        assert down is not None and phone_ctx.unprotect(down) == rtp(65540, ssrc=0x5678)
+        assert relay_ctx.unprotect(up) is None
+        assert relay_ctx.protect(rtp(65539, ssrc=0x5678)) is None  # index 1:3 used already
+        call.handle = fp.attach(
+            phone_fd=call.relay_phone.fileno(),
+            pbx_fd=call.relay_pbx.fileno(),
+            phone_addr=call.phone.getsockname(),
+            pbx_addr=call.pbx.getsockname(),
+            srtp=relay_ctx,
+        )
+        call.pbx.send(rtp(65541, ssrc=0x5678))
+        assert phone_ctx.unprotect(call.phone.recv(2048)) == rtp(65541, ssrc=0x5678)
+        call.phone.send(up)  # a replay from the phone's address: dropped
+        call.pbx.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            call.pbx.recv(2048)
+        assert fp.stats(call.handle)["srtp_auth"] == 1
+
+
+def test_set_phone_moves_the_latch_with_the_same_sessions(fp: FastPath) -> None:
+    with calls(fp, 1) as (call,):
+        exchange(call, 3)
+        moved = udp(PHONE_HOST)
+        try:
+            moved.settimeout(5)
+            fp.set_phone(call.handle, moved.getsockname())
+            call.pbx.send(rtp(4, ssrc=0x5678))
+            assert call.srtp.unprotect(moved.recv(2048)) == rtp(4, ssrc=0x5678)
+            moved.sendto(call.srtp.protect(rtp(4)) or b"", call.relay_phone.getsockname())
+            assert call.pbx.recv(2048) == rtp(4)
+            call.phone.send(call.srtp.protect(rtp(5)) or b"")  # the old address: Python's
+            wait_for(lambda: fp.stats(call.handle)["punted"] == 1)
+            assert fp.read_punted()[0][2] == call.phone.getsockname()
+            with pytest.raises(ValueError):
+                fp.set_phone(call.handle, ("::1", 5))
+            with pytest.raises(KeyError):
+                fp.set_phone(call.handle + 1, moved.getsockname())
+        finally:
+            moved.close()
+
+
+def test_rtcp_feedback_from_the_pbx_is_punted_as_rtcp(fp: FastPath) -> None:
+    """RFC 5761: 192-223 in the second byte is RTCP, feedback (205-207) included."""
+    with calls(fp, 1) as (call,):
+        sent = [bytes([0x81, pt, 0, 2]) + struct.pack("!II", 1, 2) for pt in (205, 206, 207)]
+        for packet in sent:
+            call.pbx.send(packet)
+        punted: list[tuple[int, bytes, tuple[str, int], str]] = []
+        wait_for(lambda: len(punted.__iadd__(fp.read_punted())) >= 3)
+        assert [d for _, d, _, side in punted if side == "pbx"] == sent
+        assert fp.stats(call.handle)["phone_out"] == 0  # none was protected as RTP
+
+
+def test_one_rtcp_demultiplexing_rule_in_both_paths() -> None:
+    from pbx_zrtp.relay.fastpath import is_rtcp as worker_is_rtcp
+    from pbx_zrtp.srtp import is_rtcp
+
+    for second in range(256):
+        for packet in (bytes([0x80, second]), bytes([0x80, second]) + bytes(10)):
+            assert worker_is_rtcp(packet) == is_rtcp(packet), (second, len(packet))
+    assert not worker_is_rtcp(b"") and not worker_is_rtcp(b"\x80")
