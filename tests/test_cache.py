@@ -646,3 +646,16 @@ def test_memory_and_sqlite_agree(ops: list[tuple[Any, ...]]) -> None:
                 assert memory.list_pbx_secrets() == sqlite_store.list_pbx_secrets()
         finally:
             sqlite_store.close()
+
+
+def test_every_store_of_the_package_purges_and_lists_its_pbxsecrets() -> None:
+    """SecretCache gives do-nothing defaults (for partial test stores); every real
+    store must have its own, or the running relay would never purge it."""
+    from pbx_zrtp.cache.base import SecretCache
+    from pbx_zrtp.cache.memory import MemorySecretCache
+    from pbx_zrtp.cache.postgres import PostgresSecretCache
+    from pbx_zrtp.cache.sqlite import SqliteSecretCache
+
+    for store in (MemorySecretCache, SqliteSecretCache, PostgresSecretCache):
+        for name in ("purge_expired", "list_pbx_secrets"):
+            assert getattr(store, name) is not getattr(SecretCache, name), (store, name)

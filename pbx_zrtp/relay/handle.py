@@ -105,13 +105,14 @@ class LocalRelay(_OneRelay):
             return None
 
     async def verify(self, call_id: str, verified: bool) -> CallReport:
-        return self.relay.verify(call_id, verified)
+        self.relay.verify(call_id, verified)
+        return await self.relay.stored(call_id)  # answers once the V flag is saved
 
     async def enroll(self, call_id: str) -> CallReport:
-        return self.relay.enroll(call_id)
+        return await self.relay.enroll(call_id)
 
     async def unenroll(self, call_id: str) -> None:
-        self.relay.unenroll(call_id=call_id)
+        await self.relay.unenroll(call_id=call_id)
 
     async def show(self, call_id: str) -> CallReport | None:
         try:

@@ -135,10 +135,15 @@ class RelayService:
 
     async def _purge_forever(self) -> None:
         """Expired secrets leave the store on a schedule (and at start): a lookup
-        already ignores them, but a stolen or shared database should not keep them."""
+        already ignores them, but a stolen or shared database should not keep them.
+        A blocking store is purged on its worker's threads, never on the media loop."""
+        store = self.relay.settings.store
         while True:
             try:
-                erased = self.cache.purge_expired()
+                if store is not None:
+                    erased = await store.run(self.cache.purge_expired)
+                else:
+                    erased = self.cache.purge_expired()
             except CacheError as exc:
                 log.warning("cache: purging expired secrets failed: %s", exc)
             else:

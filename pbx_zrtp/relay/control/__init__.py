@@ -8,10 +8,14 @@
 - ``client``: ``ControlClient`` (imports only ``protocol``).
 
 Importing this package loads the protocol and the client only (``pbx-zrtp ctl``
-needs no relay); the server is ``pbx_zrtp.relay.control.server.ControlServer``.
+needs no relay); ``ControlServer`` (``server``, which imports the relay) is
+loaded when first named, so ``from pbx_zrtp.relay.control import ControlServer``
+keeps working.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pbx_zrtp.relay.control.client import ControlClient
 from pbx_zrtp.relay.control.protocol import (
@@ -23,6 +27,18 @@ from pbx_zrtp.relay.control.protocol import (
     parse_control_address,
 )
 
+if TYPE_CHECKING:
+    from pbx_zrtp.relay.control.server import ControlServer
+
+
+def __getattr__(name: str) -> object:
+    if name == "ControlServer":
+        from pbx_zrtp.relay.control.server import ControlServer
+
+        return ControlServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "MAX_LINE",
     "SERVICE",
@@ -30,5 +46,6 @@ __all__ = [
     "ControlClient",
     "ControlConnectionError",
     "ControlError",
+    "ControlServer",
     "parse_control_address",
 ]

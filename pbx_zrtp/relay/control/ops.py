@@ -212,14 +212,15 @@ async def _verify(session: Session, args: Request) -> object:
     call_id = args.call_id()
     verified = args.take("verified", flag(), True)
     args.finish()
-    return _report(session.relay.verify(call_id, verified))
+    session.relay.verify(call_id, verified)
+    return _report(await session.relay.stored(call_id))  # once the V flag is saved
 
 
 @op("enroll")
 async def _enroll(session: Session, args: Request) -> object:
     call_id = args.call_id()
     args.finish()
-    return _report(session.relay.enroll(call_id))
+    return _report(await session.relay.enroll(call_id))
 
 
 @op("unenroll")
@@ -237,7 +238,7 @@ async def _unenroll(session: Session, args: Request) -> object:
             zid = b""
         if len(zid) != 12:
             raise BadRequest("field 'peer_zid' must be 24 hex digits")
-    return {"erased": session.relay.unenroll(call_id=call_id, peer_zid=zid)}
+    return {"erased": await session.relay.unenroll(call_id=call_id, peer_zid=zid)}
 
 
 @op("enrolled")
@@ -245,7 +246,7 @@ async def _enrolled(session: Session, args: Request) -> object:
     args.finish()
     return [
         {"self_zid": own.hex(), "peer_zid": peer.hex(), "expires": expires}
-        for own, peer, expires in session.relay.enrolled_phones()
+        for own, peer, expires in await session.relay.enrolled_phones()
     ]
 
 
