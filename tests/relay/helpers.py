@@ -18,7 +18,7 @@ from typing import Any
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.relay.core import Relay, RelayError, RelayLayout
 from pbx_zrtp.relay.mirror import CallReport, MirrorSettings, Policy
-from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from pbx_zrtp.zrtp.config import DEFAULT_CIPHERS, ZrtpConfiguration
 
 RELAY_HOST = "127.0.0.2"
 PBX_HOST = "127.0.0.3"
@@ -53,12 +53,21 @@ def make_relay(
     prebind_policy: Policy = Policy.REQUIRED,
     fastpath: bool | int = False,
     relay_host: str = RELAY_HOST,
+    ciphers: tuple[bytes, ...] = DEFAULT_CIPHERS,
+    auth_tags: tuple[bytes, ...] = (b"HS32", b"HS80"),
 ) -> Relay:
     cache = cache or MemorySecretCache()
     zid = cache.local_zid(lambda: os.urandom(12))
 
     def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
-        return ZrtpConfiguration(zid=zid, mitm=True, self_uri=self_uri, peer_uri=peer_uri)
+        return ZrtpConfiguration(
+            zid=zid,
+            mitm=True,
+            self_uri=self_uri,
+            peer_uri=peer_uri,
+            cipher_types=ciphers,
+            auth_tag_types=auth_tags,
+        )
 
     settings = MirrorSettings(
         zrtp=zrtp, cache=cache, optional_timeout=optional_timeout, required_timeout=required_timeout
