@@ -42,6 +42,8 @@ class LatePhone(Phone):
     def zrtp(self, data: bytes) -> None:
         if self.started:
             super().zrtp(data)
+
+
 EARLY = b"EARLY MEDIA "  # the PBX's payloads start with this, then the packet number
 
 
