@@ -32,6 +32,8 @@
  *     counter: a reused (SSRC, index) or a lost rollover fails there;
  *   - decide() forwards nothing from a stranger on the PBX side, returns only
  *     known verdicts, and its output length stays in the buffer.
+ * "The phone", "the PBX", "a stranger" are judged with the harness's own address
+ * comparison (ref_same), not the worker's.
  * AddressSanitizer and UndefinedBehaviorSanitizer catch memory and UB errors.
  *
  * Build (bench/fuzz_targets.py does it): clang -g -O1 -fsanitize=fuzzer,address,undefined
@@ -117,6 +119,20 @@ static struct {
         fputc('\n', stderr);                                                                \
         abort();                                                                            \
     } while (0)
+
+/* The lab's own address equality (what Python compares: family, address, port, IPv6
+ * scope), written out apart from the worker's same_addr(): the invariants below judge
+ * the worker's decisions with it, so a wrong same_addr() shows as a finding. */
+static int ref_same(const fp_addr_t *a, const fp_addr_t *b) {
+    if (a->sa.sa_family != b->sa.sa_family) return 0;
+    if (a->sa.sa_family == AF_INET)
+        return ntohs(a->v4.sin_port) == ntohs(b->v4.sin_port) &&
+               ntohl(a->v4.sin_addr.s_addr) == ntohl(b->v4.sin_addr.s_addr);
+    for (int i = 0; i < 16; i++)
+        if (a->v6.sin6_addr.s6_addr[i] != b->v6.sin6_addr.s6_addr[i]) return 0;
+    return ntohs(a->v6.sin6_port) == ntohs(b->v6.sin6_port) &&
+           a->v6.sin6_scope_id == b->v6.sin6_scope_id;
+}
 
 static void make_addr(fp_addr_t *a, const char *ip, int port) {
     if (parse_addr(a, ip, port, strchr(ip, ':') ? AF_INET6 : AF_INET) != 0)
@@ -233,7 +249,7 @@ static void phone_side(uint8_t *buf, int len, const fp_addr_t *from, int id) {
     TRACE("phone side: id %d from source %d: verdict %d\n", id, (int)(from - L.n->addrs),
           verdict);
     if (verdict == V_FORWARD) {
-        if (!same_addr(from, &latch)) FINDING("the worker forwarded a stranger's packet");
+        if (!ref_same(from, &latch)) FINDING("the worker forwarded a stranger's packet");
         to_pbx(buf, n, id, "worker");
     } else if (verdict == V_PUNT) {
         /* Mirror._from_phone for a secured call: (S)RTP/SRTCP from anywhere is
@@ -245,7 +261,7 @@ static void phone_side(uint8_t *buf, int len, const fp_addr_t *from, int id) {
             if (call_srtp(&L.c, op, buf, &n) == srtp_err_status_ok) {
                 to_pbx(buf, n, id, "punted");
                 TRACE("  punted %s: forwarded\n", op == OP_UNPROTECT ? "SRTP" : "SRTCP");
-                if (!same_addr(from, &L.c.phone_addr)) {
+                if (!ref_same(from, &L.c.phone_addr)) {
                     L.c.phone_addr = *from; /* relatch */
                     TRACE("  relatched\n");
                 }
@@ -254,7 +270,7 @@ static void phone_side(uint8_t *buf, int len, const fp_addr_t *from, int id) {
     } else if (verdict < 0 || verdict >= C_COUNT) {
         FINDING("unknown verdict %d", verdict);
     }
-    if (!same_addr(&latch, &L.c.phone_addr) && (id < 0 || !L.cap[id].forwarded))
+    if (!ref_same(&latch, &L.c.phone_addr) && (id < 0 || !L.cap[id].forwarded))
         FINDING("the latch moved without an authentic fresh packet");
 }
 
@@ -265,7 +281,7 @@ static void pbx_side(uint8_t *buf, int len, const fp_addr_t *from) {
     /* The reference: every 12-1500-byte datagram from the PBX is protected, RTCP as
      * SRTCP, unless its (SSRC, index) was used already. */
     int expect = 0, ref_len = len;
-    if (same_addr(from, &L.n->pbx) && len >= 12 && len <= MAX_DGRAM) {
+    if (ref_same(from, &L.n->pbx) && len >= 12 && len <= MAX_DGRAM) {
         memcpy(ref, plain, (size_t)len);
         expect = (RFC5761_RTCP(plain, len) ? S.protect_rtcp : S.protect)(L.ref_tx, ref, &ref_len) ==
                  srtp_err_status_ok;
@@ -275,7 +291,7 @@ static void pbx_side(uint8_t *buf, int len, const fp_addr_t *from) {
     TRACE("pbx side: %d bytes, second byte %d: verdict %d, reference %d\n", len,
           len > 1 ? buf[1] : -1, verdict, expect);
     if (verdict == V_FORWARD) {
-        if (!same_addr(from, &L.c.pbx_addr)) FINDING("forwarded a stranger's packet to the phone");
+        if (!ref_same(from, &L.c.pbx_addr)) FINDING("forwarded a stranger's packet to the phone");
         got = 1;
     } else if (verdict == V_PUNT) {
         /* Mirror._from_pbx: RTCP (and anything else not RTP) is protected in Python,
