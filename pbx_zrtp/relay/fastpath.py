@@ -5,7 +5,8 @@ first use into a cache directory, keyed by a hash of the source and the flags,
 and loaded with cffi in ABI mode. One :class:`FastPath` runs one native worker
 thread (epoll, ``recvmmsg``/``sendmmsg``) that forwards the RTP of many calls;
 what it does not handle (ZRTP, RTCP, STUN, packets from other sources on the
-phone side) is queued for Python ("punted").
+phone side) is queued for Python ("punted"). IPv4 and IPv6 sockets alike (each
+address of its socket's family).
 
 One SRTP state per call: the worker does not make sessions. A call's
 :class:`~pbx_zrtp.srtp.SrtpContext` lends it its two libsrtp sessions for as long
