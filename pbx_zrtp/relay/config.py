@@ -19,7 +19,7 @@ from typing import Any
 
 from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.srtp import SUPPORTED_CIPHERS
-from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
+from pbx_zrtp.zrtp.config import DEFAULT_CIPHERS, ZrtpConfiguration, parse_algorithm_list
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ def _default_runtime_dir() -> Path:
 class ZrtpSettings:
     key_agreements: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
     hashes: tuple[bytes, ...] = (b"S256", b"S384")
-    ciphers: tuple[bytes, ...] = (b"AES1",)
+    ciphers: tuple[bytes, ...] = DEFAULT_CIPHERS
     auth_tags: tuple[bytes, ...] = (b"HS80", b"HS32")
     sas: tuple[bytes, ...] = (b"B32 ", b"B256")
     client_id: str = "pbx_zrtp relay"
