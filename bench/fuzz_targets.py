@@ -1005,9 +1005,9 @@ def _fp_body(payload: bytes) -> bytes:
     return bytes([len(payload) // 4]) + payload[: len(payload) // 4 * 4]
 
 
-def fastpath_program(hs32: bool, *ops: bytes) -> bytes:
+def fastpath_program(hs32: bool, *ops: bytes, ipv6: bool = False, aes3: bool = False) -> bytes:
     """An input of bench/fuzz_fastpath.c: the flags byte, then operations."""
-    return bytes([1 if hs32 else 0]) + b"".join(ops)
+    return bytes([hs32 | ipv6 << 1 | aes3 << 2]) + b"".join(ops)
 
 
 def fp_phone_rtp(seq: int, source: int = 0, payload: bytes = b"\x7f" * 160) -> bytes:
@@ -1124,10 +1124,11 @@ def generate_seeds() -> dict[str, list[bytes]]:
         b'\x01[asterisk]\nsecret = "x"\npolicies = { "6XX" = "required" }\n'
         b'[freeswitch]\npassword = "y"\n'
     )
-    for hs32 in (False, True):
+    for hs32, ipv6, aes3 in ((False, False, False), (True, False, False), (False, True, True)):
         # a call: phone audio, the PBX's sequence wrapping, a relatch (NAT rebinding),
         # replays from the phone and an attacker, a tampered copy, RTCP feedback both
-        # ways on the RTP port, RTCP on P+1, junk on both sides
+        # ways on the RTP port, RTCP on P+1, junk on both sides; the phone's and the
+        # PBX's look-alikes (another scope or family); IPv4 and IPv6, AES1 and AES3
         seeds["fastpath"].append(
             fastpath_program(
                 hs32,
@@ -1148,6 +1149,12 @@ def generate_seeds() -> dict[str, list[bytes]]:
                 fp_raw("pbx", b"\x80\xc8" + bytes(26)),
                 fp_raw("phone", b"\x80" * 1550),  # oversize (the length is taken mod 1564)
                 b"\x08" + _fp_header(0x9F, 0, 5, 5) + (40).to_bytes(2, "big") + bytes(40),
+                fp_again(4, 7),  # a captured packet from the phone's look-alike
+                fp_phone_rtp(5, source=7),  # an authentic one from there: a relatch
+                fp_pbx_rtp(5, who=6),  # the PBX's look-alike
+                fp_pbx_rtp(6),
+                ipv6=ipv6,
+                aes3=aes3,
             )
         )
     # a repeated PBX index (another payload, then the same one), a late packet from

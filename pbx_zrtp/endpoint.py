@@ -165,7 +165,8 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _srtp_context(self, keys: SrtpKeys) -> SrtpContext | None:
-        """An SRTP context, or None for keys our SRTP layer cannot use (AES3).
+        """An SRTP context, or None for keys our SRTP layer cannot use (none the
+        engine negotiates today; a failure when --srtp asks for media).
 
         Without --srtp the exchange is still useful: it shows the derived keys.
         """

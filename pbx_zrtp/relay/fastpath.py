@@ -5,7 +5,8 @@ first use into a cache directory, keyed by a hash of the source and the flags,
 and loaded with cffi in ABI mode. One :class:`FastPath` runs one native worker
 thread (epoll, ``recvmmsg``/``sendmmsg``) that forwards the RTP of many calls;
 what it does not handle (ZRTP, RTCP, STUN, packets from other sources on the
-phone side) is queued for Python ("punted").
+phone side) is queued for Python ("punted"). IPv4 and IPv6 sockets alike (each
+address of its socket's family).
 
 One SRTP state per call: the worker does not make sessions. A call's
 :class:`~pbx_zrtp.srtp.SrtpContext` lends it its two libsrtp sessions for as long
@@ -49,6 +50,7 @@ const char *fp_build(void);
 const char *fp_counter_names(void);
 int fp_counter_count(void);
 int fp_is_rtcp(const uint8_t *p, int len);
+int fp_ip_max(void);
 fp_t *fp_create(void);
 int fp_punt_fd(fp_t *fp);
 int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int phone_port,
@@ -57,12 +59,13 @@ int fp_srtp(fp_t *fp, int64_t handle, int op, uint8_t *buf, int *len);
 int fp_set_phone(fp_t *fp, int64_t handle, const char *ip, int port);
 int fp_stats(fp_t *fp, int64_t handle, uint64_t *out);
 int fp_detach(fp_t *fp, int64_t handle, uint64_t *out);
-int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int *port);
+int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int ipcap,
+                int *port);
 void fp_close(fp_t *fp);
 """
 
 _ATTACH_ERRORS = {
-    -1: "bad arguments (fds or addresses)",
+    -1: "bad arguments (fds, or an address not of its socket's family)",
     -2: "no SRTP sessions (or the library is not initialised)",
     -3: "epoll_ctl failed (fd already attached or not a socket?)",
     -4: "out of memory",
@@ -240,7 +243,8 @@ class FastPath:
         self._fp: Any = fp
         self._punt_fd = int(self._lib.fp_punt_fd(fp))
         self._buf = self._ffi.new("uint8_t[]", 2048)
-        self._ip = self._ffi.new("char[]", 16)
+        self._ip_max = int(self._lib.fp_ip_max())
+        self._ip = self._ffi.new("char[]", self._ip_max)
         self._out = self._ffi.new("uint64_t[]", self._count)
         self._handle = self._ffi.new("int64_t *")
         self._dir = self._ffi.new("int *")
@@ -265,7 +269,8 @@ class FastPath:
         srtp: SrtpContext,
     ) -> int:
         """Hand both sockets' reading to the worker, with the call's SRTP sessions
-        (lent, not copied: until detach, ``srtp`` runs through the worker)."""
+        (lent, not copied: until detach, ``srtp`` runs through the worker). Sockets
+        and addresses are IPv4 or IPv6, each address of its socket's family."""
         loan = _Loan(self)
         tx, rx = srtp.lend(loan)
         try:
@@ -317,7 +322,7 @@ class FastPath:
         if status == -2:
             raise KeyError(handle)
         if status != 0:
-            raise ValueError(f"not an IPv4 address: {phone_addr!r}")
+            raise ValueError(f"not an address of the call's family: {phone_addr!r}")
 
     def _counters(self) -> dict[str, int]:
         return {name: int(self._out[i]) for i, name in enumerate(self._names)}
@@ -353,7 +358,14 @@ class FastPath:
                 os.read(self._punt_fd, 8)
             while True:
                 n = self._lib.fp_punt_pop(
-                    fp, self._handle, self._dir, self._buf, 2048, self._ip, self._port
+                    fp,
+                    self._handle,
+                    self._dir,
+                    self._buf,
+                    2048,
+                    self._ip,
+                    self._ip_max,
+                    self._port,
                 )
                 if n < 0:
                     return result

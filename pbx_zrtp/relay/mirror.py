@@ -224,6 +224,12 @@ def _is_stun(data: bytes) -> bool:
     return len(data) >= 20 and data[0] < 4 and data[4:8] == b"\x21\x12\xa4\x42"
 
 
+def format_address(address: Address) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:5004``), as in URLs and SDP tools."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Socket(asyncio.DatagramProtocol):
     """Calls ``handler(data, addr)`` for each datagram; swallows ICMP errors."""
 
@@ -524,7 +530,7 @@ class Mirror:
             cache_mismatch=secured.cache_mismatch if secured else False,
             previously_verified=secured.previously_verified if secured else False,
             handshake_ms=self._handshake_ms,
-            phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
+            phone=format_address(self.phone) if self.phone else "",
             last_state=self._last_state,
             bridge=identity.bridge if identity else "",
             enrolled=self.enrolled,

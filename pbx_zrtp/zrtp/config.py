@@ -22,9 +22,10 @@ MANDATORY_AUTH_TAGS = (b"HS32", b"HS80")
 MANDATORY_KEY_AGREEMENT = b"DH3k"
 MANDATORY_SAS = b"B32 "
 
-#: AES3 keys can be negotiated, but pylibsrtp has no AES-256-CM profile, so it is
-#: only offered when the host says its SRTP side can use it.
-DEFAULT_CIPHERS = (b"AES1",)
+#: AES1 first, as bzrtp orders them (RFC 6189 §5.1.3: AES1 mandatory, AES3 optional);
+#: AES3 (AES_CM_256 SRTP, RFC 6188) for peers that choose it, and chosen by us as
+#: initiator where §5.1.5 couples it to the key agreement (EC38).
+DEFAULT_CIPHERS = (b"AES1", b"AES3")
 
 
 def _block(name: str | bytes) -> bytes:

@@ -196,6 +196,18 @@ def _choose(
     raise ZrtpProtocolError("no algorithm in common", ErrorCode.HELLO_COMPONENTS_MISMATCH)
 
 
+def _cipher_preference(key_agreement: bytes, ours: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """Our cipher preference for this key agreement (§5.1.5): EC38 SHOULD use AES3
+    (when we offer it), DH2k SHOULD use AES1; otherwise our configured order."""
+    if key_agreement == b"EC38" and b"AES3" in ours:
+        first = b"AES3"
+    elif key_agreement == b"DH2k":
+        first = MANDATORY_CIPHER
+    else:
+        return ours
+    return (first, *(c for c in ours if c != first))
+
+
 def _name(block: bytes) -> str:
     return block.decode("ascii", "replace").strip()
 
@@ -929,7 +941,13 @@ class ZrtpConnection:
         if self._key_agreement_type == b"EC38":
             hash_pref = (b"S384", *(h for h in hash_pref if h != b"S384"))
         self._hash = HASHES[_choose(hash_pref, peer.hash_types, (MANDATORY_HASH,))]
-        self._cipher = CIPHERS[_choose(cfg.cipher_types, peer.cipher_types, (MANDATORY_CIPHER,))]
+        self._cipher = CIPHERS[
+            _choose(
+                _cipher_preference(self._key_agreement_type, cfg.cipher_types),
+                peer.cipher_types,
+                (MANDATORY_CIPHER,),
+            )
+        ]
         self._auth_tag = _choose(cfg.auth_tag_types, peer.auth_tag_types, MANDATORY_AUTH_TAGS)
         self._sas_type = _choose(cfg.sas_types, peer.sas_types, (MANDATORY_SAS,))
 

@@ -215,6 +215,8 @@ MODULES = (
     "func_pjsip_endpoint.so",  # the subroutine reads the endpoint's media_address
     "app_dial.so",
     "bridge_simple.so",  # Dial() bridges the two legs
+    "app_playback.so",  # early media (extension 620)
+    "format_wav.so",
 )
 
 
@@ -330,11 +332,21 @@ Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
  same => n,Echo()
  same => n,Hangup()
 
+; Early media (issue 15): a tone in the 183, before Answer(), once the subroutine is done.
+exten => 620,1,Gosub(pbx-zrtp,s,1(required))
+ same => n,UserEvent(EarlyMedia,State: ${ZRTP_STATE},RtpDest: ${CHANNEL(rtp,dest)})
+ same => n,Playback(@EARLY@,noanswer)
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
+Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
+ same => n,Answer()
+ same => n,Echo()
+ same => n,Hangup()
+
 ; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
 exten => 702,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^required^702))
  same => n,Hangup()
-""",
+""".replace("@EARLY@", str(write_tone(base / "early.wav", 2.0).with_suffix(""))),
     )
     return conf
 
@@ -795,3 +807,98 @@ def test_two_zrtp_phones_bridged_through_asterisk_are_linked_legs(lab: Lab) -> N
     finally:
         alice.stop()
         carol.stop()
+
+
+def test_early_media_in_the_183_reaches_the_phone_only_through_the_relay(lab: Lab) -> None:
+    """Extension 620: the [pbx-zrtp] subroutine, then a 2 s tone played before Answer()
+    (early media, in the 183). The phone is secure before the tone starts; Asterisk
+    sends it to the relay, which encrypts it; no packet goes from Asterisk straight to
+    the phone (its RTP count equals what the relay heard, and the phone saw no packet
+    that failed SRTP). Before the subroutine waited for CHANNEL(rtp,dest) to be the
+    relay, the first 2 packets of the tone went to the phone in the clear."""
+    phone = lab.phone("phone-early", zrtp=True)
+    try:
+        count = len(lab.ami.events)
+        phone.send(f"call sip:620@{A}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        early = lab.ami.wait_event(
+            lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "EarlyMedia",
+            20,
+            "UserEvent EarlyMedia",
+        )
+        assert early["State"] == "secure", early  # secure before any early media
+        # Asterisk sends to the relay before the tone: the subroutine waited for that
+        assert early["RtpDest"].startswith(f"{R}:"), early
+        uniqueid = early["Uniqueid"]
+        call_id = f"ast-{uniqueid}"
+        seen = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and e.get("Uniqueid") == uniqueid
+            ),
+            20,
+            "UserEvent ZrtpSeen (after the early media, before Answer)",
+        )
+        assert seen["SAS"] == phone_sas, seen
+        answered = any(
+            e.get("Event") == "Newstate"
+            and e.get("Uniqueid") == uniqueid
+            and e.get("ChannelStateDesc") == "Up"
+            for e in lab.ami.events[count:]
+            if float(e["_time"]) <= float(seen["_time"])
+        )
+        assert not answered, "the tone was not early media: the channel was up already"
+        during = lab.ctl("show", call_id)["counters"]  # the tone only: Echo() not yet
+        # ~100 packets of tone reached the relay and went on to the phone, as SRTP
+        assert during["pbx_in"] >= 80 and during["phone_out"] >= 80, during
+        drops = during["drops"]
+        assert not {"clear_blocked", "srtp_protect", "srtp_repeat"} & set(drops), drops
+        hangup_phone(phone)
+        lab.ami.wait_event(
+            lambda e: e.get("Event") == "Hangup" and e.get("Uniqueid") == uniqueid,
+            15,
+            "Hangup",
+        )
+        qos = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "VarSet"
+                and e.get("Uniqueid") == uniqueid
+                and e.get("Variable") == "RTPAUDIOQOS"
+            ),
+            5,
+            "RTPAUDIOQOS",
+        )
+        sent = re.search(r"(?:^|;)txcount=(\d+)", qos.get("Value", ""))
+        assert sent, qos
+        deadline = time.monotonic() + 10
+        while lab.ctl("list") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ended = lab.relay_events(call_id)[-1]
+        assert ended["state"] == "ended", ended
+        relay_heard = ended["counters"]["pbx_in"]
+        # every packet Asterisk sent, the early tone included, reached the relay
+        assert abs(int(sent.group(1)) - relay_heard) <= 2, (sent.group(1), relay_heard)
+        # and nothing but SRTP reached the phone: a packet straight from Asterisk (clear)
+        # fails the phone's SRTP authentication, which liblinphone logs
+        phone_log = (lab.base / "phone-early" / "linphone-debug.log").read_text(errors="replace")
+        clear = phone_log.count("srtp_unprotect() failed")
+        assert clear == 0, f"{clear} packets reached the phone without SRTP"
+        print(
+            "EARLY MEDIA:",
+            json.dumps(
+                {
+                    "sas": phone_sas,
+                    "rtp_dest_before_tone": early["RtpDest"],
+                    "counters_after_tone": {k: v for k, v in during.items() if k != "drops"},
+                    "drops_after_tone": drops,
+                    "asterisk_txcount": int(sent.group(1)),
+                    "relay_pbx_in": relay_heard,
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
