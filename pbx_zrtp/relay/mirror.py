@@ -847,7 +847,9 @@ class Mirror:
                 counters.drops["no_call"] += 1
                 return
         first = data[0]
-        if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
+        # is_zrtp_packet / is_zrtp_fragment (0x11, post-quantum Commit and DHPart1
+        # cut to the MTU), inlined: hot path
+        if (first == 0x10 or first == 0x11) and data[4:8] == b"ZRTP":
             hint = self.identity.phone_hint
             if hint is not None and addr[0] != hint[0]:
                 counters.drops["wrong_source"] += 1

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pbx_zrtp.cache.base import NEVER_EXPIRES
 from pbx_zrtp.zrtp.crypto import AUTH_TAGS, CIPHERS, HASHES, SAS_TYPES
+from pbx_zrtp.zrtp.kem import KEMS, is_kem
 from pbx_zrtp.zrtp.keyagreement import ALIASES, KEY_AGREEMENTS, MULTISTREAM
 
 Role = Literal["auto", "initiator", "responder"]
@@ -25,6 +26,11 @@ MANDATORY_SAS = b"B32 "
 #: AES3 keys can be negotiated, but pylibsrtp has no AES-256-CM profile, so it is
 #: only offered when the host says its SRTP side can use it.
 DEFAULT_CIPHERS = (b"AES1",)
+
+#: bzrtp's default MTU: larger messages (post-quantum Commit, DHPart1) are fragmented.
+DEFAULT_MTU = 1452
+#: bzrtp's floor; below it a K448+ML-KEM-1024 Commit would need too many fragments.
+MINIMUM_MTU = 600
 
 
 def _block(name: str | bytes) -> bytes:
@@ -85,6 +91,10 @@ class ZrtpConfiguration:
     t2_retries: int = 10
     #: Responder gives up when nothing arrives for this long after Commit (§6).
     responder_timeout: float = 10.0
+    #: Largest ZRTP packet we send; bigger messages go as fragments (KEM mode).
+    mtu: int = DEFAULT_MTU
+    #: Refuse any key agreement that is not post-quantum (a KEM-mode hybrid).
+    pq_required: bool = False
     #: A forced responder whose discovery is complete (both Hellos seen and
     #: acknowledged) commits itself when the peer has not committed for this long:
     #: a peer that waits for our Commit (GNU ZRTP, once its Hello was acknowledged
@@ -101,7 +111,7 @@ class ZrtpConfiguration:
         self.hash_types = self._check("hash", self.hash_types, HASHES)
         self.cipher_types = self._check("cipher", self.cipher_types, CIPHERS)
         self.auth_tag_types = self._check("auth tag", self.auth_tag_types, AUTH_TAGS)
-        known = {**KEY_AGREEMENTS, MULTISTREAM: None}
+        known = {**KEY_AGREEMENTS, **KEMS, MULTISTREAM: None}
         self.key_agreement_types = self._check("key agreement", self.key_agreement_types, known)
         self.sas_types = self._check("SAS", self.sas_types, dict.fromkeys(SAS_TYPES))
         if not 0 <= self.cache_expiration <= NEVER_EXPIRES:
@@ -114,6 +124,10 @@ class ZrtpConfiguration:
             raise ValueError("aux_secret must not be empty")
         if not self.responder_commit_wait > 0:
             raise ValueError("responder_commit_wait must be positive")
+        if not MINIMUM_MTU <= self.mtu <= 2048:
+            raise ValueError(f"mtu must be {MINIMUM_MTU}..2048 octets")
+        if self.pq_required and not any(is_kem(t) for t in self.key_agreement_types):
+            raise ValueError("pq_required needs a post-quantum key agreement (X1M1, X3M3)")
 
     @staticmethod
     def _check(
