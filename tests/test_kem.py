@@ -158,7 +158,8 @@ def test_mixing_rule_of_the_draft() -> None:
 
 def test_pq_required_refuses_a_dh_only_peer_on_both_sides() -> None:
     pq = {"key_agreement_types": (b"X1M1",), "pq_required": True}
-    for initiator_config, other in ((pq, {}), ({}, pq)):
+    dh_only = {"key_agreement_types": (b"X255", b"DH3k")}
+    for initiator_config, other in ((pq, dh_only), (dh_only, pq)):
         a, b = pair(seed=9, a=dict(initiator_config), b=dict(other))
         net = Network(a, b)
         net.run(until=30)

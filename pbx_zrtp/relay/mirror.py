@@ -42,6 +42,7 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeysReady,
     WentClear,
 )
+from pbx_zrtp.zrtp.kem import is_kem
 from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 
 log = logging.getLogger("pbx_zrtp.relay")
@@ -156,6 +157,8 @@ class CallReport:
     sas_type: str = ""
     sas_verified: bool = False
     key_agreement: str = ""
+    #: The key agreement is post-quantum (a KEM-mode hybrid such as X1M1).
+    pq: bool = False
     hash: str = ""
     cipher: str = ""
     auth_tag: str = ""
@@ -475,6 +478,7 @@ class Mirror:
             sas_type=secured.sas_type if secured else "",
             sas_verified=self._sas_verified,
             key_agreement=secured.key_agreement if secured else "",
+            pq=bool(secured and is_kem(secured.key_agreement.encode())),
             hash=secured.hash if secured else "",
             cipher=secured.cipher if secured else "",
             auth_tag=secured.auth_tag if secured else "",

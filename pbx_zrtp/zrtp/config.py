@@ -27,6 +27,15 @@ MANDATORY_SAS = b"B32 "
 #: only offered when the host says its SRTP side can use it.
 DEFAULT_CIPHERS = (b"AES1",)
 
+#: Post-quantum first: X25519+ML-KEM-512 (X1M1) is what current Linphone offers first
+#: and it interoperates with bzrtp (tests/interop/test_bzrtp_pq.py). A peer without
+#: it (or listing a DH type first) negotiates DH as before: the draft's mixing rule
+#: ranks every KEM after every DH type. With X255's alias E255 and Mult this fills
+#: the Hello's seven places, so DH2k is no longer offered by default.
+DEFAULT_KEY_AGREEMENTS = (b"X1M1", b"X255", b"EC25", b"DH3k", b"X448")
+#: S512 is what Linphone picks with its hybrids (and X448) when both list it.
+DEFAULT_HASHES = (b"S256", b"S384", b"S512")
+
 #: bzrtp's default MTU: larger messages (post-quantum Commit, DHPart1) are fragmented.
 DEFAULT_MTU = 1452
 #: bzrtp's floor; below it a K448+ML-KEM-1024 Commit would need too many fragments.
@@ -57,10 +66,10 @@ class ZrtpConfiguration:
     zid: bytes
     client_id: bytes = DEFAULT_CLIENT_ID
     role: Role = "auto"
-    hash_types: tuple[bytes, ...] = (b"S256", b"S384")
+    hash_types: tuple[bytes, ...] = DEFAULT_HASHES
     cipher_types: tuple[bytes, ...] = DEFAULT_CIPHERS
     auth_tag_types: tuple[bytes, ...] = (b"HS32", b"HS80")
-    key_agreement_types: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
+    key_agreement_types: tuple[bytes, ...] = DEFAULT_KEY_AGREEMENTS
     sas_types: tuple[bytes, ...] = (b"B32 ", b"B256")
     #: M flag: we can send SASrelay (a trusted MiTM such as a PBX, §7.3).
     mitm: bool = False

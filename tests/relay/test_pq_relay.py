@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import asdict
 
+from pbx_zrtp.asterisk.adapter import variables_for
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
+from pbx_zrtp.freeswitch.adapter import variables_for as freeswitch_variables
 from pbx_zrtp.relay.core import Relay, RelayLayout
 from pbx_zrtp.relay.mirror import MirrorSettings, Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -61,6 +64,27 @@ def test_fragmented_pq_handshake_through_a_required_mirror_srtp_both_ways() -> N
             assert phone["key_agreement"] == "X3M3"
             assert phone["sas"] == report.sas
             assert phone["srtp"]["received_ok"] == 10
+            assert report.pq
+            variables = variables_for(asdict(report), Policy.REQUIRED)
+            assert variables["ZRTP_PQ"] == "1" and variables["ZRTP_KEY_AGREEMENT"] == "X3M3"
+            assert freeswitch_variables(asdict(report), Policy.REQUIRED)["pbx_zrtp_pq"] == "true"
+            # The same relay with a DH-only phone: DH, and the flag says so.
+            port2 = await create_call(relay, "dh-1", Policy.REQUIRED)
+            pbx2 = EchoPbx(port2)
+            await pbx2.start()
+            try:
+                dh_phone = await run_endpoint(
+                    ZrtpConfiguration(zid=b"D" * 12, key_agreement_types=(b"X255", b"DH3k")),
+                    EndpointOptions(
+                        bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port2), srtp_count=5, timeout=10
+                    ),
+                )
+            finally:
+                pbx2.close()
+            assert dh_phone["ok"] and dh_phone["key_agreement"] == "X255"
+            dh_report = relay.get("dh-1")
+            assert not dh_report.pq
+            assert variables_for(asdict(dh_report), Policy.REQUIRED)["ZRTP_PQ"] == "0"
         finally:
             await relay.close()
             pbx.close()
