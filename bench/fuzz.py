@@ -39,6 +39,7 @@ BUDGET = {
     "ami": 250_000,
     "relay": 200_000,
     "engine": 150_000,
+    "kem": 100_000,
     "control": 120_000,
     "fastpath": 2_000_000,
 }
