@@ -213,6 +213,8 @@ class CallReport:
     sas_type: str = ""
     sas_verified: bool = False
     key_agreement: str = ""
+    #: The key agreement is post-quantum (a KEM-mode hybrid such as X1M1).
+    pq: bool = False
     hash: str = ""
     cipher: str = ""
     auth_tag: str = ""

@@ -28,7 +28,7 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeys,
     SrtpKeysReady,
 )
-from pbx_zrtp.zrtp.packets import is_zrtp_packet
+from pbx_zrtp.zrtp.packets import is_zrtp_fragment, is_zrtp_packet
 from pbx_zrtp.zrtp.warmup import warm_up
 
 Address = tuple[str, int]
@@ -114,7 +114,7 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
         elif source != self.peer:
             return
         now = self._loop.time()
-        if is_zrtp_packet(data):
+        if is_zrtp_packet(data) or is_zrtp_fragment(data):  # 0x11: a KEM-mode fragment
             self.connection.receive_datagram(data, now)
         elif self.srtp is not None and self.srtp.unprotect(data) is not None:
             self.outcome.srtp_received_ok += 1

@@ -31,10 +31,10 @@ import logging
 
 from pbx_zrtp.asterisk.ami import Ami, AmiError, AmiEvent
 from pbx_zrtp.asterisk.config import AsteriskConfig, match_policy
-from pbx_zrtp.calls import Address, Policy, RelayDirectory, RelayError, RelayHandle
+from pbx_zrtp.calls import Address, CallReport, Policy, RelayDirectory, RelayError, RelayHandle
 from pbx_zrtp.pbx.book import ENROLL_OFFER, Announcement, CallBook, PbxCall
 from pbx_zrtp.pbx.link import LiveChannel, PbxError
-from pbx_zrtp.pbx.variables import VariableTable
+from pbx_zrtp.pbx.variables import CallView, VariableTable
 
 log = logging.getLogger("pbx_zrtp.asterisk")
 
@@ -58,6 +58,7 @@ VARIABLES = VariableTable(
         ("cipher", "ZRTP_CIPHER"),
         ("auth_tag", "ZRTP_AUTH_TAG"),
         ("key_agreement", "ZRTP_KEY_AGREEMENT"),
+        ("pq", "ZRTP_PQ"),
         ("hash", "ZRTP_HASH"),
         ("peer_zid", "ZRTP_PEER_ZID"),
         ("fail_reason", "ZRTP_FAIL_REASON"),
@@ -71,6 +72,11 @@ VARIABLES = VariableTable(
     true="1",
     false="0",
 )
+
+
+def variables_for(report: CallReport, policy: Policy) -> dict[str, str]:
+    """The dialplan's view of a relay report (every variable always present)."""
+    return VARIABLES.render(CallView.of(report, policy))
 
 
 def parse_port(value: str) -> int | None:

@@ -28,13 +28,13 @@ import contextlib
 import logging
 from urllib.parse import unquote
 
-from pbx_zrtp.calls import Policy, RelayDirectory, RelayError, RelayHandle
+from pbx_zrtp.calls import CallReport, Policy, RelayDirectory, RelayError, RelayHandle
 from pbx_zrtp.config.relays import DEFAULT_GROUP
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
 from pbx_zrtp.pbx.book import ENROLL_OFFER, NO, YES, Announcement, CallBook, PbxCall
 from pbx_zrtp.pbx.link import LiveChannel
-from pbx_zrtp.pbx.variables import VariableTable
+from pbx_zrtp.pbx.variables import CallView, VariableTable
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
@@ -57,6 +57,7 @@ VARIABLES = VariableTable(
         ("cipher", "pbx_zrtp_cipher"),
         ("auth_tag", "pbx_zrtp_auth_tag"),
         ("key_agreement", "pbx_zrtp_key_agreement"),
+        ("pq", "pbx_zrtp_pq"),
         ("hash", "pbx_zrtp_hash"),
         ("peer_zid", "pbx_zrtp_peer_zid"),
         ("fail_reason", "pbx_zrtp_fail_reason"),
@@ -76,6 +77,11 @@ VARIABLES = VariableTable(
 #: zrtp_secure_media (FreeSWITCH's removed ZRTP) values that ask for ZRTP.
 LEGACY_OPTIONAL = YES | {"optional"}
 LEGACY_REQUIRED = frozenset({"required", "mandatory"})
+
+
+def variables_for(report: CallReport, policy: Policy) -> dict[str, str]:
+    """The dialplan's view of a relay report (every variable always present)."""
+    return VARIABLES.render(CallView.of(report, policy))
 
 
 def requested_policy(headers: EslEvent) -> str | None:

@@ -35,6 +35,8 @@ class CallView:
     cipher: str
     auth_tag: str
     key_agreement: str
+    #: Post-quantum key agreement (an X25519/X448 + ML-KEM hybrid).
+    pq: bool
     hash: str
     peer_zid: str
     fail_reason: str
@@ -68,6 +70,7 @@ class CallView:
             cipher=report.cipher,
             auth_tag=report.auth_tag,
             key_agreement=report.key_agreement,
+            pq=secure and report.pq,
             hash=report.hash,
             peer_zid=report.peer_zid,
             fail_reason=report.reason if failed else "",

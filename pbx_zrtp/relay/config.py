@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pbx_zrtp.cache.base import NEVER_EXPIRES
 from pbx_zrtp.calls import Policy
 from pbx_zrtp.config import read_toml
 from pbx_zrtp.config.fields import (
@@ -33,7 +34,13 @@ from pbx_zrtp.config.fields import (
     text,
 )
 from pbx_zrtp.config.secrets import read_secret_file, secret_file
-from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
+from pbx_zrtp.zrtp.config import (
+    DEFAULT_CIPHERS,
+    DEFAULT_HASHES,
+    DEFAULT_KEY_AGREEMENTS,
+    ZrtpConfiguration,
+    parse_algorithm_list,
+)
 
 
 def _default_state_dir() -> Path:
@@ -50,23 +57,22 @@ def _default_runtime_dir() -> Path:
     return Path(base) / "pbx-zrtp" if base else Path(f"/tmp/pbx-zrtp-{os.getuid()}")
 
 
-#: The engine's own defaults (zrtp/config.py), so they are written once.
-_ENGINE = ZrtpConfiguration(zid=bytes(12))
-
-
 @dataclass
 class ZrtpSettings:
-    key_agreements: tuple[bytes, ...] = _ENGINE.key_agreement_types
-    hashes: tuple[bytes, ...] = _ENGINE.hash_types
-    ciphers: tuple[bytes, ...] = _ENGINE.cipher_types
+    # the engine's own defaults (zrtp/config.py), written once
+    key_agreements: tuple[bytes, ...] = DEFAULT_KEY_AGREEMENTS
+    hashes: tuple[bytes, ...] = DEFAULT_HASHES
+    ciphers: tuple[bytes, ...] = DEFAULT_CIPHERS
     #: The relay prefers the full 80-bit tag (the engine's default lists HS32 first).
     auth_tags: tuple[bytes, ...] = (b"HS80", b"HS32")
-    sas: tuple[bytes, ...] = _ENGINE.sas_types
+    sas: tuple[bytes, ...] = (b"B32 ", b"B256")
     client_id: str = "pbx_zrtp relay"
-    cache_expiration: int = _ENGINE.cache_expiration
+    cache_expiration: int = NEVER_EXPIRES
     #: D flag (§11): set it when this PBX records calls or hands keys or audio to a
     #: third party; phones then show that the call is not private.
     disclosure: bool = False
+    #: Refuse every call whose key agreement is not post-quantum (a KEM hybrid).
+    pq_required: bool = False
 
     def configuration(self, zid: bytes, self_uri: str, peer_uri: str) -> ZrtpConfiguration:
         """The per-call engine configuration: the relay is a trusted MiTM (M flag)."""
@@ -80,6 +86,7 @@ class ZrtpSettings:
             sas_types=self.sas,
             mitm=True,
             disclosure=self.disclosure,
+            pq_required=self.pq_required,
             cache_expiration=self.cache_expiration,
             self_uri=self_uri,
             peer_uri=peer_uri,
@@ -238,6 +245,7 @@ def _read_zrtp(t: FieldReader, z: ZrtpSettings) -> None:
     z.disclosure = t.take(
         "disclosure", flag(), z.disclosure, fix="true or false (true when calls are recorded)"
     )
+    z.pq_required = t.take("pq_required", flag(), z.pq_required, fix="true or false")
 
 
 def _read_cache(t: FieldReader, c: RelayConfig) -> None:

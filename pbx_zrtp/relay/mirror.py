@@ -60,6 +60,7 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeysReady,
     WentClear,
 )
+from pbx_zrtp.zrtp.kem import is_kem
 from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 
 log = logging.getLogger("pbx_zrtp.relay")
@@ -522,6 +523,7 @@ class Mirror:
             sas_type=secured.sas_type if secured else "",
             sas_verified=self._sas_verified,
             key_agreement=secured.key_agreement if secured else "",
+            pq=bool(secured and is_kem(secured.key_agreement.encode())),
             hash=secured.hash if secured else "",
             cipher=secured.cipher if secured else "",
             auth_tag=secured.auth_tag if secured else "",
@@ -957,7 +959,9 @@ class Mirror:
         if guard is not None:
             guard.port_in += size
         first = data[0]
-        if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
+        # is_zrtp_packet / is_zrtp_fragment (0x11, post-quantum Commit and DHPart1
+        # cut to the MTU), inlined: hot path
+        if (first == 0x10 or first == 0x11) and data[4:8] == b"ZRTP":
             hint = self.identity.phone_hint
             if hint is not None and addr[0] != hint[0]:
                 counters.drops["wrong_source"] += 1

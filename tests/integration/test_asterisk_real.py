@@ -360,6 +360,9 @@ address = "{R}"
 pbx_address = "{A}"
 ports = "{RTP_PORTS[0]}-{RTP_PORTS[1]}"
 
+[zrtp]
+ciphers = ["AES3", "AES1"]  # AES-256 first: a phone that offers it gets it in both roles
+
 [cache]
 path = "{base / "cache.db"}"
 
@@ -406,7 +409,13 @@ NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMedi
 
 
 def write_linphonerc(
-    home: Path, *, zrtp: bool, user: str = "alice", address: str = PHONE, sip_port: int = -1
+    home: Path,
+    *,
+    zrtp: bool,
+    user: str = "alice",
+    address: str = PHONE,
+    sip_port: int = -1,
+    ciphers: str = "",
 ) -> Path:
     (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
     encryption = "zrtp" if zrtp else "none"
@@ -425,6 +434,7 @@ use_ipv6=0
 contact="{user}" <sip:{user}@{address}>
 media_encryption={encryption}
 media_encryption_mandatory={1 if zrtp else 0}
+{f"zrtp_cipher_suites={ciphers}" if ciphers else ""}
 {no_zrtp}
 [rtp]
 audio_rtp_port={_free_rtp_port(address)}
@@ -492,7 +502,7 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool, carol: bool = False) -> Proc:
+    def phone(self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "") -> Proc:
         """alice (calls out), or carol (called by Asterisk at CAROL, auto-answers)."""
         home = self.base / name
         home.mkdir()
@@ -501,7 +511,7 @@ class Lab:
                 home, zrtp=zrtp, user="carol", address=CAROL, sip_port=self.carol_port
             )
         else:
-            rc = write_linphonerc(home, zrtp=zrtp)
+            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers)
         env = {**os.environ, "HOME": str(home)}
         command = [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")]
         if carol:
@@ -590,8 +600,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 # ---------------------------------------------------------------------- the tests
 
 
-def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
-    phone = lab.phone("phone-zrtp", zrtp=True)
+# linphonec's own offer, or AES-256 only (liblinphone's zrtp_cipher_suites; bzrtp adds AES1)
+@pytest.mark.parametrize("cipher", ["AES1", "AES3"])
+def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab, cipher: str) -> None:
+    ciphers = "MS_ZRTP_CIPHER_AES3" if cipher == "AES3" else ""
+    phone = lab.phone(f"phone-zrtp-{cipher}", zrtp=True, ciphers=ciphers)
     try:
         started = time.monotonic()
         phone.send(f"call sip:600@{A}")
@@ -601,7 +614,11 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
         phone_secure_at = time.monotonic()
         # 2. The dialplan: the variables the adapter set, read after Answer().
         seen = lab.ami.wait_event(
-            lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "ZrtpSeen",
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and float(e["_time"]) >= started  # this call's, not an earlier test's
+            ),
             20,
             "UserEvent ZrtpSeen",
         )
@@ -615,6 +632,8 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
         calls = lab.ctl("list")
         assert [c["call_id"] for c in calls] == [call_id], calls
         assert calls[0]["state"] == "secure" and calls[0]["sas"] == phone_sas, calls[0]
+        if cipher == "AES3":  # phone and relay both put AES3 first: whoever initiates
+            assert calls[0]["cipher"] == seen["Cipher"] == "AES3", (calls[0], seen)
         # 4. Media flows both ways through the relay (Echo sends the tone back).
         time.sleep(3)
         report = lab.ctl("show", call_id)
