@@ -52,10 +52,10 @@ def test_hybrid_with_aes3_keys_match(
     bzrtp_pq_peer_bin: pathlib.Path, tmp_path: pathlib.Path, ka: str, role: str
 ) -> None:
     """Linphone forces AES3 with its hybrids when both list it: the 256-bit keys
-    agree (SRTP with AES3 waits for the AES-256 SRTP profile)."""
-    algos = ["--key-agreement", ka, "--hash", "S512", "--cipher", "AES3,AES1"]
+    agree and AES-256 SRTP flows both ways."""
+    algos = ["--key-agreement", ka, "--hash", "S512", "--cipher", "AES3,AES1", "--srtp", "20"]
     ours, theirs = interop(bzrtp_pq_peer_bin, tmp_path, algos, [*algos, "--role", role])
-    assert_interop(ours, theirs, srtp=0)
+    assert_interop(ours, theirs, srtp=20)
     assert ours["cipher"] == "AES3" and len(bytes.fromhex(ours["srtp_self_key"])) == 32
 
 

@@ -130,6 +130,9 @@ class EchoPbx:
     received: list[bytes] = field(default_factory=list)
     rtcp_received: list[bytes] = field(default_factory=list)
     echo: bool = True
+    #: RTP streams (by SSRC) not echoed back, e.g. the relay's own priming: a real PBX
+    #: answers with one stream of its own, and libzrtp's SRTP receiver takes only one.
+    ignore_ssrcs: set[int] = field(default_factory=set)
     transports: list[asyncio.DatagramTransport] = field(default_factory=list)
     host: str = PBX_HOST
 
@@ -157,6 +160,8 @@ class _Echo(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.sink.append(data)
+        if len(data) >= 12 and int.from_bytes(data[8:12], "big") in self.pbx.ignore_ssrcs:
+            return
         if self.pbx.echo:
             self.transport.sendto(data, addr)
 
