@@ -13,9 +13,7 @@ import logging
 import signal
 from typing import Any
 
-from pbx_zrtp.asterisk.adapter import AsteriskAdapter
 from pbx_zrtp.asterisk.config import parse_asterisk
-from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
 from pbx_zrtp.freeswitch.config import parse_freeswitch
 from pbx_zrtp.relay.config import RelayConfig
 from pbx_zrtp.relay.handle import LocalRelay, RelayHandle, RemoteRelay
@@ -81,13 +79,18 @@ async def run(
             handle = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
             await handle.start()
         # Each adapter keeps reconnecting in the background if its PBX is down.
+        # An adapter's module imports its PBX library (an extra): only when configured.
         if asterisk is not None:
+            from pbx_zrtp.asterisk.adapter import AsteriskAdapter
+
             if asterisk.relays:
                 pools.append(await _pool(asterisk.relays, asterisk.relay_grace))
             ami_adapter = AsteriskAdapter(asterisk, pools[-1] if asterisk.relays else _one(handle))
             started.append(ami_adapter)
             await ami_adapter.start()
         if freeswitch is not None:
+            from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
+
             if freeswitch.relays:
                 pools.append(await _pool(freeswitch.relays, freeswitch.relay_grace))
             esl_adapter = FreeswitchAdapter(

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from pbx_zrtp import app
+from pbx_zrtp import __version__, app, extras, samples
 from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.cache.base import CacheError, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
@@ -247,6 +247,11 @@ def _relay_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2
+    try:
+        _check_extras(args.command, config)
+    except extras.MissingExtra as exc:
+        sys.stderr.write(f"pbx-zrtp: {exc}\n")
+        return 2
     if args.check:
         sys.stdout.write("configuration OK\n")
         return 0
@@ -273,6 +278,13 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 1
 
 
+def _check_extras(command: str, config: RelayConfig) -> None:
+    """The libraries of the optional parts this command would start are installed."""
+    for name in ("asterisk", "freeswitch"):
+        if name in config.adapters and command in ("run", name):
+            extras.require(name, f"the [{name}] adapter")
+
+
 def _run_service(main: Coroutine[Any, Any, int], *, native_media: bool = False) -> int:
     """Run a long-lived service. Without the native fast path the relay forwards media
     in Python and uvloop helps (~2x loss-free calls per core, bench/relay.py); with it,
@@ -291,15 +303,72 @@ def _native_media(config: RelayConfig) -> bool:
     return config.fastpath != "off" and fastpath_available() is None
 
 
+class _Version(argparse.Action):
+    """``--version``: the version, and whether this installation has its native worker."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        reason = fastpath_available()
+        fast = "native fast path" if reason is None else f"no native fast path: {reason}"
+        sys.stdout.write(f"pbx-zrtp {__version__} ({fast})\n")
+        parser.exit()
+
+
+def _samples_parser(sub: Any) -> None:
+    text = "list, print or copy the shipped docs, dialplan snippets and example units"
+    cmd = sub.add_parser("samples", help=text, description=text)
+    verbs = cmd.add_subparsers(dest="verb", required=True)
+    listing = verbs.add_parser("list", help="list them (under a directory, e.g. dialplan)")
+    listing.add_argument("under", nargs="?", default="")
+    show = verbs.add_parser("show", help="print one, e.g. examples/relay.toml")
+    show.add_argument("name")
+    copy = verbs.add_parser(
+        "copy",
+        help="copy files or directories into DIR, e.g. dialplan/asterisk /etc/asterisk",
+    )
+    copy.add_argument("names", nargs="+", metavar="NAME")
+    copy.add_argument("dest", metavar="DIR")
+    copy.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _samples_main(args: argparse.Namespace) -> int:
+    try:
+        if args.verb == "list":
+            chosen = samples.names()
+            if args.under:
+                under = args.under.strip("/")
+                chosen = [n for n in chosen if n == under or n.startswith(f"{under}/")]
+                if not chosen:
+                    raise samples.SampleError(f"no sample under {args.under!r}")
+            sys.stdout.write("".join(f"{name}\n" for name in chosen))
+        elif args.verb == "show":
+            sys.stdout.buffer.write(samples.read(args.name))
+        else:
+            for item in samples.copy(args.names, args.dest, force=args.force):
+                sys.stdout.write(f"{item.name} -> {item.target}\n")
+        sys.stdout.flush()
+    except samples.SampleError as exc:
+        sys.stderr.write(f"pbx-zrtp: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"pbx-zrtp: {exc.strerror or exc}: {exc.filename or ''}\n")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pbx-zrtp", description="ZRTP for Asterisk and FreeSWITCH"
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     _relay_parsers(sub)
     _endpoint_parser(sub)
     demo = sub.add_parser("demo", help="run a ZRTP exchange and SRTP between two local endpoints")
     demo.add_argument("--srtp", type=int, default=50, metavar="N")
+    _samples_parser(sub)
     return parser
 
 
@@ -313,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _relay_main(args)
     if args.command == "ctl":
         return run_ctl(args)
+    if args.command == "samples":
+        return _samples_main(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
