@@ -53,6 +53,11 @@ class RelayLayout:
     #: Policy for media that reaches a pre-bound port before the adapter names the call.
     prebind_policy: Policy = Policy.REQUIRED
     rtcp: bool = True
+    #: Such unclaimed media's call goes back to idle after this long without a datagram.
+    unclaimed_idle: float = 2.0
+    #: A call named on a port with unclaimed media keeps it only if that media began at
+    #: most this long before and carries a live ZRTP exchange; otherwise it starts clean.
+    claim_window: float = 3.0
 
     def check_port(self, port: int) -> None:
         if not self.port_min <= port <= self.port_max - (1 if self.rtcp else 0):
@@ -71,6 +76,15 @@ class Totals:
     packets: Counter[str] = field(default_factory=Counter)
     drops: Counter[str] = field(default_factory=Counter)
     handshake_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Unclaimed:
+    """A pre-bound port's call that nobody named: media came, no adapter claimed it."""
+
+    since: float  # loop time of its first datagram
+    heard: int  # the mirror's datagram count at the last idle check
+    timer: asyncio.TimerHandle | None = None
 
 
 class Subscription:
@@ -121,6 +135,7 @@ class Relay:
         self._by_port: dict[int, Mirror] = {}
         self._by_call: dict[str, Mirror] = {}
         self._prebound: set[int] = set()
+        self._unclaimed: dict[int, _Unclaimed] = {}  # pre-bound port -> its unnamed call
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Any] = []  # callables(report) e.g. metrics
         self.totals = Totals()
@@ -170,7 +185,7 @@ class Relay:
             pbx_port,
             rtcp=self.layout.rtcp,
             on_change=self._changed,
-            on_unclaimed=self._unclaimed,
+            on_unclaimed=self._on_unclaimed,
             fastpath=self._assign_worker(),
             on_fast=self._fast_changed,
         )
@@ -233,26 +248,26 @@ class Relay:
             if port not in self._prebound:
                 owner = mirror.identity.call_id if mirror.identity else "?"
                 raise RelayError(f"port {port} is already mirrored for call {owner!r}")
-            if mirror.identity is not None and not mirror.identity.call_id.startswith("port-"):
+            if mirror.identity is not None and port not in self._unclaimed:
                 raise RelayError(
                     f"pre-bound port {port} already carries call {mirror.identity.call_id!r}"
                 )
-            if mirror.identity is not None:  # media came first: name the call now
+            if mirror.identity is not None and self._claimable(mirror, identity):
+                # Media came first and is this call's ZRTP phone: name the call now.
                 if enroll:  # before any change: a refusal leaves the port as it was
                     try:
                         mirror.offer_enrollment()
                     except ValueError as exc:
                         raise RelayError(str(exc)) from None
+                self._forget_unclaimed(port)
                 self._by_call.pop(mirror.identity.call_id, None)
-                mirror.identity.call_id = call_id
-                mirror.identity.self_uri, mirror.identity.peer_uri = self_uri, peer_uri
-                mirror.identity.payload_type = payload_type
-                mirror.identity.phone_hint = phone_hint
-                mirror.identity.bridge = bridge
                 self._by_call[call_id] = mirror
-                mirror.set_policy(policy)
-                self._changed(mirror)
+                mirror.claim(identity)
                 return mirror.report()
+            if mirror.identity is not None:  # stale or stray traffic: none of it carries over
+                self._release_unclaimed(
+                    mirror, f"unclaimed traffic set aside: the port was given to call {call_id!r}"
+                )
         else:
             mirror = await self._open_mirror(port, pbx_host or self.layout.pbx_host, pbx_port)
         self._by_call[call_id] = mirror
@@ -290,13 +305,65 @@ class Relay:
             except Exception:  # one bad datagram must never stop the others
                 log.exception("internal error on a punted datagram; dropped")
 
-    def _unclaimed(self, mirror: Mirror) -> None:
-        """Media on a pre-bound port before the adapter named the call."""
+    def _on_unclaimed(self, mirror: Mirror) -> None:
+        """Media on a pre-bound port before the adapter named the call: hold it
+        under the prebind policy as ``port-P`` until a call is named there or the
+        traffic stops."""
         if mirror.port not in self._prebound or mirror.identity is not None:
             return
         call_id = f"port-{mirror.port}"
         self._by_call[call_id] = mirror
-        mirror.attach(CallIdentity(call_id, self.layout.prebind_policy))
+        loop = asyncio.get_running_loop()
+        watch = _Unclaimed(since=loop.time(), heard=mirror.heard())
+        self._unclaimed[mirror.port] = watch
+        mirror.attach(CallIdentity(call_id, self.layout.prebind_policy), unclaimed=True)
+        watch.timer = loop.call_later(self.layout.unclaimed_idle, self._check_unclaimed, mirror)
+
+    def _check_unclaimed(self, mirror: Mirror) -> None:
+        """Release an unclaimed call once nothing has arrived for ``unclaimed_idle``."""
+        watch = self._unclaimed.get(mirror.port)
+        if watch is None or self._by_port.get(mirror.port) is not mirror:
+            return
+        heard = mirror.heard()
+        if heard != watch.heard:
+            watch.heard = heard
+            watch.timer = asyncio.get_running_loop().call_later(
+                self.layout.unclaimed_idle, self._check_unclaimed, mirror
+            )
+            return
+        self._release_unclaimed(mirror, "unclaimed traffic stopped")
+
+    def _claimable(self, mirror: Mirror, identity: CallIdentity) -> bool:
+        """Is the unclaimed media on this port the named call's own early media?
+
+        Only a live ZRTP exchange (the phone's Hello accepted, or secure) that began
+        within ``claim_window`` is worth keeping; anything else (stray or late RTP, a
+        failed or cleared exchange, a source the SDP does not name) would hand the
+        call a foreign latch, engine, counters or state, so the call starts clean.
+        """
+        watch = self._unclaimed.get(mirror.port)
+        if watch is None or identity.policy is Policy.OFF:
+            return False  # off wants byte-exact pass-through from the first packet
+        if asyncio.get_running_loop().time() - watch.since > self.layout.claim_window:
+            return False
+        if mirror.state not in (CallState.PENDING, CallState.SECURE) or not mirror.speaks_zrtp:
+            return False
+        hint = identity.phone_hint
+        return hint is None or (mirror.phone is not None and mirror.phone[0] == hint[0])
+
+    def _forget_unclaimed(self, port: int) -> None:
+        watch = self._unclaimed.pop(port, None)
+        if watch is not None and watch.timer is not None:
+            watch.timer.cancel()
+
+    def _release_unclaimed(self, mirror: Mirror, reason: str) -> None:
+        """End an unclaimed call: the port goes back to idle, still bound."""
+        self._forget_unclaimed(mirror.port)
+        if mirror.identity is not None:
+            self._by_call.pop(mirror.identity.call_id, None)
+        final = mirror.end(reason)
+        self._account(final, "unclaimed")
+        log.info("pre-bound port %d: %s", mirror.port, reason)
 
     def _mirror(self, call_id: str) -> Mirror:
         mirror = self._by_call.get(call_id)
@@ -317,8 +384,10 @@ class Relay:
         mirror = self._by_call.pop(call_id, None)
         if mirror is None:
             raise RelayError(f"no call {call_id!r}")
+        unclaimed = mirror.port in self._unclaimed
+        self._forget_unclaimed(mirror.port)
         final = mirror.end(reason)
-        self._account(final)
+        self._account(final, "unclaimed" if unclaimed else None)
         if mirror.port not in self._prebound:
             self._by_port.pop(mirror.port, None)
             mirror.close_sockets()
@@ -449,9 +518,10 @@ class Relay:
             except Exception:  # a listener bug must never reach the packet path
                 log.exception("state listener failed")
 
-    def _account(self, final: CallReport) -> None:
+    def _account(self, final: CallReport, label: str | None = None) -> None:
+        """Add an ended call to the totals, under ``label`` or the state it reached."""
         totals = self.totals
-        totals.calls[final.last_state or final.state] += 1
+        totals.calls[label or final.last_state or final.state] += 1
         counters = final.counters
         for key in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
             totals.packets[key] += int(counters.get(key, 0))

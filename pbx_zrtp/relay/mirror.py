@@ -7,7 +7,13 @@ ZRTP endpoint and speaks SRTP once secure; toward the PBX always plain RTP.
 
 Until the PBX's first packet reaches the relay, the mirror sends silence RTP to
 A:P (closed-loop priming) so the PBX's symmetric RTP latches onto the relay
-instead of sending clear audio straight to the phone.
+instead of sending clear audio straight to the phone. Only a call that still
+needs it primes: pending or secure, not off, clear or failed.
+
+Media on a pre-bound port before the adapter names its call comes from a source
+nobody vouched for (its address may be spoofed): until the call is named or the
+source completes ZRTP, the mirror sends it at most the bytes it sent (no Hello
+schedule), and primes the PBX with at most the bytes the port received.
 
 Nothing that arrives on a socket can raise out of the datagram path: every
 packet is forwarded, or dropped and counted under a reason.
@@ -136,6 +142,55 @@ _ENGINE_IGNORED = (
     "dropped_malformed",
     "dropped_other_ssrc",
 )
+
+
+@dataclass
+class _AmplificationGuard:
+    """Byte accounts of a pre-bound port whose call nobody has named yet.
+
+    Its source is unauthenticated and may be a forged address: answering it with
+    more than it sent (a Hello schedule is 21 to 60 packets) would make the relay
+    an amplifier toward whoever's address was forged. ``from_source``/``to_source``
+    count the latched source only; a new source starts from zero. ``port_in``
+    counts every datagram on the port and bounds the priming silence sent to the
+    PBX (``primed``), so a sweep of strays cannot make the relay flood the PBX.
+
+    Our Hello goes before our HelloACK: a phone stops repeating its Hello once it
+    is acknowledged, and if its Hello is smaller than ours, nothing would then
+    pay for ours (the exchange would stall until the call is named).
+    """
+
+    source: Address | None = None
+    from_source: int = 0
+    to_source: int = 0
+    hello_sent: bool = False
+    port_in: int = 0
+    primed: int = 0
+
+    def heard(self, source: Address, size: int) -> None:
+        if source != self.source:
+            self.source, self.from_source, self.to_source = source, 0, 0
+            self.hello_sent = False
+        self.from_source += size
+
+    def may_send(self, target: Address | None, data: bytes) -> bool:
+        if target is None or target != self.source:
+            return False
+        kind = data[16:24] if data[:1] == b"\x10" and data[4:8] == b"ZRTP" else b""
+        if kind == b"HelloACK" and not self.hello_sent:
+            return False
+        if self.to_source + len(data) > self.from_source:
+            return False
+        self.to_source += len(data)
+        self.hello_sent = self.hello_sent or kind == b"Hello   "
+        return True
+
+
+def _is_hello(data: bytes) -> bool:
+    try:
+        return isinstance(ZrtpPacket.parse(data).message, Hello)
+    except ValueError:
+        return False
 
 
 def _engine_ignored(engine: ZrtpConnection) -> int:
@@ -317,6 +372,10 @@ class Mirror:
         self.relay_status = ""  # "", "pending", "acknowledged", "unacknowledged"
         self._enrolled_now = False
         self._cache_error = ""  # kept from the engine for the final report
+        #: Set while the call is an unclaimed pre-bound port's (see _AmplificationGuard).
+        self._guard: _AmplificationGuard | None = None
+        #: Datagrams received from the phone side or from the PBX (the relay's idle check).
+        self._heard = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -354,14 +413,50 @@ class Mirror:
         assert self._pbx_rtp is not None
         return int(self._pbx_rtp.get_extra_info("sockname")[1])
 
-    def attach(self, identity: CallIdentity) -> None:
-        """Give this mirror a call (at creation, or later for a pre-bound port)."""
+    def attach(self, identity: CallIdentity, *, unclaimed: bool = False) -> None:
+        """Give this mirror a call (at creation, or later for a pre-bound port).
+
+        ``unclaimed``: media reached a pre-bound port before any call was named
+        there; its source is unknown, so the amplification guard applies.
+        """
         self.identity = identity
         if identity.phone_hint is not None and self.phone is None:
             self.phone = identity.phone_hint
         self.reason = ""
-        self._start_priming()
+        self._guard = _AmplificationGuard() if unclaimed else None
         self._apply_policy(identity.policy)
+
+    def claim(self, identity: CallIdentity) -> None:
+        """The adapter named the call whose ZRTP exchange already runs on this
+        unclaimed pre-bound port: keep the exchange, lift the guard (the port now
+        belongs to a call), and run the call's policy from now on."""
+        self.identity = identity
+        if identity.phone_hint is not None and self.phone is None:
+            self.phone = identity.phone_hint
+        self._guard = None
+        self._apply_policy(identity.policy)
+        if self.state in (CallState.PENDING, CallState.SECURE):
+            self._start_priming()
+        self.on_change(self)
+
+    @property
+    def speaks_zrtp(self) -> bool:
+        """A ZRTP peer's Hello was accepted on this call (or it is secure)."""
+        engine = self._engine
+        return self.state is CallState.SECURE or (
+            engine is not None and engine.peer_zid is not None
+        )
+
+    def heard(self) -> int:
+        """Datagrams received so far (the native worker's included): changes while
+        anything at all arrives, whether it is forwarded or dropped."""
+        heard = self._heard
+        if self._fast_handle is not None and self._fastpath is not None:
+            with contextlib.suppress(KeyError, RuntimeError):
+                fast = self._fastpath.stats(self._fast_handle)
+                heard += fast.get("phone_in", 0) + fast.get("pbx_in", 0)
+                heard += sum(fast.get(name, 0) for name in _FAST_DROPS)
+        return heard
 
     def set_policy(self, policy: Policy) -> None:
         """Change the policy of a live call (the dialplan decided later)."""
@@ -393,7 +488,7 @@ class Mirror:
             else self.settings.optional_timeout
         )
         self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
-        if self.phone is not None:
+        if self.phone is not None and self._guard is None:
             self._start_engine()
 
     def _policy_timeout(self) -> None:
@@ -576,8 +671,17 @@ class Mirror:
         self._enrolled_now = False
         self._cache_error = ""
         self._handshake_ms = None
+        self._engine_started_at = 0.0
         self._pbx_heard = False
+        self._priming_until = 0.0
         self._last_forward = -1.0
+        self._prime_seq = int.from_bytes(os.urandom(2), "big")  # a new stream per call
+        self._prime_ts = int.from_bytes(os.urandom(4), "big")
+        self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
+        self._fast_phone = None
+        self._fast_pbx_out_seen = 0
+        self._guard = None
+        self._heard = 0
         self.counters = Counters()
         self.state = CallState.IDLE
         self.reason = ""
@@ -598,6 +702,10 @@ class Mirror:
             return
         self.state = state
         self.reason = reason
+        if state in (CallState.PENDING, CallState.SECURE):
+            self._start_priming()  # until the PBX is heard (no-op once it was)
+        else:
+            self._stop_priming()  # off or clear: passing through; failed: nothing flows
         if state is CallState.FAILED:
             log.warning("call %s on port %d failed: %s", self._call_id(), self.port, reason)
         else:
@@ -643,12 +751,19 @@ class Mirror:
             self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
             return
         pt = self.identity.payload_type if self.identity else 0
+        silence = SILENCE.get(pt, SILENCE[0])
+        guard = self._guard
+        if guard is not None:
+            if guard.primed + 12 + len(silence) > guard.port_in:
+                self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
+                return  # unclaimed: no more silence than the port received
+            guard.primed += 12 + len(silence)
         self._prime_seq = (self._prime_seq + 1) & 0xFFFF
         self._prime_ts = (self._prime_ts + 160) & 0xFFFFFFFF
         header = struct.pack(
             "!BBHII", 0x80, pt & 0x7F, self._prime_seq, self._prime_ts, self._prime_ssrc
         )
-        self._pbx_rtp.sendto(header + SILENCE.get(pt, SILENCE[0]), self.pbx)
+        self._pbx_rtp.sendto(header + silence, self.pbx)
         self.counters.priming_sent += 1
         self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
 
@@ -716,6 +831,7 @@ class Mirror:
                 return
             self._secured = event
             self._protect_out = True
+            self._guard = None  # the source completed ZRTP: it receives what we send
             # From our first Hello (the phone's first packet) to secure.
             self._handshake_ms = round((self._loop.time() - self._engine_started_at) * 1000, 1)
             self._cancel_policy_timer()
@@ -835,6 +951,7 @@ class Mirror:
     def _from_phone(self, data: bytes, addr: Address) -> None:
         counters = self.counters
         size = len(data)
+        self._heard += 1
         if size > MAX_DATAGRAM:
             counters.drops["oversize"] += 1
             return
@@ -846,6 +963,9 @@ class Mirror:
             if self.identity is None:
                 counters.drops["no_call"] += 1
                 return
+        guard = self._guard
+        if guard is not None:
+            guard.port_in += size
         first = data[0]
         if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
             hint = self.identity.phone_hint
@@ -881,6 +1001,8 @@ class Mirror:
             self._start_engine_if_due()
         counters.phone_in += 1
         counters.phone_in_bytes += size
+        if guard is not None:
+            guard.heard(addr, size)
         if srtp is not None:
             plain = srtp.unprotect(data)
             if plain is None:
@@ -898,7 +1020,8 @@ class Mirror:
             counters.drops["clear_blocked"] += 1
 
     def _start_engine_if_due(self) -> None:
-        if self.identity is not None and self.state is CallState.PENDING:
+        # Unclaimed: no Hello schedule toward a source that has not spoken ZRTP.
+        if self.identity is not None and self.state is CallState.PENDING and self._guard is None:
             self._start_engine()
 
     def _zrtp_from_phone(self, data: bytes, addr: Address) -> None:
@@ -913,6 +1036,11 @@ class Mirror:
             else:
                 counters.drops["wrong_source"] += 1
             return
+        guard = self._guard
+        if guard is not None and self._engine is None and not _is_hello(data):
+            # Unclaimed: only a genuine Hello starts ZRTP (and latches) here.
+            counters.drops["zrtp_ignored"] += 1
+            return
         if addr != self.phone:
             if self.phone is not None and not self._hello_may_relatch(data):
                 counters.drops["wrong_source"] += 1
@@ -922,6 +1050,8 @@ class Mirror:
             self.phone = addr
         counters.phone_in += 1
         counters.phone_in_bytes += len(data)
+        if guard is not None:
+            guard.heard(addr, len(data))
         if self._engine is None:
             self._start_engine()
         engine = self._engine
@@ -941,16 +1071,14 @@ class Mirror:
         fixed until secure; then only authenticated SRTP may move it."""
         if self._engine is not None and self._engine.peer_zid is not None:
             return False
-        try:
-            return isinstance(ZrtpPacket.parse(data).message, Hello)
-        except ValueError:
-            return False
+        return _is_hello(data)
 
     def _from_phone_rtcp(self, data: bytes, addr: Address) -> None:
         """RTCP on R:P+1, latched by the RTP rules: only from the phone's SDP host;
         nothing clear latches or passes where clear media may not flow; once SRTP
         keys exist only SRTCP that authenticates and is fresh latches or moves it."""
         counters = self.counters
+        self._heard += 1
         if len(data) > MAX_DATAGRAM or len(data) < 8 or data[0] >> 6 != 2:
             counters.drops["stun" if _is_stun(data) else "rtcp_malformed"] += 1
             return
@@ -1009,6 +1137,10 @@ class Mirror:
         if self.phone is None or self._phone_rtp is None:
             self.counters.drops["phone_unknown"] += 1
             return
+        guard = self._guard
+        if guard is not None and not guard.may_send(self.phone, data):
+            self.counters.drops["amplification_guard"] += 1
+            return
         self._phone_rtp.sendto(data, self.phone)
         self.counters.phone_out += 1
         self.counters.phone_out_bytes += len(data)
@@ -1035,6 +1167,7 @@ class Mirror:
         if addr != self.pbx:
             counters.drops["wrong_source"] += 1
             return
+        self._heard += 1
         if not self._pbx_heard:
             self._pbx_heard = True  # the PBX latched onto us: stop priming
             self._stop_priming()
@@ -1065,8 +1198,12 @@ class Mirror:
         if addr != self.pbx_rtcp:
             counters.drops["wrong_source"] += 1
             return
+        self._heard += 1
         if len(data) > MAX_DATAGRAM or len(data) < 8 or self.identity is None:
             counters.drops["rtcp_malformed"] += 1
+            return
+        if self._guard is not None:
+            counters.drops["amplification_guard"] += 1  # nothing to an unknown source's RTCP
             return
         target = self.phone_rtcp
         if target is None or self._phone_rtcp_sock is None:

@@ -468,24 +468,21 @@ class ZrtpConnection:
             self._complete_initiator(now)
 
     def set_sas_verified(self, verified: bool) -> None:
-        """The user compared the SAS (True) or found a mismatch (False), §7.1.
+        """The user compared the SAS (True) or withdrew that mark (False), §7.1.
 
         Persists the V flag; a cache update held back by a cache mismatch
-        (§4.6.1.1) is carried out once the SAS is verified. A mismatch erases the
-        retained secrets of this peer.
+        (§4.6.1.1) is carried out once the SAS is verified. Clearing the flag
+        touches nothing else: the peer still holds the retained secret, and
+        erasing ours would show it a cache mismatch (a false MiTM alarm) next call.
         """
         key = self._cache_key()
         if self._cache is None or key is None:
             return
         try:
-            if verified:
-                self._cache.set_sas_verified(key, True)
-                if self._pending_cache_update:
-                    self._pending_cache_update = False
-                    self._update_cache()
-            else:
+            self._cache.set_sas_verified(key, verified)
+            if verified and self._pending_cache_update:
                 self._pending_cache_update = False
-                self._cache.forget(key)
+                self._update_cache()
         except CacheError as exc:
             self._cache_failed("the SAS-verified flag was not saved", exc)
 

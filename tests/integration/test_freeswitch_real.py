@@ -914,3 +914,120 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
     finally:
         alice.stop()
         carol.stop()
+
+
+def test_strays_on_prebound_ports_neither_amplify_nor_poison_the_next_call(lab: Lab) -> None:
+    """Issue 13, items 1 and 2, on the real FreeSWITCH: stray and forged datagrams
+    from another LAN host to every pre-bound port get back at most their own bytes
+    and the ports return to idle; then, with plain RTP still arriving on every port
+    long after the unclaimed calls failed their time-out, a real `required`
+    linphonec call is placed on one of those ports and is secured."""
+    assert IP is not None
+    stray_ip = str(ipaddress.ip_address(lab.net.phone) + 1)
+    link = lab.net.host_link[:-1] + "p"  # the veth end inside the namespace
+    _ip("-n", lab.net.namespace, "addr", "add", f"{stray_ip}/24", "dev", link)
+    ports = f"{RTP_PORTS[0]}-{RTP_PORTS[1]}"
+    n_ports = len(range(RTP_PORTS[0], RTP_PORTS[1] + 1, 2))
+    strays_cmd = [IP, "netns", "exec", lab.net.namespace, sys.executable, "-m"]
+    strays_cmd += ["tests.integration.strays", "--bind", stray_ip, "--target", lab.net.r]
+    strays_cmd += ["--ports", ports]
+    procs: list[Proc] = []
+    phone: Proc | None = None
+
+    def unclaimed() -> list[dict[str, Any]]:
+        return [c for c in lab.ctl("list") if str(c.get("call_id", "")).startswith("port-")]
+
+    try:
+        # 1. One stray of each kind per port, round robin; the sender listens 6 s.
+        sent_at = time.monotonic()
+        burst = Proc(
+            "strays-burst",
+            [*strays_cmd, "--mode", "burst", "--listen", "6"],
+            lab.base / "strays-burst.log",
+            cwd=ROOT,
+        )
+        procs.append(burst)
+        # 2. The relay holds them as unclaimed calls, then lets them go by itself.
+        seen: set[str] = set()
+        idle_after = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            live = {c["call_id"] for c in unclaimed()}
+            seen |= live
+            if len(seen) == n_ports and not live:
+                idle_after = round(time.monotonic() - sent_at, 1)
+                break
+            time.sleep(0.2)
+        match, _ = burst.wait_for(r"^\{", 30)
+        burst_stats = json.loads(match.string)
+        print(
+            "STRAYS BURST:",
+            json.dumps({"unclaimed_seen": len(seen), "idle_after_s": idle_after, **burst_stats}),
+        )
+        for kind, figures in burst_stats["kinds"].items():
+            assert figures["received_bytes"] <= figures["sent_bytes"], (kind, burst_stats)
+        assert len(seen) == n_ports and idle_after is not None, (seen, unclaimed())
+        # 3. Plain RTP keeps arriving on every port (a phone still sending after its
+        # BYE, everywhere) until every port's unclaimed call has failed.
+        flood = Proc(
+            "strays-flood",
+            [*strays_cmd, "--mode", "continuous", "--duration", str(REQUIRED_TIMEOUT + 22)],
+            lab.base / "strays-flood.log",
+            cwd=ROOT,
+        )
+        procs.append(flood)
+        deadline = time.monotonic() + REQUIRED_TIMEOUT + 8
+        while sum(c["state"] == "failed" for c in unclaimed()) < n_ports:
+            assert time.monotonic() < deadline, unclaimed()
+            time.sleep(0.3)
+        poisoned = {c["port"] for c in unclaimed()}
+        phone = lab.phone("phone-after-strays", zrtp=True)
+        started = time.monotonic()
+        phone.send(f"call sip:9400@{lab.net.a}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        secure_after = round(time.monotonic() - started, 2)
+        deadline = time.monotonic() + 10
+        while not [c for c in lab.calls() if c["state"] == "secure"]:
+            assert time.monotonic() < deadline, lab.calls()
+            time.sleep(0.2)
+        (call,) = lab.calls()
+        assert call["sas"] == phone_sas and call["port"] in poisoned, (call, poisoned)
+        assert call["phone"].startswith(lab.net.phone + ":"), call
+        before = [e["state"] for e in lab.relay_events(f"port-{call['port']}")]
+        assert "failed" in before, before  # the call really landed on a poisoned port
+        time.sleep(2)
+        counters = lab.ctl("show", call["call_id"])["counters"]
+        assert counters["phone_in"] > 30 and counters["pbx_in"] > 30, counters
+        hangup_phone(phone)
+        match, _ = flood.wait_for(r"^\{", REQUIRED_TIMEOUT + 40)
+        flood_stats = json.loads(match.string)
+        rtp = flood_stats["kinds"]["rtp"]
+        assert rtp["received_bytes"] <= rtp["sent_bytes"], flood_stats
+        deadline = time.monotonic() + 15
+        while unclaimed() or lab.calls():
+            assert time.monotonic() < deadline, (unclaimed(), lab.calls())
+            time.sleep(0.2)
+        print(
+            "STRAYS THEN CALL:",
+            json.dumps(
+                {
+                    "burst_idle_after_s": idle_after,
+                    "poisoned_ports": len(poisoned),
+                    "call_port": call["port"],
+                    "secure_after_s": secure_after,
+                    "sas": phone_sas,
+                    "unclaimed_before_call": before,
+                    "call_drops": counters.get("drops"),
+                    "flood": flood_stats,
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        if phone is not None:
+            phone.stop()
+        for proc in procs:
+            proc.stop()
+        _ip("-n", lab.net.namespace, "addr", "del", f"{stray_ip}/24", "dev", link, check=False)

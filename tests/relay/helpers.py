@@ -97,6 +97,15 @@ async def create_call(relay: Relay, call_id: str, policy: Policy, **kwargs: Any)
     raise RuntimeError("could not create a mirror")
 
 
+def assert_echoed_back(phone: dict[str, Any], sent: int, relay: Relay, call_id: str) -> None:
+    """The phone got each of its `sent` packets back from the echo PBX, plus at most the
+    relay's priming packets that the echo PBX echoed once the call was secure (a real
+    Echo() application does the same): no loss, and nothing the relay did not send."""
+    primed = relay.get(call_id).counters["priming_sent"]
+    received = phone["srtp"]["received_ok"]
+    assert phone["ok"] and sent <= received <= sent + primed, (call_id, received, primed)
+
+
 @dataclass
 class EchoPbx:
     """A PBX stand-in on A:P (and A:P+1): symmetric RTP that echoes to whoever sent last."""

@@ -12,7 +12,15 @@ from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
-from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, Recorder, create_call, make_relay
+from tests.relay.helpers import (
+    PHONE_HOST,
+    RELAY_HOST,
+    EchoPbx,
+    Recorder,
+    assert_echoed_back,
+    create_call,
+    make_relay,
+)
 from tests.test_cache_faults import _fill
 
 
@@ -39,7 +47,7 @@ def test_a_full_cache_disk_leaves_calls_secure_and_reports_continuity_not_saved(
                 ),
                 cache=MemorySecretCache(),  # a cacheless phone would ask us to keep nothing
             )
-            assert phone["ok"] and phone["srtp"]["received_ok"] == 10  # the call goes on
+            assert_echoed_back(phone, 10, relay, "full")  # the call goes on
             await recorder.wait_for(lambda: "secure" in recorder.states("full"))
             report = relay.get("full")
             assert report.state == "secure"

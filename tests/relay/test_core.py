@@ -15,6 +15,7 @@ from tests.relay.helpers import (
     RELAY_HOST,
     EchoPbx,
     Recorder,
+    assert_echoed_back,
     create_call,
     free_even_port,
     make_relay,
@@ -114,7 +115,7 @@ def test_prebound_port_carries_media_before_the_adapter_names_the_call() -> None
             report = await relay.create("fs-uuid-1", port, Policy.REQUIRED, self_uri="sip:1000@fs")
             assert report.call_id == "fs-uuid-1"
             phone = await phone_task
-            assert phone["ok"] and phone["srtp"]["received_ok"] == 10
+            assert_echoed_back(phone, 10, relay, "fs-uuid-1")
             assert relay.get("fs-uuid-1").state == "secure"
             final = relay.delete("fs-uuid-1")
             assert final.last_state == "secure"

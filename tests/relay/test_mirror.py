@@ -15,6 +15,7 @@ from tests.relay.helpers import (
     RELAY_HOST,
     EchoPbx,
     Recorder,
+    assert_echoed_back,
     create_call,
     make_relay,
     rtcp_sr,
@@ -46,7 +47,7 @@ def test_secured_call_through_a_mirror_srtp_both_ways() -> None:
             assert phone["sas"] == report.sas and report.sas_type == phone["sas_type"]
             # SRTP from the phone was decrypted, echoed by the PBX in the clear and
             # re-encrypted toward the phone: every packet authenticated end to end.
-            assert phone["srtp"]["received_ok"] == 20
+            assert_echoed_back(phone, 20, relay, "call-1")
             assert len(pbx.received) >= 20  # clear RTP on the PBX side (plus priming)
             assert recorder.states("call-1")[:2] == ["pending", "secure"]
             assert report.peer_zid == (b"P" * 12).hex()
@@ -174,7 +175,8 @@ def test_required_never_lets_clear_audio_through_and_fails_on_time() -> None:
 def test_priming_stops_when_the_pbx_answers() -> None:
     async def scenario() -> None:
         relay = make_relay()
-        port = await create_call(relay, "prime-1", Policy.OFF, payload_type=8)
+        # required: a call that needs the PBX latched (off and clear calls do not prime)
+        port = await create_call(relay, "prime-1", Policy.REQUIRED, payload_type=8)
         await asyncio.sleep(0.15)
         mirror = next(iter(relay.mirrors()))
         assert mirror.counters.priming_sent >= 4  # nobody answers yet: keeps priming
@@ -228,7 +230,7 @@ def test_garbage_and_floods_on_one_mirror_cost_another_call_nothing() -> None:
             sent = int(out)
             assert sent > 5000
             assert phone["ok"] and phone["srtp"]["sent"] == 100
-            assert phone["srtp"]["received_ok"] == 100  # zero loss on the good call
+            assert_echoed_back(phone, 100, relay, "good")  # zero loss on the good call
             assert relay.get("good").state == "secure"
             bad = relay.get("bad")
             dropped = sum(bad.counters["drops"].values())
@@ -268,7 +270,7 @@ def test_a_stray_rtp_source_does_not_lock_out_the_zrtp_phone() -> None:
             stray.sendto(rtp(6), (RELAY_HOST, port))
             await asyncio.sleep(0.1)
             report = relay.get("stray")
-            assert phone["ok"] and phone["srtp"]["received_ok"] == 10
+            assert_echoed_back(phone, 10, relay, "stray")
             assert report.state == "secure" and report.phone.startswith(PHONE_HOST)
             assert report.counters["drops"]["relatched"] == 1
             assert report.counters["drops"]["wrong_source"] >= 1

@@ -17,6 +17,7 @@ from tests.relay.helpers import (
     PHONE_HOST,
     RELAY_HOST,
     EchoPbx,
+    assert_echoed_back,
     create_call,
     make_relay,
     rtcp_sr,
@@ -110,7 +111,8 @@ def test_many_fast_calls_and_a_zrtp_retransmission_is_punted_to_the_engine() -> 
                     for i, port in enumerate(ports)
                 ]
             )
-            assert all(r["ok"] and r["srtp"]["received_ok"] == 30 for r in results)
+            for i, result in enumerate(results):
+                assert_echoed_back(result, 30, relay, f"f{i}")
             assert all(m._fast_handle is not None for m in relay.mirrors())
             # a ZRTP packet arriving on a fast call goes back to the Python engine
             mirror = next(m for m in relay.mirrors() if m.identity and m.identity.call_id == "f0")
@@ -156,7 +158,8 @@ def test_calls_spread_over_several_native_workers() -> None:
                     for i, port in enumerate(ports)
                 ]
             )
-            assert all(r["ok"] and r["srtp"]["received_ok"] == 20 for r in results)
+            for i, result in enumerate(results):
+                assert_echoed_back(result, 20, relay, f"w{i}")
             workers = {id(m.fastpath) for m in relay.mirrors() if m._fast_handle is not None}
             assert len(workers) == 2 and len(relay.fastpaths) == 2
         finally:
