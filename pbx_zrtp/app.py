@@ -13,6 +13,7 @@ import logging
 import signal
 from typing import Any
 
+from pbx_zrtp import sdnotify
 from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.freeswitch.config import parse_freeswitch
 from pbx_zrtp.relay.config import RelayConfig
@@ -100,6 +101,9 @@ async def run(
             await esl_adapter.start()
         if not started and not with_relay:
             log.warning("no [asterisk] or [freeswitch] section: nothing to do")
+        # systemd (Type=notify): the control socket and metrics listen, adapters started
+        parts = (["relay"] if with_relay else []) + [type(a).__name__ for a in started]
+        sdnotify.ready("running: " + (", ".join(parts) or "nothing configured"))
         await _wait_for_signal()
     finally:
         for adapter in reversed(started):

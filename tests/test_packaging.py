@@ -24,7 +24,11 @@ from dataclasses import dataclass
 import pytest
 
 from pbx_zrtp import __version__
-from tests.install_check import clean_env, run, running_relay, secured_call
+from tests.install_check import clean_env, relay_config, run, running_relay, secured_call
+from tests.relay.helpers import free_even_port
+
+# builds in subprocesses take minutes on a loaded machine
+pytestmark = pytest.mark.timeout(900)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NATIVE = "pbx_zrtp/relay/_fastpath_lib.abi3.so"
@@ -211,8 +215,7 @@ def _check_pure(built: Built, wheel: str, tmp_path: pathlib.Path) -> None:
         version.stdout
     ), version.stdout + version.stderr
     # fastpath = "on" refuses to start, in one line
-    on = tmp_path / "on.toml"
-    on.write_text('[relay]\nfastpath = "on"\n[metrics]\nlisten = ""\n')
+    on = relay_config(tmp_path, free_even_port(), fastpath="on")
     refused = run(command, "run", "--config", str(on), env=env)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
