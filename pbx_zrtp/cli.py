@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from pbx_zrtp import __version__, app, extras, samples
+from pbx_zrtp import __version__, app, extras, logs, samples
 from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.cache.base import CacheError, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
@@ -236,9 +235,7 @@ def _relay_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(config.log_level)  # the journal's format under systemd
     try:
         if "asterisk" in config.adapters:
             parse_asterisk(config.adapters["asterisk"])

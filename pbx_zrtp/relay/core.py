@@ -363,7 +363,7 @@ class Relay:
             self._by_call.pop(mirror.identity.call_id, None)
         final = mirror.end(reason)
         self._account(final, "unclaimed")
-        log.info("pre-bound port %d: %s", mirror.port, reason)
+        log.info("%s %s (pre-bound port back to idle)", mirror.tag(), reason)
 
     def _mirror(self, call_id: str) -> Mirror:
         mirror = self._by_call.get(call_id)

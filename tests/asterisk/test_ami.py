@@ -125,3 +125,46 @@ def test_panoramisk_behaves_as_ami_py_assumes() -> None:
         )
 
     asyncio.run(scenario())
+
+
+def test_a_refused_login_is_said_once_and_a_later_login_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Asterisk hangs up after "Authentication failed" and panoramisk reconnects every
+    second: the log says so once, in one line naming the user, never the secret."""
+
+    async def scenario() -> None:
+        fake = FakeAmi()
+        port = await fake.start()
+        ami = Ami(
+            "127.0.0.1",
+            port,
+            "ctl",
+            "not-the-secret",
+            on_event=lambda e: None,
+            on_login=lambda: None,
+            reconnect_delay=1,
+        )
+        try:
+            assert not await ami.start(wait=1.5)
+            await asyncio.sleep(2)  # two more refused attempts
+            attempts = sum(1 for a in fake.actions if a.get("Action") == "Login")
+            assert attempts >= 3
+            assert ami.refused == "Authentication failed"
+            fake.secret = "not-the-secret"  # the admin fixes manager.conf
+            await asyncio.wait_for(ami.logged_in.wait(), 5)
+            assert ami.refused is None
+        finally:
+            ami.close()
+            await fake.close()
+
+    with caplog.at_level("INFO"):
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    loud = [r for r in caplog.records if r.levelno >= 20 and r.name.startswith("pbx_zrtp")]
+    texts = [r.getMessage() for r in loud]
+    refusals = [t for t in texts if "refused the login of 'ctl': Authentication failed" in t]
+    assert len(refusals) == 1, texts
+    assert not [t for t in texts if "not logged in yet" in t or "Connection lost" in t], texts
+    assert sum("AMI logged in" in t for t in texts) == 1, texts
+    assert len(loud) == 2, texts  # the refusal, then the login: nothing per attempt
+    assert not any("not-the-secret" in t for t in texts)
