@@ -19,7 +19,7 @@ from pbx_zrtp.endpoint import Address, EndpointError, EndpointOptions, run_endpo
 from pbx_zrtp.freeswitch.config import parse_freeswitch
 from pbx_zrtp.relay.config import ConfigError, RelayConfig, load_config
 from pbx_zrtp.relay.core import RelayError
-from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
+from pbx_zrtp.relay.ctl import add_ctl_arguments, control_address, run_ctl
 from pbx_zrtp.relay.fastpath import available as fastpath_available
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
@@ -220,6 +220,7 @@ def _relay_parsers(sub: Any) -> None:
         if name in ("asterisk", "freeswitch"):
             cmd.add_argument(
                 "--relay",
+                type=control_address,  # a typo is an argument error, before anything starts
                 metavar="unix:PATH|tcp:HOST:PORT",
                 help="the relay's control API (default: its configured socket)",
             )

@@ -60,6 +60,15 @@ UNIX_PATH_MAX = 107
 _POLICIES = ", ".join(repr(p.value) for p in Policy)
 
 
+class ControlSocketError(OSError, ValueError):
+    """The control socket's path cannot be used (too long, not a socket): an error of
+    the setup, said in one line (an OSError, as the CLI reports those)."""
+
+
+class ControlSocketBusy(OSError, RuntimeError):
+    """Another process (a relay already running) serves the control socket."""
+
+
 class ControlError(Exception):
     """A request the relay refused, or a control connection that failed."""
 
@@ -261,7 +270,7 @@ class ControlServer:
         # Bound under a temporary name, then renamed: 14 bytes after the directory.
         temporary = os.path.join(directory, f".{secrets.token_hex(4)}.tmp")
         if max(len(os.fsencode(path)), len(os.fsencode(temporary))) > UNIX_PATH_MAX:
-            raise ValueError(
+            raise ControlSocketError(
                 f"control socket path {path!r} is too long for a Unix socket (at most"
                 f" {UNIX_PATH_MAX} bytes, in a directory of at most {UNIX_PATH_MAX - 14})"
             )
@@ -296,7 +305,7 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(info.st_mode):
-            raise ValueError(f"{path!r} exists and is not a socket: refusing to replace it")
+            raise ControlSocketError(f"{path!r} exists and is not a socket: refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -305,7 +314,7 @@ class ControlServer:
             return  # nobody listens: a stale socket from an earlier run
         finally:
             probe.close()
-        raise RuntimeError(
+        raise ControlSocketBusy(
             f"another process is serving the control socket {path!r} (is a relay running?)"
         )
 
