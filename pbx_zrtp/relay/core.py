@@ -32,6 +32,18 @@ from pbx_zrtp.relay.mirror import (
 
 log = logging.getLogger("pbx_zrtp.relay")
 
+#: Per-call traffic counters summed into the relay's totals (packets and bytes).
+TRAFFIC = (
+    "phone_in",
+    "phone_out",
+    "pbx_in",
+    "pbx_out",
+    "phone_in_bytes",
+    "phone_out_bytes",
+    "pbx_in_bytes",
+    "pbx_out_bytes",
+)
+
 #: Events a slow subscriber may fall behind by before it is disconnected.
 SUBSCRIBER_QUEUE = 1000
 
@@ -523,30 +535,25 @@ class Relay:
         totals = self.totals
         totals.calls[label or final.last_state or final.state] += 1
         counters = final.counters
-        for key in ("phone_in", "phone_out", "pbx_in", "pbx_out"):
+        for key in TRAFFIC:
             totals.packets[key] += int(counters.get(key, 0))
         for reason, count in counters.get("drops", {}).items():
             totals.drops[reason] += int(count)
 
     def stats(self) -> dict[str, Any]:
         by_state: Counter[str] = Counter(m.state.value for m in self._by_call.values())
-        packets = Counter(self.totals.packets)
+        traffic = Counter(self.totals.packets)
         drops = Counter(self.totals.drops)
         for mirror in self._by_port.values():
-            c = mirror.counters
-            packets.update(
-                {
-                    "phone_in": c.phone_in,
-                    "phone_out": c.phone_out,
-                    "pbx_in": c.pbx_in,
-                    "pbx_out": c.pbx_out,
-                }
-            )
-            drops.update(c.drops)
+            # with what the native worker forwarded so far (not only when it detaches)
+            live = mirror.live_counters()
+            traffic.update({key: int(live.get(key, 0)) for key in TRAFFIC})
+            drops.update(live.get("drops", {}))
         return {
             "calls": dict(by_state),
             "ended": dict(self.totals.calls),
-            "packets": dict(packets),
+            "packets": {key: traffic[key] for key in TRAFFIC if not key.endswith("_bytes")},
+            "bytes": {k[: -len("_bytes")]: traffic[k] for k in TRAFFIC if k.endswith("_bytes")},
             "drops": dict(drops),
             "prebound_ports": len(self._prebound),
             "uptime_s": round(time.time() - self.started_at, 1),

@@ -588,10 +588,11 @@ class Mirror:
             sas_scope=sas_scope,
             sas_relay=relay,
             cache_error=self._engine.cache_error if self._engine else self._cache_error,
-            counters=self._merged_counters(),
+            counters=self.live_counters(),
         )
 
-    def _merged_counters(self) -> dict[str, Any]:
+    def live_counters(self) -> dict[str, Any]:
+        """This call's counters now, the native worker's included while it forwards."""
         if self._fast_handle is not None and self._fastpath is not None:
             with contextlib.suppress(KeyError, RuntimeError):
                 return self.counters.plus(self._fastpath.stats(self._fast_handle)).as_dict()
