@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.srtp import SrtpContext
+from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
@@ -36,6 +38,8 @@ SRTP_INTERVAL = 0.020
 SRTP_PAYLOAD = b"\xff" * 160
 #: After our last SRTP packet, how long to wait for the peer's.
 SRTP_LINGER = 1.5
+#: Before returning, how long the exchange's cache writes may take to land.
+STORE_DRAIN_TIMEOUT = 10.0
 
 
 class EndpointError(Exception):
@@ -74,7 +78,11 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
     """Feeds the engine from the socket and the loop's clock; nothing else."""
 
     def __init__(
-        self, connection: ZrtpConnection, options: EndpointOptions, outcome: _Outcome
+        self,
+        connection: ZrtpConnection,
+        options: EndpointOptions,
+        outcome: _Outcome,
+        store: StoreWorker | None = None,
     ) -> None:
         self.connection = connection
         self.options = options
@@ -85,6 +93,13 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
         self.secure = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._store = (
+            None
+            if store is None
+            else EngineStore(
+                store, connection, clock=self._loop.time, wake=lambda _engine: self._pump()
+            )
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -116,11 +131,14 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
 
     def _pump(self) -> None:
         """Send what the engine queued, handle its events, re-arm its timer."""
-        assert self.transport is not None
+        if self.transport is None or self.transport.is_closing():
+            return  # a store answer after the end: nothing left to drive
         for datagram in self.connection.datagrams_to_send():
             if self.peer is not None:
                 self.transport.sendto(datagram, self.peer)
         while (event := self.connection.next_event()) is not None:
+            if self._store is not None and self._store.handle(event):
+                continue
             if isinstance(event, SrtpKeysReady) and self.srtp is None:
                 self.srtp = self._srtp_context(event.keys)
             elif isinstance(event, Secured):
@@ -194,11 +212,19 @@ async def run_endpoint(
     started = time.perf_counter()
     if ssrc is None:
         ssrc = int.from_bytes(os.urandom(4), "big")
-    connection = ZrtpConnection(configuration, ssrc=ssrc, random=os.urandom, cache=cache)
+    # A store on disk runs on a worker thread, as in the relay: the engine only asks.
+    store = StoreWorker(cache) if cache is not None and cache.blocking else None
+    connection = ZrtpConnection(
+        configuration,
+        ssrc=ssrc,
+        random=os.urandom,
+        cache=cache if store is None else None,
+        host_cache=store is not None,
+    )
     outcome = _Outcome()
     try:
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _EndpointProtocol(connection, options, outcome), local_addr=options.bind
+            lambda: _EndpointProtocol(connection, options, outcome, store), local_addr=options.bind
         )
     except OSError as exc:
         raise EndpointError(
@@ -237,6 +263,10 @@ async def run_endpoint(
             await asyncio.sleep(options.linger)
     finally:
         protocol.close()
+        if store is not None:
+            # rs1 and the V flag must be stored before the caller closes the cache.
+            await store.drain(STORE_DRAIN_TIMEOUT)
+            store.close()
     keys = secured.keys
     relay = outcome.sas_relay
     return {

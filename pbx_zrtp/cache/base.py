@@ -1,8 +1,12 @@
 """The interface between the ZRTP engine and a retained-secret store.
 
 The engine is sans-I/O, but retained secrets must be looked up as soon as the
-peer's ZID is known and saved once Confirm has been exchanged; like aioquic's
-session-ticket callbacks, the engine calls a small synchronous store for that.
+peer's ZID is known and saved once Confirm has been exchanged. A store may be slow
+(a database over the network), so a host on an event loop never lets the engine
+call it: the engine asks for an entry and hands its writes over as typed
+:data:`CacheWrite` values, and the host runs them on worker threads
+(:mod:`pbx_zrtp.cache.worker`). Tests and tools with an in-memory store may let
+the engine call the store directly.
 
 Entries are keyed by (own ZID, peer ZID, own URI, peer URI). bzrtp (Linphone)
 keeps one rs1 per (peer ZID, self URI, peer URI); a PBX that uses one ZID for
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 #: Cache expiration interval meaning "never expires" (RFC 6189 §4.9).
 NEVER_EXPIRES = 0xFFFFFFFF
@@ -64,6 +69,11 @@ class SecretCache(ABC):
     arguments raise ValueError.
     """
 
+    #: The store waits on a disk or a network: a host on an event loop runs it on
+    #: a :class:`~pbx_zrtp.cache.worker.StoreWorker`, never on the loop. An
+    #: in-memory store answers at once and may be called inline.
+    blocking: ClassVar[bool] = True
+
     @abstractmethod
     def lookup(self, key: CacheKey) -> CacheEntry:
         """Return the unexpired secrets for ``key`` (an empty entry if none)."""
@@ -100,3 +110,59 @@ class SecretCache(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default store needs none."""
+
+
+# ---------------------------------------------------------------------- writes as values
+
+
+@dataclass(frozen=True)
+class RetainedSecretWrite:
+    """Store a new rs1 (``SecretCache.update_retained_secret``)."""
+
+    key: CacheKey
+    rs1: bytes = field(repr=False)
+    lifetime: int
+    keep_previous: bool = True
+
+    #: What is lost when this write fails, as the host reports it.
+    failure = "key continuity not saved"
+
+    def apply(self, store: SecretCache) -> None:
+        store.update_retained_secret(
+            self.key, self.rs1, self.lifetime, keep_previous=self.keep_previous
+        )
+
+
+@dataclass(frozen=True)
+class SasVerifiedWrite:
+    """Persist or clear the SAS-verified flag (``SecretCache.set_sas_verified``)."""
+
+    key: CacheKey
+    verified: bool
+
+    @property
+    def failure(self) -> str:
+        return f"the SAS-verified flag was not {'saved' if self.verified else 'cleared'}"
+
+    def apply(self, store: SecretCache) -> None:
+        store.set_sas_verified(self.key, self.verified)
+
+
+@dataclass(frozen=True)
+class PbxSecretWrite:
+    """Store a pbxsecret, or erase it with lifetime 0 (``SecretCache.store_pbx_secret``)."""
+
+    key: CacheKey
+    secret: bytes = field(repr=False)
+    lifetime: int
+
+    @property
+    def failure(self) -> str:
+        return f"the pbxsecret was not {'erased' if self.lifetime == 0 else 'stored'}"
+
+    def apply(self, store: SecretCache) -> None:
+        store.store_pbx_secret(self.key, self.secret, self.lifetime)
+
+
+#: One write to a store, as the engine hands it to its host.
+CacheWrite = RetainedSecretWrite | SasVerifiedWrite | PbxSecretWrite

@@ -118,6 +118,8 @@ class _PbxSecret:
 class MemorySecretCache(SecretCache):
     """A :class:`SecretCache` in a dict, guarded by a lock; nothing survives the process."""
 
+    blocking = False  # a dict and a lock: safe to call on the event loop
+
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()

@@ -11,8 +11,9 @@ keeps key continuity whichever relay serves it, and they all present ONE PBX ZID
   so relays starting at the same moment agree on one ZID.
 * Schema version in table ``pbx_zrtp_schema``; :func:`migrate` upgrades it under a
   transaction-scoped advisory lock, so concurrent first starts do not race.
-* The engine calls the store synchronously in the media path, so: one connection per
-  store, a short connect timeout, server-side ``statement_timeout``/``lock_timeout``,
+* The relay calls the store from worker threads (``cache/worker.py``), never from
+  the media loop; still, a call's handshake waits for its lookup, so: one connection
+  per store, a short connect timeout, server-side ``statement_timeout``/``lock_timeout``,
   TCP keepalives and ``tcp_user_timeout`` so a dead database costs a call seconds, not
   minutes. A dropped connection is replaced on the next call (a call that finds its
   idle connection dead retries once on a new one, unless the failure hit COMMIT,

@@ -720,12 +720,13 @@ class _Connection:
         call_id = args.call_id()
         verified = args.boolean("verified", True)
         args.finish()
-        return _report(self.relay.verify(call_id, verified))
+        self.relay.verify(call_id, verified)
+        return _report(await self.relay.stored(call_id))
 
     async def _op_enroll(self, args: _Args) -> Any:
         call_id = args.call_id()
         args.finish()
-        return _report(self.relay.enroll(call_id))
+        return _report(await self.relay.enroll(call_id))
 
     async def _op_unenroll(self, args: _Args) -> Any:
         call_id = args.string("call_id", max_length=200)
@@ -741,13 +742,13 @@ class _Connection:
                 zid = b""
             if len(zid) != 12:
                 raise _BadRequest("field 'peer_zid' must be 24 hex digits")
-        return {"erased": self.relay.unenroll(call_id=call_id, peer_zid=zid)}
+        return {"erased": await self.relay.unenroll(call_id=call_id, peer_zid=zid)}
 
     async def _op_enrolled(self, args: _Args) -> Any:
         args.finish()
         return [
             {"self_zid": own.hex(), "peer_zid": peer.hex(), "expires": expires}
-            for own, peer, expires in self.relay.enrolled_phones()
+            for own, peer, expires in await self.relay.enrolled_phones()
         ]
 
     async def _op_stats(self, args: _Args) -> Any:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbx_zrtp.cache.base import CacheKey
+from pbx_zrtp.cache.base import CacheError, CacheKey, PbxSecretWrite
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.relay.mirror import (
     Address,
@@ -46,6 +46,10 @@ TRAFFIC = (
 
 #: Events a slow subscriber may fall behind by before it is disconnected.
 SUBSCRIBER_QUEUE = 1000
+#: At shutdown, how long the calls' last cache writes may take to land.
+STORE_DRAIN_TIMEOUT = 10.0
+#: How long ``verify``/``enroll`` wait for their write before answering anyway.
+STORE_SETTLE_TIMEOUT = 5.0
 
 
 class RelayError(Exception):
@@ -187,6 +191,12 @@ class Relay:
                 asyncio.get_running_loop().remove_reader(worker.punt_fd())
             worker.close()
         self._punt_readers = False
+        store = self.settings.store
+        if store is not None:
+            # The calls' last writes (rs1, V flag) land before the store is closed.
+            if not await store.drain(STORE_DRAIN_TIMEOUT):
+                log.warning("retained-secret store: %d writes still pending", store.pending)
+            store.close()
 
     async def _open_mirror(self, port: int, pbx_host: str, pbx_port: int | None) -> Mirror:
         mirror = Mirror(
@@ -419,41 +429,87 @@ class Relay:
             raise RelayError(str(exc)) from None
         return mirror.report()
 
-    def enroll(self, call_id: str) -> CallReport:
-        """The user confirmed the SAS of an enrollment call: store the pbxsecret."""
+    async def stored(self, call_id: str) -> CallReport:
+        """The call's report once the store has taken the writes already handed to it
+        for this phone (``verify``, ``enroll``): a reply then means "saved", or its
+        ``cache_error`` says why not. Waits off the loop, at most a few seconds."""
         mirror = self._mirror(call_id)
+        store, key = self.settings.store, mirror.cache_key
+        if store is not None and key is not None:
+            await store.drain(STORE_SETTLE_TIMEOUT, key)
+        return self._mirror(call_id).report()
+
+    async def enroll(self, call_id: str) -> CallReport:
+        """The user confirmed the SAS of an enrollment call: store the pbxsecret.
+
+        Answers once it is stored; RelayError if the store refused it.
+        """
+        mirror = self._mirror(call_id)
+        failed = len(mirror.failed_writes)
         try:
             mirror.enroll()
         except ValueError as exc:
             raise RelayError(str(exc)) from None
-        return mirror.report()
+        return await self._stored_or_error(call_id, mirror, failed)
 
-    def unenroll(self, call_id: str | None = None, peer_zid: bytes | None = None) -> int:
-        """Forget pbxsecrets: of a live call's phone, or of a peer ZID (any of our ZIDs)."""
+    async def _stored_or_error(self, call_id: str, mirror: Mirror, failed: int) -> CallReport:
+        """``stored``, raising RelayError if a pbxsecret write since ``failed`` failed."""
+        report = await self.stored(call_id)
+        for write, error in mirror.failed_writes[failed:]:
+            if isinstance(write, PbxSecretWrite):
+                raise RelayError(f"{write.failure}: {error}")
+        return report
+
+    async def unenroll(self, call_id: str | None = None, peer_zid: bytes | None = None) -> int:
+        """Forget pbxsecrets: of a live call's phone, or of a peer ZID (any of our ZIDs).
+
+        The store is written on the store worker's threads, in order with the
+        calls' own writes for that phone, never on the media loop.
+        """
         if call_id is not None:
+            mirror = self._mirror(call_id)
+            failed = len(mirror.failed_writes)
             try:
-                self._mirror(call_id).unenroll()
+                mirror.unenroll()
             except ValueError as exc:
                 raise RelayError(str(exc)) from None
+            await self._stored_or_error(call_id, mirror, failed)
             return 1
-        cache = self.settings.cache
+        cache, store = self.settings.cache, self.settings.store
         if peer_zid is None or len(peer_zid) != 12:
             raise RelayError("unenroll needs a call or a 12-byte peer ZID")
         if cache is None:
             raise RelayError("the relay has no cache (cache.path = memory)")
         erased = 0
-        for self_zid, zid, _expires in self.enrolled_phones():
+        for self_zid, zid, _expires in await self.enrolled_phones():
             if zid == peer_zid:
-                cache.store_pbx_secret(CacheKey(self_zid, zid), os.urandom(32), 0)
+                write = PbxSecretWrite(CacheKey(self_zid, zid), os.urandom(32), 0)
+                error = ""
+                try:
+                    if store is not None:
+                        error = await store.apply(write)
+                    else:
+                        write.apply(cache)  # in memory: at once
+                except CacheError as exc:
+                    error = str(exc)
+                if error:
+                    raise RelayError(f"{write.failure}: {error}")
                 erased += 1
         return erased
 
-    def enrolled_phones(self) -> list[tuple[bytes, bytes, float | None]]:
-        """(our ZID, phone ZID, expiry) of every pbxsecret the cache holds."""
+    async def enrolled_phones(self) -> list[tuple[bytes, bytes, float | None]]:
+        """(our ZID, phone ZID, expiry) of every pbxsecret the cache holds (read on a
+        worker thread, after the writes already handed to it)."""
+        store = self.settings.store
         lister = getattr(self.settings.cache, "list_pbx_secrets", None)
         if lister is None:
             return []
-        result: list[tuple[bytes, bytes, float | None]] = lister()
+        try:
+            result: list[tuple[bytes, bytes, float | None]] = (
+                await store.run(lister) if store is not None else lister()
+            )
+        except CacheError as exc:
+            raise RelayError(f"the enrolled phones could not be listed: {exc}") from None
         return result
 
     def _relay_sas(self, mirror: Mirror) -> None:

@@ -178,19 +178,20 @@ class LocalRelay(RelayHandle):
 
     async def verify(self, call_id: str, verified: bool) -> dict[str, Any]:
         try:
-            return self.relay.verify(call_id, verified).as_dict()
+            self.relay.verify(call_id, verified)
+            return (await self.relay.stored(call_id)).as_dict()
         except RelayError as exc:
             raise RelayUnavailable(str(exc)) from None
 
     async def enroll(self, call_id: str) -> dict[str, Any]:
         try:
-            return self.relay.enroll(call_id).as_dict()
+            return (await self.relay.enroll(call_id)).as_dict()
         except RelayError as exc:
             raise RelayUnavailable(str(exc)) from None
 
     async def unenroll(self, call_id: str) -> None:
         try:
-            self.relay.unenroll(call_id=call_id)
+            await self.relay.unenroll(call_id=call_id)
         except RelayError as exc:
             raise RelayUnavailable(str(exc)) from None
 

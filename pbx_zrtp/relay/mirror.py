@@ -32,13 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pbx_zrtp.cache.base import SecretCache
+from pbx_zrtp.cache.base import CacheKey, CacheWrite, PbxSecretWrite, SecretCache
+from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.logs import call_tag
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import Refusal, SrtpContext, is_rtcp
+from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
+    Event,
     GoClearRefused,
     HandshakeFailed,
     PeerHelloReceived,
@@ -88,6 +91,15 @@ class MirrorSettings:
     cache: SecretCache | None
     optional_timeout: float = 5.0  # optional: report "clear" after this long without ZRTP
     required_timeout: float = 10.0  # required: report "failed" after this long
+    #: Runs a blocking ``cache`` (SQLite, PostgreSQL) on worker threads: the loop
+    #: that forwards every call's media never waits on the store. One per relay
+    #: (made from ``cache`` if not given), so one phone's lookups and writes stay in
+    #: order across its calls. None for an in-memory store, called inline.
+    store: StoreWorker | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.cache is not None and self.cache.blocking:
+            self.store = StoreWorker(self.cache)
 
 
 @dataclass
@@ -344,6 +356,7 @@ class Mirror:
         self._pbx_rtp: asyncio.DatagramTransport | None = None
         self._pbx_rtcp_sock: asyncio.DatagramTransport | None = None
         self._engine: ZrtpConnection | None = None
+        self._engine_store: EngineStore | None = None
         self._engine_timer: asyncio.TimerHandle | None = None
         self._policy_timer: asyncio.TimerHandle | None = None
         self._srtp: SrtpContext | None = None
@@ -373,6 +386,8 @@ class Mirror:
         self.relay_status = ""  # "", "pending", "acknowledged", "unacknowledged"
         self._enrolled_now = False
         self._cache_error = ""  # kept from the engine for the final report
+        #: Writes of this call the store refused, with its error, oldest first.
+        self.failed_writes: list[tuple[CacheWrite, str]] = []
         #: Set while the call is an unclaimed pre-bound port's (see _AmplificationGuard).
         self._guard: _AmplificationGuard | None = None
         #: Datagrams received from the phone side or from the PBX (the relay's idle check).
@@ -598,12 +613,18 @@ class Mirror:
                 return self.counters.plus(self._fastpath.stats(self._fast_handle)).as_dict()
         return self.counters.as_dict()
 
+    @property
+    def cache_key(self) -> CacheKey | None:
+        """This call's retained-secret key, once the phone's Hello is in."""
+        return self._engine.cache_key if self._engine is not None else None
+
     def mark_verified(self, verified: bool) -> None:
         """The humans compared the SAS: persist it (V flag) in the cache."""
         if self._engine is None or self._secured is None:
             raise ValueError("the call is not secure: there is no SAS to verify")
         self._engine.set_sas_verified(verified)
         self._sas_verified = verified
+        self._pump()  # hands the write to the store worker
         self.on_change(self)
 
     def offer_enrollment(self) -> None:
@@ -625,6 +646,7 @@ class Mirror:
         self._engine.set_sas_verified(True)
         self._sas_verified = True
         self._enrolled_now = True
+        self._pump()
         self.on_change(self)
 
     def unenroll(self) -> None:
@@ -633,6 +655,7 @@ class Mirror:
             raise ValueError("no ZRTP peer on this call")
         self._engine.unenroll()
         self._enrolled_now = False
+        self._pump()
         self.on_change(self)
 
     def send_sas_relay(
@@ -672,6 +695,7 @@ class Mirror:
         self.relay_role = self.relay_status = ""
         self._enrolled_now = False
         self._cache_error = ""
+        self.failed_writes = []
         self._handshake_ms = None
         self._engine_started_at = 0.0
         self._pbx_heard = False
@@ -787,7 +811,19 @@ class Mirror:
         if self.identity.enroll:  # E implies a MiTM and excludes A (§7.3.1)
             configuration = replace(configuration, mitm=True, enrollment=True, allow_clear=False)
         ssrc = int.from_bytes(os.urandom(4), "big")
-        self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
+        store = self.settings.store
+        if store is not None:
+            self._engine = ZrtpConnection(configuration, ssrc=ssrc, host_cache=True)
+            self._engine_store = EngineStore(
+                store,
+                self._engine,
+                clock=self._loop.time,
+                wake=self._store_answered,
+                write_failed=self._store_write_failed,
+                label=f"call {self._call_id()}",
+            )
+        else:
+            self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
         self._engine_started_at = self._loop.time()
         self._engine.start(self._engine_started_at)
         self._pump()
@@ -800,8 +836,23 @@ class Mirror:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        self._engine_store = None
         self._srtp = None
         self._protect_out = False
+
+    def _store_answered(self, engine: ZrtpConnection) -> None:
+        """The store answered ``engine``'s lookup (on the loop): the exchange goes on."""
+        if engine is self._engine:
+            self._pump()
+
+    def _store_write_failed(self, engine: ZrtpConnection, write: CacheWrite, error: str) -> None:
+        """A write of this call did not reach the store: say so in the report."""
+        if engine is not self._engine:
+            return  # the call is over; the store worker logged it
+        self.failed_writes.append((write, error))
+        if isinstance(write, PbxSecretWrite) and write.lifetime:
+            self._enrolled_now = False  # the pbxsecret was not stored: not enrolled
+        self.on_change(self)
 
     def _on_engine_timer(self) -> None:
         self._engine_timer = None
@@ -827,7 +878,9 @@ class Mirror:
         if deadline is not None:
             self._engine_timer = self._loop.call_at(deadline, self._on_engine_timer)
 
-    def _on_engine_event(self, event: object) -> None:
+    def _on_engine_event(self, event: Event) -> None:
+        if self._engine_store is not None and self._engine_store.handle(event):
+            return
         if isinstance(event, SrtpKeysReady):
             self._srtp = self._srtp_context(event)
         elif isinstance(event, Secured):

@@ -85,6 +85,9 @@ class ZrtpConfiguration:
     t2_retries: int = 10
     #: Responder gives up when nothing arrives for this long after Commit (§6).
     responder_timeout: float = 10.0
+    #: A host-served cache (``host_cache``) that has not answered a lookup after
+    #: this long is treated as unreadable: the exchange goes on without continuity.
+    cache_timeout: float = 3.0
     #: A forced responder whose discovery is complete (both Hellos seen and
     #: acknowledged) commits itself when the peer has not committed for this long:
     #: a peer that waits for our Commit (GNU ZRTP, once its Hello was acknowledged
@@ -112,6 +115,8 @@ class ZrtpConfiguration:
             raise ValueError("enrollment (E flag) excludes allow_clear (A flag), §7.3.1")
         if self.aux_secret is not None and not self.aux_secret:
             raise ValueError("aux_secret must not be empty")
+        if not self.cache_timeout > 0:
+            raise ValueError("cache_timeout must be > 0 seconds")
         if not self.responder_commit_wait > 0:
             raise ValueError("responder_commit_wait must be positive")
 

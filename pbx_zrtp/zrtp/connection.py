@@ -10,6 +10,12 @@ collects datagrams to send and events:
     for datagram in conn.datagrams_to_send(): sock.sendto(datagram, peer)
     while (event := conn.next_event()) is not None: ...
 
+The retained-secret store is I/O too. With ``host_cache=True`` the engine never
+touches it: it asks (``CacheLookupNeeded``, answered by ``provide_cache_entry``)
+and hands its writes over (``CacheWriteNeeded``), and the host runs them off its
+event loop. ``cache=`` lets the engine call a store directly, which is only for
+in-memory stores (tests, fuzzing, benchmarks).
+
 Every transition is listed in ``TRANSITIONS``: (state, message type) -> handler
 and the states the handler may move to. Messages not listed for a state are
 ignored, as ZRTP's retransmissions make stale duplicates normal.
@@ -25,7 +31,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from pbx_zrtp.cache.base import NEVER_EXPIRES, CacheEntry, CacheError, CacheKey, SecretCache
+from pbx_zrtp.cache.base import (
+    NEVER_EXPIRES,
+    CacheEntry,
+    CacheError,
+    CacheKey,
+    CacheWrite,
+    PbxSecretWrite,
+    RetainedSecretWrite,
+    SasVerifiedWrite,
+    SecretCache,
+)
 from pbx_zrtp.zrtp import packets as p
 from pbx_zrtp.zrtp.config import (
     MANDATORY_AUTH_TAGS,
@@ -50,6 +66,8 @@ from pbx_zrtp.zrtp.crypto import (
 )
 from pbx_zrtp.zrtp.errors import ErrorCode, ZrtpProtocolError
 from pbx_zrtp.zrtp.events import (
+    CacheLookupNeeded,
+    CacheWriteNeeded,
     Event,
     GoClearRefused,
     HandshakeFailed,
@@ -193,13 +211,26 @@ class ZrtpConnection:
         random: RandomSource = os.urandom,
         cache: SecretCache | None = None,
         session: ZrtpSession | None = None,
+        host_cache: bool = False,
     ) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError("ssrc must be a 32-bit unsigned integer")
+        if host_cache and cache is not None:
+            raise ValueError("host_cache: the host owns the store, so pass no cache")
         self._config = configuration
         self._ssrc = ssrc
         self._random = random
         self._cache = cache
+        #: The host serves the store through events (never called from here).
+        self._host_cache = host_cache
+        self._has_cache = cache is not None or host_cache
+        self._lookup_key: CacheKey | None = None  # host_cache: lookup awaiting its answer
+        self._lookup_deadline: float | None = None
+        #: A DH Commit that arrived while the lookup was outstanding (§4.3: DHPart1
+        #: names our retained secrets, so it cannot be built before the answer).
+        self._held_commit: tuple[p.ZrtpPacket, bytes] | None = None
+        self._commit_after_lookup = False  # a forced responder's fallback Commit waits
+        self._closed = False
         self._session_in = session
         self._state = State.IDLE
         self._events: deque[Event] = deque()
@@ -278,6 +309,9 @@ class ZrtpConnection:
         self._sas_relay_received = b""  # the last SASrelay we acknowledged
         self._new_rs1: bytes | None = None
         self._cache_mismatch = False
+        #: rs1 or rs2 matched the peer's in this DH exchange (§4.3): the only
+        #: evidence that lets a stored V flag count (§7.1).
+        self._secret_matched = False
         self._previously_verified = False
         self._session: ZrtpSession | None = None
         self._secured_event: Secured | None = None
@@ -306,6 +340,11 @@ class ZrtpConnection:
     @property
     def peer_zid(self) -> bytes | None:
         return self._peer_hello.zid if self._peer_hello else None
+
+    @property
+    def cache_key(self) -> CacheKey | None:
+        """The store key of this peer (our ZID, its ZID, the URIs), once its Hello is in."""
+        return self._cache_key()
 
     @property
     def session(self) -> ZrtpSession | None:
@@ -355,15 +394,8 @@ class ZrtpConnection:
             return
         handler, targets = entry
         before = self._state
-        try:
-            handler(self, packet, p.message_bytes(data), now)
-        except _Drop as exc:
-            self.stats["dropped_false_packet"] += 1
-            self._events.append(SecurityWarning(str(exc)))
-            return
-        except ZrtpProtocolError as exc:
-            code = exc.code if exc.code is not None else ErrorCode.MALFORMED_PACKET
-            self._fail(str(exc), int(code), now, send_error=True)
+        raw = p.message_bytes(data)
+        if not self._guarded(lambda: handler(self, packet, raw, now), now):
             return
         if (
             self._state is not before
@@ -373,8 +405,29 @@ class ZrtpConnection:
             raise AssertionError(f"transition {before} -> {self._state} not in table")
         self.stats["received"] += 1
 
+    def _guarded(self, step: Callable[[], None], now: float) -> bool:
+        """Run one step of the exchange: a false packet is dropped and reported, a
+        protocol error ends the exchange (Error sent). False when the step failed."""
+        try:
+            step()
+        except _Drop as exc:
+            self.stats["dropped_false_packet"] += 1
+            self._events.append(SecurityWarning(str(exc)))
+            return False
+        except ZrtpProtocolError as exc:
+            code = exc.code if exc.code is not None else ErrorCode.MALFORMED_PACKET
+            self._fail(str(exc), int(code), now, send_error=True)
+            return False
+        return True
+
     def handle_timer(self, now: float) -> None:
         """Run retransmissions and time-outs that are due."""
+        if self._lookup_deadline is not None and now >= self._lookup_deadline:
+            self._lookup_answered(
+                None,
+                f"the store did not answer within {self._config.cache_timeout:g} s",
+                now,
+            )
         if self._inactivity_deadline is not None and now >= self._inactivity_deadline:
             self._inactivity_deadline = None
             self._fail(
@@ -449,6 +502,7 @@ class ZrtpConnection:
                 self._hello_deadline if self._state is State.DISCOVERY else None,
                 self._commit_wait_deadline if self._state is State.DISCOVERY else None,
                 self._inactivity_deadline,
+                self._lookup_deadline,
             )
             if d is not None
         ]
@@ -467,6 +521,23 @@ class ZrtpConnection:
         if self._state is State.CONFIRM2_SENT:
             self._complete_initiator(now)
 
+    def provide_cache_entry(
+        self, key: CacheKey, entry: CacheEntry | None, now: float, *, error: str = ""
+    ) -> None:
+        """The host's answer to ``CacheLookupNeeded``: the entry, or None and the
+        store's ``error``. A late answer (after ``cache_timeout``, or for a Hello no
+        longer adopted) is ignored; a failed one means "no continuity, write nothing"."""
+        if self._closed or self._lookup_key is None or key != self._lookup_key:
+            self.stats["cache_answers_ignored"] += 1
+            return
+        self._lookup_answered(entry, error or "the store gave no answer", now)
+
+    def cache_write_failed(self, write: CacheWrite, error: str) -> None:
+        """The host could not apply a ``CacheWriteNeeded``: the call stays secure,
+        ``cache_error`` says what was not saved."""
+        self.cache_error = f"{write.failure}: {error}"
+        self.stats["cache_errors"] += 1
+
     def set_sas_verified(self, verified: bool) -> None:
         """The user compared the SAS (True) or withdrew that mark (False), §7.1.
 
@@ -476,15 +547,12 @@ class ZrtpConnection:
         erasing ours would show it a cache mismatch (a false MiTM alarm) next call.
         """
         key = self._cache_key()
-        if self._cache is None or key is None:
+        if not self._has_cache or key is None:
             return
-        try:
-            self._cache.set_sas_verified(key, verified)
-            if verified and self._pending_cache_update:
-                self._pending_cache_update = False
-                self._update_cache()
-        except CacheError as exc:
-            self._cache_failed("the SAS-verified flag was not saved", exc)
+        self._write(SasVerifiedWrite(key, verified))
+        if verified and self._pending_cache_update:
+            self._pending_cache_update = False
+            self._update_cache()
 
     @property
     def pbx_secret_matched(self) -> bool:
@@ -562,26 +630,21 @@ class ZrtpConnection:
         if not (invited or inviting):
             raise ValueError("no enrollment in this session: neither side set the E flag")
         key = self._cache_key()
-        if self._cache is None or key is None:
+        if not self._has_cache or key is None:
             raise ValueError("enrollment needs a retained-secret cache")
         secret = self._hash.kdf(
             session.zrtp_sess, b"Trusted MiTM key", self._zidi + self._zidr, 256
         )
         lifetime = self._config.cache_expiration or NEVER_EXPIRES
-        try:
-            self._cache.store_pbx_secret(key, secret, lifetime)
-        except CacheError as exc:
-            raise ValueError(f"the pbxsecret could not be stored: {exc}") from None
+        self._write(PbxSecretWrite(key, secret, lifetime), strict=True)
 
     def unenroll(self) -> None:
         """Erase the pbxsecret shared with this peer: it is no longer trusted."""
         key = self._cache_key()
-        if self._cache is None or key is None:
+        if not self._has_cache or key is None:
             raise ValueError("unenrolling needs a retained-secret cache and a known peer")
-        try:
-            self._cache.store_pbx_secret(key, self._random(32), 0)  # lifetime 0 erases
-        except CacheError as exc:
-            raise ValueError(f"the pbxsecret could not be erased: {exc}") from None
+        # lifetime 0 erases
+        self._write(PbxSecretWrite(key, self._random(32), 0), strict=True)
 
     def close(self) -> None:
         """Drop all key material and stop every timer (§4.7.3)."""
@@ -595,6 +658,8 @@ class ZrtpConnection:
         self._srtp_keys = None
         self._session = None
         self._pending_cache_update = False
+        self._lookup_key = self._lookup_deadline = self._held_commit = None
+        self._closed = True
 
     # ------------------------------------------------------------------ sending
 
@@ -624,6 +689,7 @@ class ZrtpConnection:
         self._inactivity_deadline = None
         self._commit_wait_deadline = None
         self._retransmission = None
+        self._lookup_key = self._lookup_deadline = self._held_commit = None
         self._wipe_keys()
         if send_error and code is not None:
             self._send_reliably(p.Error(code=code), now)
@@ -674,7 +740,7 @@ class ZrtpConnection:
             self.stats["alternate_hello"] += 1
         else:
             self._hello_candidates.append((hello, raw, packet.ssrc))
-            self._adopt_hello(hello, raw, packet.ssrc)
+            self._adopt_hello(hello, raw, packet.ssrc, now)
             self._events.append(
                 PeerHelloReceived(
                     peer_zid=hello.zid,
@@ -720,7 +786,7 @@ class ZrtpConnection:
                 raise _Drop("Hello does not match the a=zrtp-hash from the signalling")
         return True
 
-    def _adopt_hello(self, hello: p.Hello, raw: bytes, ssrc: int) -> None:
+    def _adopt_hello(self, hello: p.Hello, raw: bytes, ssrc: int, now: float) -> None:
         """Take this Hello as the peer's: its H3 anchors the hash chain from now on."""
         if self._peer_hello is not None and raw == self._peer_hello_bytes:
             return
@@ -729,14 +795,40 @@ class ZrtpConnection:
         self._peer_ssrc = ssrc
         key = self._cache_key()
         self._cached = CacheEntry()
-        if self._cache is not None and key is not None:
+        if key is None:
+            return
+        if self._host_cache:
+            # Fetched off the host's loop; needed only once we build a DHPart.
+            self._lookup_key = key
+            self._lookup_deadline = now + self._config.cache_timeout
+            self._events.append(CacheLookupNeeded(key))
+        elif self._cache is not None:
             try:
                 self._cached = self._cache.lookup(key)
             except CacheError as exc:
-                # Go on as if this peer were new, and write nothing back: a store that
-                # failed to read must not have a good rs1 overwritten.
                 self._cache_unreadable = True
                 self._cache_failed("retained secrets could not be read", exc)
+
+    def _lookup_answered(self, entry: CacheEntry | None, error: str, now: float) -> None:
+        """The lookup is over (answered, failed or timed out): resume the exchange."""
+        self._lookup_key = self._lookup_deadline = None
+        if entry is None:
+            # Go on as if this peer were new, and write nothing back: a store that
+            # failed to read must not have a good rs1 overwritten.
+            self._cache_unreadable = True
+            self.cache_error = f"retained secrets could not be read: {error}"
+            self.stats["cache_errors"] += 1
+        else:
+            self._cached = entry
+        held, self._held_commit = self._held_commit, None
+        if held is not None and self._state is State.DISCOVERY:
+            packet, raw = held
+            assert isinstance(packet.message, p.Commit)
+            commit = packet.message
+            self._guarded(lambda: self._respond_to_commit(commit, raw, now), now)
+        else:
+            fallback, self._commit_after_lookup = self._commit_after_lookup, False
+            self._guarded(lambda: self._maybe_commit(now, fallback=fallback), now)
 
     def _on_hello_ack(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         if not self._hello_acked:
@@ -746,7 +838,7 @@ class ZrtpConnection:
         # ours is the live peer.
         for hello, hello_raw, ssrc in self._hello_candidates:
             if ssrc == packet.ssrc:
-                self._adopt_hello(hello, hello_raw, ssrc)
+                self._adopt_hello(hello, hello_raw, ssrc, now)
                 break
         self._maybe_commit(now)
 
@@ -760,15 +852,23 @@ class ZrtpConnection:
             if self._commit_wait_deadline is None:
                 self._commit_wait_deadline = now + self._config.responder_commit_wait
             return
-        self._commit_wait_deadline = None
         peer = self._peer_hello
-        self._role = INITIATOR
-        self._zidi, self._zidr = self._config.zid, peer.zid
         multistream = (
             self._session_in is not None
             and MULTISTREAM in peer.key_agreement_types
             and self._config.multistream
         )
+        if not multistream and self._lookup_key is not None:
+            # Our DHPart2 (committed to by hvi) names the cached secrets: wait for
+            # the store, then commit (a forced responder's fallback included).
+            self._commit_after_lookup = self._commit_after_lookup or fallback
+            return
+        self._commit_wait_deadline = None
+        if multistream:
+            assert self._session_in is not None
+            self._check_session_peer(self._session_in, peer)
+        self._role = INITIATOR
+        self._zidi, self._zidr = self._config.zid, peer.zid
         if multistream:
             assert self._session_in is not None
             session = self._session_in
@@ -838,13 +938,18 @@ class ZrtpConnection:
     def _on_commit(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         commit = packet.message
         assert isinstance(commit, p.Commit)
+        if self._held_commit is not None:
+            # One Commit is already waiting for the store: it stands, exactly as it
+            # would had it been answered at once (later ones could not re-pick the Hello).
+            self.stats["commit_held_for_cache"] += 1
+            return
         if self._state is State.DISCOVERY:
             # The Commit's H2 tells which candidate Hello is the live one (§9).
             for hello, hello_raw, ssrc in self._hello_candidates:
                 if ssrc == packet.ssrc and constant_time_equal(
                     IMPLICIT_HASH.digest(commit.h2), hello.h3
                 ):
-                    self._adopt_hello(hello, hello_raw, ssrc)
+                    self._adopt_hello(hello, hello_raw, ssrc, now)
                     break
         peer = self._peer_hello
         if peer is None:
@@ -869,6 +974,11 @@ class ZrtpConnection:
                 return  # §4.2: the lower Commit is discarded; the peer becomes responder
             self.stats["commit_contention_lost"] += 1
             self._retransmission = None
+        if self._lookup_key is not None and not commit.is_multistream:
+            # DHPart1 names our retained secrets: answer once the store has.
+            self._held_commit = (packet, raw)
+            self.stats["commit_held_for_cache"] += 1
+            return
         self._respond_to_commit(commit, raw, now)
 
     def _respond_to_commit(self, commit: p.Commit, raw: bytes, now: float) -> None:
@@ -913,6 +1023,7 @@ class ZrtpConnection:
                 raise ZrtpProtocolError(
                     "Multistream Commit without a ZRTP session", ErrorCode.NO_SHARED_SECRET
                 )
+            self._check_session_peer(session, peer)
             assert commit.nonce is not None
             if commit.nonce in session.used_nonces:
                 raise ZrtpProtocolError("Multistream nonce reuse", ErrorCode.NONCE_REUSE)
@@ -947,6 +1058,20 @@ class ZrtpConnection:
         self._dhpart1_bytes = dhpart1.serialize()
         self._send(dhpart1)
         self._state = State.DHPART1_SENT
+
+    @staticmethod
+    def _check_session_peer(session: ZrtpSession, peer: p.Hello) -> None:
+        """§4.4.3: every stream of a Multistream session has the first stream's ZIDs.
+
+        ZRTPSess was agreed with ``session.peer_zid``; keying a stream from it
+        toward anyone else would hand that party a stream of our call.
+        """
+        if not constant_time_equal(peer.zid, session.peer_zid):
+            raise ZrtpProtocolError(
+                "Multistream refused: the peer's ZID differs from the ZID of the call's"
+                " first stream (RFC 6189 §4.4.3)",
+                ErrorCode.NO_SHARED_SECRET,
+            )
 
     def _on_commit_repeat(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         """The initiator resent its Commit: our DHPart1 (or Confirm1) was lost."""
@@ -1076,7 +1201,8 @@ class ZrtpConnection:
         pbx = cached.pbx_secret
         s3 = pbx if pbx and constant_time_equal(mac(pbx, peer_label), part.pbx_secret_id) else b""
         self._pbx_secret_matched = bool(s3)
-        self._cache_mismatch = cached.rs1 is not None and not s1
+        self._secret_matched = bool(s1)
+        self._cache_mismatch = cached.rs1 is not None and not s1  # §4.3.2's definition
         if aux and not s2:
             self._events.append(SecurityWarning("auxsecret mismatch"))
         return s1, s2, s3
@@ -1117,7 +1243,10 @@ class ZrtpConnection:
         self._sas_hash = sas_hash
         self._new_rs1 = kdf(s0, b"retained secret", ctx, 256)
         self._derive_stream_keys(s0)
-        verified = self._cached.sas_verified and not self._cache_mismatch
+        # §7.1: V vouches for the SAS compared in an earlier call of this lineage of
+        # retained secrets. Without a secret that matched now (expired, erased by a
+        # peer's expiration 0, or someone else using the peer's ZID) it proves nothing.
+        verified = self._cached.sas_verified and self._secret_matched
         self._previously_verified = verified
         self._session = ZrtpSession(
             zrtp_sess=zrtp_sess,
@@ -1188,12 +1317,13 @@ class ZrtpConnection:
             h0=self._h0,
             enrollment=self._config.enrollment and not multistream,
             sas_verified=self._previously_verified,
-            allow_clear=self._config.allow_clear,
+            # A Multistream stream refuses GoClear (see _on_goclear): do not offer it.
+            allow_clear=self._config.allow_clear and not multistream,
             disclosure=self._config.disclosure,
             # §4.9: Multistream sends 0xffffffff (ignored); a cacheless endpoint sends 0.
             cache_expiration=0xFFFFFFFF
             if multistream
-            else (self._config.cache_expiration if self._cache is not None else 0),
+            else (self._config.cache_expiration if self._has_cache else 0),
         )
         iv = self._random(16)
         key = self._zrtpkey_i if initiator else self._zrtpkey_r
@@ -1294,13 +1424,12 @@ class ZrtpConnection:
         if not multistream:
             lifetime = min(self._config.cache_expiration, peer_confirm.cache_expiration)
             self._cache_lifetime = lifetime
-            if self._cache_mismatch and self._cache is not None:
-                key = self._cache_key()
-                if key is not None and self._cached.sas_verified:
-                    try:
-                        self._cache.set_sas_verified(key, False)  # a mismatch voids the old V
-                    except CacheError as exc:
-                        self._cache_failed("the SAS-verified flag was not cleared", exc)
+            key = self._cache_key()
+            if key is not None and self._cached.sas_verified and not self._secret_matched:
+                # A V flag with no matching secret behind it (a mismatch, expired or
+                # erased secrets) is void: the users must compare the SAS again.
+                self._write(SasVerifiedWrite(key, False))
+            if self._cache_mismatch and self._has_cache:
                 self._pending_cache_update = True  # §4.6.1.1: wait for a SAS verify
             else:
                 self._update_cache()
@@ -1349,19 +1478,32 @@ class ZrtpConnection:
 
     def _update_cache(self) -> None:
         key = self._cache_key()
-        if self._cache is None or key is None or self._new_rs1 is None:
+        if not self._has_cache or key is None or self._new_rs1 is None:
             return
         if self._cache_unreadable:
             self._new_rs1 = None
             self.cache_error = "key continuity not saved: " + self.cache_error
             return
-        try:
-            self._cache.update_retained_secret(
-                key, self._new_rs1, self._cache_lifetime, keep_previous=True
-            )
-        except CacheError as exc:
-            self._cache_failed("key continuity not saved", exc)
+        self._write(RetainedSecretWrite(key, self._new_rs1, self._cache_lifetime))
         self._new_rs1 = None
+
+    def _write(self, write: CacheWrite, *, strict: bool = False) -> None:
+        """Hand a write to the host, or apply it to a directly called store.
+
+        A failure is recorded in ``cache_error``; with ``strict`` (an explicit user
+        action on a directly called store) it raises ValueError instead.
+        """
+        if self._host_cache:
+            self._events.append(CacheWriteNeeded(write))
+            return
+        if self._cache is None:
+            return
+        try:
+            write.apply(self._cache)
+        except CacheError as exc:
+            if strict:
+                raise ValueError(f"{write.failure}: {exc}") from None
+            self._cache_failed(write.failure, exc)
 
     def _cache_failed(self, what: str, exc: CacheError) -> None:
         self.cache_error = f"{what}: {exc}"
@@ -1406,6 +1548,18 @@ class ZrtpConnection:
 
     def _on_goclear(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         self._check_goclear_mac(packet)
+        if self._key_agreement_type == MULTISTREAM:
+            # §4.7.2.1 replaces ZRTPSess, which belongs to the call's first (DH)
+            # stream and keys every other stream; a Multistream stream does not own
+            # it, so going clear here would leave the old ZRTPSess alive elsewhere.
+            self._events.append(
+                GoClearRefused(
+                    "GoClear on a Multistream stream is refused: ZRTPSess belongs to the"
+                    " call's first stream (RFC 6189 §4.7.2.1)"
+                )
+            )
+            self._send(p.Error(code=int(ErrorCode.GOCLEAR_NOT_ALLOWED)))
+            return
         if not self._config.allow_clear:
             self._events.append(GoClearRefused())
             self._send(p.Error(code=int(ErrorCode.GOCLEAR_NOT_ALLOWED)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pbx_zrtp.cache.base import CacheKey, CacheWrite
+
 
 @dataclass(frozen=True)
 class SrtpKeys:
@@ -102,7 +104,9 @@ class WentClear(Event):
 
 @dataclass(frozen=True)
 class GoClearRefused(Event):
-    """The peer asked to go clear but our policy does not allow it; we stay secure."""
+    """The peer asked to go clear and we refused (Error 0x100); we stay secure."""
+
+    reason: str = "GoClear is not allowed (our A flag is clear)"
 
 
 @dataclass(frozen=True)
@@ -142,3 +146,24 @@ class SasRelayUnacknowledged(Event):
     (bzrtp, for one) probably does not implement SASrelay. The call stays secure."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class CacheLookupNeeded(Event):
+    """Host-served cache (``host_cache=True``): fetch the retained secrets of ``key``
+    off the event loop and answer with ``ZrtpConnection.provide_cache_entry``.
+
+    The exchange waits for the answer only where the secrets are needed (before
+    our Commit or DHPart1), and at most ``cache_timeout`` seconds: then it goes on
+    without key continuity, exactly as after a failed read.
+    """
+
+    key: CacheKey
+
+
+@dataclass(frozen=True)
+class CacheWriteNeeded(Event):
+    """Host-served cache: apply ``write`` to the store, in order per peer, off the
+    event loop; report a failure with ``ZrtpConnection.cache_write_failed``."""
+
+    write: CacheWrite

@@ -91,10 +91,10 @@ def test_fs_cli_unenroll_and_a_bad_action_are_reported() -> None:
             )
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_enroll confirm")
             assert await channel.wait_for_var("pbx_zrtp_enroll_result", bool, 5) == "enrolled"
-            assert [peer for _, peer, _ in t.relay.enrolled_phones()] == [BOB]
+            assert [peer for _, peer, _ in await t.relay.enrolled_phones()] == [BOB]
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_enroll remove")
             await _until(lambda: channel.variables.get("pbx_zrtp_enroll_result") == "unenrolled")
-            assert t.relay.enrolled_phones() == []
+            assert await t.relay.enrolled_phones() == []
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_enroll maybe")
             await _until(
                 lambda: "unknown action" in (channel.variables.get("pbx_zrtp_enroll_result") or "")

@@ -79,7 +79,7 @@ async def _enroll_phone(
             _phone(binary, port, "--cache", str(cache), "--accept-enrollment", "--linger-ms", "300")
         )
         await recorder.wait_for(lambda: "secure" in recorder.states(call))
-        report = relay.enroll(call)  # the user confirmed the SAS on the enrollment extension
+        report = await relay.enroll(call)  # the user confirmed the SAS on the enrollment extension
         assert report.enrolled and report.enrollment_offered
         return await task
     finally:

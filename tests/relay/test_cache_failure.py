@@ -49,13 +49,22 @@ def test_a_full_cache_disk_leaves_calls_secure_and_reports_continuity_not_saved(
             )
             assert_echoed_back(phone, 10, relay, "full")  # the call goes on
             await recorder.wait_for(lambda: "secure" in recorder.states("full"))
+
+            def published(prefix: str) -> bool:
+                """The adapters were told (a state event), not just the report."""
+                return any(e.cache_error.startswith(prefix) for e in recorder.events)
+
+            # Writes run on the store's worker thread: the failure arrives after
+            # "secure" and is published as a state event of its own.
+            await recorder.wait_for(lambda: published("key continuity not saved"))
             report = relay.get("full")
             assert report.state == "secure"
             assert report.cache_error.startswith("key continuity not saved")
             assert "full" in report.cache_error
             report = relay.verify("full")  # the humans compared: the flag cannot be kept
             assert report.sas_verified
-            assert report.cache_error.startswith("the SAS-verified flag was not saved")
+            await recorder.wait_for(lambda: published("the SAS-verified flag was not saved"))
+            assert relay.get("full").cache_error.startswith("the SAS-verified flag was not saved")
             final = relay.delete("full")
             assert final.cache_error  # still in the final report
         finally:

@@ -49,7 +49,7 @@ async def enroll(relay: Relay, recorder: Recorder, phone: Phone, *, consent: boo
     try:
         task = asyncio.ensure_future(phone.call(port, accept_enrollment=consent))
         await recorder.wait_for(lambda: "secure" in recorder.states(call_id))
-        report = relay.enroll(call_id)  # the user pressed 1: "the SAS matches"
+        report = await relay.enroll(call_id)  # the user pressed 1: "the SAS matches"
         assert report.enrolled and report.sas_verified and report.enrollment_offered
         result = await task
         assert result["ok"] and result["pbx_enrollment_offered"]
@@ -162,8 +162,8 @@ def test_a_phone_that_declined_enrollment_is_not_trusted_and_unenroll_forgets() 
         alice, bob = Phone(ALICE), Phone(BOB)
         await enroll(relay, recorder, alice, consent=False)  # the user said no on the phone
         await enroll(relay, recorder, bob)
-        assert {peer for _, peer, _ in relay.enrolled_phones()} == {ALICE, BOB}
-        assert relay.unenroll(peer_zid=BOB) == 1
+        assert {peer for _, peer, _ in await relay.enrolled_phones()} == {ALICE, BOB}
+        assert await relay.unenroll(peer_zid=BOB) == 1
         results, reports = await bridged_call(relay, recorder, alice, bob, relay_wait=1.0)
         assert not any(r["pbx_trusted"] for r in results)
         assert all(r.sas_relay == "none" and not r.enrolled for r in reports)
@@ -271,7 +271,7 @@ async def enroll_on_a_bridged_leg(
             enrolling.call(port_a, accept_enrollment=True, sas_relay_wait=4)
         )
         await recorder.wait_for(lambda: "secure" in recorder.states(legs[0]))
-        assert relay.enroll(legs[0]).enrolled  # the user pressed 1
+        assert (await relay.enroll(legs[0])).enrolled  # the user pressed 1
         result_b = await other.call(port_b, sas_relay_wait=4)
         result_a = await task_a
         await recorder.wait_for(
