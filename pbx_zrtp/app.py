@@ -3,6 +3,13 @@
 By default one process runs the relay and the configured adapters, talking in
 process; ``pbx-zrtp asterisk --relay unix:…`` runs the adapter alone against a
 relay elsewhere (control API).
+
+Signals, as systemd sends them: SIGHUP (``systemctl reload``) re-reads the file and
+applies what can change under live calls (log level, timeouts, the ZRTP offer, for
+calls from then on), naming what needs a restart; SIGTERM (``systemctl stop`` or
+``restart``) drains: no new calls, those in progress keep flowing up to
+``[timeouts] drain`` seconds, then everything stops; SIGINT (Ctrl-C) or a second
+SIGTERM stops at once.
 """
 
 from __future__ import annotations
@@ -11,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import replace
 from typing import Any
 
-from pbx_zrtp import sdnotify
+from pbx_zrtp import logs, sdnotify
 from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.freeswitch.config import parse_freeswitch
-from pbx_zrtp.relay.config import RelayConfig
+from pbx_zrtp.relay.config import ConfigError, RelayConfig, load_config
 from pbx_zrtp.relay.handle import LocalRelay, RelayHandle, RemoteRelay
 from pbx_zrtp.relay.pool import RelayEntry, RelayPool
 from pbx_zrtp.relay.service import RelayService, read_token
@@ -24,14 +32,88 @@ from pbx_zrtp.relay.service import RelayService, read_token
 log = logging.getLogger("pbx_zrtp")
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP as a queue the service's main task reads."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._queue.put_nowait, signum)
+
+    async def next(self, timeout: float | None = None) -> int | None:
+        """The next signal, or None after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+def _adapter_sections(config: RelayConfig) -> None:
+    """Parse the adapter sections (ConfigError if one is wrong)."""
+    if "asterisk" in config.adapters:
+        parse_asterisk(config.adapters["asterisk"])
+    if "freeswitch" in config.adapters:
+        parse_freeswitch(config.adapters["freeswitch"])
+
+
+def _reload(path: str | None, current: RelayConfig, service: RelayService | None) -> RelayConfig:
+    """SIGHUP: apply what can change live; a file with errors changes nothing."""
+    sdnotify.reloading()
+    try:
+        new = load_config(path)
+        _adapter_sections(new)
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays: configuration error: %s", exc)
+        sdnotify.ready("running (the last reload was refused)")
+        return current
+    logs.set_level(new.log_level)
+    restart = service.reload(new) if service is not None else []
+    # The adapters' sections: their connections and relay pools are built at start.
+    restart += [
+        f"[{n}]"
+        for n in ("asterisk", "freeswitch")
+        if current.adapters.get(n) != new.adapters.get(n)
+    ]
+    if restart:
+        log.warning(
+            "reloaded; changed but applied only by a restart (systemctl restart): %s",
+            ", ".join(restart),
+        )
+    else:
+        log.info("reloaded: log level, timeouts and the ZRTP offer (for new calls)")
+    sdnotify.ready("running (reloaded)")
+    return replace(new, adapters=current.adapters)  # as they run, until a restart
+
+
+async def _drain(service: RelayService, timeout: float, signals: _Signals) -> None:
+    """SIGTERM: refuse new calls and let those in progress carry on, up to ``timeout``."""
+    relay = service.relay
+    relay.drain()
+    calls = relay.active_calls
+    if calls == 0 or timeout <= 0:
+        return
+    log.info(
+        "stopping: no new calls; %d in progress keep flowing for up to %g s "
+        "(SIGTERM again or Ctrl-C: stop now)",
+        calls,
+        timeout,
+    )
+    sdnotify.stopping(f"draining {calls} calls")
+    # systemd's TimeoutStopSec would kill us first otherwise
+    sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int((timeout + 15) * 1_000_000)}")
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping")
+    deadline = loop.time() + timeout
+    while relay.active_calls and (left := deadline - loop.time()) > 0:
+        signum = await signals.next(min(left, 0.25))
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            log.info("stopping now: %d calls cut", relay.active_calls)
+            return
+    if relay.active_calls:
+        log.warning("drain time over: %d calls cut", relay.active_calls)
+    else:
+        log.info("every call ended")
 
 
 async def _pool(entries: list[Any], grace: float) -> RelayHandle:
@@ -52,8 +134,10 @@ async def run(
     with_relay: bool = True,
     adapters: tuple[str, ...] = ("asterisk", "freeswitch"),
     relay_address: str | None = None,
+    config_path: str | None = None,
 ) -> int:
-    """Start the relay (unless ``with_relay`` is False) and the configured adapters."""
+    """Start the relay (unless ``with_relay`` is False) and the configured adapters;
+    ``config_path`` is re-read on SIGHUP."""
     # Parse adapter sections first: a bad [asterisk] section fails before anything binds.
     asterisk = freeswitch = None
     if "asterisk" in adapters and "asterisk" in config.adapters:
@@ -103,8 +187,14 @@ async def run(
             log.warning("no [asterisk] or [freeswitch] section: nothing to do")
         # systemd (Type=notify): the control socket and metrics listen, adapters started
         parts = (["relay"] if with_relay else []) + [type(a).__name__ for a in started]
+        signals = _Signals()
         sdnotify.ready("running: " + (", ".join(parts) or "nothing configured"))
-        await _wait_for_signal()
+        while (signum := await signals.next()) == signal.SIGHUP:
+            config = _reload(config_path, config, service)
+        if signum == signal.SIGTERM and service is not None:
+            await _drain(service, config.drain_timeout, signals)
+        sdnotify.stopping("stopping")
+        log.info("stopping")
     finally:
         for adapter in reversed(started):
             await adapter.close()

@@ -255,7 +255,10 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 0
     try:
         if args.command == "relay":
-            return _run_service(app.run(config, adapters=()), native_media=_native_media(config))
+            return _run_service(
+                app.run(config, adapters=(), config_path=args.config),
+                native_media=_native_media(config),
+            )
         if args.command in ("asterisk", "freeswitch"):
             if args.command not in config.adapters:
                 sys.stderr.write(
@@ -264,10 +267,16 @@ def _relay_main(args: argparse.Namespace) -> int:
                 return 2
             return _run_service(
                 app.run(
-                    config, with_relay=False, adapters=(args.command,), relay_address=args.relay
+                    config,
+                    with_relay=False,
+                    adapters=(args.command,),
+                    relay_address=args.relay,
+                    config_path=args.config,
                 )
             )
-        return _run_service(app.run(config), native_media=_native_media(config))
+        return _run_service(
+            app.run(config, config_path=args.config), native_media=_native_media(config)
+        )
     except ConfigError as exc:
         sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
         return 2

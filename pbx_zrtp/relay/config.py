@@ -92,6 +92,9 @@ class RelayConfig:
     cache_password_file: str | None = None
     optional_timeout: float = 5.0
     required_timeout: float = 10.0
+    #: On SIGTERM (systemctl stop/restart): no new calls, those in progress keep
+    #: flowing up to this long, then the relay stops. 0: at once.
+    drain_timeout: float = 30.0
     control_socket: str | None = None
     control_tcp: tuple[str, int] | None = None
     control_token_file: str | None = None
@@ -130,7 +133,7 @@ _SCHEMA: dict[str, set[str]] = {
         "disclosure",
     },
     "cache": {"path", "url", "password_file"},
-    "timeouts": {"optional", "required"},
+    "timeouts": {"optional", "required", "drain"},
     "control": {"socket", "tcp", "token_file"},
     "metrics": {"listen"},
     "log": {"level"},
@@ -256,6 +259,11 @@ def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
             ):
                 raise ConfigError(f"timeouts.{key}: seconds between 0.5 and 120")
             setattr(config, f"{key}_timeout", float(value))
+    if "drain" in timeouts:
+        value = timeouts["drain"]
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 3600:
+            raise ConfigError("timeouts.drain: seconds between 0 and 3600")
+        config.drain_timeout = float(value)
     control = data.get("control", {})
     if "socket" in control:
         value = control["socket"]

@@ -165,6 +165,18 @@ class Relay:
         self._fast: dict[tuple[int, int], Mirror] = {}  # (worker index, handle) -> mirror
         self._punt_readers = False
         self._next_worker = 0
+        #: Set by drain(): no new calls; the calls in progress carry on.
+        self.draining = False
+
+    def drain(self) -> None:
+        """Refuse new calls from now on (the relay is stopping); calls in progress keep
+        flowing until they end or the relay closes."""
+        self.draining = True
+
+    @property
+    def active_calls(self) -> int:
+        """Calls with a name (created, or claimed on a pre-bound port)."""
+        return len(self._by_call)
 
     async def start(self) -> None:
         if not self._punt_readers:
@@ -246,6 +258,8 @@ class Relay:
     ) -> CallReport:
         """Mirror the PBX's port ``port`` for ``call_id`` (or name the call on a
         pre-bound port that may already carry its media)."""
+        if self.draining:
+            raise RelayError("the relay is stopping: no new calls (systemctl restart?)")
         if not call_id or len(call_id) > 200:
             raise RelayError("call_id must be 1-200 characters")
         if len(bridge) > 200:
