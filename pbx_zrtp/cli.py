@@ -251,8 +251,7 @@ def _relay_main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"pbx-zrtp: {exc}\n")
         return 2
     if args.check:
-        sys.stdout.write("configuration OK\n")
-        return 0
+        return _check(args.command, config)
     try:
         if args.command == "relay":
             return _run_service(
@@ -283,6 +282,30 @@ def _relay_main(args: argparse.Namespace) -> int:
     except (RelayError, OSError, CacheError) as exc:
         sys.stderr.write(f"pbx-zrtp: cannot start the relay: {exc}\n")
         return 1
+
+
+def _check(command: str, config: RelayConfig) -> int:
+    """``--check``: beyond the file, what starting would stop at (probed, nothing kept)."""
+    from pbx_zrtp.relay.config import read_secret_file
+    from pbx_zrtp.relay.preflight import Findings, check
+
+    if command in ("run", "relay"):
+        found = check(config)
+    else:  # an adapter alone: the relay's token, if it needs one
+        found = Findings()
+        if config.control_token_file:
+            try:
+                read_secret_file("control.token_file", config.control_token_file, min_length=16)
+            except ConfigError as exc:
+                found.errors.append(str(exc))
+    for warning in found.warnings:
+        sys.stderr.write(f"pbx-zrtp: warning: {warning}\n")
+    for error in found.errors:
+        sys.stderr.write(f"pbx-zrtp: check failed: {error}\n")
+    if found.errors:
+        return 2
+    sys.stdout.write("configuration OK\n")
+    return 0
 
 
 def _check_extras(command: str, config: RelayConfig) -> None:
