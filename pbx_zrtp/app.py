@@ -24,8 +24,10 @@ from typing import Any
 from pbx_zrtp import logs, sdnotify
 from pbx_zrtp.asterisk.config import parse_asterisk
 from pbx_zrtp.freeswitch.config import parse_freeswitch
+from pbx_zrtp.health import AdapterHealth, adapter_registry
 from pbx_zrtp.relay.config import ConfigError, RelayConfig, load_config
 from pbx_zrtp.relay.handle import LocalRelay, RelayHandle, RemoteRelay
+from pbx_zrtp.relay.metrics import MetricsServer
 from pbx_zrtp.relay.pool import RelayEntry, RelayPool
 from pbx_zrtp.relay.service import RelayService, read_token
 
@@ -116,9 +118,10 @@ async def _drain(service: RelayService, timeout: float, signals: _Signals) -> No
         log.info("every call ended")
 
 
-async def _pool(entries: list[Any], grace: float) -> RelayHandle:
+async def _pool(entries: list[Any], grace: float, health: AdapterHealth, name: str) -> RelayHandle:
     """An adapter with ``[[…relays]]`` gets its own pool of them."""
     pool = RelayPool.connect(entries, grace=grace)
+    health.add_pool(name, pool.status)
     await pool.start()
     return pool
 
@@ -135,9 +138,11 @@ async def run(
     adapters: tuple[str, ...] = ("asterisk", "freeswitch"),
     relay_address: str | None = None,
     config_path: str | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Start the relay (unless ``with_relay`` is False) and the configured adapters;
-    ``config_path`` is re-read on SIGHUP."""
+    ``config_path`` is re-read on SIGHUP. Without the relay, ``metrics`` is where
+    the adapters' health is served (the relay serves it on its own endpoint)."""
     # Parse adapter sections first: a bad [asterisk] section fails before anything binds.
     asterisk = freeswitch = None
     if "asterisk" in adapters and "asterisk" in config.adapters:
@@ -148,9 +153,12 @@ async def run(
     handle: RelayHandle | None = None
     started: list[Any] = []
     pools: list[RelayHandle] = []
+    health = AdapterHealth()
+    health_server: MetricsServer | None = None
     try:
         if with_relay:
             service = RelayService(config)
+            service.metrics.registry.register(health)
             await service.start()
             handle = LocalRelay(service.relay)
         elif any(a is not None and not a.relays for a in (asterisk, freeswitch)) or not (
@@ -161,7 +169,9 @@ async def run(
             # A pool of one: a relay that restarts under live calls is noticed (its
             # calls reported failed) just as with several.
             entry = RelayEntry("relay", address, config.relay_address, token=token)
-            handle = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
+            one = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
+            health.add_pool("relay", one.status)
+            handle = one
             await handle.start()
         # Each adapter keeps reconnecting in the background if its PBX is down.
         # An adapter's module imports its PBX library (an extra): only when configured.
@@ -169,22 +179,29 @@ async def run(
             from pbx_zrtp.asterisk.adapter import AsteriskAdapter
 
             if asterisk.relays:
-                pools.append(await _pool(asterisk.relays, asterisk.relay_grace))
+                pools.append(await _pool(asterisk.relays, asterisk.relay_grace, health, "asterisk"))
             ami_adapter = AsteriskAdapter(asterisk, pools[-1] if asterisk.relays else _one(handle))
+            health.add_adapter("asterisk", ami_adapter.ami.logged_in.is_set)
             started.append(ami_adapter)
             await ami_adapter.start()
         if freeswitch is not None:
             from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
 
             if freeswitch.relays:
-                pools.append(await _pool(freeswitch.relays, freeswitch.relay_grace))
+                pools.append(
+                    await _pool(freeswitch.relays, freeswitch.relay_grace, health, "freeswitch")
+                )
             esl_adapter = FreeswitchAdapter(
                 freeswitch, pools[-1] if freeswitch.relays else _one(handle)
             )
+            health.add_adapter("freeswitch", esl_adapter.esl.connected.is_set)
             started.append(esl_adapter)
             await esl_adapter.start()
         if not started and not with_relay:
             log.warning("no [asterisk] or [freeswitch] section: nothing to do")
+        if metrics is not None and service is None:
+            health_server = MetricsServer(adapter_registry(health))
+            await health_server.serve(*metrics)
         # systemd (Type=notify): the control socket and metrics listen, adapters started
         parts = (["relay"] if with_relay else []) + [type(a).__name__ for a in started]
         signals = _Signals()
@@ -196,10 +213,12 @@ async def run(
         sdnotify.stopping("stopping")
         log.info("stopping")
     finally:
+        if health_server is not None:
+            await health_server.close()
         for adapter in reversed(started):
             await adapter.close()
-        for pool in pools:
-            await pool.close()
+        for each in pools:
+            await each.close()
         if service is not None:
             await service.close()
         elif handle is not None:

@@ -219,6 +219,12 @@ def _relay_parsers(sub: Any) -> None:
         cmd.add_argument("--check", action="store_true", help="check the configuration and exit")
         if name in ("asterisk", "freeswitch"):
             cmd.add_argument(
+                "--metrics",
+                type=parse_address,
+                metavar="HOST:PORT",
+                help="serve this adapter's health and process metrics there (/metrics)",
+            )
+            cmd.add_argument(
                 "--relay",
                 type=control_address,  # a typo is an argument error, before anything starts
                 metavar="unix:PATH|tcp:HOST:PORT",
@@ -271,6 +277,7 @@ def _relay_main(args: argparse.Namespace) -> int:
                     adapters=(args.command,),
                     relay_address=args.relay,
                     config_path=args.config,
+                    metrics=args.metrics,
                 )
             )
         return _run_service(

@@ -146,62 +146,19 @@ class _RelayCollector(Collector):
         )
 
 
-class RelayMetrics:
-    def __init__(self, relay: Relay) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(_RelayCollector(relay))
-        self.handshake = Histogram(
-            "pbx_zrtp_handshake_seconds",
-            "Time from a call's activation to secure",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
-            registry=self.registry,
-        )
-        self.failures = Counter(
-            "pbx_zrtp_handshake_failures",
-            "Calls that tried ZRTP and did not get or stay secure, by kind",
-            labelnames=["reason"],
-            registry=self.registry,
-        )
-        for kind in FAILURES:
-            self.failures.labels(kind)
-        self.cache_errors = Counter(
-            "pbx_zrtp_cache_errors",
-            "Calls whose retained-secret cache could not be read or updated",
-            registry=self.registry,
-        )
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        self._seen_secure: set[str] = set()
-        self._seen_failed: set[str] = set()
-        self._seen_cache_error: set[str] = set()
-        relay.add_listener(self._on_report)
-        self._server: asyncio.Server | None = None
+class MetricsServer:
+    """A minimal HTTP endpoint for a registry: GET and HEAD /metrics; other paths
+    404, other methods 405. The relay serves its own; an adapter running alone
+    (``pbx-zrtp asterisk --metrics``) serves its health."""
 
-    def _on_report(self, report: CallReport) -> None:
-        call = report.call_id
-        if report.cache_error and call not in self._seen_cache_error:
-            self._seen_cache_error.add(call)
-            self.cache_errors.inc()
-        if report.state == "secure" and report.handshake_ms is not None:
-            if call not in self._seen_secure:
-                self._seen_secure.add(call)
-                self.handshake.observe(report.handshake_ms / 1000)
-        elif report.state == "failed" or (
-            report.state == "clear" and report.reason.startswith("ZRTP failed:")
-        ):
-            if call not in self._seen_failed:
-                self._seen_failed.add(call)
-                self.failures.labels(failure_kind(report.reason)).inc()
-        elif report.state == "ended":
-            self._seen_secure.discard(call)
-            self._seen_failed.discard(call)
-            self._seen_cache_error.discard(call)
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._server: asyncio.Server | None = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     async def serve(self, host: str, port: int) -> int:
-        """A minimal HTTP endpoint: GET and HEAD /metrics; other paths 404, methods 405."""
         self._server = await asyncio.start_server(self._handle, host, port)
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics on http://%s:%d/metrics", host, bound)
@@ -246,3 +203,54 @@ class RelayMetrics:
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1)
+
+
+class RelayMetrics(MetricsServer):
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(CollectorRegistry())
+        self.registry.register(_RelayCollector(relay))
+        self.handshake = Histogram(
+            "pbx_zrtp_handshake_seconds",
+            "Time from a call's activation to secure",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "pbx_zrtp_handshake_failures",
+            "Calls that tried ZRTP and did not get or stay secure, by kind",
+            labelnames=["reason"],
+            registry=self.registry,
+        )
+        for kind in FAILURES:
+            self.failures.labels(kind)
+        self.cache_errors = Counter(
+            "pbx_zrtp_cache_errors",
+            "Calls whose retained-secret cache could not be read or updated",
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._seen_secure: set[str] = set()
+        self._seen_failed: set[str] = set()
+        self._seen_cache_error: set[str] = set()
+        relay.add_listener(self._on_report)
+
+    def _on_report(self, report: CallReport) -> None:
+        call = report.call_id
+        if report.cache_error and call not in self._seen_cache_error:
+            self._seen_cache_error.add(call)
+            self.cache_errors.inc()
+        if report.state == "secure" and report.handshake_ms is not None:
+            if call not in self._seen_secure:
+                self._seen_secure.add(call)
+                self.handshake.observe(report.handshake_ms / 1000)
+        elif report.state == "failed" or (
+            report.state == "clear" and report.reason.startswith("ZRTP failed:")
+        ):
+            if call not in self._seen_failed:
+                self._seen_failed.add(call)
+                self.failures.labels(failure_kind(report.reason)).inc()
+        elif report.state == "ended":
+            self._seen_secure.discard(call)
+            self._seen_failed.discard(call)
+            self._seen_cache_error.discard(call)
