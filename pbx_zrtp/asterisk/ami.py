@@ -107,8 +107,10 @@ class Ami:
         self.refused: str | None = None
         self._username = username
         panoramisk_log = logging.getLogger("pbx_zrtp.asterisk.panoramisk")
-        if not any(isinstance(f, _QuietReconnects) for f in panoramisk_log.filters):
-            panoramisk_log.addFilter(_QuietReconnects(panoramisk_log))
+        # its protocol logs "protocol version" on its own module logger, at each connection
+        for noisy in (panoramisk_log, logging.getLogger("panoramisk.ami_protocol")):
+            if not any(isinstance(f, _QuietReconnects) for f in noisy.filters):
+                noisy.addFilter(_QuietReconnects(noisy))
         self._manager = Manager(
             host=host,
             port=port,
