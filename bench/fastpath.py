@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python bench/fastpath.py                          # sweep, stops once saturated
     .venv/bin/python bench/fastpath.py --calls 550 --duration 20
     .venv/bin/python bench/fastpath.py --json
+    .venv/bin/python bench/fastpath.py --calls 400 --cipher AES3 --family ipv6
 
 Same load and figures as bench/relay.py (it reuses its rtpload generator and
 its arithmetic), without ZRTP: for each N a fresh "relay" process pinned to
@@ -14,6 +15,10 @@ file; rtpload, pinned to --load-core, plays the phones (127.0.0.4:P, SRTP) and
 the PBX (127.0.0.3:P, plain RTP) at 50 packets/s per call each way and samples
 the relay process's utime + stime over the window (its Python main thread
 only sleeps in a read of stdin; the worker thread does the work).
+
+--cipher AES3 uses AES_CM_256 keys (ZRTP AES3) instead of AES_CM_128. --family
+ipv6 runs the whole measurement in a user+network namespace (``unshare -rn``, as
+tests/netns.py does) whose loopback carries ::2 (relay), ::3 (PBX), ::4 (phones).
 
 The generator: Debian's libsrtp2 does AES/HMAC through NSS (~7 µs per
 protect + unprotect, against ~2 µs with OpenSSL), which makes rtpload itself
@@ -43,6 +48,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DEFAULT_SWEEP = "100,200,400,550,700,1000,1400,2000"
+HOSTS = {"ipv4": ("127.0.0.2", "127.0.0.3", "127.0.0.4"), "ipv6": ("::2", "::3", "::4")}
+KEY_LENGTH = {"AES1": 16, "AES3": 32}
+#: Set inside the IPv6 namespace (the lab addresses are there).
+_INSIDE = "PBX_ZRTP_BENCH_NETNS"
 
 
 def _relay_bench() -> Any:
@@ -55,7 +64,9 @@ def _relay_bench() -> Any:
     return module
 
 
-def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_host: str) -> int:
+def serve(
+    calls_file: str, auth_tag: str, cipher: str, relay_host: str, pbx_host: str, phone_host: str
+) -> int:
     """The measured process: attach every call of calls_file, wait for EOF on stdin."""
     from pbx_zrtp.relay.fastpath import FastPath
     from pbx_zrtp.srtp import SrtpContext
@@ -67,8 +78,9 @@ def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_
     for line in pathlib.Path(calls_file).read_text().splitlines():
         port_s, pbx_port_s, self_key, self_salt, peer_key, peer_salt = line.split()
         port, pbx_port = int(port_s), int(pbx_port_s)
-        phone_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        pbx_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in relay_host else socket.AF_INET
+        phone_side = socket.socket(family, socket.SOCK_DGRAM)
+        pbx_side = socket.socket(family, socket.SOCK_DGRAM)
         phone_side.bind((relay_host, port))
         pbx_side.bind((relay_host, pbx_port))
         phone_side.setblocking(False)
@@ -83,7 +95,7 @@ def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_
                 # rtpload's phone protects with its SELF key: what we unprotect.
                 srtp=SrtpContext(
                     SrtpKeys(
-                        "AES1",
+                        cipher,
                         auth_tag,
                         bytes.fromhex(peer_key),
                         bytes.fromhex(peer_salt),
@@ -109,18 +121,22 @@ def serve(calls_file: str, auth_tag: str, relay_host: str, pbx_host: str, phone_
 def run_point(
     rb: Any, n: int, options: Any, binary: pathlib.Path, work: pathlib.Path
 ) -> dict[str, Any]:
-    ports = rb.pick_ports(n)
-    keys = [os.urandom(60).hex() for _ in ports]
+    hosts = HOSTS[options.family]
+    ports = rb.pick_ports(n, hosts)
+    size = KEY_LENGTH[options.cipher]
+    lines = []
+    for p in ports:
+        self_key, self_salt, peer_key, peer_salt = (os.urandom(k).hex() for k in (size, 14) * 2)
+        lines.append(f"{p} {p + 1} {self_key} {self_salt} {peer_key} {peer_salt}\n")
     calls_file = work / f"calls-{n}.txt"
-    calls_file.write_text(
-        "".join(
-            f"{p} {p + 1} {k[:32]} {k[32:60]} {k[60:92]} {k[92:120]}\n"
-            for p, k in zip(ports, keys, strict=True)
-        )
-    )
+    calls_file.write_text("".join(lines))
     core = options.relay_core
     relay = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(calls_file), "--auth-tag", options.auth_tag],
+        [
+            *(sys.executable, __file__, "--serve", str(calls_file)),
+            *("--auth-tag", options.auth_tag, "--cipher", options.cipher),
+            *("--family", options.family),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -135,7 +151,9 @@ def run_point(
             relay.kill()
             err = relay.stderr.read() if relay.stderr else ""
             raise rb.BenchError(f"fast path process failed: {err[-2000:]}")
-        load, timeout = rb._run_rtpload(binary, calls_file, options, relay_pid=relay.pid)
+        load, timeout = rb._run_rtpload(
+            binary, calls_file, options, relay_pid=relay.pid, hosts=hosts
+        )
         result = rb._finish_rtpload(load, timeout)
         out, err = relay.communicate("", timeout=30)
         counters = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
@@ -158,11 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--stop-after-saturated", type=int, default=2)
     parser.add_argument("--gen-srtp", choices=("pylibsrtp", "system"), default="pylibsrtp")
+    parser.add_argument("--cipher", choices=tuple(KEY_LENGTH), default="AES1")
+    parser.add_argument("--family", choices=tuple(HOSTS), default="ipv4")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.auth_tag, "127.0.0.2", "127.0.0.3", "127.0.0.4")
+        return serve(args.serve, args.auth_tag, args.cipher, *HOSTS[args.family])
+    if args.family == "ipv6" and os.environ.get(_INSIDE) != "1":
+        return _in_namespace(argv if argv is not None else sys.argv[1:])
 
     from pbx_zrtp.relay.fastpath import available
 
@@ -179,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         use_uvloop=False,
         relay_core=args.relay_core,
         load_core=args.load_core,
+        cipher=args.cipher,
+        family=args.family,
     )
     work_root = pathlib.Path(tempfile.gettempdir()) / f"pbx_zrtp-bench-{os.getuid()}"
     if args.gen_srtp == "pylibsrtp":
@@ -215,6 +239,25 @@ def main(argv: list[str] | None = None) -> int:
             "  (goals: 550 calls, <= 20 us/packet, p99 < 2 ms)"
         )
     return 0
+
+
+def _in_namespace(argv: list[str]) -> int:
+    """Run this benchmark again in a user+network namespace with ::2-::4 on its lo."""
+    import shutil
+
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        print("--family ipv6 needs unshare (util-linux)", file=sys.stderr)
+        return 2
+    adds = " && ".join(f"{ip} -6 addr add {a}/128 dev lo nodad" for a in HOSTS["ipv6"])
+    script = f'{ip} link set lo up && {adds} && exec "$@"'
+    env = dict(os.environ, **{_INSIDE: "1"})
+    with tempfile.TemporaryDirectory(prefix="fastpath-bench-cache-") as cache:
+        # inside, this user is uid 0: the fast path's per-uid build cache would be another's
+        env.setdefault("XDG_CACHE_HOME", cache)
+        cmd = [unshare, "-rn", "sh", "-c", script, "sh", sys.executable, __file__, *argv]
+        return subprocess.run(cmd, env=env, check=False).returncode
 
 
 def _print_row(p: dict[str, Any], header: bool) -> None:

@@ -9,9 +9,13 @@
  * it: a phone packet from a new address moves the latch only if it authenticates
  * (and is fresh) in the call's own session; RTCP is protected/unprotected as SRTCP.
  *
- * An input is a little program: a flags byte (bit 0: HS32), then operations
- * (raw phone datagram, authentic phone SRTP, replay or tampered copy of a captured
- * one, from the phone's address or another; PBX RTP with any header byte, raw PBX
+ * An input is a little program: a flags byte (bit 0: HS32, bit 1: the call is IPv6,
+ * bit 2: AES3, i.e. AES_CM_256 keys), then operations (raw phone datagram, authentic
+ * phone SRTP, replay or tampered copy of a captured one, from the phone's address,
+ * its rebinding, an attacker or a look-alike of the phone's address (IPv6: the same
+ * address and port in another scope; IPv4: the phone as a v4-mapped IPv6 address);
+ * PBX RTP with any header byte, from the PBX, a stranger or a look-alike (IPv6: the
+ * PBX with a flow label, which is the PBX; IPv4: v4-mapped, which is not), raw PBX
  * datagram, authentic phone SRTCP, PBX RTCP on P+1).
  *
  * Invariants (a broken one aborts, like a crash):
@@ -28,6 +32,8 @@
  *     counter: a reused (SSRC, index) or a lost rollover fails there;
  *   - decide() forwards nothing from a stranger on the PBX side, returns only
  *     known verdicts, and its output length stays in the buffer.
+ * "The phone", "the PBX", "a stranger" are judged with the harness's own address
+ * comparison (ref_same), not the worker's.
  * AddressSanitizer and UndefinedBehaviorSanitizer catch memory and UB errors.
  *
  * Build (bench/fuzz_targets.py does it): clang -g -O1 -fsanitize=fuzzer,address,undefined
@@ -58,6 +64,8 @@
 static srtp_err_status_t (*srtp_create_fn)(srtp_t *, const srtp_policy_t *);
 static srtp_err_status_t (*srtp_dealloc_fn)(srtp_t);
 static srtp_err_status_t (*policy_from_profile)(srtp_crypto_policy_t *, srtp_profile_t);
+static void (*policy_aes256_80)(srtp_crypto_policy_t *);
+static void (*policy_aes256_32)(srtp_crypto_policy_t *);
 
 struct captured {
     uint8_t wire[BUFSZ];
@@ -88,11 +96,18 @@ static size_t take(struct input *in, uint8_t *out, size_t want) {
 /* RFC 5761, written out independently of the worker's is_rtcp(). */
 #define RFC5761_RTCP(p, len) ((len) >= 2 && (p)[1] >= 192 && (p)[1] <= 223)
 
+/* The lab's addresses, one set per family: phone, its rebinding, an attacker, a
+ * look-alike of the phone; the PBX, a stranger, a look-alike of the PBX. */
+struct lab_addrs {
+    fp_addr_t addrs[4], pbx, pbx_stranger, pbx_lookalike;
+};
+
 static struct {
     struct call c;
     srtp_t phone_tx, phone_rx; /* the phone: independent sessions, same keys */
     srtp_t ref_tx, ref_rx;     /* reference relay sessions: what an honest relay does */
-    struct sockaddr_in addrs[3], pbx, pbx_stranger;
+    struct lab_addrs net[2];   /* [0] IPv4, [1] IPv6 */
+    const struct lab_addrs *n; /* this input's */
     struct captured cap[MAX_CAPTURED];
     int ncap;
 } L;
@@ -105,17 +120,39 @@ static struct {
         abort();                                                                            \
     } while (0)
 
-static void make_addr(struct sockaddr_in *a, const char *ip, int port) {
-    if (parse_addr(a, ip, port) != 0) FINDING("bad lab address %s", ip);
+/* The lab's own address equality (what Python compares: family, address, port, IPv6
+ * scope), written out apart from the worker's same_addr(): the invariants below judge
+ * the worker's decisions with it, so a wrong same_addr() shows as a finding. */
+static int ref_same(const fp_addr_t *a, const fp_addr_t *b) {
+    if (a->sa.sa_family != b->sa.sa_family) return 0;
+    if (a->sa.sa_family == AF_INET)
+        return ntohs(a->v4.sin_port) == ntohs(b->v4.sin_port) &&
+               ntohl(a->v4.sin_addr.s_addr) == ntohl(b->v4.sin_addr.s_addr);
+    for (int i = 0; i < 16; i++)
+        if (a->v6.sin6_addr.s6_addr[i] != b->v6.sin6_addr.s6_addr[i]) return 0;
+    return ntohs(a->v6.sin6_port) == ntohs(b->v6.sin6_port) &&
+           a->v6.sin6_scope_id == b->v6.sin6_scope_id;
 }
 
-static srtp_t session(int inbound, const uint8_t *key, int hs32) {
+static void make_addr(fp_addr_t *a, const char *ip, int port) {
+    if (parse_addr(a, ip, port, strchr(ip, ':') ? AF_INET6 : AF_INET) != 0)
+        FINDING("bad lab address %s", ip);
+}
+
+static srtp_t session(int inbound, const uint8_t *key, int hs32, int aes3) {
     srtp_policy_t policy;
     memset(&policy, 0, sizeof policy);
-    srtp_profile_t profile = hs32 ? srtp_profile_aes128_cm_sha1_32 : srtp_profile_aes128_cm_sha1_80;
-    /* what pbx_zrtp.srtp.SrtpContext asks of pylibsrtp: HS32 on SRTCP too, no repeats */
-    if (policy_from_profile(&policy.rtp, profile) || policy_from_profile(&policy.rtcp, profile))
-        FINDING("libsrtp refused the profile");
+    /* what pbx_zrtp.srtp.SrtpContext sets up: the suite on RTP and SRTCP alike (HS32 on
+     * SRTCP too), no repeats */
+    if (aes3) {
+        (hs32 ? policy_aes256_32 : policy_aes256_80)(&policy.rtp);
+        (hs32 ? policy_aes256_32 : policy_aes256_80)(&policy.rtcp);
+    } else {
+        srtp_profile_t profile =
+            hs32 ? srtp_profile_aes128_cm_sha1_32 : srtp_profile_aes128_cm_sha1_80;
+        if (policy_from_profile(&policy.rtp, profile) || policy_from_profile(&policy.rtcp, profile))
+            FINDING("libsrtp refused the profile");
+    }
     policy.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
     policy.key = (unsigned char *)key;
     policy.window_size = 1024;
@@ -137,14 +174,44 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         h ? (srtp_err_status_t(*)(srtp_crypto_policy_t *, srtp_profile_t))dlsym(
                 h, "srtp_crypto_policy_set_from_profile_for_rtp")
           : NULL;
-    if (!init || !srtp_create_fn || !srtp_dealloc_fn || !policy_from_profile)
+    policy_aes256_80 = h ? (void (*)(srtp_crypto_policy_t *))dlsym(
+                               h, "srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80")
+                         : NULL;
+    policy_aes256_32 = h ? (void (*)(srtp_crypto_policy_t *))dlsym(
+                               h, "srtp_crypto_policy_set_aes_cm_256_hmac_sha1_32")
+                         : NULL;
+    if (!init || !srtp_create_fn || !srtp_dealloc_fn || !policy_from_profile ||
+        !policy_aes256_80 || !policy_aes256_32)
         FINDING("libsrtp symbols missing in %s", SRTP_LIB);
     if (init() != srtp_err_status_ok) FINDING("srtp_init failed");
-    make_addr(&L.addrs[0], "127.0.0.4", 4000); /* the phone */
-    make_addr(&L.addrs[1], "127.0.0.4", 4002); /* the phone after a NAT rebinding */
-    make_addr(&L.addrs[2], "127.0.0.5", 4000); /* an attacker */
-    make_addr(&L.pbx, "127.0.0.3", 5000);
-    make_addr(&L.pbx_stranger, "127.0.0.3", 5002);
+    struct lab_addrs *v4 = &L.net[0], *v6 = &L.net[1];
+    make_addr(&v4->addrs[0], "127.0.0.4", 4000); /* the phone */
+    make_addr(&v4->addrs[1], "127.0.0.4", 4002); /* the phone after a NAT rebinding */
+    make_addr(&v4->addrs[2], "127.0.0.5", 4000); /* an attacker */
+    make_addr(&v4->addrs[3], "::ffff:127.0.0.4", 4000); /* the phone, v4-mapped */
+    make_addr(&v4->pbx, "127.0.0.3", 5000);
+    make_addr(&v4->pbx_stranger, "127.0.0.3", 5002);
+    make_addr(&v4->pbx_lookalike, "::ffff:127.0.0.3", 5000);
+    make_addr(&v6->addrs[0], "2001:db8::4", 4000);
+    make_addr(&v6->addrs[1], "2001:db8::4", 4002);
+    make_addr(&v6->addrs[2], "2001:db8::5", 4000);
+    make_addr(&v6->addrs[3], "2001:db8::4", 4000);
+    v6->addrs[3].v6.sin6_scope_id = 1; /* the phone's address and port, another scope */
+    make_addr(&v6->pbx, "2001:db8::3", 5000);
+    make_addr(&v6->pbx_stranger, "2001:db8::3", 5002);
+    make_addr(&v6->pbx_lookalike, "2001:db8::3", 5000);
+    v6->pbx_lookalike.v6.sin6_flowinfo = htonl(7); /* the PBX: the flow label is not compared */
+    if (same_addr(&v4->addrs[0], &v4->addrs[3]) || same_addr(&v6->addrs[0], &v6->addrs[3]) ||
+        same_addr(&v4->pbx, &v4->pbx_lookalike) || !same_addr(&v6->pbx, &v6->pbx_lookalike))
+        FINDING("same_addr: family, scope or flow label misjudged");
+    /* the address text both ways, as Python writes and reads it */
+    char text[FP_IP_MAX];
+    int port = 0;
+    fp_addr_t back;
+    format_addr(&v6->addrs[0], text, &port);
+    if (strcmp(text, "2001:db8::4") || port != 4000 || parse_addr(&back, text, port, AF_INET6) ||
+        !same_addr(&back, &v6->addrs[0]))
+        FINDING("IPv6 address text: %s", text);
     return 0;
 }
 
@@ -175,14 +242,14 @@ static void to_phone(const uint8_t *wire, int len, const uint8_t *plain, int pla
 }
 
 /* A datagram on the phone-side socket: the worker's decision, then Python's for a punt. */
-static void phone_side(uint8_t *buf, int len, const struct sockaddr_in *from, int id) {
-    struct sockaddr_in latch = L.c.phone_addr;
+static void phone_side(uint8_t *buf, int len, const fp_addr_t *from, int id) {
+    fp_addr_t latch = L.c.phone_addr;
     int n = len;
     int verdict = decide(&L.c, 0, buf, &n, from);
-    TRACE("phone side: id %d from %08x:%d: verdict %d\n", id, ntohl(from->sin_addr.s_addr),
-          ntohs(from->sin_port), verdict);
+    TRACE("phone side: id %d from source %d: verdict %d\n", id, (int)(from - L.n->addrs),
+          verdict);
     if (verdict == V_FORWARD) {
-        if (!same_addr(from, &latch)) FINDING("the worker forwarded a stranger's packet");
+        if (!ref_same(from, &latch)) FINDING("the worker forwarded a stranger's packet");
         to_pbx(buf, n, id, "worker");
     } else if (verdict == V_PUNT) {
         /* Mirror._from_phone for a secured call: (S)RTP/SRTCP from anywhere is
@@ -194,7 +261,7 @@ static void phone_side(uint8_t *buf, int len, const struct sockaddr_in *from, in
             if (call_srtp(&L.c, op, buf, &n) == srtp_err_status_ok) {
                 to_pbx(buf, n, id, "punted");
                 TRACE("  punted %s: forwarded\n", op == OP_UNPROTECT ? "SRTP" : "SRTCP");
-                if (!same_addr(from, &L.c.phone_addr)) {
+                if (!ref_same(from, &L.c.phone_addr)) {
                     L.c.phone_addr = *from; /* relatch */
                     TRACE("  relatched\n");
                 }
@@ -203,18 +270,18 @@ static void phone_side(uint8_t *buf, int len, const struct sockaddr_in *from, in
     } else if (verdict < 0 || verdict >= C_COUNT) {
         FINDING("unknown verdict %d", verdict);
     }
-    if (!same_addr(&latch, &L.c.phone_addr) && (id < 0 || !L.cap[id].forwarded))
+    if (!ref_same(&latch, &L.c.phone_addr) && (id < 0 || !L.cap[id].forwarded))
         FINDING("the latch moved without an authentic fresh packet");
 }
 
 /* A datagram on the PBX-side socket (buf is worked on). */
-static void pbx_side(uint8_t *buf, int len, const struct sockaddr_in *from) {
+static void pbx_side(uint8_t *buf, int len, const fp_addr_t *from) {
     uint8_t plain[BUFSZ], ref[BUFSZ];
     memcpy(plain, buf, (size_t)len);
     /* The reference: every 12-1500-byte datagram from the PBX is protected, RTCP as
      * SRTCP, unless its (SSRC, index) was used already. */
     int expect = 0, ref_len = len;
-    if (same_addr(from, &L.pbx) && len >= 12 && len <= MAX_DGRAM) {
+    if (ref_same(from, &L.n->pbx) && len >= 12 && len <= MAX_DGRAM) {
         memcpy(ref, plain, (size_t)len);
         expect = (RFC5761_RTCP(plain, len) ? S.protect_rtcp : S.protect)(L.ref_tx, ref, &ref_len) ==
                  srtp_err_status_ok;
@@ -224,7 +291,7 @@ static void pbx_side(uint8_t *buf, int len, const struct sockaddr_in *from) {
     TRACE("pbx side: %d bytes, second byte %d: verdict %d, reference %d\n", len,
           len > 1 ? buf[1] : -1, verdict, expect);
     if (verdict == V_FORWARD) {
-        if (!same_addr(from, &L.c.pbx_addr)) FINDING("forwarded a stranger's packet to the phone");
+        if (!ref_same(from, &L.c.pbx_addr)) FINDING("forwarded a stranger's packet to the phone");
         got = 1;
     } else if (verdict == V_PUNT) {
         /* Mirror._from_pbx: RTCP (and anything else not RTP) is protected in Python,
@@ -248,9 +315,9 @@ static void pbx_side(uint8_t *buf, int len, const struct sockaddr_in *from) {
     to_phone(buf, n, plain, len, "pbx");
 }
 
-static const struct sockaddr_in *source(struct input *in) {
-    unsigned b = byte(in);
-    return &L.addrs[b % 4 == 3 ? 0 : b % 4]; /* mostly the phone */
+static const fp_addr_t *source(struct input *in) {
+    static const int pick[8] = {0, 1, 2, 0, 0, 1, 2, 3}; /* mostly the phone */
+    return &L.n->addrs[pick[byte(in) % 8]];
 }
 
 static void put32(uint8_t *p, uint32_t v) {
@@ -279,18 +346,21 @@ static void header(struct input *in, uint8_t *p, int rtcp, uint32_t ssrc) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     struct input in = {data, size, 0};
     unsigned flags = byte(&in);
-    int hs32 = flags & 1;
-    static const uint8_t relay_key[30] = "relay->phone key and salt 30!";
-    static const uint8_t phone_key[30] = "phone->relay key and salt 30!";
+    int hs32 = flags & 1, aes3 = (flags >> 2) & 1;
+    L.n = &L.net[(flags >> 1) & 1];
+    /* 46 bytes: AES-256 key + salt; AES-128 uses the first 30 */
+    static const uint8_t relay_key[46] = "relay->phone: AES-256 key and salt, 46 bytes";
+    static const uint8_t phone_key[46] = "phone->relay: AES-256 key and salt, 46 bytes";
     memset(&L.c, 0, sizeof L.c);
-    L.c.tx = session(0, relay_key, hs32);
-    L.c.rx = session(1, phone_key, hs32);
-    L.phone_tx = session(0, phone_key, hs32);
-    L.phone_rx = session(1, relay_key, hs32);
-    L.ref_tx = session(0, relay_key, hs32);
-    L.ref_rx = session(1, phone_key, hs32);
-    L.c.phone_addr = L.addrs[0];
-    L.c.pbx_addr = L.pbx;
+    L.c.tx = session(0, relay_key, hs32, aes3);
+    L.c.rx = session(1, phone_key, hs32, aes3);
+    L.phone_tx = session(0, phone_key, hs32, aes3);
+    L.phone_rx = session(1, relay_key, hs32, aes3);
+    L.ref_tx = session(0, relay_key, hs32, aes3);
+    L.ref_rx = session(1, phone_key, hs32, aes3);
+    L.c.phone_family = L.c.pbx_family = L.n->pbx.sa.sa_family;
+    L.c.phone_addr = L.n->addrs[0];
+    L.c.pbx_addr = L.n->pbx;
     L.ncap = 0;
     static uint8_t buf[BUFSZ];
     for (int ops = 0; ops < MAX_OPS && in.pos < in.size; ops++) {
@@ -298,7 +368,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         memset(buf, 0, sizeof buf);
         switch (op) {
         case 0: { /* raw datagram on the phone side (oversize included) */
-            const struct sockaddr_in *from = source(&in);
+            const fp_addr_t *from = source(&in);
             int len = (int)take(&in, buf, u16(&in) % (MAX_DGRAM + 64));
             if (len > MAX_DGRAM) len = MAX_DGRAM + 1; /* decide() must refuse it */
             phone_side(buf, len, from, -1);
@@ -306,7 +376,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         case 1:
         case 6: { /* authentic SRTP (1) or SRTCP (6) from the phone, captured */
-            const struct sockaddr_in *from = source(&in);
+            const fp_addr_t *from = source(&in);
             int rtcp = op == 6;
             header(&in, buf, rtcp, byte(&in) & 1 ? PHONE_SSRC : PHONE_SSRC + 1);
             int len = 12 + (int)take(&in, buf + 12, byte(&in) * 4u);
@@ -343,7 +413,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         case 2:
         case 3: { /* a captured packet again (2), or a tampered copy (3), from anywhere */
-            const struct sockaddr_in *from = source(&in);
+            const fp_addr_t *from = source(&in);
             unsigned which = byte(&in);
             unsigned where = u16(&in);
             if (!L.ncap) break;
@@ -357,13 +427,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             unsigned who = byte(&in);
             header(&in, buf, 0, byte(&in) & 1 ? PBX_SSRC : PBX_SSRC + 1);
             int len = 12 + (int)take(&in, buf + 12, byte(&in) * 4u);
-            pbx_side(buf, len, who % 8 == 7 ? &L.pbx_stranger : &L.pbx);
+            pbx_side(buf, len,
+                     who % 8 == 7   ? &L.n->pbx_stranger
+                     : who % 8 == 6 ? &L.n->pbx_lookalike
+                                    : &L.n->pbx);
             break;
         }
         case 5: { /* raw datagram from the PBX */
             int len = (int)take(&in, buf, u16(&in) % (MAX_DGRAM + 64));
             if (len > MAX_DGRAM) len = MAX_DGRAM + 1;
-            pbx_side(buf, len, &L.pbx);
+            pbx_side(buf, len, &L.n->pbx);
             break;
         }
         case 7: { /* RTCP from the PBX on P+1: Mirror._from_pbx_rtcp, through fp_srtp */
@@ -383,7 +456,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         default: { /* a hostile RTP header with an SRTP-sized tail from the phone's address */
             header(&in, buf, 0, PHONE_SSRC);
             int len = 12 + (int)take(&in, buf + 12, u16(&in) % (MAX_DGRAM - 11));
-            phone_side(buf, len, &L.addrs[0], -1);
+            phone_side(buf, len, &L.n->addrs[0], -1);
             break;
         }
         }

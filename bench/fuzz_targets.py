@@ -11,6 +11,10 @@ Targets:
 
 * ``packets``: ZRTP wire format parse/serialize round trip (packets.py).
 * ``engine``: ZrtpConnection in every handshake state, fed mutated real messages.
+* ``kem``: KEM mode (post-quantum hybrids): fragment packets (parse/serialize),
+  the bounded reassembler, and an engine in every state of a fragmented
+  X448+ML-KEM-1024 exchange (and an unfragmented X25519+ML-KEM-512 one) fed
+  mutated real fragments, forged fragments with valid CRCs and mutated messages.
 * ``relay``: a Mirror's phone/PBX datagram path (RTP, RTCP, ZRTP, STUN, SRTP) in
   each policy and state, checking that nothing clear crosses under ``required``.
 * ``ami`` / ``esl``: panoramisk's and greenswitch's stream parsers feeding our
@@ -45,6 +49,7 @@ from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import State, ZrtpConnection
 from pbx_zrtp.zrtp.errors import ZrtpProtocolError
 from pbx_zrtp.zrtp.events import Secured
+from pbx_zrtp.zrtp.fragments import MAX_MESSAGE_WORDS, Reassembler
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "fuzz_corpus"
@@ -367,6 +372,145 @@ class EngineTarget:
         for datagram in engine.datagrams_to_send():
             try:
                 p.ZrtpPacket.parse(datagram)  # what we send must be valid ZRTP
+            except ZrtpProtocolError as exc:
+                raise FuzzFailure(f"the engine sent an invalid packet: {exc}") from exc
+        while engine.next_event() is not None:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# kem: fragments, reassembly, KEM-mode engine
+# ---------------------------------------------------------------------------
+
+
+def _fragment_packet(
+    sequence: int, ssrc: int, message_id: int, total: int, offset: int, data: bytes
+) -> bytes:
+    """A fragment packet with any header values and a correct CRC (gets past the check)."""
+    head = struct.pack("!BBH4sIHH", 0x11, 0, sequence, p.ZRTP_COOKIE, ssrc, message_id, total)
+    head += struct.pack("!HH", offset, len(data) // 4)
+    body = head + data
+    return body + p.crc32c_of(body).to_bytes(4, "little")
+
+
+def _refix_crc(datagram: bytes) -> bytes:
+    return datagram[:-4] + p.crc32c_of(datagram[:-4]).to_bytes(4, "little")
+
+
+class KemTarget(EngineTarget):
+    """Fragments and KEM mode: nothing raises, memory stays bounded, what parses
+    serializes back exactly, and a reassembled message is exactly its fragments."""
+
+    def __init__(self) -> None:
+        pq = {"hash_types": (b"S512",), "mtu": 600}
+        self.exchanges = [
+            Exchange(4, key_agreement_types=(b"X3M3",), **pq),
+            Exchange(5, {"role": "responder"}, role="initiator", key_agreement_types=(b"X1M1",)),
+            Exchange(
+                6, {"role": "initiator"}, role="responder", key_agreement_types=(b"X3M3",), **pq
+            ),
+        ]
+        self.foreign = []
+
+    def __call__(self, data: bytes) -> None:
+        r = Reader(data)
+        mode = r.byte() % 3
+        if mode == 0:
+            self._parse(r)
+        elif mode == 1:
+            self._reassemble(r)
+        else:
+            self._engine(r)
+
+    @staticmethod
+    def _parse(r: Reader) -> None:
+        raw = r.chunk()
+        candidate = _refix_crc(raw) if len(raw) >= 8 and r.byte() & 1 else raw
+        p.is_zrtp_fragment(candidate)
+        try:
+            fragment = p.Fragment.parse(candidate)
+        except ZrtpProtocolError as exc:
+            if exc.code is not None:
+                raise FuzzFailure("a fragment error must be a silent drop") from exc
+            return
+        again = fragment.serialize()
+        if candidate[1] == 0 and again != candidate:  # byte 1 is unused, sent as zero
+            raise FuzzFailure("fragment round trip differs")
+        if p.Fragment.parse(again) != fragment:
+            raise FuzzFailure("fragment re-parse differs")
+
+    @staticmethod
+    def _reassemble(r: Reader) -> None:
+        slots = 1 + r.byte() % 3
+        reassembler = Reassembler(slots=slots)
+        for _ in range(1 + r.byte() % 12):
+            if r.remaining() == 0:
+                break
+            total = 1 + r.u16() % 700
+            offset = r.u16() % (total + 1)
+            words = 1 + r.byte() % 300
+            data = (r.take(4) or b"\x00\x00\x00\x00").ljust(4, b"\x00") * words
+            try:
+                fragment = p.Fragment(r.byte(), 1, r.byte() % 4, total, offset, data)
+            except ZrtpProtocolError:
+                continue
+            message = reassembler.add(fragment)
+            if message is not None and len(message) != total * 4:
+                raise FuzzFailure("a reassembled message has the wrong length")
+            if reassembler.buffered_octets > slots * MAX_MESSAGE_WORDS * 4:
+                raise FuzzFailure("the reassembler holds more than its bound")
+
+    def _engine(self, r: Reader) -> None:
+        exchange = self.exchanges[r.byte() % len(self.exchanges)]
+        side = "a" if r.byte() & 1 else "b"
+        peer = exchange.received(side)
+        steps = r.byte() % (len(peer) + 1)
+        engine, now = exchange.at(side, steps)
+        peer_ssrc = exchange.ssrc["b" if side == "a" else "a"]
+        real = [d for d, _ in peer]
+        for _ in range(1 + r.byte() % 8):
+            if r.remaining() == 0:
+                break
+            op = r.byte() % 5
+            if op == 0:  # a real datagram (fragment or whole packet), mutated, CRC fixed
+                datagram = bytearray(real[r.byte() % len(real)])
+                for _ in range(1 + r.byte() % 3):
+                    datagram[r.u16() % len(datagram)] ^= r.byte() or 1
+                datagram = bytearray(_refix_crc(bytes(datagram)))
+            elif op == 1:  # a forged fragment with any header values
+                datagram = bytearray(
+                    _fragment_packet(
+                        r.u16(),
+                        peer_ssrc if r.byte() % 4 else r.u16(),
+                        r.u16() % 8,
+                        r.u16() % 1024,
+                        r.u16() % 1024,
+                        r.chunk()[: 4 * (r.byte() + 1)].ljust(4, b"\x00")[: 1400 // 4 * 4],
+                    )
+                )
+            elif op == 2 and steps < len(peer):  # the exchange goes on
+                datagram = bytearray(peer[steps][0])
+                steps += 1
+            elif op == 3:  # a real datagram again (retransmission, duplicate)
+                datagram = bytearray(real[r.byte() % len(real)])
+            else:
+                now += r.u16() / 1000.0
+                engine.handle_timer(now)
+                self._drain(engine)
+                continue
+            now += 0.001
+            engine.receive_datagram(bytes(datagram), now)
+            self._drain(engine)
+        engine.close()
+
+    @staticmethod
+    def _drain(engine: ZrtpConnection) -> None:
+        for datagram in engine.datagrams_to_send():
+            try:
+                if p.is_zrtp_fragment(datagram):
+                    p.Fragment.parse(datagram)
+                else:
+                    p.ZrtpPacket.parse(datagram)
             except ZrtpProtocolError as exc:
                 raise FuzzFailure(f"the engine sent an invalid packet: {exc}") from exc
         while engine.next_event() is not None:
@@ -1008,9 +1152,9 @@ def _fp_body(payload: bytes) -> bytes:
     return bytes([len(payload) // 4]) + payload[: len(payload) // 4 * 4]
 
 
-def fastpath_program(hs32: bool, *ops: bytes) -> bytes:
+def fastpath_program(hs32: bool, *ops: bytes, ipv6: bool = False, aes3: bool = False) -> bytes:
     """An input of bench/fuzz_fastpath.c: the flags byte, then operations."""
-    return bytes([1 if hs32 else 0]) + b"".join(ops)
+    return bytes([hs32 | ipv6 << 1 | aes3 << 2]) + b"".join(ops)
 
 
 def fp_phone_rtp(seq: int, source: int = 0, payload: bytes = b"\x7f" * 160) -> bytes:
@@ -1048,6 +1192,7 @@ Target = Callable[[bytes], None]
 FACTORIES: dict[str, Callable[[], Target]] = {
     "packets": lambda: target_packets,
     "engine": EngineTarget,
+    "kem": KemTarget,
     "relay": RelayTarget,
     "ami": AmiTarget,
     "esl": EslTarget,
@@ -1127,10 +1272,11 @@ def generate_seeds() -> dict[str, list[bytes]]:
         b'\x01[asterisk]\nsecret = "x"\npolicies = { "6XX" = "required" }\n'
         b'[freeswitch]\npassword = "y"\n'
     )
-    for hs32 in (False, True):
+    for hs32, ipv6, aes3 in ((False, False, False), (True, False, False), (False, True, True)):
         # a call: phone audio, the PBX's sequence wrapping, a relatch (NAT rebinding),
         # replays from the phone and an attacker, a tampered copy, RTCP feedback both
-        # ways on the RTP port, RTCP on P+1, junk on both sides
+        # ways on the RTP port, RTCP on P+1, junk on both sides; the phone's and the
+        # PBX's look-alikes (another scope or family); IPv4 and IPv6, AES1 and AES3
         seeds["fastpath"].append(
             fastpath_program(
                 hs32,
@@ -1151,6 +1297,12 @@ def generate_seeds() -> dict[str, list[bytes]]:
                 fp_raw("pbx", b"\x80\xc8" + bytes(26)),
                 fp_raw("phone", b"\x80" * 1550),  # oversize (the length is taken mod 1564)
                 b"\x08" + _fp_header(0x9F, 0, 5, 5) + (40).to_bytes(2, "big") + bytes(40),
+                fp_again(4, 7),  # a captured packet from the phone's look-alike
+                fp_phone_rtp(5, source=7),  # an authentic one from there: a relatch
+                fp_pbx_rtp(5, who=6),  # the PBX's look-alike
+                fp_pbx_rtp(6),
+                ipv6=ipv6,
+                aes3=aes3,
             )
         )
     # a repeated PBX index (another payload, then the same one), a late packet from
@@ -1167,4 +1319,14 @@ def generate_seeds() -> dict[str, list[bytes]]:
             fp_pbx_rtp(1, who=7),
         )
     )
+    kem = KemTarget()
+    for index, exchange in enumerate(kem.exchanges):
+        for side in (0, 1):
+            for steps in range(0, 8, 2):
+                # step on (op 2), a real datagram mutated (op 0), a duplicate (op 3)
+                seeds["kem"].append(bytes([2, index, side, steps, 5, 2, 2, 0, 1, 0, 9, 0x55, 3, 0]))
+        fragments = [d for _, d, _ in exchange.log if p.is_zrtp_fragment(d)]
+        for fragment in fragments[:4]:
+            seeds["kem"].append(b"\x00" + len(fragment).to_bytes(2, "big") + fragment + b"\x01")
+    seeds["kem"].append(bytes([1, 1, 4]) + bytes(range(40)))
     return seeds

@@ -227,7 +227,8 @@ def srtp_reference(auth_tag: str, seconds: float = 1.0) -> dict[str, float]:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((host, port))
         except OSError:
@@ -235,12 +236,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def pick_ports(count: int) -> list[int]:
+def pick_ports(
+    count: int, hosts: tuple[str, str, str] = (RELAY_HOST, PBX_HOST, PHONE_HOST)
+) -> list[int]:
     """Even ports P with P, P+1 free on the relay and PBX addresses and P on the phone's."""
+    relay_host, pbx_host, phone_host = hosts
     ports: list[int] = []
     for port in range(PORT_LOW, PORT_HIGH, 2):
-        if all(_port_free(h, p) for h in (RELAY_HOST, PBX_HOST) for p in (port, port + 1)) and (
-            _port_free(PHONE_HOST, port)
+        if all(_port_free(h, p) for h in (relay_host, pbx_host) for p in (port, port + 1)) and (
+            _port_free(phone_host, port)
         ):
             ports.append(port)
             if len(ports) == count:
@@ -455,6 +459,8 @@ class Options:
     profile_seconds: float = 5.0
     relay_source: str = ""  # a directory holding another pbx_zrtp (A/B of a patch)
     busy_poll: bool = False
+    cipher: str = "AES1"  # bench/fastpath.py: AES3 = AES_CM_256 keys
+    family: str = "ipv4"  # bench/fastpath.py: ipv6 in a network namespace
 
 
 def _run_rtpload(
@@ -465,6 +471,7 @@ def _run_rtpload(
     relay_pid: int = 0,
     direct: bool = False,
     duration: float | None = None,
+    hosts: tuple[str, str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], float]:
     args = [
         str(binary),
@@ -481,6 +488,8 @@ def _run_rtpload(
     ]
     if options.busy_poll:
         args.append("--busy")
+    if hosts is not None:
+        args += ["--relay", hosts[0], "--pbx", hosts[1], "--phone", hosts[2]]
     if direct:
         args.append("--direct")
     else:

@@ -23,7 +23,10 @@
  *
  * calls file: one line per call,
  *   PORT RELAY_PBX_PORT SELF_KEY SELF_SALT PEER_KEY PEER_SALT   (hex)
- * where SELF_* is the phone's transmit key (the endpoint's srtp_self_*).
+ * where SELF_* is the phone's transmit key (the endpoint's srtp_self_*): 16-byte
+ * keys are AES_CM_128 (ZRTP AES1), 32-byte keys AES_CM_256 (AES3).
+ *
+ * Hosts (--relay, --pbx, --phone) are IPv4 or IPv6 addresses.
  *
  * --direct: no relay and no SRTP; the phone socket sends to the PBX socket and
  * back (a baseline for the generator's and the kernel's own latency).
@@ -61,10 +64,16 @@
 #define UP 0              /* phone -> relay -> PBX */
 #define DOWN 1            /* PBX -> relay -> phone */
 
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+} addr_t;
+
 struct call {
     int phone_fd, pbx_fd;
-    struct sockaddr_in phone_dst; /* where the phone sends: R:port (or PBX:port, direct) */
-    struct sockaddr_in pbx_dst;   /* where the PBX sends: R:relay_pbx_port (or PHONE:port) */
+    addr_t phone_dst; /* where the phone sends: R:port (or PBX:port, direct) */
+    addr_t pbx_dst;   /* where the PBX sends: R:relay_pbx_port (or PHONE:port) */
     srtp_t tx, rx;
     uint32_t ssrc[2];
     uint32_t seq[2];
@@ -119,40 +128,57 @@ static int hexbytes(const char *hex, uint8_t *out, size_t n) {
     return 0;
 }
 
-static void make_addr(struct sockaddr_in *sa, const char *host, int port) {
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1) {
+static socklen_t addr_len(const addr_t *a) {
+    return a->sa.sa_family == AF_INET6 ? sizeof a->v6 : sizeof a->v4;
+}
+
+static void make_addr(addr_t *a, const char *host, int port) {
+    memset(a, 0, sizeof *a);
+    int ok;
+    if (strchr(host, ':')) {
+        a->v6.sin6_family = AF_INET6;
+        a->v6.sin6_port = htons((uint16_t)port);
+        ok = inet_pton(AF_INET6, host, &a->v6.sin6_addr) == 1;
+    } else {
+        a->v4.sin_family = AF_INET;
+        a->v4.sin_port = htons((uint16_t)port);
+        ok = inet_pton(AF_INET, host, &a->v4.sin_addr) == 1;
+    }
+    if (!ok) {
         fprintf(stderr, "rtpload: bad address %s\n", host);
         exit(2);
     }
 }
 
 static int udp_bind(const char *host, int port) {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    addr_t sa;
+    make_addr(&sa, host, port);
+    int fd = socket(sa.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket");
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa;
-    make_addr(&sa, host, port);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    if (bind(fd, &sa.sa, addr_len(&sa)) < 0) {
         fprintf(stderr, "rtpload: bind %s:%d: %s\n", host, port, strerror(errno));
         exit(1);
     }
     return fd;
 }
 
-static void srtp_session(srtp_t *session, const uint8_t *key30, int outbound) {
+/* key: master key (16 bytes: AES_CM_128, 32: AES_CM_256) then the 14-byte salt */
+static void srtp_session(srtp_t *session, const uint8_t *key, int aes256, int outbound) {
     srtp_policy_t policy;
     memset(&policy, 0, sizeof policy);
-    if (hs80)
+    if (aes256 && hs80)
+        srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80(&policy.rtp);
+    else if (aes256)
+        srtp_crypto_policy_set_aes_cm_256_hmac_sha1_32(&policy.rtp);
+    else if (hs80)
         srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&policy.rtp);
     else
         srtp_crypto_policy_set_aes_cm_128_hmac_sha1_32(&policy.rtp);
     srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(&policy.rtcp);
     policy.ssrc.type = outbound ? ssrc_any_outbound : ssrc_any_inbound;
-    policy.key = (unsigned char *)key30;
+    policy.key = (unsigned char *)key;
     policy.window_size = 1024;
     policy.allow_repeat_tx = 0;
     policy.next = NULL;
@@ -434,21 +460,23 @@ int main(int argc, char **argv) {
             make_addr(&c->phone_dst, pbx_host, port);
             make_addr(&c->pbx_dst, phone_host, port);
         } else {
-            uint8_t tx[30], rx[30];
-            if (hexbytes(sk, tx, 16) || hexbytes(ss, tx + 16, 14) || hexbytes(pk, rx, 16) ||
-                hexbytes(ps, rx + 16, 14)) {
+            uint8_t tx[46], rx[46];
+            size_t klen = strlen(sk) / 2; /* 16 (AES1) or 32 (AES3) */
+            if ((klen != 16 && klen != 32) || hexbytes(sk, tx, klen) ||
+                hexbytes(ss, tx + klen, 14) || hexbytes(pk, rx, klen) ||
+                hexbytes(ps, rx + klen, 14)) {
                 fprintf(stderr, "rtpload: bad key material on line %d\n", ncalls + 1);
                 return 2;
             }
-            srtp_session(&c->tx, tx, 1);
-            srtp_session(&c->rx, rx, 0);
+            srtp_session(&c->tx, tx, klen == 32, 1);
+            srtp_session(&c->rx, rx, klen == 32, 0);
             make_addr(&c->phone_dst, relay_host, port);
             make_addr(&c->pbx_dst, relay_host, relay_pbx_port);
         }
         /* Connected sockets: the kernel caches the route, and each side only
            accepts datagrams from its peer (the relay's R:port, or R:relay_pbx_port). */
-        if (connect(c->phone_fd, (struct sockaddr *)&c->phone_dst, sizeof c->phone_dst) < 0 ||
-            connect(c->pbx_fd, (struct sockaddr *)&c->pbx_dst, sizeof c->pbx_dst) < 0)
+        if (connect(c->phone_fd, &c->phone_dst.sa, addr_len(&c->phone_dst)) < 0 ||
+            connect(c->pbx_fd, &c->pbx_dst.sa, addr_len(&c->pbx_dst)) < 0)
             die("connect");
         c->ssrc[UP] = 0x10000000u + (uint32_t)ncalls;
         c->ssrc[DOWN] = 0x20000000u + (uint32_t)ncalls;

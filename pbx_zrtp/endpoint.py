@@ -28,7 +28,7 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeys,
     SrtpKeysReady,
 )
-from pbx_zrtp.zrtp.packets import is_zrtp_packet
+from pbx_zrtp.zrtp.packets import is_zrtp_fragment, is_zrtp_packet
 from pbx_zrtp.zrtp.warmup import warm_up
 
 Address = tuple[str, int]
@@ -114,7 +114,7 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
         elif source != self.peer:
             return
         now = self._loop.time()
-        if is_zrtp_packet(data):
+        if is_zrtp_packet(data) or is_zrtp_fragment(data):  # 0x11: a KEM-mode fragment
             self.connection.receive_datagram(data, now)
         elif self.srtp is not None and self.srtp.unprotect(data) is not None:
             self.outcome.srtp_received_ok += 1
@@ -165,7 +165,8 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _srtp_context(self, keys: SrtpKeys) -> SrtpContext | None:
-        """An SRTP context, or None for keys our SRTP layer cannot use (AES3).
+        """An SRTP context, or None for keys our SRTP layer cannot use (none the
+        engine negotiates today; a failure when --srtp asks for media).
 
         Without --srtp the exchange is still useful: it shows the derived keys.
         """

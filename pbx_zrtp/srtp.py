@@ -16,21 +16,41 @@ through the worker too, under its lock.
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import importlib
+import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pylibsrtp
 
 from pbx_zrtp.zrtp.events import SrtpKeys
 
-_PROFILES = {
-    ("AES1", "HS80"): pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
-    ("AES1", "HS32"): pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
-}
 
-#: Ciphers this SRTP layer can use; AES3 needs an AES-256-CM profile pylibsrtp lacks.
-SUPPORTED_CIPHERS = ("AES1",)
+@dataclass(frozen=True)
+class _Suite:
+    """One SRTP crypto suite: its master key length and the libsrtp setter that
+    fills a crypto policy for it (the same for SRTP and SRTCP, see ``_policy``)."""
+
+    key_length: int
+    setter: str
+
+
+#: ZRTP cipher and auth tag -> SRTP suite: AES1 is AES_CM_128 (RFC 3711), AES3 is
+#: AES_CM_256 (RFC 6188, as RFC 6189 §5.1.3 says), both with HMAC-SHA1 80 or 32.
+_SUITES = {
+    # (libsrtp's aes_cm_128_hmac_sha1_80 setter is a macro for its RTP default)
+    ("AES1", "HS80"): _Suite(16, "srtp_crypto_policy_set_rtp_default"),
+    ("AES1", "HS32"): _Suite(16, "srtp_crypto_policy_set_aes_cm_128_hmac_sha1_32"),
+    ("AES3", "HS80"): _Suite(32, "srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80"),
+    ("AES3", "HS32"): _Suite(32, "srtp_crypto_policy_set_aes_cm_256_hmac_sha1_32"),
+}
+SALT_LENGTH = 14
+
+#: Ciphers this SRTP layer can use (every one the engine can negotiate).
+SUPPORTED_CIPHERS = ("AES1", "AES3")
 
 #: The pylibsrtp releases whose internals (``Session._srtp``, ``Policy._policy``,
 #: ``ffi``/``lib``) this module was verified against; pyproject.toml pins the same.
@@ -87,6 +107,31 @@ def _binding() -> tuple[Any, Any]:
 
 
 _ffi, _lib = _binding()
+
+
+def _policy_setters() -> Any:
+    """libsrtp's own crypto-policy setters, from the libsrtp inside pylibsrtp's wheel.
+
+    pylibsrtp 1.0's cffi declarations stop at its four profiles (no AES_CM_256 with
+    HMAC-SHA1), but its bundled libsrtp exports every ``srtp_crypto_policy_set_*``.
+    They are taken from that same, already loaded library (RTLD_NOLOAD: never a
+    second copy), so the policies they fill are that library's own layout."""
+    path = str(getattr(importlib.import_module("pylibsrtp._binding"), "__file__", "") or "")
+    try:
+        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+        for suite in _SUITES.values():
+            setter = getattr(library, suite.setter)
+            setter.argtypes = [ctypes.c_void_p]
+            setter.restype = None
+    except (OSError, AttributeError) as exc:
+        raise RuntimeError(
+            f"pylibsrtp {pylibsrtp.__version__}: its libsrtp lacks a crypto-policy setter "
+            f"({exc}); pbx_zrtp was verified with {PYLIBSRTP_VERIFIED}"
+        ) from exc
+    return library
+
+
+_setters = _policy_setters()
 _FUNCTIONS = {
     Op.PROTECT: _lib.srtp_protect,
     Op.UNPROTECT: _lib.srtp_unprotect,
@@ -142,15 +187,24 @@ class SrtpContext:
     """Both directions of one stream: protect ours, unprotect the peer's."""
 
     def __init__(self, keys: SrtpKeys, *, replay_window: int = 1024) -> None:
-        profile = _PROFILES.get((keys.cipher, keys.auth_tag))
-        if profile is None:
+        suite = _SUITES.get((keys.cipher, keys.auth_tag))
+        if suite is None:
             raise ValueError(f"no SRTP profile for {keys.cipher}/{keys.auth_tag}")
+        # libsrtp reads exactly the suite's key + salt length from the buffer given:
+        # a shorter key would be read past its end, so the lengths are checked here.
+        for key, salt in ((keys.local_key, keys.local_salt), (keys.remote_key, keys.remote_salt)):
+            if len(key) != suite.key_length or len(salt) != SALT_LENGTH:
+                raise ValueError(
+                    f"{keys.cipher} SRTP needs a {suite.key_length}-byte key and a "
+                    f"{SALT_LENGTH}-byte salt"
+                )
         self.stats: Counter[str] = Counter()
+        self.cipher = keys.cipher
         self.auth_tag = keys.auth_tag
         self._tx = _Session(
             self._policy(
                 keys.local_key + keys.local_salt,
-                profile,
+                suite,
                 pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                 replay_window,
             )
@@ -158,7 +212,7 @@ class SrtpContext:
         self._rx = _Session(
             self._policy(
                 keys.remote_key + keys.remote_salt,
-                profile,
+                suite,
                 pylibsrtp.Policy.SSRC_ANY_INBOUND,
                 replay_window,
             )
@@ -166,22 +220,23 @@ class SrtpContext:
         self._lender: SessionLender | None = None
 
     @staticmethod
-    def _policy(key: bytes, profile: int, ssrc_type: int, window: int) -> pylibsrtp.Policy:
-        policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
+    def _policy(key: bytes, suite: _Suite, ssrc_type: int, window: int) -> pylibsrtp.Policy:
+        policy = pylibsrtp.Policy(ssrc_type=ssrc_type)
+        # The suite goes on both halves of the policy. For SRTCP that is not libsrtp's
+        # default with a 32-bit tag (it keeps 80 bits on SRTCP, as RFC 3711 does), but
+        # ZRTP phones apply the negotiated HS32 to SRTCP too: measured with linphone
+        # 5.1 through the relay (every SRTCP packet failed with 80 bits).
+        setter = getattr(_setters, suite.setter)
+        for half in (policy._policy.rtp, policy._policy.rtcp):
+            setter(int(_ffi.cast("uintptr_t", _ffi.addressof(half))))
+        # pylibsrtp checks the key against its own (AES-128) profile's 30 bytes, a
+        # minimum; the exact length for the suite was checked by the caller.
+        policy.key = key
         policy.window_size = window
         # A repeated (SSRC, index) is refused, never encrypted again (RFC 3711 §9.1:
         # with a different payload that would be keystream reuse; a byte-identical
         # duplicate would be dropped by the phone's replay window anyway).
         policy.allow_repeat_tx = False
-        if profile == pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32:
-            # libsrtp's _32 profile keeps an 80-bit tag on SRTCP (RFC 3711's default),
-            # but ZRTP phones apply the negotiated HS32 to SRTCP too: measured with
-            # linphone 5.1 through the relay (every SRTCP packet failed with 80 bits).
-            # pylibsrtp has no option for it, so set the RTCP half of its policy here.
-            rtcp = _ffi.addressof(policy._policy.rtcp)
-            status = _lib.srtp_crypto_policy_set_from_profile_for_rtp(rtcp, profile)
-            if status != 0:
-                raise ValueError(f"libsrtp refused a 32-bit SRTCP tag (status {status})")
         return policy
 
     # ------------------------------------------------------------------ ownership

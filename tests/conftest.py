@@ -1,4 +1,5 @@
-"""Fixtures shared across test directories: a throwaway PostgreSQL server."""
+"""Fixtures shared across test directories: a throwaway PostgreSQL server; IPv6
+relay tests re-run in a network namespace (``tests/netns.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,28 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import netns
 from tests.postgres_server import PostgresServer, find_bindir, start_server
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """A test marked ``ipv6_netns`` runs its body in a child pytest inside a network
+    namespace with the IPv6 lab addresses; here it passes or fails as the child did."""
+    if pyfuncitem.get_closest_marker("ipv6_netns") is None or netns.inside():
+        return None
+    why = netns.unavailable()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"IPv6 relay tests must run in CI: {why}")
+        pytest.skip(f"IPv6 lab unavailable: {why}")
+    marker = pyfuncitem.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else 110.0
+    status, output = netns.run(pyfuncitem.nodeid, timeout - 10)
+    if status != 0 or " passed" not in output or " skipped" in output:
+        pytest.fail(f"in the IPv6 namespace (exit {status}):\n{output[-6000:]}", pytrace=False)
+    return True
+
 
 _databases = itertools.count()
 

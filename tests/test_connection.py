@@ -112,6 +112,45 @@ def test_aes3_keys_are_256_bits_when_both_offer_it() -> None:
     assert sa.cipher == "AES3" and len(sa.keys.local_key) == 32 and len(sa.keys.local_salt) == 14
 
 
+def test_default_offer_lists_aes1_then_aes3() -> None:
+    """AES3 is offered by default now that SRTP can use it; AES1 (mandatory) first,
+    as bzrtp orders them."""
+    a, b = pair()
+    net = Network(a, b)
+    net.run()
+    hellos = [p.parse_message(p.message_bytes(d)) for _, d in net.wire if p.is_zrtp_packet(d)]
+    offered = {h.cipher_types for h in hellos if isinstance(h, p.Hello)}
+    assert offered == {(b"AES1", b"AES3")}
+
+
+@pytest.mark.parametrize(
+    ("ciphers", "key_agreement", "expected"),
+    [
+        ((b"AES1", b"AES3"), b"EC38", "AES3"),  # §5.1.5: EC38 SHOULD use AES-256
+        ((b"AES1",), b"EC38", "AES1"),  # ... but only if we offer it
+        ((b"AES3", b"AES1"), b"DH2k", "AES1"),  # §5.1.5: DH2k SHOULD use AES-128
+        ((b"AES1", b"AES3"), b"X255", "AES1"),  # otherwise: our order
+        ((b"AES3", b"AES1"), b"X255", "AES3"),
+        ((b"AES1", b"AES3"), b"DH3k", "AES1"),
+    ],
+)
+def test_the_initiator_couples_the_cipher_to_the_key_agreement(
+    ciphers: tuple[bytes, ...], key_agreement: bytes, expected: str
+) -> None:
+    config = {
+        "cipher_types": ciphers,
+        "key_agreement_types": (key_agreement,),
+        "hash_types": (b"S384", b"S256"),
+    }
+    a, b = pair(a=config, b=config)
+    net = Network(a, b)
+    net.run()
+    assert_agree(net)
+    sa, _ = net.secured()
+    assert (sa.key_agreement, sa.cipher) == (key_agreement.decode(), expected)
+    assert len(sa.keys.local_key) == (32 if expected == "AES3" else 16)
+
+
 def test_simultaneous_commit_resolves_to_one_initiator() -> None:
     # Both auto, started at the same instant: both commit, contention (§4.2) decides.
     outcomes = set()

@@ -24,7 +24,7 @@ from pbx_zrtp.relay.config import ConfigError, load_config
 from pbx_zrtp.zrtp import packets as p
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("packets", "engine", "relay", "ami", "esl", "control", "fastpath")
+TARGETS = ("packets", "engine", "kem", "relay", "ami", "esl", "control", "fastpath")
 PROPERTIES = settings(
     derandomize=True,
     max_examples=150,

@@ -111,7 +111,9 @@ def test_mandatory_types_are_still_implied_when_a_list_is_empty_or_disjoint() ->
 
 def test_hello_offers_curve25519_under_both_names_and_keeps_mult() -> None:
     default = ZrtpConfiguration(zid=ZID_A).hello_key_agreements()
-    assert default[:2] == (b"X255", b"E255") and default[-1] == b"Mult" and len(default) <= 7
+    # Post-quantum X1M1 first (issue 17), then Curve25519 under both names, side by side.
+    assert default[:3] == (b"X1M1", b"X255", b"E255")
+    assert default[-1] == b"Mult" and len(default) == 7
     only_e255 = ZrtpConfiguration(zid=ZID_A, key_agreement_types=(b"E255",))
     assert only_e255.hello_key_agreements() == (b"E255", b"X255", b"Mult")
     every = ZrtpConfiguration(
@@ -131,7 +133,7 @@ OUR_HELLO = ZrtpConfiguration(zid=ZID_A).hello_key_agreements()
         ((b"EC25", b"E255", b"DH3k", b"Mult"), b"E255"),  # GNU ZRTP, E255 second
         ((b"X255", b"X448", b"DH3k", b"Mult"), b"X255"),  # bzrtp
         ((b"DH3k", b"DH2k", b"EC25", b"EC38", b"Mult"), b"EC25"),  # libzrtp: no Curve25519
-        (OUR_HELLO, b"X255"),  # pbx_zrtp
+        (OUR_HELLO, b"X1M1"),  # pbx_zrtp: post-quantum X25519+ML-KEM-512 first (issue 17)
     ],
 )
 def test_curve25519_reaches_every_peer_and_both_sides_agree(

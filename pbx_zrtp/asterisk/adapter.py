@@ -56,6 +56,7 @@ VARIABLES = (
     "ZRTP_CIPHER",
     "ZRTP_AUTH_TAG",
     "ZRTP_KEY_AGREEMENT",
+    "ZRTP_PQ",
     "ZRTP_HASH",
     "ZRTP_PEER_ZID",
     "ZRTP_FAIL_REASON",
@@ -93,6 +94,8 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "ZRTP_CIPHER": str(report.get("cipher", "")),
         "ZRTP_AUTH_TAG": str(report.get("auth_tag", "")),
         "ZRTP_KEY_AGREEMENT": str(report.get("key_agreement", "")),
+        # Post-quantum key agreement (X25519/X448 + ML-KEM hybrid): "1" or "0".
+        "ZRTP_PQ": "1" if secure and report.get("pq") else "0",
         "ZRTP_HASH": str(report.get("hash", "")),
         "ZRTP_PEER_ZID": str(report.get("peer_zid", "")),
         "ZRTP_FAIL_REASON": str(report.get("reason", "")) if state in ("failed", "clear") else "",

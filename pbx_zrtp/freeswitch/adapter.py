@@ -80,6 +80,7 @@ def variables_for(report: dict[str, Any], policy: Policy) -> dict[str, str]:
         "pbx_zrtp_cipher": str(report.get("cipher", "")),
         "pbx_zrtp_auth_tag": str(report.get("auth_tag", "")),
         "pbx_zrtp_key_agreement": str(report.get("key_agreement", "")),
+        "pbx_zrtp_pq": "true" if secure and report.get("pq") else "false",
         "pbx_zrtp_hash": str(report.get("hash", "")),
         "pbx_zrtp_peer_zid": str(report.get("peer_zid", "")),
         "pbx_zrtp_fail_reason": str(report.get("reason", ""))

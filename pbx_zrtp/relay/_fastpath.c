@@ -13,6 +13,10 @@
  * The per-datagram decision is decide(), which touches no socket (the fuzz harness,
  * bench/fuzz_fastpath.c, drives it directly).
  *
+ * Addresses: IPv4 and IPv6 (fp_addr_t, a union of both sockaddrs). A call's two sockets
+ * may be of either family, each on its own; a source is the latched address only if the
+ * family, the address, the port and (IPv6) the scope match.
+ *
  * SRTP state: a call's two libsrtp sessions are NOT ours. Python (pbx_zrtp/srtp.py)
  * creates them once per call with pylibsrtp and lends them to the worker while it
  * forwards (fp_attach); the worker never creates or deallocates a session. So the
@@ -36,6 +40,8 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <net/if.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <srtp2/srtp.h>
@@ -55,6 +61,8 @@
 #define PUNT_CAP 4096
 #define MAX_CALLS (1 << 20)
 #define WAKE_TAG UINT64_MAX
+/* Room for any address fp_punt_pop writes: IPv6 text, '%', an interface name, NUL. */
+#define FP_IP_MAX (INET6_ADDRSTRLEN + IF_NAMESIZE + 1)
 
 enum {
     C_PHONE_IN, C_PHONE_IN_BYTES, C_PHONE_OUT, C_PHONE_OUT_BYTES,
@@ -71,10 +79,18 @@ static const char COUNTER_NAMES[] =
 /* fp_srtp operations: the same codes as pbx_zrtp.srtp.Op */
 enum { OP_PROTECT, OP_UNPROTECT, OP_PROTECT_RTCP, OP_UNPROTECT_RTCP };
 
+/* One peer address, IPv4 or IPv6 (sa.sa_family says which). */
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+} fp_addr_t;
+
 struct call {
     uint32_t gen;
     int phone_fd, pbx_fd;
-    struct sockaddr_in phone_addr, pbx_addr;
+    int phone_family, pbx_family; /* of the sockets: a latch is always of that family */
+    fp_addr_t phone_addr, pbx_addr;
     srtp_t tx, rx; /* borrowed from Python (pbx_zrtp.srtp.SrtpContext): never deallocated here */
     uint64_t c[C_COUNT];
 };
@@ -83,7 +99,7 @@ struct punt {
     int64_t handle;
     int dir; /* 0 phone, 1 pbx */
     int len;
-    struct sockaddr_in from;
+    fp_addr_t from;
 };
 
 typedef struct fp {
@@ -102,7 +118,7 @@ typedef struct fp {
     uint8_t bufs[BATCH][BUFSZ];
     struct mmsghdr in[BATCH], out[BATCH];
     struct iovec iov_in[BATCH], iov_out[BATCH];
-    struct sockaddr_in from[BATCH];
+    fp_addr_t from[BATCH];
 } fp_t;
 
 /* libsrtp entry points, taken with dlsym from the libsrtp that created the sessions
@@ -180,9 +196,26 @@ static struct call *lookup(fp_t *fp, int64_t handle) {
     return c;
 }
 
-static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b) {
-    return a->sin_family == AF_INET && a->sin_port == b->sin_port &&
-           a->sin_addr.s_addr == b->sin_addr.s_addr;
+/* Same family, address, port and (IPv6) scope; the IPv6 flow label is not compared. */
+static int same_addr(const fp_addr_t *a, const fp_addr_t *b) {
+    if (a->sa.sa_family != b->sa.sa_family) return 0;
+    if (a->sa.sa_family == AF_INET)
+        return a->v4.sin_port == b->v4.sin_port && a->v4.sin_addr.s_addr == b->v4.sin_addr.s_addr;
+    if (a->sa.sa_family == AF_INET6)
+        return a->v6.sin6_port == b->v6.sin6_port &&
+               memcmp(&a->v6.sin6_addr, &b->v6.sin6_addr, sizeof a->v6.sin6_addr) == 0 &&
+               a->v6.sin6_scope_id == b->v6.sin6_scope_id;
+    return 0;
+}
+
+static socklen_t addr_len(const fp_addr_t *a) {
+    return a->sa.sa_family == AF_INET6 ? sizeof a->v6 : sizeof a->v4;
+}
+
+/* A source address recvmmsg filled in: IPv4 or IPv6, with the length of its family. */
+static int valid_source(const fp_addr_t *a, socklen_t len) {
+    return (a->sa.sa_family == AF_INET && len == sizeof a->v4) ||
+           (a->sa.sa_family == AF_INET6 && len == sizeof a->v6);
 }
 
 /* RFC 5761 demultiplexing, the same rule as pbx_zrtp.srtp.is_rtcp: RTCP packet types
@@ -203,7 +236,7 @@ static int is_rtp(const uint8_t *p, unsigned len) {
 /* What one datagram read on one side of a call becomes, without any socket: V_FORWARD
  * (buf now holds what to send, *len its length), V_PUNT (to Python, unchanged), or the
  * counter it is dropped under. buf must have room for the SRTP trailer (BUFSZ). */
-static int decide(struct call *c, int side, uint8_t *buf, int *len, const struct sockaddr_in *from) {
+static int decide(struct call *c, int side, uint8_t *buf, int *len, const fp_addr_t *from) {
     if (*len < 0 || *len > MAX_DGRAM) return C_OVERSIZE;
     if (side == 0) {
         /* Only the latched phone's RTP is ours; a stranger's (maybe a relatch) is Python's
@@ -233,7 +266,7 @@ static int call_srtp(struct call *c, int op, uint8_t *buf, int *len) {
 }
 
 static void punt(fp_t *fp, struct call *c, int64_t handle, int dir, const uint8_t *data,
-                 unsigned len, const struct sockaddr_in *from) {
+                 unsigned len, const fp_addr_t *from) {
     if (fp->punt_count >= PUNT_CAP || len > MAX_DGRAM) {
         c->c[C_PUNT_OVERFLOW]++;
         return;
@@ -292,19 +325,18 @@ static int handle_side(fp_t *fp, struct call *c, int64_t handle, int side) {
         return 0;
     }
     int nout = 0;
-    const struct sockaddr_in *dst = side ? &c->phone_addr : &c->pbx_addr;
+    const fp_addr_t *dst = side ? &c->phone_addr : &c->pbx_addr;
     for (int i = 0; i < n; i++) {
         unsigned len = fp->in[i].msg_len;
         uint8_t *buf = fp->bufs[i];
-        const struct sockaddr_in *from = &fp->from[i];
+        const fp_addr_t *from = &fp->from[i];
         c->c[side ? C_PBX_IN : C_PHONE_IN]++;
         c->c[side ? C_PBX_IN_BYTES : C_PHONE_IN_BYTES] += len;
         if ((fp->in[i].msg_hdr.msg_flags & MSG_TRUNC) || len > MAX_DGRAM) {
             c->c[C_OVERSIZE]++;
             continue;
         }
-        if (fp->in[i].msg_hdr.msg_namelen != sizeof(struct sockaddr_in) ||
-            from->sin_family != AF_INET) {
+        if (!valid_source(from, fp->in[i].msg_hdr.msg_namelen)) {
             c->c[C_WRONG_SOURCE]++;
             continue;
         }
@@ -324,7 +356,7 @@ static int handle_side(fp_t *fp, struct call *c, int64_t handle, int side) {
         fp->out[nout].msg_hdr.msg_iov = &fp->iov_out[nout];
         fp->out[nout].msg_hdr.msg_iovlen = 1;
         fp->out[nout].msg_hdr.msg_name = (void *)dst;
-        fp->out[nout].msg_hdr.msg_namelen = sizeof *dst;
+        fp->out[nout].msg_hdr.msg_namelen = addr_len(dst);
         nout++;
     }
     if (nout) {
@@ -402,26 +434,71 @@ fp_t *fp_create(void) {
 
 int fp_punt_fd(fp_t *fp) { return fp->punt_fd; }
 
-static int parse_addr(struct sockaddr_in *a, const char *ip, int port) {
+/* A numeric IPv4 or IPv6 address (an IPv6 scope as "%name" or "%index", as Python
+ * writes it) and a port, of the given family. 0, or -1. */
+static int parse_addr(fp_addr_t *a, const char *ip, int port, int family) {
     memset(a, 0, sizeof *a);
-    a->sin_family = AF_INET;
-    if (port <= 0 || port > 65535) return -1;
-    a->sin_port = htons((uint16_t)port);
-    return inet_pton(AF_INET, ip, &a->sin_addr) == 1 ? 0 : -1;
+    if (!ip || port <= 0 || port > 65535) return -1;
+    if (family == AF_INET) {
+        a->v4.sin_family = AF_INET;
+        a->v4.sin_port = htons((uint16_t)port);
+        return inet_pton(AF_INET, ip, &a->v4.sin_addr) == 1 ? 0 : -1;
+    }
+    if (family != AF_INET6) return -1;
+    char host[FP_IP_MAX];
+    if (strlen(ip) >= sizeof host) return -1;
+    strcpy(host, ip);
+    char *scope = strchr(host, '%');
+    if (scope) *scope++ = 0;
+    a->v6.sin6_family = AF_INET6;
+    a->v6.sin6_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET6, host, &a->v6.sin6_addr) != 1) return -1;
+    if (scope) {
+        char *end;
+        unsigned long index = strtoul(scope, &end, 10);
+        if (!*scope || *end) index = if_nametoindex(scope);
+        if (!index || index > UINT32_MAX) return -1;
+        a->v6.sin6_scope_id = (uint32_t)index;
+    }
+    return 0;
 }
+
+/* The family of a socket (AF_INET or AF_INET6), or -1. */
+static int socket_family(int fd) {
+    fp_addr_t a;
+    socklen_t len = sizeof a;
+    if (fd < 0 || getsockname(fd, &a.sa, &len) < 0) return -1;
+    return a.sa.sa_family == AF_INET || a.sa.sa_family == AF_INET6 ? a.sa.sa_family : -1;
+}
+
+/* Text of an address for Python, exactly as CPython's socket module writes a source
+ * address (getnameinfo, NI_NUMERICHOST: an IPv6 scope as "%" and the interface name or
+ * index). ip must hold FP_IP_MAX bytes. */
+static void format_addr(const fp_addr_t *a, char *ip, int *port) {
+    ip[0] = 0;
+    *port = 0;
+    if (a->sa.sa_family != AF_INET && a->sa.sa_family != AF_INET6) return;
+    *port = ntohs(a->sa.sa_family == AF_INET ? a->v4.sin_port : a->v6.sin6_port);
+    if (getnameinfo(&a->sa, addr_len(a), ip, FP_IP_MAX, NULL, 0, NI_NUMERICHOST) != 0) ip[0] = 0;
+}
+
+int fp_ip_max(void) { return FP_IP_MAX; }
 
 /* Hand a call's two sockets to the worker with the call's sessions (borrowed: the caller
  * keeps them alive until fp_detach or fp_close returns, and never uses them meanwhile but
- * through fp_srtp). Returns a handle >= 0, or a negative error: -1 bad args, -2 no
- * sessions (or fp_init not done), -3 epoll, -4 memory. */
+ * through fp_srtp). Each address is of its socket's family (IPv4 or IPv6). Returns a
+ * handle >= 0, or a negative error: -1 bad args (fds, or an address not of its socket's
+ * family), -2 no sessions (or fp_init not done), -3 epoll, -4 memory. */
 int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int phone_port,
                   const char *pbx_ip, int pbx_port, void *tx, void *rx) {
     if (!tx || !rx || tx == rx || !S.protect) return -2;
     struct call *c = calloc(1, sizeof *c);
     if (!c) return -4;
-    if (phone_fd < 0 || pbx_fd < 0 || phone_fd == pbx_fd ||
-        parse_addr(&c->phone_addr, phone_ip, phone_port) < 0 ||
-        parse_addr(&c->pbx_addr, pbx_ip, pbx_port) < 0) {
+    c->phone_family = socket_family(phone_fd);
+    c->pbx_family = socket_family(pbx_fd);
+    if (phone_fd == pbx_fd || c->phone_family < 0 || c->pbx_family < 0 ||
+        parse_addr(&c->phone_addr, phone_ip, phone_port, c->phone_family) < 0 ||
+        parse_addr(&c->pbx_addr, pbx_ip, pbx_port, c->pbx_family) < 0) {
         free(c);
         return -1;
     }
@@ -477,15 +554,19 @@ int fp_srtp(fp_t *fp, int64_t handle, int op, uint8_t *buf, int *len) {
 }
 
 /* Move the phone's latch (Python judged the packet from there: authentic and fresh under
- * the call's live replay window). Returns 0, -1 (bad address) or -2 (no such call). */
+ * the call's live replay window). Returns 0, -1 (bad address, or not of the phone socket's
+ * family) or -2 (no such call). */
 int fp_set_phone(fp_t *fp, int64_t handle, const char *ip, int port) {
-    struct sockaddr_in addr;
-    if (parse_addr(&addr, ip, port) < 0) return -1;
+    fp_addr_t addr;
+    int st = -2;
     pthread_mutex_lock(&fp->mu);
     struct call *c = lookup(fp, handle);
-    if (c) c->phone_addr = addr;
+    if (c) {
+        st = parse_addr(&addr, ip, port, c->phone_family) < 0 ? -1 : 0;
+        if (st == 0) c->phone_addr = addr;
+    }
     pthread_mutex_unlock(&fp->mu);
-    return c ? 0 : -2;
+    return st;
 }
 
 int fp_stats(fp_t *fp, int64_t handle, uint64_t *out) {
@@ -514,8 +595,12 @@ int fp_detach(fp_t *fp, int64_t handle, uint64_t *out) {
     return 0;
 }
 
-/* Pops one punted datagram into buf (cap bytes); returns its length, -1 if the queue is empty. */
-int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int *port) {
+/* Pops one punted datagram into buf (cap bytes) and its source into ip (ipcap bytes, at
+ * least fp_ip_max()) and port; returns its length, -1 if the queue is empty, -2 if ipcap
+ * is too small. */
+int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int ipcap,
+                int *port) {
+    if (ipcap < FP_IP_MAX) return -2;
     pthread_mutex_lock(&fp->mu);
     if (!fp->punt_count) {
         pthread_mutex_unlock(&fp->mu);
@@ -526,11 +611,11 @@ int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char
     memcpy(buf, fp->punt_data + (size_t)fp->punt_head * MAX_DGRAM, (size_t)len);
     *handle = p->handle;
     *dir = p->dir;
-    *port = ntohs(p->from.sin_port);
-    if (!inet_ntop(AF_INET, &p->from.sin_addr, ip, 16)) ip[0] = 0;
+    fp_addr_t from = p->from;
     fp->punt_head = (fp->punt_head + 1) % PUNT_CAP;
     fp->punt_count--;
     pthread_mutex_unlock(&fp->mu);
+    format_addr(&from, ip, port); /* may look up an interface name: not under the lock */
     return len;
 }
 

@@ -32,6 +32,7 @@ const char *fp_build(void);
 const char *fp_counter_names(void);
 int fp_counter_count(void);
 int fp_is_rtcp(const uint8_t *p, int len);
+int fp_ip_max(void);
 fp_t *fp_create(void);
 int fp_punt_fd(fp_t *fp);
 int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int phone_port,
@@ -40,7 +41,8 @@ int fp_srtp(fp_t *fp, int64_t handle, int op, uint8_t *buf, int *len);
 int fp_set_phone(fp_t *fp, int64_t handle, const char *ip, int port);
 int fp_stats(fp_t *fp, int64_t handle, uint64_t *out);
 int fp_detach(fp_t *fp, int64_t handle, uint64_t *out);
-int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int *port);
+int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int ipcap,
+                int *port);
 void fp_close(fp_t *fp);
 """
 

@@ -19,7 +19,13 @@ from typing import Any
 
 from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.srtp import SUPPORTED_CIPHERS
-from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
+from pbx_zrtp.zrtp.config import (
+    DEFAULT_CIPHERS,
+    DEFAULT_HASHES,
+    DEFAULT_KEY_AGREEMENTS,
+    ZrtpConfiguration,
+    parse_algorithm_list,
+)
 
 
 class ConfigError(ValueError):
@@ -42,9 +48,9 @@ def _default_runtime_dir() -> Path:
 
 @dataclass
 class ZrtpSettings:
-    key_agreements: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
-    hashes: tuple[bytes, ...] = (b"S256", b"S384")
-    ciphers: tuple[bytes, ...] = (b"AES1",)
+    key_agreements: tuple[bytes, ...] = DEFAULT_KEY_AGREEMENTS
+    hashes: tuple[bytes, ...] = DEFAULT_HASHES
+    ciphers: tuple[bytes, ...] = DEFAULT_CIPHERS
     auth_tags: tuple[bytes, ...] = (b"HS80", b"HS32")
     sas: tuple[bytes, ...] = (b"B32 ", b"B256")
     client_id: str = "pbx_zrtp relay"
@@ -52,6 +58,8 @@ class ZrtpSettings:
     #: D flag (§11): set it when this PBX records calls or hands keys or audio to a
     #: third party; phones then show that the call is not private.
     disclosure: bool = False
+    #: Refuse every call whose key agreement is not post-quantum (a KEM hybrid).
+    pq_required: bool = False
 
     def configuration(self, zid: bytes, self_uri: str, peer_uri: str) -> ZrtpConfiguration:
         """The per-call engine configuration: the relay is a trusted MiTM (M flag)."""
@@ -65,6 +73,7 @@ class ZrtpSettings:
             sas_types=self.sas,
             mitm=True,
             disclosure=self.disclosure,
+            pq_required=self.pq_required,
             cache_expiration=self.cache_expiration,
             self_uri=self_uri,
             peer_uri=peer_uri,
@@ -131,6 +140,7 @@ _SCHEMA: dict[str, set[str]] = {
         "client_id",
         "cache_expiration",
         "disclosure",
+        "pq_required",
     },
     "cache": {"path", "url", "password_file"},
     "timeouts": {"optional", "required", "drain"},
@@ -229,6 +239,10 @@ def apply(config: RelayConfig, data: dict[str, Any]) -> RelayConfig:
         if not isinstance(zrtp["disclosure"], bool):
             raise ConfigError("zrtp.disclosure: true or false (true when calls are recorded)")
         config.zrtp.disclosure = zrtp["disclosure"]
+    if "pq_required" in zrtp:
+        if not isinstance(zrtp["pq_required"], bool):
+            raise ConfigError("zrtp.pq_required: true or false")
+        config.zrtp.pq_required = zrtp["pq_required"]
     cache = data.get("cache", {})
     if "path" in cache:
         value = cache["path"]

@@ -7,7 +7,8 @@ API mode: ``_fastpath_build.py``, named in ``setup.py``) into the extension modu
 that forwards the RTP of many calls; what it does not handle (ZRTP, RTCP, STUN,
 packets from other sources on the phone side) is queued for Python ("punted").
 An installation built without libsrtp2's headers or a compiler has no such module:
-:func:`available` says so and the relay forwards in Python.
+:func:`available` says so and the relay forwards in Python. IPv4 and IPv6 sockets alike (each address of its
+socket's family).
 
 One SRTP state per call: the worker does not make sessions. A call's
 :class:`~pbx_zrtp.srtp.SrtpContext` lends it its two libsrtp sessions for as long
@@ -56,7 +57,7 @@ STALE = (
 )
 
 _ATTACH_ERRORS = {
-    -1: "bad arguments (fds or addresses)",
+    -1: "bad arguments (fds, or an address not of its socket's family)",
     -2: "no SRTP sessions (or the library is not initialised)",
     -3: "epoll_ctl failed (fd already attached or not a socket?)",
     -4: "out of memory",
@@ -266,7 +267,8 @@ class FastPath:
         self._fp: Any = fp
         self._punt_fd = int(self._lib.fp_punt_fd(fp))
         self._buf = self._ffi.new("uint8_t[]", 2048)
-        self._ip = self._ffi.new("char[]", 16)
+        self._ip_max = int(self._lib.fp_ip_max())
+        self._ip = self._ffi.new("char[]", self._ip_max)
         self._out = self._ffi.new("uint64_t[]", self._count)
         self._handle = self._ffi.new("int64_t *")
         self._dir = self._ffi.new("int *")
@@ -291,7 +293,8 @@ class FastPath:
         srtp: SrtpContext,
     ) -> int:
         """Hand both sockets' reading to the worker, with the call's SRTP sessions
-        (lent, not copied: until detach, ``srtp`` runs through the worker)."""
+        (lent, not copied: until detach, ``srtp`` runs through the worker). Sockets
+        and addresses are IPv4 or IPv6, each address of its socket's family."""
         loan = _Loan(self)
         tx, rx = srtp.lend(loan)
         try:
@@ -343,7 +346,7 @@ class FastPath:
         if status == -2:
             raise KeyError(handle)
         if status != 0:
-            raise ValueError(f"not an IPv4 address: {phone_addr!r}")
+            raise ValueError(f"not an address of the call's family: {phone_addr!r}")
 
     def _counters(self) -> dict[str, int]:
         return {name: int(self._out[i]) for i, name in enumerate(self._names)}
@@ -379,7 +382,14 @@ class FastPath:
                 os.read(self._punt_fd, 8)
             while True:
                 n = self._lib.fp_punt_pop(
-                    fp, self._handle, self._dir, self._buf, 2048, self._ip, self._port
+                    fp,
+                    self._handle,
+                    self._dir,
+                    self._buf,
+                    2048,
+                    self._ip,
+                    self._ip_max,
+                    self._port,
                 )
                 if n < 0:
                     return result

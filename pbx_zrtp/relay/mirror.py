@@ -52,6 +52,7 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeysReady,
     WentClear,
 )
+from pbx_zrtp.zrtp.kem import is_kem
 from pbx_zrtp.zrtp.packets import Hello, ZrtpPacket
 
 log = logging.getLogger("pbx_zrtp.relay")
@@ -224,6 +225,8 @@ class CallReport:
     sas_type: str = ""
     sas_verified: bool = False
     key_agreement: str = ""
+    #: The key agreement is post-quantum (a KEM-mode hybrid such as X1M1).
+    pq: bool = False
     hash: str = ""
     cipher: str = ""
     auth_tag: str = ""
@@ -292,6 +295,12 @@ def _is_stun(data: bytes) -> bool:
     """RFC 5389: top two bits 0 and the magic cookie. Phones (linphone) send STUN
     checks to the relay; they are dropped, but counted under their own name."""
     return len(data) >= 20 and data[0] < 4 and data[4:8] == b"\x21\x12\xa4\x42"
+
+
+def format_address(address: Address) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:5004``), as in URLs and SDP tools."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -586,6 +595,7 @@ class Mirror:
             sas_type=secured.sas_type if secured else "",
             sas_verified=self._sas_verified,
             key_agreement=secured.key_agreement if secured else "",
+            pq=bool(secured and is_kem(secured.key_agreement.encode())),
             hash=secured.hash if secured else "",
             cipher=secured.cipher if secured else "",
             auth_tag=secured.auth_tag if secured else "",
@@ -594,7 +604,7 @@ class Mirror:
             cache_mismatch=secured.cache_mismatch if secured else False,
             previously_verified=secured.previously_verified if secured else False,
             handshake_ms=self._handshake_ms,
-            phone=f"{self.phone[0]}:{self.phone[1]}" if self.phone else "",
+            phone=format_address(self.phone) if self.phone else "",
             last_state=self._last_state,
             bridge=identity.bridge if identity else "",
             enrolled=self.enrolled,
@@ -1024,7 +1034,9 @@ class Mirror:
         if guard is not None:
             guard.port_in += size
         first = data[0]
-        if first == 0x10 and data[4:8] == b"ZRTP":  # is_zrtp_packet, inlined: hot path
+        # is_zrtp_packet / is_zrtp_fragment (0x11, post-quantum Commit and DHPart1
+        # cut to the MTU), inlined: hot path
+        if (first == 0x10 or first == 0x11) and data[4:8] == b"ZRTP":
             hint = self.identity.phone_hint
             if hint is not None and addr[0] != hint[0]:
                 counters.drops["wrong_source"] += 1

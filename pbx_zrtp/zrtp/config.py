@@ -8,6 +8,7 @@ from typing import Literal
 
 from pbx_zrtp.cache.base import NEVER_EXPIRES
 from pbx_zrtp.zrtp.crypto import AUTH_TAGS, CIPHERS, HASHES, SAS_TYPES
+from pbx_zrtp.zrtp.kem import KEMS, is_kem
 from pbx_zrtp.zrtp.keyagreement import ALIASES, KEY_AGREEMENTS, MULTISTREAM
 
 Role = Literal["auto", "initiator", "responder"]
@@ -22,9 +23,24 @@ MANDATORY_AUTH_TAGS = (b"HS32", b"HS80")
 MANDATORY_KEY_AGREEMENT = b"DH3k"
 MANDATORY_SAS = b"B32 "
 
-#: AES3 keys can be negotiated, but pylibsrtp has no AES-256-CM profile, so it is
-#: only offered when the host says its SRTP side can use it.
-DEFAULT_CIPHERS = (b"AES1",)
+#: AES1 first, as bzrtp orders them (RFC 6189 §5.1.3: AES1 mandatory, AES3 optional);
+#: AES3 (AES_CM_256 SRTP, RFC 6188) for peers that choose it, and chosen by us as
+#: initiator where §5.1.5 couples it to the key agreement (EC38).
+DEFAULT_CIPHERS = (b"AES1", b"AES3")
+
+#: Post-quantum first: X25519+ML-KEM-512 (X1M1) is what current Linphone offers first
+#: and it interoperates with bzrtp (tests/interop/test_bzrtp_pq.py). A peer without
+#: it (or listing a DH type first) negotiates DH as before: the draft's mixing rule
+#: ranks every KEM after every DH type. With X255's alias E255 and Mult this fills
+#: the Hello's seven places, so DH2k is no longer offered by default.
+DEFAULT_KEY_AGREEMENTS = (b"X1M1", b"X255", b"EC25", b"DH3k", b"X448")
+#: S512 is what Linphone picks with its hybrids (and X448) when both list it.
+DEFAULT_HASHES = (b"S256", b"S384", b"S512")
+
+#: bzrtp's default MTU: larger messages (post-quantum Commit, DHPart1) are fragmented.
+DEFAULT_MTU = 1452
+#: bzrtp's floor; below it a K448+ML-KEM-1024 Commit would need too many fragments.
+MINIMUM_MTU = 600
 
 
 def _block(name: str | bytes) -> bytes:
@@ -51,10 +67,10 @@ class ZrtpConfiguration:
     zid: bytes
     client_id: bytes = DEFAULT_CLIENT_ID
     role: Role = "auto"
-    hash_types: tuple[bytes, ...] = (b"S256", b"S384")
+    hash_types: tuple[bytes, ...] = DEFAULT_HASHES
     cipher_types: tuple[bytes, ...] = DEFAULT_CIPHERS
     auth_tag_types: tuple[bytes, ...] = (b"HS32", b"HS80")
-    key_agreement_types: tuple[bytes, ...] = (b"X255", b"EC25", b"DH3k", b"X448", b"DH2k")
+    key_agreement_types: tuple[bytes, ...] = DEFAULT_KEY_AGREEMENTS
     sas_types: tuple[bytes, ...] = (b"B32 ", b"B256")
     #: M flag: we can send SASrelay (a trusted MiTM such as a PBX, §7.3).
     mitm: bool = False
@@ -85,6 +101,10 @@ class ZrtpConfiguration:
     t2_retries: int = 10
     #: Responder gives up when nothing arrives for this long after Commit (§6).
     responder_timeout: float = 10.0
+    #: Largest ZRTP packet we send; bigger messages go as fragments (KEM mode).
+    mtu: int = DEFAULT_MTU
+    #: Refuse any key agreement that is not post-quantum (a KEM-mode hybrid).
+    pq_required: bool = False
     #: A host-served cache (``host_cache``) that has not answered a lookup after
     #: this long is treated as unreadable: the exchange goes on without continuity.
     cache_timeout: float = 3.0
@@ -104,7 +124,7 @@ class ZrtpConfiguration:
         self.hash_types = self._check("hash", self.hash_types, HASHES)
         self.cipher_types = self._check("cipher", self.cipher_types, CIPHERS)
         self.auth_tag_types = self._check("auth tag", self.auth_tag_types, AUTH_TAGS)
-        known = {**KEY_AGREEMENTS, MULTISTREAM: None}
+        known = {**KEY_AGREEMENTS, **KEMS, MULTISTREAM: None}
         self.key_agreement_types = self._check("key agreement", self.key_agreement_types, known)
         self.sas_types = self._check("SAS", self.sas_types, dict.fromkeys(SAS_TYPES))
         if not 0 <= self.cache_expiration <= NEVER_EXPIRES:
@@ -119,6 +139,10 @@ class ZrtpConfiguration:
             raise ValueError("cache_timeout must be > 0 seconds")
         if not self.responder_commit_wait > 0:
             raise ValueError("responder_commit_wait must be positive")
+        if not MINIMUM_MTU <= self.mtu <= 2048:
+            raise ValueError(f"mtu must be {MINIMUM_MTU}..2048 octets")
+        if self.pq_required and not any(is_kem(t) for t in self.key_agreement_types):
+            raise ValueError("pq_required needs a post-quantum key agreement (X1M1, X3M3)")
 
     @staticmethod
     def _check(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import struct
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -81,6 +82,8 @@ from pbx_zrtp.zrtp.events import (
     SrtpKeysReady,
     WentClear,
 )
+from pbx_zrtp.zrtp.fragments import Reassembler
+from pbx_zrtp.zrtp.kem import KEM_NONCE_LENGTH, KEMS, Kem, create_kem, is_kem
 from pbx_zrtp.zrtp.keyagreement import (
     KEY_AGREEMENTS,
     MULTISTREAM,
@@ -170,11 +173,14 @@ def choose_key_agreement(ours: tuple[bytes, ...], theirs: tuple[bytes, ...]) -> 
 
     Unknown names and Mult are skipped; X255/E255 rank alike (one computation);
     a tie between two names of one rank goes to the lower name, so both sides
-    pick the same one.
+    pick the same one. KEM-mode hybrids rank after every DH type, which is the
+    post-quantum draft's mixing rule (a DH first choice against a KEM one gives
+    the DH; two KEM first choices give the faster KEM) and bzrtp's numeric order.
     """
     mandatory = (MANDATORY_KEY_AGREEMENT,)
-    ours_dh = tuple(t for t in with_mandatory(ours, mandatory) if t in KEY_AGREEMENTS)
-    theirs_dh = tuple(t for t in theirs if t in KEY_AGREEMENTS)
+    known = {**KEY_AGREEMENTS, **KEMS}
+    ours_dh = tuple(t for t in with_mandatory(ours, mandatory) if t in known)
+    theirs_dh = tuple(t for t in theirs if t in known)
     theirs_dh = _peer_list(ours_dh, theirs_dh, mandatory)
     ours_common = [t for t in ours_dh if t in theirs_dh]
     theirs_common = [t for t in theirs_dh if t in ours_dh]
@@ -194,6 +200,18 @@ def _choose(
         if candidate in theirs_all:
             return candidate
     raise ZrtpProtocolError("no algorithm in common", ErrorCode.HELLO_COMPONENTS_MISMATCH)
+
+
+def _cipher_preference(key_agreement: bytes, ours: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """Our cipher preference for this key agreement (§5.1.5): EC38 SHOULD use AES3
+    (when we offer it), DH2k SHOULD use AES1; otherwise our configured order."""
+    if key_agreement == b"EC38" and b"AES3" in ours:
+        first = b"AES3"
+    elif key_agreement == b"DH2k":
+        first = MANDATORY_CIPHER
+    else:
+        return ours
+    return (first, *(c for c in ours if c != first))
 
 
 def _name(block: bytes) -> str:
@@ -280,6 +298,13 @@ class ZrtpConnection:
         self._sas_type = b""
         self._key_agreement_type = b""
         self._key_agreement: KeyAgreement | None = None
+        # KEM mode: the initiator's key pair / the responder's encapsulation, and
+        # the responder's shared secret until DHPart2 arrives.
+        self._kem: Kem | None = None
+        self._kem_secret = b""
+        self._reassembler = Reassembler(stats=self.stats)
+        self._message_id = int.from_bytes(random(2), "big") & 0x0FFF
+        self._fragment_ids: dict[bytes, int] = {}
         self._dh_secret_bits = 0
         self._commit: p.Commit | None = None
         self._commit_bytes = b""  # the Commit that won (ours or the peer's)
@@ -375,6 +400,9 @@ class ZrtpConnection:
         """Handle one datagram from the peer. Bad input is counted and dropped."""
         if self._state is State.IDLE:
             self.start(now)
+        if p.is_zrtp_fragment(data):
+            self._receive_fragment(data, now)
+            return
         try:
             packet = p.ZrtpPacket.parse(data)
         except ZrtpProtocolError as exc:
@@ -404,6 +432,24 @@ class ZrtpConnection:
         ):
             raise AssertionError(f"transition {before} -> {self._state} not in table")
         self.stats["received"] += 1
+
+    def _receive_fragment(self, data: bytes, now: float) -> None:
+        """Collect a fragment; a completed message goes on as one whole packet."""
+        try:
+            fragment = p.Fragment.parse(data)
+        except ZrtpProtocolError:
+            self.stats["dropped_bad_fragment"] += 1
+            return
+        if self._role is not None and fragment.ssrc != self._peer_ssrc:
+            self.stats["dropped_other_ssrc"] += 1
+            return
+        self.stats["received_fragments"] += 1
+        message = self._reassembler.add(fragment)
+        if message is None:
+            return
+        head = struct.pack("!BBH4sI", 0x10, 0, fragment.sequence, p.ZRTP_COOKIE, fragment.ssrc)
+        whole = head + message
+        self.receive_datagram(whole + p.crc32c_of(whole).to_bytes(p.CRC_SIZE, "little"), now)
 
     def _guarded(self, step: Callable[[], None], now: float) -> bool:
         """Run one step of the exchange: a false packet is dropped and reported, a
@@ -663,10 +709,32 @@ class ZrtpConnection:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, message: p.Message) -> None:
+    def _next_sequence(self) -> int:
         self._sequence = (self._sequence + 1) & 0xFFFF
-        self._outgoing.append(p.ZrtpPacket(self._sequence, self._ssrc, message).serialize())
+        return self._sequence
+
+    def _send(self, message: p.Message) -> None:
+        packet = p.ZrtpPacket(self._next_sequence(), self._ssrc, message).serialize()
         self.stats["sent"] += 1
+        if len(packet) <= self._config.mtu:
+            self._outgoing.append(packet)
+            return
+        # Too big for the path (a KEM-mode Commit or DHPart1): fragments, which keep
+        # one message id across retransmissions so that pieces of copies combine.
+        body = p.message_bytes(packet)
+        message_id = self._fragment_ids.get(body)
+        if message_id is None:
+            self._message_id = message_id = (self._message_id + 1) & 0xFFFF
+            self._fragment_ids[body] = message_id
+        fragments = p.fragment_message(
+            body,
+            ssrc=self._ssrc,
+            message_id=message_id,
+            sequences=self._next_sequence,
+            mtu=self._config.mtu,
+        )
+        self._outgoing.extend(fragment.serialize() for fragment in fragments)
+        self.stats["sent_fragments"] += len(fragments)
 
     def _send_reliably(self, message: p.Message, now: float) -> None:
         """Send on the T2 schedule until the matching answer arrives (§6)."""
@@ -709,6 +777,8 @@ class ZrtpConnection:
         self._mackey_i = self._mackey_r = b""
         self._zrtpkey_i = self._zrtpkey_r = b""
         self._key_agreement = None
+        self._kem = None
+        self._kem_secret = b""
 
     # ------------------------------------------------------------------ discovery
 
@@ -892,11 +962,22 @@ class ZrtpConnection:
         else:
             self._negotiate_as_initiator(peer)
             assert self._hash is not None and self._cipher is not None
-            self._dh_secret_bits = self._cipher.key_length * 16
-            self._key_agreement = create_key_agreement(
-                self._key_agreement_type, self._random, self._dh_secret_bits
-            )
-            self._own_dhpart = self._build_dhpart(p.DHPart2, b"Initiator")
+            kem_public_key = None
+            if is_kem(self._key_agreement_type):
+                # KEM mode: our public key goes in the Commit, DHPart2 carries a
+                # nonce that hvi commits to (post-quantum draft, bzrtp).
+                self._key_agreement = None
+                self._kem = create_kem(self._key_agreement_type, self._hash, self._random)
+                kem_public_key = self._kem.generate()
+                pv = self._random(KEM_NONCE_LENGTH)
+            else:
+                self._kem = None
+                self._dh_secret_bits = self._cipher.key_length * 16
+                self._key_agreement = create_key_agreement(
+                    self._key_agreement_type, self._random, self._dh_secret_bits
+                )
+                pv = self._key_agreement.public_value
+            self._own_dhpart = self._build_dhpart(p.DHPart2, b"Initiator", pv)
             self._dhpart2_bytes = self._own_dhpart.serialize()
             hvi = self._hash.digest(self._dhpart2_bytes + self._peer_hello_bytes)[:32]
             commit = p.Commit(
@@ -909,6 +990,7 @@ class ZrtpConnection:
                 sas_type=self._sas_type,
                 hvi=hvi,
                 mac=b"\x00" * 8,
+                kem_public_key=kem_public_key,
             )
         commit = _replace_mac(commit, implicit_mac(self._h1, commit.serialize()[:-8]))
         self._commit = commit
@@ -925,11 +1007,29 @@ class ZrtpConnection:
         if not (b"S384" in cfg.hash_types and b"S384" in peer.hash_types):
             ours = tuple(t for t in ours if t != b"EC38")  # §5.1.5: EC38 MUST use S384
         self._key_agreement_type = choose_key_agreement(ours, peer.key_agreement_types)
+        if cfg.pq_required and not is_kem(self._key_agreement_type):
+            raise ZrtpProtocolError(
+                "post-quantum key agreement required, the peer offers none in common",
+                ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
+            )
         hash_pref = cfg.hash_types
+        cipher_pref = cfg.cipher_types
         if self._key_agreement_type == b"EC38":
             hash_pref = (b"S384", *(h for h in hash_pref if h != b"S384"))
+        elif is_kem(self._key_agreement_type):
+            # As bzrtp: the strongest hash and cipher both sides list (S512, AES3).
+            strong = [h for h in (b"S512", b"S384") if h in hash_pref]
+            hash_pref = (*strong, *(h for h in hash_pref if h not in strong))
+            if b"AES3" in cipher_pref:
+                cipher_pref = (b"AES3", *(c for c in cipher_pref if c != b"AES3"))
         self._hash = HASHES[_choose(hash_pref, peer.hash_types, (MANDATORY_HASH,))]
-        self._cipher = CIPHERS[_choose(cfg.cipher_types, peer.cipher_types, (MANDATORY_CIPHER,))]
+        self._cipher = CIPHERS[
+            _choose(
+                _cipher_preference(self._key_agreement_type, cipher_pref),
+                peer.cipher_types,
+                (MANDATORY_CIPHER,),
+            )
+        ]
         self._auth_tag = _choose(cfg.auth_tag_types, peer.auth_tag_types, MANDATORY_AUTH_TAGS)
         self._sas_type = _choose(cfg.sas_types, peer.sas_types, (MANDATORY_SAS,))
 
@@ -1040,7 +1140,26 @@ class ZrtpConnection:
                 f"key agreement {_name(commit.key_agreement_type)} was not offered",
                 ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
             )
-        assert self._cipher is not None
+        if cfg.pq_required and not is_kem(commit.key_agreement_type):
+            raise ZrtpProtocolError(
+                f"post-quantum key agreement required, Commit chose "
+                f"{_name(commit.key_agreement_type)}",
+                ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
+            )
+        assert self._cipher is not None and self._hash is not None
+        if is_kem(commit.key_agreement_type):
+            if commit.kem_public_key is None:
+                raise ZrtpProtocolError("KEM-mode Commit without a public key")
+            # Our discarded Commit's key pair (lost contention) cannot serve: a
+            # responder encapsulates to the initiator's key.
+            self._key_agreement = None
+            self._kem = create_kem(commit.key_agreement_type, self._hash, self._random)
+            ciphertext, self._kem_secret = self._kem.encapsulate(commit.kem_public_key)
+            self._send_dhpart1(self._build_dhpart(p.DHPart1, b"Responder", ciphertext))
+            return
+        if commit.kem_public_key is not None:
+            raise ZrtpProtocolError("DH-mode Commit carries a KEM public key")
+        self._kem = None
         reusable = self._key_agreement
         if (
             reusable is None
@@ -1053,7 +1172,11 @@ class ZrtpConnection:
             self._key_agreement = create_key_agreement(
                 commit.key_agreement_type, self._random, self._cipher.key_length * 16
             )
-        dhpart1 = self._build_dhpart(p.DHPart1, b"Responder")
+        assert self._key_agreement is not None
+        pv = self._key_agreement.public_value
+        self._send_dhpart1(self._build_dhpart(p.DHPart1, b"Responder", pv))
+
+    def _send_dhpart1(self, dhpart1: p.DHPart1 | p.DHPart2) -> None:
         self._own_dhpart = dhpart1
         self._dhpart1_bytes = dhpart1.serialize()
         self._send(dhpart1)
@@ -1097,9 +1220,11 @@ class ZrtpConnection:
     # ------------------------------------------------------------------ DH parts
 
     def _build_dhpart(
-        self, cls: type[p.DHPart1] | type[p.DHPart2], label: bytes
+        self, cls: type[p.DHPart1] | type[p.DHPart2], label: bytes, pv: bytes
     ) -> p.DHPart1 | p.DHPart2:
-        assert self._hash is not None and self._key_agreement is not None
+        """DHPart1/2 with our secret IDs; ``pv`` is the DH public value, or in KEM
+        mode the ciphertext (DHPart1) or the initiator's nonce (DHPart2)."""
+        assert self._hash is not None
         mac = self._hash.mac
         cached = self._cached
         rs1_id = mac(cached.rs1, label) if cached.rs1 else self._random(8)
@@ -1113,7 +1238,7 @@ class ZrtpConnection:
             rs2_id=rs2_id,
             aux_secret_id=aux_id,
             pbx_secret_id=pbx_id,
-            pv=self._key_agreement.public_value,
+            pv=pv,
             mac=b"\x00" * 8,
         )
         return _replace_mac(part, implicit_mac(self._h0, part.serialize()[:-8]))
@@ -1121,7 +1246,7 @@ class ZrtpConnection:
     def _on_dhpart1(self, packet: p.ZrtpPacket, raw: bytes, now: float) -> None:
         part = packet.message
         assert isinstance(part, p.DHPart1) and self._peer_hello is not None
-        if self._key_agreement is None or self._own_dhpart is None:
+        if (self._key_agreement is None and self._kem is None) or self._own_dhpart is None:
             raise _Drop("DHPart1 in a Multistream exchange")
         h2 = IMPLICIT_HASH.digest(part.h1)
         self._check_preimage(h2, self._peer_hello.h3, "DHPart1 H1")
@@ -1129,10 +1254,14 @@ class ZrtpConnection:
             implicit_mac(h2, self._peer_hello_bytes[:-8]), self._peer_hello.mac, "Hello"
         )
         self._peer_h1, self._peer_h2 = part.h1, h2
-        assert self._key_agreement is not None and self._own_dhpart is not None
-        if len(part.pv) != self._key_agreement.pv_length:
-            raise ZrtpProtocolError("DHPart1 public value has the wrong length")
-        dh_result = self._key_agreement.compute(part.pv)
+        assert self._own_dhpart is not None
+        if self._kem is not None:
+            dh_result = self._kem.decapsulate(part.pv)  # checks the ciphertext's length
+        else:
+            assert self._key_agreement is not None
+            if len(part.pv) != self._key_agreement.pv_length:
+                raise ZrtpProtocolError("DHPart1 public value has the wrong length")
+            dh_result = self._key_agreement.compute(part.pv)
         self._peer_dhpart = part
         self._dhpart1_bytes = raw
         self._derive_dh(dh_result, part, b"Responder")
@@ -1145,13 +1274,19 @@ class ZrtpConnection:
         self._check_preimage(part.h1, self._peer_commit.h2, "DHPart2 H1")
         commit = self._peer_commit
         self._check_mac(implicit_mac(part.h1, self._commit_bytes[:-8]), commit.mac, "Commit")
-        assert self._hash is not None and self._key_agreement is not None
+        assert self._hash is not None
         hvi = self._hash.digest(raw + self._hello_bytes)[:32]
         if commit.hvi is None or not constant_time_equal(hvi, commit.hvi):
             raise ZrtpProtocolError("hvi does not match DHPart2", ErrorCode.HVI_MISMATCH)
-        if len(part.pv) != self._key_agreement.pv_length:
-            raise ZrtpProtocolError("DHPart2 public value has the wrong length")
-        dh_result = self._key_agreement.compute(part.pv)
+        if self._kem is not None:
+            if len(part.pv) != KEM_NONCE_LENGTH:
+                raise ZrtpProtocolError("KEM-mode DHPart2 nonce has the wrong length")
+            dh_result, self._kem_secret = self._kem_secret, b""
+        else:
+            assert self._key_agreement is not None
+            if len(part.pv) != self._key_agreement.pv_length:
+                raise ZrtpProtocolError("DHPart2 public value has the wrong length")
+            dh_result = self._key_agreement.compute(part.pv)
         self._peer_h1 = part.h1
         self._peer_dhpart = part
         self._dhpart2_bytes = raw
@@ -1475,6 +1610,8 @@ class ZrtpConnection:
         if not (keep_peer if initiator else keep_own):
             self._zrtpkey_r = b""
         self._key_agreement = None
+        self._kem = None
+        self._kem_secret = b""
 
     def _update_cache(self) -> None:
         key = self._cache_key()

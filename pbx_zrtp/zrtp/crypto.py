@@ -51,7 +51,9 @@ class HashAlgorithm:
 
 SHA256 = HashAlgorithm(b"S256", "sha256", 32)
 SHA384 = HashAlgorithm(b"S384", "sha384", 48)
-HASHES: dict[bytes, HashAlgorithm] = {SHA256.name: SHA256, SHA384.name: SHA384}
+#: S512 (draft 6189bis, bzrtp): what Linphone picks with its post-quantum hybrids and X448.
+SHA512 = HashAlgorithm(b"S512", "sha512", 64)
+HASHES: dict[bytes, HashAlgorithm] = {h.name: h for h in (SHA256, SHA384, SHA512)}
 
 #: The implicit hash (§5.1.2.2): hash chain, the MACs it keys, and the Hello hash.
 IMPLICIT_HASH = SHA256

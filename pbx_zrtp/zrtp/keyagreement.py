@@ -238,7 +238,18 @@ PRESHARED = b"Prsh"
 #: Fastest first (§4.1.2), extended with the Curve types the way bzrtp ranks them:
 #: DH2k < X255 < EC25 < X448 < DH3k < EC38. GNU ZRTP ranks its E255 where bzrtp
 #: ranks X255 (DH2k < E255 < EC25 < DH3k < ...): one rank for both names.
-SPEED_ORDER: tuple[bytes, ...] = (b"DH2k", b"X255", b"EC25", b"X448", b"DH3k", b"EC38")
+#: KEM-mode hybrids come after every DH type, in bzrtp's order (its numeric type
+#: values): X25519+ML-KEM-512 (X1M1) < X448+ML-KEM-1024 (X3M3).
+SPEED_ORDER: tuple[bytes, ...] = (
+    b"DH2k",
+    b"X255",
+    b"EC25",
+    b"X448",
+    b"DH3k",
+    b"EC38",
+    b"X1M1",
+    b"X3M3",
+)
 SPEED_RANK: dict[bytes, int] = {
     **{name: rank for rank, name in enumerate(SPEED_ORDER)},
     b"E255": SPEED_ORDER.index(b"X255"),

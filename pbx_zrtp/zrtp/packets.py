@@ -44,6 +44,7 @@ __all__ = [
     "DHPart2",
     "Error",
     "ErrorAck",
+    "Fragment",
     "GoClear",
     "Hello",
     "HelloAck",
@@ -55,6 +56,8 @@ __all__ = [
     "SasRelayPlaintext",
     "ZrtpPacket",
     "crc32c_of",
+    "fragment_message",
+    "is_zrtp_fragment",
     "is_zrtp_packet",
     "message_bytes",
     "parse_message",
@@ -397,6 +400,9 @@ class RelayAck(_EmptyMessage):
 _MULT = b"Mult"
 _PRSH = b"Prsh"
 _COMMIT_FIXED = _HASH + _ZID + 5 * _BLOCK  # H2, ZID, five algorithm blocks
+#: Key agreement types in KEM mode, whose Commit carries a public key after hvi
+#: (post-quantum draft; bzrtp's K255_MLK512 and K448_MLK1024).
+KEM_KEY_AGREEMENTS: tuple[bytes, ...] = (b"X1M1", b"X3M3")
 
 
 @dataclass(frozen=True)
@@ -404,7 +410,9 @@ class Commit:
     """Commit (§5.4). The form follows ``key_agreement_type``.
 
     ``b"Mult"``: ``nonce`` only; ``b"Prsh"``: ``nonce`` and ``key_id``; any other
-    key agreement is DH mode: ``hvi`` only.
+    key agreement is DH mode: ``hvi``, followed for the KEM-mode types
+    (``KEM_KEY_AGREEMENTS``, post-quantum draft, bzrtp) by the initiator's KEM
+    public key ``kem_public_key``; the engine checks its length for the type.
     """
 
     MESSAGE_TYPE: ClassVar[bytes] = b"Commit  "
@@ -420,6 +428,7 @@ class Commit:
     nonce: bytes | None = None
     key_id: bytes | None = None
     mac: bytes = bytes(_MAC)
+    kem_public_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_bytes("h2", self.h2, _HASH)
@@ -434,7 +443,12 @@ class Commit:
             _check_bytes("hvi", self.hvi, _HASH)
             if self.nonce is not None or self.key_id is not None:
                 raise ZrtpProtocolError("a DH Commit carries hvi, not nonce or key_id")
+            key = self.kem_public_key
+            if key is not None and (not isinstance(key, bytes) or not key or len(key) % 4):
+                raise ZrtpProtocolError("a KEM public key is non-empty whole words")
         else:
+            if self.kem_public_key is not None:
+                raise ZrtpProtocolError("a Multistream or Preshared Commit carries no KEM key")
             _check_bytes("nonce", self.nonce, _NONCE)
             if self.hvi is not None:
                 raise ZrtpProtocolError("a Multistream or Preshared Commit carries no hvi")
@@ -458,7 +472,7 @@ class Commit:
     def serialize(self) -> bytes:
         tail: tuple[bytes | None, ...]
         if self.is_dh_mode:
-            tail = (self.hvi,)
+            tail = (self.hvi, self.kem_public_key)
         elif self.is_preshared:
             tail = (self.nonce, self.key_id)
         else:
@@ -483,7 +497,7 @@ class Commit:
             raise ZrtpProtocolError(f"Commit too short ({len(body)} octet body)")
         key_agreement = body[56:60]
         offset = _COMMIT_FIXED
-        hvi = nonce = key_id = None
+        hvi = nonce = key_id = kem_public_key = None
         if key_agreement == _MULT:
             _need(body, _COMMIT_FIXED + _NONCE + _MAC, "Multistream Commit")
             nonce = body[offset : offset + _NONCE]
@@ -494,9 +508,17 @@ class Commit:
             key_id = body[offset + _NONCE : offset + _NONCE + _KEY_ID]
             offset += _NONCE + _KEY_ID
         else:
-            _need(body, _COMMIT_FIXED + _HASH + _MAC, "DH Commit")
+            if len(body) < _COMMIT_FIXED + _HASH + _MAC:
+                raise ZrtpProtocolError(f"DH Commit too short ({len(body)} octet body)")
             hvi = body[offset : offset + _HASH]
             offset += _HASH
+            if key_agreement in KEM_KEY_AGREEMENTS:  # KEM mode: the public key follows hvi
+                if len(body) <= offset + _MAC:
+                    raise ZrtpProtocolError("KEM-mode Commit without a public key")
+                kem_public_key = body[offset:-_MAC]
+                offset = len(body) - _MAC
+            else:
+                _need(body, _COMMIT_FIXED + _HASH + _MAC, "DH Commit")
         return cls(
             h2=body[0:32],
             zid=body[32:44],
@@ -509,6 +531,7 @@ class Commit:
             nonce=nonce,
             key_id=key_id,
             mac=body[offset:],
+            kem_public_key=kem_public_key,
         )
 
 
@@ -1037,3 +1060,101 @@ class ZrtpPacket:
         _, _, sequence, _, ssrc = _PACKET_HEADER.unpack_from(data)
         message = parse_message(data[HEADER_SIZE:-CRC_SIZE])
         return cls(sequence=sequence, ssrc=ssrc, message=message)
+
+
+# ---------------------------------------------------------------------------
+# Fragments (post-quantum draft §"ZRTP packet formats", bzrtp >= 5.2)
+# ---------------------------------------------------------------------------
+
+#: First byte of a packet that carries one fragment of a message.
+FRAGMENT_FIRST_BYTE = 0x11
+#: Packet header plus message id, total length, offset, fragment length.
+FRAGMENT_HEADER_SIZE = HEADER_SIZE + 8
+_FRAGMENT_FIELDS = struct.Struct("!HHHH")
+
+
+def is_zrtp_fragment(data: bytes) -> bool:
+    """Whether ``data`` looks like a ZRTP fragment packet (first byte 0x11). Never raises."""
+    try:
+        return (
+            len(data) >= FRAGMENT_HEADER_SIZE + 4 + CRC_SIZE
+            and data[0] == FRAGMENT_FIRST_BYTE
+            and bytes(data[4:8]) == ZRTP_COOKIE
+        )
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One packet carrying part of a message too big for the path MTU.
+
+    ``message_id`` is the same for every fragment of a message and for its
+    retransmissions; ``total_words`` and ``offset_words`` count 32-bit words.
+    """
+
+    sequence: int
+    ssrc: int
+    message_id: int
+    total_words: int
+    offset_words: int
+    data: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_uint("sequence", self.sequence, 16)
+        _check_uint("ssrc", self.ssrc, 32)
+        _check_uint("message_id", self.message_id, 16)
+        _check_uint("total_words", self.total_words, 16)
+        _check_uint("offset_words", self.offset_words, 16)
+        if not isinstance(self.data, bytes) or not self.data or len(self.data) % 4:
+            raise ZrtpProtocolError("a fragment is non-empty whole words")
+        if self.offset_words + len(self.data) // 4 > self.total_words:
+            raise ZrtpProtocolError("fragment ends beyond its message")
+        if FRAGMENT_HEADER_SIZE + len(self.data) + CRC_SIZE > MAX_PACKET_SIZE:
+            raise ZrtpProtocolError("fragment packet too big")
+
+    def serialize(self) -> bytes:
+        head = _PACKET_HEADER.pack(FRAGMENT_FIRST_BYTE, 0, self.sequence, ZRTP_COOKIE, self.ssrc)
+        fields = _FRAGMENT_FIELDS.pack(
+            self.message_id, self.total_words, self.offset_words, len(self.data) // 4
+        )
+        data = head + fields + self.data
+        return data + crc32c_of(data).to_bytes(CRC_SIZE, "little")
+
+    @classmethod
+    def parse(cls, data: bytes) -> Fragment:
+        """Parse a fragment packet; every error has ``code=None`` (drop silently)."""
+        data = bytes(data)
+        if not is_zrtp_fragment(data):
+            raise ZrtpProtocolError("not a ZRTP fragment", code=None)
+        if len(data) > MAX_PACKET_SIZE:
+            raise ZrtpProtocolError("ZRTP fragment too big", code=None)
+        crc = int.from_bytes(data[-CRC_SIZE:], "little")
+        if crc != crc32c_of(data[:-CRC_SIZE]):
+            raise ZrtpProtocolError("ZRTP fragment fails its CRC", code=None)
+        _, _, sequence, _, ssrc = _PACKET_HEADER.unpack_from(data)
+        message_id, total, offset, length = _FRAGMENT_FIELDS.unpack_from(data, HEADER_SIZE)
+        payload = data[FRAGMENT_HEADER_SIZE:-CRC_SIZE]
+        if length * 4 != len(payload):
+            raise ZrtpProtocolError("fragment length field disagrees with its size", code=None)
+        try:
+            return cls(sequence, ssrc, message_id, total, offset, payload)
+        except ZrtpProtocolError as exc:
+            raise ZrtpProtocolError(str(exc), code=None) from None
+
+
+def fragment_message(
+    message: bytes, *, ssrc: int, message_id: int, sequences: Callable[[], int], mtu: int
+) -> list[Fragment]:
+    """Cut a serialized message into fragments whose packets fit ``mtu`` octets.
+
+    ``sequences`` gives each fragment its packet sequence number, in order.
+    """
+    room = (mtu - FRAGMENT_HEADER_SIZE - CRC_SIZE) // 4 * 4
+    if room < 4 or len(message) % 4:
+        raise ValueError("MTU too small or message not whole words")
+    total = len(message) // 4
+    return [
+        Fragment(sequences(), ssrc, message_id, total, start // 4, message[start : start + room])
+        for start in range(0, len(message), room)
+    ]

@@ -12,12 +12,13 @@ import os
 
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import State, ZrtpConnection
+from pbx_zrtp.zrtp.kem import KEMS
 from pbx_zrtp.zrtp.keyagreement import KEY_AGREEMENTS
 
 
 def warm_up(key_agreements: tuple[bytes, ...]) -> None:
     for name in key_agreements:
-        if name not in KEY_AGREEMENTS:
+        if name not in KEY_AGREEMENTS and name not in KEMS:
             continue
         initiator = ZrtpConnection(
             ZrtpConfiguration(zid=os.urandom(12), role="initiator", key_agreement_types=(name,)),

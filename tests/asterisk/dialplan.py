@@ -2,9 +2,10 @@
 on a fake channel, so tests check what the shipped dialplan decides, not a copy of it.
 
 Just enough of Asterisk's dialplan for that file: ``exten => s,1,…`` / ``same => n(label),…``
-lines; ``${VAR}``, ``${FUNC(args)}`` (IF, CHANNEL, STACK_PEEK, PJSIP_ENDPOINT) and
-``$[expr]`` with quoted strings, ``=``, ``!=``, ``&``, ``|`` (``&`` binds tighter, as in
-Asterisk's ast_expr2.y); the applications NoOp, Set, Progress, UserEvent,
+lines; ``${VAR}``, ``${FUNC(args)}`` (IF, CHANNEL, STACK_PEEK, PJSIP_ENDPOINT, LEN),
+substrings ``${X:offset:length}`` and ``$[expr]`` with quoted strings, ``=``, ``!=``,
+``=~`` (an unanchored extended regex: the match's length), ``&``, ``|`` (``&`` binds
+tighter, as in Asterisk's ast_expr2.y); the applications NoOp, Set, Progress, UserEvent,
 WaitForCondition, GotoIf, Log, Hangup, Return. Anything else raises, so a change to the
 file that this runner does not understand fails loudly instead of being skipped.
 """
@@ -90,7 +91,7 @@ def split_args(data: str, sep: str = ",") -> list[str]:
 
 def evaluate(expr: str) -> str:
     """``$[…]`` after substitution: strings compared with = and !=, joined by & and |."""
-    tokens = re.findall(r'"[^"]*"|!=|=|&|\||\S+', expr)
+    tokens = re.findall(r'"[^"]*"|!=|=~|=|&|\||\S+', expr)
 
     def value(token: str) -> str:
         return token[1:-1] if token.startswith('"') else token
@@ -100,6 +101,9 @@ def evaluate(expr: str) -> str:
 
     def comparison(i: int) -> tuple[str, int]:
         left = value(tokens[i])
+        if i + 1 < len(tokens) and tokens[i + 1] == "=~":
+            match = re.search(value(tokens[i + 2]), left)
+            return str(len(match.group(0)) if match else 0), i + 3
         if i + 1 < len(tokens) and tokens[i + 1] in ("=", "!="):
             right = value(tokens[i + 2])
             equal = left == right
@@ -126,11 +130,12 @@ class Runner:
     """One Gosub(pbx-zrtp,s,1(args)) on a fake channel."""
 
     def __init__(
-        self, channel: FakeChannel, args: list[str], *, media_address: str = "127.0.0.2"
+        self, channel: FakeChannel, args: list[str], *, media_address: str | None = None
     ) -> None:
         self.channel = channel
         self.args = {f"ARG{i + 1}": a for i, a in enumerate(args)}
-        self.media_address = media_address
+        #: the endpoint's media_address; by default where the channel sends already
+        self.media_address = media_address if media_address is not None else channel.rtp_dest_ip
         self.log: list[str] = []
 
     def var(self, name: str) -> str:
@@ -152,6 +157,8 @@ class Runner:
             return self.channel.exten  # the caller's extension
         if name == "PJSIP_ENDPOINT":
             return self.media_address if args.endswith(",media_address") else ""
+        if name == "LEN":
+            return str(len(args))
         raise ValueError(f"dialplan function this runner does not know: {name}")
 
     def substitute(self, text: str) -> str:
@@ -160,8 +167,15 @@ class Runner:
             if text.startswith("${", i):
                 end = _closing(text, i + 1, "{", "}")
                 inner = self.substitute(text[i + 2 : end])
+                sliced = re.fullmatch(r"(.*?(?:\)|\w))((?::-?\d+){1,2})", inner, re.S)
+                if sliced:  # ${X:offset} or ${X:offset:length}
+                    inner, cuts = sliced.group(1), [int(c) for c in sliced.group(2)[1:].split(":")]
                 call = re.fullmatch(r"(\w+)\((.*)\)", inner, re.S)
-                out += self.function(call.group(1), call.group(2)) if call else self.var(inner)
+                got = self.function(call.group(1), call.group(2)) if call else self.var(inner)
+                if sliced:
+                    start = cuts[0]
+                    got = got[start:] if len(cuts) == 1 else got[start : start + cuts[1]]
+                out += got
                 i = end + 1
             elif text.startswith("$[", i):
                 end = _closing(text, i + 1, "[", "]")
@@ -205,10 +219,12 @@ class Runner:
                     key, _, value = text.partition(":")
                     headers[key.strip()] = value.strip()
                 await self.channel.user_event(name, **headers)
-            elif app == "GotoIf":
-                condition, _, label = data.partition("?")
-                if evaluate(condition) not in ("", "0"):
-                    pc = labels[label]
+            elif app == "GotoIf":  # GotoIf(cond?label_if_true[:label_if_false])
+                condition, _, branches = data.partition("?")
+                if_true, _, if_false = branches.partition(":")
+                target = if_true if evaluate(condition) not in ("", "0") else if_false
+                if target:
+                    pc = labels[target]
             elif app == "Log":
                 self.log.append(data)
             elif app == "Hangup":

@@ -316,6 +316,12 @@ class FakeChannel:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def send_media_to(self, ip: str) -> None:
+        """Asterisk's symmetric RTP moved where it sends (``CHANNEL(rtp,dest)``): strict
+        RTP learned a new source from a few sequential packets."""
+        self.rtp_dest_ip = ip
+        self._wake()
+
     def channel_function(self, args: str) -> str:
         """``CHANNEL(args)`` as chan_pjsip / the core answer it ('' = read failed)."""
         parts = [p.strip().lower() for p in args.split(",")]

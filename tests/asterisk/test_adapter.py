@@ -107,8 +107,13 @@ def test_secure_call_sets_every_variable_and_tells_ami_consumers() -> None:
             v = channel.variables
             assert v["ZRTP_SECURE"] == "1" and v["ZRTP_SAS"] == result["sas"]
             assert v["ZRTP_SAS_TYPE"] == result["sas_type"] and v["ZRTP_POLICY"] == "required"
-            assert v["ZRTP_CIPHER"] == "AES1" and v["ZRTP_KEY_AGREEMENT"] == result["key_agreement"]
-            assert v["ZRTP_HASH"] == "S256" and v["ZRTP_AUTH_TAG"] == result["auth_tag"]
+            assert v["ZRTP_CIPHER"] == result["cipher"]
+            assert v["ZRTP_KEY_AGREEMENT"] == result["key_agreement"]
+            # Phone and relay on their defaults: post-quantum X25519+ML-KEM-512 with S512,
+            # and AES-256 (both offer AES3; a KEM hybrid prefers it, as bzrtp does).
+            assert v["ZRTP_CIPHER"] == "AES3"
+            assert v["ZRTP_KEY_AGREEMENT"] == "X1M1" and v["ZRTP_PQ"] == "1"
+            assert v["ZRTP_HASH"] == "S512" and v["ZRTP_AUTH_TAG"] == result["auth_tag"]
             assert v["ZRTP_PEER_ZID"] == (b"A" * 12).hex()
             assert v["ZRTP_SAS_VERIFIED"] == "0" and v["ZRTP_CACHE_MISMATCH"] == "0"
             assert v["ZRTP_FAIL_REASON"] == ""

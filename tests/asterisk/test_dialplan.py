@@ -114,3 +114,65 @@ def test_the_runner_reads_the_real_file_and_asterisk_precedence() -> None:
     assert steps[0].app == "NoOp" and any(s.label == "refuse" for s in steps)
     assert evaluate('"a" = "a" | "a" = "b" & "c" = "d"') == "1"  # & binds tighter
     assert evaluate('"" != "" & "x" = "x"') == "0"
+
+
+RELAY = "127.0.0.2"  # make_relay's address: the endpoint's media_address
+PHONE_SDP = "127.0.10.3"  # where Asterisk sends before it has learnt the relay
+
+
+def test_a_secure_call_is_held_until_asterisk_sends_its_media_to_the_relay() -> None:
+    """Early media: Asterisk sends to the phone's SDP address until its strict RTP has
+    learnt the relay (a few packets, read only while the dialplan services the
+    channel). Measured on Asterisk 22: a Playback right after the Gosub sent its first
+    2 packets straight to the phone, in the clear. The subroutine returns only once
+    CHANNEL(rtp,dest) is the relay's."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            port = free_even_port()
+            pbx = EchoPbx(port)
+            await pbx.start()
+            t.pbxs.append(pbx)
+            channel = t.fake.new_call(rtp_port=port, exten="620", rtp_dest_ip=PHONE_SDP)
+            runner = Runner(channel, ["required"], media_address=RELAY)
+            subroutine = asyncio.ensure_future(runner.run())
+            result = await phone(port)
+            assert result["ok"]
+            await channel.wait_for_var("ZRTP_STATE", lambda v: v == "secure", 5)
+            await asyncio.sleep(0.5)
+            assert not subroutine.done()  # secure, but Asterisk still sends to the phone
+            channel.send_media_to(RELAY)
+            outcome = await asyncio.wait_for(subroutine, 5)
+            assert outcome.returned and outcome.log == []
+            assert channel.channel_function("rtp,dest").startswith(f"{RELAY}:")
+            await channel.hangup()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "goes_on"), [("required", False), ("optional", True)])
+def test_a_secure_call_whose_media_never_reaches_the_relay(policy: str, goes_on: bool) -> None:
+    """Asterisk never sends to the relay within 2 s: `required` is hung up (cause 58),
+    never played to in the clear; `optional` goes on with a WARNING."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            port = free_even_port()
+            pbx = EchoPbx(port)
+            await pbx.start()
+            t.pbxs.append(pbx)
+            channel = t.fake.new_call(rtp_port=port, exten="621", rtp_dest_ip=PHONE_SDP)
+            subroutine = asyncio.ensure_future(Runner(channel, [policy], media_address=RELAY).run())
+            result = await phone(port)
+            assert result["ok"]
+            outcome = await asyncio.wait_for(subroutine, 10)
+            assert channel.variables["ZRTP_STATE"] == "secure"
+            assert outcome.returned is goes_on, outcome
+            assert len(outcome.log) == 1 and "not to the relay" in outcome.log[0]
+            if goes_on:
+                await channel.hangup()
+            else:
+                assert outcome.cause == 58 and not channel.alive
+                assert outcome.log[0].endswith("hanging up")
+
+    run(scenario())

@@ -215,6 +215,8 @@ MODULES = (
     "func_pjsip_endpoint.so",  # the subroutine reads the endpoint's media_address
     "app_dial.so",
     "bridge_simple.so",  # Dial() bridges the two legs
+    "app_playback.so",  # early media (extension 620)
+    "format_wav.so",
 )
 
 
@@ -330,11 +332,21 @@ Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
  same => n,Echo()
  same => n,Hangup()
 
+; Early media (issue 15): a tone in the 183, before Answer(), once the subroutine is done.
+exten => 620,1,Gosub(pbx-zrtp,s,1(required))
+ same => n,UserEvent(EarlyMedia,State: ${ZRTP_STATE},RtpDest: ${CHANNEL(rtp,dest)})
+ same => n,Playback(@EARLY@,noanswer)
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
+Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
+ same => n,Answer()
+ same => n,Echo()
+ same => n,Hangup()
+
 ; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
 exten => 702,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^required^702))
  same => n,Hangup()
-""",
+""".replace("@EARLY@", str(write_tone(base / "early.wav", 2.0).with_suffix(""))),
     )
     return conf
 
@@ -347,6 +359,9 @@ def write_relay_config(base: Path, ami_port: int) -> Path:
 address = "{R}"
 pbx_address = "{A}"
 ports = "{RTP_PORTS[0]}-{RTP_PORTS[1]}"
+
+[zrtp]
+ciphers = ["AES3", "AES1"]  # AES-256 first: a phone that offers it gets it in both roles
 
 [cache]
 path = "{base / "cache.db"}"
@@ -394,7 +409,13 @@ NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMedi
 
 
 def write_linphonerc(
-    home: Path, *, zrtp: bool, user: str = "alice", address: str = PHONE, sip_port: int = -1
+    home: Path,
+    *,
+    zrtp: bool,
+    user: str = "alice",
+    address: str = PHONE,
+    sip_port: int = -1,
+    ciphers: str = "",
 ) -> Path:
     (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
     encryption = "zrtp" if zrtp else "none"
@@ -413,6 +434,7 @@ use_ipv6=0
 contact="{user}" <sip:{user}@{address}>
 media_encryption={encryption}
 media_encryption_mandatory={1 if zrtp else 0}
+{f"zrtp_cipher_suites={ciphers}" if ciphers else ""}
 {no_zrtp}
 [rtp]
 audio_rtp_port={_free_rtp_port(address)}
@@ -480,7 +502,7 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool, carol: bool = False) -> Proc:
+    def phone(self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "") -> Proc:
         """alice (calls out), or carol (called by Asterisk at CAROL, auto-answers)."""
         home = self.base / name
         home.mkdir()
@@ -489,7 +511,7 @@ class Lab:
                 home, zrtp=zrtp, user="carol", address=CAROL, sip_port=self.carol_port
             )
         else:
-            rc = write_linphonerc(home, zrtp=zrtp)
+            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers)
         env = {**os.environ, "HOME": str(home)}
         command = [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")]
         if carol:
@@ -578,8 +600,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 # ---------------------------------------------------------------------- the tests
 
 
-def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
-    phone = lab.phone("phone-zrtp", zrtp=True)
+# linphonec's own offer, or AES-256 only (liblinphone's zrtp_cipher_suites; bzrtp adds AES1)
+@pytest.mark.parametrize("cipher", ["AES1", "AES3"])
+def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab, cipher: str) -> None:
+    ciphers = "MS_ZRTP_CIPHER_AES3" if cipher == "AES3" else ""
+    phone = lab.phone(f"phone-zrtp-{cipher}", zrtp=True, ciphers=ciphers)
     try:
         started = time.monotonic()
         phone.send(f"call sip:600@{A}")
@@ -589,7 +614,11 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
         phone_secure_at = time.monotonic()
         # 2. The dialplan: the variables the adapter set, read after Answer().
         seen = lab.ami.wait_event(
-            lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "ZrtpSeen",
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and float(e["_time"]) >= started  # this call's, not an earlier test's
+            ),
             20,
             "UserEvent ZrtpSeen",
         )
@@ -603,6 +632,8 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab) -> None:
         calls = lab.ctl("list")
         assert [c["call_id"] for c in calls] == [call_id], calls
         assert calls[0]["state"] == "secure" and calls[0]["sas"] == phone_sas, calls[0]
+        if cipher == "AES3":  # phone and relay both put AES3 first: whoever initiates
+            assert calls[0]["cipher"] == seen["Cipher"] == "AES3", (calls[0], seen)
         # 4. Media flows both ways through the relay (Echo sends the tone back).
         time.sleep(3)
         report = lab.ctl("show", call_id)
@@ -795,3 +826,98 @@ def test_two_zrtp_phones_bridged_through_asterisk_are_linked_legs(lab: Lab) -> N
     finally:
         alice.stop()
         carol.stop()
+
+
+def test_early_media_in_the_183_reaches_the_phone_only_through_the_relay(lab: Lab) -> None:
+    """Extension 620: the [pbx-zrtp] subroutine, then a 2 s tone played before Answer()
+    (early media, in the 183). The phone is secure before the tone starts; Asterisk
+    sends it to the relay, which encrypts it; no packet goes from Asterisk straight to
+    the phone (its RTP count equals what the relay heard, and the phone saw no packet
+    that failed SRTP). Before the subroutine waited for CHANNEL(rtp,dest) to be the
+    relay, the first 2 packets of the tone went to the phone in the clear."""
+    phone = lab.phone("phone-early", zrtp=True)
+    try:
+        count = len(lab.ami.events)
+        phone.send(f"call sip:620@{A}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        early = lab.ami.wait_event(
+            lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "EarlyMedia",
+            20,
+            "UserEvent EarlyMedia",
+        )
+        assert early["State"] == "secure", early  # secure before any early media
+        # Asterisk sends to the relay before the tone: the subroutine waited for that
+        assert early["RtpDest"].startswith(f"{R}:"), early
+        uniqueid = early["Uniqueid"]
+        call_id = f"ast-{uniqueid}"
+        seen = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and e.get("Uniqueid") == uniqueid
+            ),
+            20,
+            "UserEvent ZrtpSeen (after the early media, before Answer)",
+        )
+        assert seen["SAS"] == phone_sas, seen
+        answered = any(
+            e.get("Event") == "Newstate"
+            and e.get("Uniqueid") == uniqueid
+            and e.get("ChannelStateDesc") == "Up"
+            for e in lab.ami.events[count:]
+            if float(e["_time"]) <= float(seen["_time"])
+        )
+        assert not answered, "the tone was not early media: the channel was up already"
+        during = lab.ctl("show", call_id)["counters"]  # the tone only: Echo() not yet
+        # ~100 packets of tone reached the relay and went on to the phone, as SRTP
+        assert during["pbx_in"] >= 80 and during["phone_out"] >= 80, during
+        drops = during["drops"]
+        assert not {"clear_blocked", "srtp_protect", "srtp_repeat"} & set(drops), drops
+        hangup_phone(phone)
+        lab.ami.wait_event(
+            lambda e: e.get("Event") == "Hangup" and e.get("Uniqueid") == uniqueid,
+            15,
+            "Hangup",
+        )
+        qos = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "VarSet"
+                and e.get("Uniqueid") == uniqueid
+                and e.get("Variable") == "RTPAUDIOQOS"
+            ),
+            5,
+            "RTPAUDIOQOS",
+        )
+        sent = re.search(r"(?:^|;)txcount=(\d+)", qos.get("Value", ""))
+        assert sent, qos
+        deadline = time.monotonic() + 10
+        while lab.ctl("list") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ended = lab.relay_events(call_id)[-1]
+        assert ended["state"] == "ended", ended
+        relay_heard = ended["counters"]["pbx_in"]
+        # every packet Asterisk sent, the early tone included, reached the relay
+        assert abs(int(sent.group(1)) - relay_heard) <= 2, (sent.group(1), relay_heard)
+        # and nothing but SRTP reached the phone: a packet straight from Asterisk (clear)
+        # fails the phone's SRTP authentication, which liblinphone logs
+        phone_log = (lab.base / "phone-early" / "linphone-debug.log").read_text(errors="replace")
+        clear = phone_log.count("srtp_unprotect() failed")
+        assert clear == 0, f"{clear} packets reached the phone without SRTP"
+        print(
+            "EARLY MEDIA:",
+            json.dumps(
+                {
+                    "sas": phone_sas,
+                    "rtp_dest_before_tone": early["RtpDest"],
+                    "counters_after_tone": {k: v for k, v in during.items() if k != "drops"},
+                    "drops_after_tone": drops,
+                    "asterisk_txcount": int(sent.group(1)),
+                    "relay_pbx_in": relay_heard,
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()

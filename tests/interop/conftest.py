@@ -17,12 +17,14 @@ from .bzrtp_build import (
     run_pair,
     wait_port_file,
 )
+from .bzrtp_pq_build import build_bzrtp_pq_peer, bzrtp_pq_prefix
 from .libzrtp_build import build_libzrtp_peer, libzrtp_prefix
 from .source_build import BuildError
 from .zrtpcpp_build import build_zrtpcpp_peer, zrtpcpp_prefix
 
 __all__ = [
     "bzrtp_peer_bin",
+    "bzrtp_pq_peer_bin",
     "finish",
     "libzrtp_peer_bin",
     "run_bzrtp_peer",
@@ -84,3 +86,9 @@ def zrtpcpp_sasrelay_peer_bin(tmp_path_factory: pytest.TempPathFactory) -> pathl
         lambda out: build_zrtpcpp_peer(out, sas_relay=True),
         tmp_path_factory.mktemp("zrtpcpp-sasrelay"),
     )
+
+
+@pytest.fixture(scope="session")
+def bzrtp_pq_peer_bin(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """bzrtp_peer built against bzrtp with its post-quantum engine; skips when absent."""
+    return _source_peer(bzrtp_pq_prefix(), build_bzrtp_pq_peer, tmp_path_factory.mktemp("bzrtp-pq"))

@@ -125,15 +125,39 @@ def test_interop_matrix(
 
 
 @pytest.mark.parametrize("role", ["initiator", "responder"])
-def test_aes3_keys_match_bzrtp(
-    bzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path, role: str
+@pytest.mark.parametrize("auth", ["HS80", "HS32"])
+@pytest.mark.parametrize("ka", ["X255", "DH3k"])
+def test_aes3_srtp_both_ways_with_bzrtp(
+    bzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path, role: str, auth: str, ka: str
 ) -> None:
-    # Our SRTP layer cannot use AES-256 yet (pylibsrtp has no AES-256-CM profile), so
-    # AES3 is not offered by default; the key derivation itself must still agree.
-    algos = algorithms("DH3k", "S384", "AES3", "HS80", "B32")
-    ours, theirs = interop(bzrtp_peer_bin, tmp_path, algos, [*algos, "--role", role])
-    assert_interop(ours, theirs, srtp=0)
-    assert ours["cipher"] == "AES3" and len(bytes.fromhex(ours["srtp_self_key"])) == 32
+    """AES3: 256-bit keys agree and SRTP (AES_CM_256, RFC 6188) decrypts both ways,
+    bzrtp's side on Debian's libsrtp2, ours on pylibsrtp's."""
+    algos = algorithms(ka, "S384", "AES3", auth, "B32")
+    ours, theirs = interop(
+        bzrtp_peer_bin,
+        tmp_path,
+        [*algos, "--srtp", str(N_SRTP)],
+        [*algos, "--role", role, "--srtp", str(N_SRTP)],
+    )
+    assert_interop(ours, theirs)
+    assert ours["role"] == role
+    assert ours["cipher"] == theirs["cipher"] == "AES3"
+    assert ours["auth_tag"] == auth and len(bytes.fromhex(ours["srtp_self_key"])) == 32
+
+
+def test_a_phone_preferring_aes3_gets_it_from_our_default_offer(
+    bzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A phone that puts AES3 first (as Linphone does with its post-quantum key
+    agreements) and initiates gets AES3 from our default offer, SRTP both ways."""
+    ours, theirs = interop(
+        bzrtp_peer_bin,
+        tmp_path,
+        ["--cipher", "AES3", "--srtp", str(N_SRTP)],
+        ["--role", "responder", "--srtp", str(N_SRTP)],
+    )
+    assert_interop(ours, theirs)
+    assert ours["cipher"] == "AES3" and ours["role"] == "responder"
 
 
 def test_default_offers_agree(bzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path) -> None:

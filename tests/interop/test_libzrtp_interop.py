@@ -60,6 +60,26 @@ def test_interop_matrix(
     )
 
 
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+@pytest.mark.parametrize("auth", ["HS80", "HS32"])
+@pytest.mark.parametrize("ka", ["DH3k", "EC38"])
+def test_aes3_srtp_both_ways(
+    libzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path, role: str, auth: str, ka: str
+) -> None:
+    """AES3 (AES_CM_256 SRTP, RFC 6188): 256-bit keys agree and SRTP decrypts both ways."""
+    algos = algorithms(ka, "S384", "AES3", auth, "B32")
+    ours, theirs = interop(
+        libzrtp_peer_bin,
+        tmp_path,
+        [*algos, "--srtp", str(N_SRTP)],
+        [*algos, "--role", role, "--srtp", str(N_SRTP)],
+    )
+    assert_interop(ours, theirs, srtp=N_SRTP)
+    assert ours["role"] == role and ours["auth_tag"] == auth
+    assert ours["cipher"] == theirs["cipher"] == "AES3"
+    assert len(bytes.fromhex(ours["srtp_self_key"])) == 32
+
+
 @pytest.mark.parametrize("role", ["auto", "initiator", "responder"])
 def test_stock_libzrtp_profile_gets_what_it_lists(
     libzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path, role: str
@@ -75,6 +95,10 @@ def test_stock_libzrtp_profile_gets_what_it_lists(
     )
     assert_interop(ours, theirs, srtp=N_SRTP)
     assert ours["auth_tag"] == "HS32" and ours["key_agreement"] == "EC25"
+    # libzrtp lists AES3 first: as initiator it picks it from our default offer (and
+    # its own SRTP engine decrypts ours); as responder it gets our first, AES1.
+    if role != "auto":
+        assert ours["cipher"] == {"initiator": "AES1", "responder": "AES3"}[role]
 
 
 def test_our_default_hello_with_both_curve25519_names_does_not_disturb_libzrtp(

@@ -63,6 +63,26 @@ def test_interop_matrix(
     )
 
 
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+@pytest.mark.parametrize("auth", ["HS80", "HS32"])
+@pytest.mark.parametrize("ka", ["E255", "EC38"])
+def test_aes3_srtp_both_ways(
+    zrtpcpp_peer_bin: pathlib.Path, tmp_path: pathlib.Path, role: str, auth: str, ka: str
+) -> None:
+    """AES3 (AES_CM_256 SRTP, RFC 6188): 256-bit keys agree and SRTP decrypts both ways."""
+    algos = algorithms(ka, "S384", "AES3", auth, "B32")
+    ours, theirs = interop(
+        zrtpcpp_peer_bin,
+        tmp_path,
+        [*algos, "--srtp", str(N_SRTP)],
+        [*algos, "--role", role, "--srtp", str(N_SRTP)],
+    )
+    assert_interop(ours, theirs, srtp=N_SRTP)
+    assert ours["role"] == role and ours["auth_tag"] == auth
+    assert ours["cipher"] == theirs["cipher"] == "AES3"
+    assert len(bytes.fromhex(ours["srtp_self_key"])) == 32
+
+
 @pytest.mark.parametrize("role", ["auto", "initiator", "responder"])
 def test_curve25519_with_gnu_zrtp_from_our_default_offer(
     zrtpcpp_peer_bin: pathlib.Path, tmp_path: pathlib.Path, role: str

@@ -2,7 +2,8 @@
 
 Linux routes all of 127.0.0.0/8 to lo, so these behave like separate hosts'
 addresses without any setup. Ports come from the kernel (bind to 0) and every
-wait is bounded.
+wait is bounded. IPv6 relay tests use ::2-::5 inside a network namespace
+(``tests/netns.py``): the hosts are parameters wherever a socket is made.
 """
 
 from __future__ import annotations
@@ -18,25 +19,29 @@ from typing import Any
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.relay.core import Relay, RelayError, RelayLayout
 from pbx_zrtp.relay.mirror import CallReport, MirrorSettings, Policy
-from pbx_zrtp.zrtp.config import ZrtpConfiguration
+from pbx_zrtp.zrtp.config import DEFAULT_CIPHERS, ZrtpConfiguration
 
 RELAY_HOST = "127.0.0.2"
 PBX_HOST = "127.0.0.3"
 PHONE_HOST = "127.0.0.4"
 
 
-def free_even_port() -> int:
+def family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_even_port(relay_host: str = RELAY_HOST, pbx_host: str = PBX_HOST) -> int:
     """An even port free on both the relay and the PBX address (and +1)."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((RELAY_HOST, 0))
+        with socket.socket(family(relay_host), socket.SOCK_DGRAM) as probe:
+            probe.bind((relay_host, 0))
             port = probe.getsockname()[1] & ~1
         if port < 1024 or port + 1 > 65535:
             continue
         try:
-            for host in (RELAY_HOST, PBX_HOST):
+            for host in (relay_host, pbx_host):
                 for p in (port, port + 1):
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    with socket.socket(family(host), socket.SOCK_DGRAM) as s:
                         s.bind((host, p))
         except OSError:
             continue
@@ -53,12 +58,22 @@ def make_relay(
     prebind_policy: Policy = Policy.REQUIRED,
     fastpath: bool | int = False,
     relay_host: str = RELAY_HOST,
+    pbx_host: str = PBX_HOST,
+    ciphers: tuple[bytes, ...] = DEFAULT_CIPHERS,
+    auth_tags: tuple[bytes, ...] = (b"HS32", b"HS80"),
 ) -> Relay:
     cache = cache or MemorySecretCache()
     zid = cache.local_zid(lambda: os.urandom(12))
 
     def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
-        return ZrtpConfiguration(zid=zid, mitm=True, self_uri=self_uri, peer_uri=peer_uri)
+        return ZrtpConfiguration(
+            zid=zid,
+            mitm=True,
+            self_uri=self_uri,
+            peer_uri=peer_uri,
+            cipher_types=ciphers,
+            auth_tag_types=auth_tags,
+        )
 
     settings = MirrorSettings(
         zrtp=zrtp, cache=cache, optional_timeout=optional_timeout, required_timeout=required_timeout
@@ -66,7 +81,7 @@ def make_relay(
     return Relay(
         RelayLayout(
             relay_host,
-            PBX_HOST,
+            pbx_host,
             port_min=1024,
             port_max=65535,
             prebind=prebind,
@@ -88,7 +103,7 @@ def _native_fastpath(workers: int) -> Any:
 
 async def create_call(relay: Relay, call_id: str, policy: Policy, **kwargs: Any) -> int:
     for _ in range(20):
-        port = free_even_port()
+        port = free_even_port(relay.layout.relay_host, relay.layout.pbx_host)
         try:
             await relay.create(call_id, port, policy, **kwargs)
             return port
@@ -114,13 +129,17 @@ class EchoPbx:
     received: list[bytes] = field(default_factory=list)
     rtcp_received: list[bytes] = field(default_factory=list)
     echo: bool = True
+    #: RTP streams (by SSRC) not echoed back, e.g. the relay's own priming: a real PBX
+    #: answers with one stream of its own, and libzrtp's SRTP receiver takes only one.
+    ignore_ssrcs: set[int] = field(default_factory=set)
     transports: list[asyncio.DatagramTransport] = field(default_factory=list)
+    host: str = PBX_HOST
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for port, sink in ((self.port, self.received), (self.port + 1, self.rtcp_received)):
             transport, _ = await loop.create_datagram_endpoint(
-                lambda sink=sink: _Echo(sink, self), local_addr=(PBX_HOST, port)
+                lambda sink=sink: _Echo(sink, self), local_addr=(self.host, port)
             )
             self.transports.append(transport)  # type: ignore[arg-type]
 
@@ -140,6 +159,8 @@ class _Echo(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.sink.append(data)
+        if len(data) >= 12 and int.from_bytes(data[8:12], "big") in self.pbx.ignore_ssrcs:
+            return
         if self.pbx.echo:
             self.transport.sendto(data, addr)
 

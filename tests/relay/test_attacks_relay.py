@@ -180,7 +180,7 @@ def test_attacked_mirrors_answer_as_the_rfc_says_and_another_call_loses_nothing(
                 relay,
                 "downgrade",
                 role="initiator",
-                mutate=rewriting(p.Commit, lambda e, m: replace(m, cipher_type=b"AES3")),
+                mutate=rewriting(p.Commit, lambda e, m: replace(m, cipher_type=b"2FS3")),
             )
             legit, pbx4 = await attack(
                 relay, "false-packets", role="initiator", mutate=false_preimage_first
@@ -264,7 +264,7 @@ def test_attacked_mirrors_answer_as_the_rfc_says_and_another_call_loses_nothing(
         assert "invalid X255 public value" in reports["bad-dh"].reason
         assert dh.engine.state is State.FAILED
         # A cipher the relay does not offer -> Error 0x52.
-        assert "AES3, which we did not offer" in reports["downgrade"].reason
+        assert "2FS3, which we did not offer" in reports["downgrade"].reason
         # False preimage dropped, the call secured anyway; GoClear refused (Error 0x100)
         # and counted; forged GoClear counted as a false packet; forged and replayed
         # SRTP dropped; the replayed exchange ignored.

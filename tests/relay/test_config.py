@@ -22,7 +22,12 @@ def test_embedded_defaults_are_valid() -> None:
     config = load_config(None)
     assert config.relay_address != config.pbx_address
     assert config.control_socket and config.cache_path
-    assert config.zrtp.ciphers == (b"AES1",)
+    assert config.zrtp.ciphers == (b"AES1", b"AES3")  # AES3: AES_CM_256 SRTP
+
+
+def test_aes3_alone_is_accepted_and_reaches_the_engine(tmp_path: pathlib.Path) -> None:
+    config = load_config(write(tmp_path, '[zrtp]\nciphers = ["AES3"]\n'))
+    assert config.zrtp.configuration(b"Z" * 12, "", "").cipher_types == (b"AES3",)
 
 
 def test_a_full_file_is_read(tmp_path: pathlib.Path) -> None:
@@ -77,7 +82,7 @@ listen = ""
         ('[relay]\nadress = "1.2.3.4"\n', "relay.adress: unknown setting"),
         ("[relais]\n", "[relais]: unknown section"),
         ('[zrtp]\nkey_agreements = ["FOO"]\n', "unsupported key agreement type"),
-        ('[zrtp]\nciphers = ["AES3"]\n', "zrtp.ciphers: AES3 cannot be used for SRTP"),
+        ('[zrtp]\nciphers = ["2FS3"]\n', "zrtp.ciphers: 2FS3 cannot be used for SRTP"),
         ("[zrtp]\nkey_agreements = 3\n", "zrtp.key_agreements: a list"),
         ("[zrtp]\ncache_expiration = -1\n", "zrtp.cache_expiration"),
         ('[zrtp]\nclient_id = "a very long client identifier"\n', "zrtp.client_id"),

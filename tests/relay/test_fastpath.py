@@ -1,8 +1,10 @@
-"""The native fast path (relay/_fastpath.c) over real sockets on 127.0.0.2-4.
+"""The native fast path (relay/_fastpath.c) over real sockets on 127.0.0.2-4 and ::1.
 
 The test side plays the phone with our SrtpContext (pylibsrtp) and a plain-RTP
-PBX. Skipped with the reason when the library cannot be built (no gcc or no
-libsrtp2-dev); under CI (env CI set) that is a failure instead.
+PBX. Every test runs once over IPv4 (relay, PBX and phone on their own 127/8
+addresses) and once over IPv6 (all on ::1, told apart by their ports). Skipped
+with the reason when the library cannot be built (no gcc or no libsrtp2-dev);
+under CI (env CI set) that is a failure instead.
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ from pbx_zrtp.zrtp.events import SrtpKeys
 RELAY_HOST = "127.0.0.2"
 PBX_HOST = "127.0.0.3"
 PHONE_HOST = "127.0.0.4"
+#: An address of the other family than the test's (fp_set_phone must refuse it).
+OTHER_FAMILY_HOST = "::1"
 
 _WHY = available()
 if _WHY is not None and os.environ.get("CI"):
     raise RuntimeError(f"fast path unavailable under CI: {_WHY}")
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"fast path unavailable: {_WHY}")
+
+
+@pytest.fixture(autouse=True, params=["ipv4", "ipv6"])
+def family(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test over both address families (the hosts are read when sockets are made)."""
+    if request.param == "ipv6":
+        for name in ("RELAY_HOST", "PBX_HOST", "PHONE_HOST"):
+            monkeypatch.setitem(globals(), name, "::1")
+        monkeypatch.setitem(globals(), "OTHER_FAMILY_HOST", "127.0.0.1")
+    return str(request.param)
 
 
 def rtp(seq: int, ssrc: int = 0x1234, payload: bytes | None = None) -> bytes:
@@ -39,7 +53,7 @@ def rtp(seq: int, ssrc: int = 0x1234, payload: bytes | None = None) -> bytes:
 
 
 def udp(host: str) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((host, 0))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     return s
@@ -183,10 +197,10 @@ def test_zrtp_and_foreign_packets_are_punted(fp: FastPath) -> None:
             assert select.select([fp.punt_fd()], [], [], 5)[0]
             punted: list[tuple[int, bytes, tuple[str, int], str]] = []
             wait_for(lambda: len(punted.__iadd__(fp.read_punted())) >= 3)
-            assert punted[0] == (call.handle, zrtp, call.phone.getsockname(), "phone")
+            assert punted[0] == (call.handle, zrtp, call.phone.getsockname()[:2], "phone")
             assert punted[1][0] == call.handle and punted[1][3] == "phone"
-            assert punted[1][2] == stranger.getsockname()
-            assert punted[2] == (call.handle, rtcp, call.pbx.getsockname(), "pbx")
+            assert punted[1][2] == stranger.getsockname()[:2]
+            assert punted[2] == (call.handle, rtcp, call.pbx.getsockname()[:2], "pbx")
             wait_for(lambda: fp.stats(call.handle)["wrong_source"] == 1)
             stats = fp.stats(call.handle)
             assert stats["punted"] == 3 and stats["pbx_out"] == 0
@@ -384,9 +398,9 @@ def test_set_phone_moves_the_latch_with_the_same_sessions(fp: FastPath) -> None:
             assert call.pbx.recv(2048) == rtp(4)
             call.phone.send(call.srtp.protect(rtp(5)) or b"")  # the old address: Python's
             wait_for(lambda: fp.stats(call.handle)["punted"] == 1)
-            assert fp.read_punted()[0][2] == call.phone.getsockname()
+            assert fp.read_punted()[0][2] == call.phone.getsockname()[:2]
             with pytest.raises(ValueError):
-                fp.set_phone(call.handle, ("::1", 5))
+                fp.set_phone(call.handle, (OTHER_FAMILY_HOST, 5))
             with pytest.raises(KeyError):
                 fp.set_phone(call.handle + 1, moved.getsockname())
         finally:

@@ -4,7 +4,8 @@ Real sockets on loopback: a relay on 127.0.0.2 (with or without the native
 worker), a PBX on 127.0.0.3 that sends its own RTP stream, and a ZRTP phone on
 127.0.0.4 driven step by step here (its own engine, its own libsrtp sessions,
 which also serve as the independent receiver that tracks the rollover counter).
-An attacker on 127.0.0.5 replays what it captured.
+An attacker on 127.0.0.5 replays what it captured. Every test runs over IPv6
+too: the same lab on ::2-::5, in a network namespace (``tests/netns.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pbx_zrtp.zrtp import packets as p
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import Secured
-from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, create_call, make_relay
+from tests import netns
+from tests.relay.helpers import PBX_HOST, PHONE_HOST, RELAY_HOST, EchoPbx, create_call, make_relay
 
 ATTACKER_HOST = "127.0.0.5"
 PHONE_SSRC = 0x0BADCAFE
@@ -39,6 +41,28 @@ if _WHY is not None and os.environ.get("CI"):
 FAST = [
     False,
     pytest.param(True, marks=pytest.mark.skipif(_WHY is not None, reason=f"no fast path: {_WHY}")),
+]
+
+
+@dataclass(frozen=True)
+class Net:
+    """The lab's addresses: one family."""
+
+    relay: str
+    pbx: str
+    phone: str
+    attacker: str
+
+    def where(self, host: str, port: int) -> str:
+        """A media address as the relay reports it."""
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+IPV4 = Net(RELAY_HOST, PBX_HOST, PHONE_HOST, ATTACKER_HOST)
+IPV6 = Net(netns.RELAY6, netns.PBX6, netns.PHONE6, netns.ATTACKER6)
+NETS = [
+    pytest.param(IPV4, id="ipv4"),
+    pytest.param(IPV6, id="ipv6", marks=pytest.mark.ipv6_netns),
 ]
 
 
@@ -67,6 +91,7 @@ class Phone:
     """A ZRTP phone: its engine, its sockets (it may move), its SRTP state."""
 
     peer: tuple[str, int]
+    host: str
     engine: ZrtpConnection = field(
         default_factory=lambda: ZrtpConnection(
             ZrtpConfiguration(zid=os.urandom(12)), ssrc=int.from_bytes(os.urandom(4), "big")
@@ -77,9 +102,9 @@ class Phone:
     timer: asyncio.TimerHandle | None = None
     seq: int = 0
 
-    async def open(self, host: str = PHONE_HOST) -> _Socket:
+    async def open(self, host: str | None = None) -> _Socket:
         _, sock = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Socket(self), local_addr=(host, 0)
+            lambda: _Socket(self), local_addr=(host or self.host, 0)
         )
         self.sockets.append(sock)
         return sock
@@ -153,33 +178,36 @@ class Lab:
     pbx: EchoPbx  # echo off: it plays its own stream
     phone: Phone
     fast: bool
+    net: Net
 
     def pbx_send(self, packet: bytes) -> None:
-        self.pbx.transports[0].sendto(packet, (RELAY_HOST, self.mirror.pbx_side_port))
+        self.pbx.transports[0].sendto(packet, (self.net.relay, self.mirror.pbx_side_port))
 
     def pbx_send_rtcp(self, packet: bytes) -> None:
         assert self.mirror._pbx_rtcp_sock is not None
         port = self.mirror._pbx_rtcp_sock.get_extra_info("sockname")[1]
-        self.pbx.transports[1].sendto(packet, (RELAY_HOST, port))
+        self.pbx.transports[1].sendto(packet, (self.net.relay, port))
 
     def pbx_audio(self) -> list[bytes]:
         """What reached the PBX from the phone (the relay's priming silence aside)."""
         return [d for d in self.pbx.received if d[8:12] == PHONE_SSRC.to_bytes(4, "big")]
 
 
-async def secured_call(fast: bool, scenario: Callable[[Lab], Awaitable[None]]) -> None:
-    relay = make_relay(fastpath=fast, required_timeout=20.0)
+async def secured_call(
+    fast: bool, scenario: Callable[[Lab], Awaitable[None]], net: Net = IPV4
+) -> None:
+    relay = make_relay(fastpath=fast, required_timeout=20.0, relay_host=net.relay, pbx_host=net.pbx)
     await relay.start()
     port = await create_call(relay, "call", Policy.REQUIRED)
-    pbx = EchoPbx(port, echo=False)
+    pbx = EchoPbx(port, echo=False, host=net.pbx)
     await pbx.start()
-    phone = Phone((RELAY_HOST, port))
+    phone = Phone((net.relay, port), net.phone)
     try:
         await phone.open()
         phone.start()
         await until(lambda: phone.srtp is not None)
         mirror = next(iter(relay.mirrors()))
-        lab = Lab(relay, mirror, pbx, phone, fast)
+        lab = Lab(relay, mirror, pbx, phone, fast, net)
         # The relay may be the initiator: the phone's first SRTP packet completes it.
         first = phone.audio(1)[0][1]
         phone.current.transport.sendto(first, phone.peer)
@@ -201,8 +229,9 @@ def keystream(wire: bytes, plain: bytes) -> bytes:
 # ------------------------------------------------------------------------- item 1
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("fast", FAST)
-def test_relatch_after_the_pbx_sequence_wrapped_never_reuses_an_index(fast: bool) -> None:
+def test_relatch_after_the_pbx_sequence_wrapped_never_reuses_an_index(fast: bool, net: Net) -> None:
     """The PBX's sequence number wraps while the call is forwarded, the phone then
     moves (an authentic packet from a new address), the PBX carries on, and one
     packet from before the wrap arrives late: no (SSRC, index) is ever encrypted
@@ -228,7 +257,7 @@ def test_relatch_after_the_pbx_sequence_wrapped_never_reuses_an_index(fast: bool
         packet = phone.audio(1)[0][1]
         moved.transport.sendto(packet, phone.peer)
         host, port = moved.address()
-        await until(lambda: lab.relay.get("call").phone == f"{host}:{port}")
+        await until(lambda: lab.relay.get("call").phone == lab.net.where(host, port))
         await play(start + 16, 20, moved)  # 10 .. 29, ROC 1, to the new address
         late = rtp(65534, PBX_SSRC, b"\x5a" * 160, ts=1234)  # reordered from before the wrap
         sent[1234] = late
@@ -253,15 +282,16 @@ def test_relatch_after_the_pbx_sequence_wrapped_never_reuses_an_index(fast: bool
             stats = lab.mirror.fastpath.stats(lab.mirror._fast_handle)
             assert stats["phone_out"] >= 36 and stats["srtp_protect"] == 0
 
-    asyncio.run(asyncio.wait_for(secured_call(fast, scenario), 60))
+    asyncio.run(asyncio.wait_for(secured_call(fast, scenario, net), 60))
 
 
 # ------------------------------------------------------------------------- item 2
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("fast", FAST)
 def test_replayed_phone_packets_from_anywhere_neither_move_the_latch_nor_reach_the_pbx(
-    fast: bool,
+    fast: bool, net: Net
 ) -> None:
     """An attacker re-sends one captured phone packet, then the whole captured
     stream, from its own address; the phone re-sends them too. The latch stays on
@@ -276,7 +306,7 @@ def test_replayed_phone_packets_from_anywhere_neither_move_the_latch_nor_reach_t
             await asyncio.sleep(0.002)
         await until(lambda: len(lab.pbx_audio()) == 11)
         where = lab.relay.get("call").phone
-        attacker = await phone.open(ATTACKER_HOST)
+        attacker = await phone.open(lab.net.attacker)
         phone.sockets.remove(attacker)  # the phone itself does not move
         attacker.transport.sendto(captured[3][1], phone.peer)
         await asyncio.sleep(0.1)
@@ -307,14 +337,15 @@ def test_replayed_phone_packets_from_anywhere_neither_move_the_latch_nor_reach_t
         assert attacker.media == []
         attacker.transport.close()
 
-    asyncio.run(asyncio.wait_for(secured_call(fast, scenario), 60))
+    asyncio.run(asyncio.wait_for(secured_call(fast, scenario, net), 60))
 
 
 # ------------------------------------------------------------------------- item 6
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("fast", FAST)
-def test_a_repeated_pbx_index_is_never_encrypted_again(fast: bool) -> None:
+def test_a_repeated_pbx_index_is_never_encrypted_again(fast: bool, net: Net) -> None:
     """The PBX sends sequence number 100 three times (another payload, then the
     first one again): one packet for it reaches the phone; the other two are
     dropped and counted as srtp_repeat."""
@@ -334,7 +365,7 @@ def test_a_repeated_pbx_index_is_never_encrypted_again(fast: bool) -> None:
         assert [srtp.unprotect(d) for d in media] == [first, rtp(101, PBX_SSRC, b"\x33" * 160)]
         assert lab.relay.get("call").counters["drops"].get("srtp_repeat") == 2
 
-    asyncio.run(asyncio.wait_for(secured_call(fast, scenario), 60))
+    asyncio.run(asyncio.wait_for(secured_call(fast, scenario, net), 60))
 
 
 # ------------------------------------------------------------------------- item 11
@@ -346,8 +377,9 @@ def _feedback(pt: int, fmt: int, words: int) -> bytes:
     return struct.pack("!BBH", 0x80 | fmt, pt, words) + body
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("fast", FAST)
-def test_rtcp_feedback_multiplexed_on_the_rtp_port_is_srtcp_both_ways(fast: bool) -> None:
+def test_rtcp_feedback_multiplexed_on_the_rtp_port_is_srtcp_both_ways(fast: bool, net: Net) -> None:
     """PT 205 (generic NACK) and 206 (PLI) from the PBX on its RTP port reach the
     phone as SRTCP, and the phone's SRTCP feedback reaches the PBX; RTCP on P+1
     works too while the worker holds the call's sessions."""
@@ -371,7 +403,7 @@ def test_rtcp_feedback_multiplexed_on_the_rtp_port_is_srtcp_both_ways(fast: bool
         rtcp_sock = await phone.open()
         phone.sockets.remove(rtcp_sock)
         report = struct.pack("!BBHIIIIII", 0x80, 200, 6, PHONE_SSRC, 1, 2, 3, 4, 5)
-        rtcp_sock.transport.sendto(srtp.protect(report), (RELAY_HOST, phone.peer[1] + 1))
+        rtcp_sock.transport.sendto(srtp.protect(report), (lab.net.relay, phone.peer[1] + 1))
         await until(lambda: report in lab.pbx.rtcp_received)
         sender = struct.pack("!BBHIIIIII", 0x80, 200, 6, PBX_SSRC, 9, 8, 7, 6, 5)
         lab.pbx_send_rtcp(sender)
@@ -381,4 +413,4 @@ def test_rtcp_feedback_multiplexed_on_the_rtp_port_is_srtcp_both_ways(fast: bool
         drops = lab.relay.get("call").counters["drops"]
         assert not {"srtp_auth", "srtcp_auth", "srtp_protect"} & set(drops), drops
 
-    asyncio.run(asyncio.wait_for(secured_call(fast, scenario), 60))
+    asyncio.run(asyncio.wait_for(secured_call(fast, scenario, net), 60))

@@ -22,6 +22,7 @@ from tests.relay.helpers import (
     make_relay,
     rtcp_sr,
 )
+from tests.relay.test_fastpath_security import NETS, Net
 
 _REASON = available()
 if _REASON is not None:
@@ -30,25 +31,32 @@ if _REASON is not None:
     pytest.skip(f"fast path unavailable: {_REASON}", allow_module_level=True)
 
 
-def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
+@pytest.mark.parametrize("cipher", ["AES1", "AES3"])
+@pytest.mark.parametrize("net", NETS)
+def test_secured_call_runs_natively_srtp_rtcp_and_teardown(net: Net, cipher: str) -> None:
+    """IPv4 and IPv6 (relay.address ::2, in a namespace), AES-128 and AES-256."""
+
     async def scenario() -> None:
-        relay = make_relay(fastpath=True)
+        ciphers = tuple(dict.fromkeys((cipher.encode(), b"AES1")))
+        relay = make_relay(fastpath=True, relay_host=net.relay, pbx_host=net.pbx, ciphers=ciphers)
         await relay.start()
         port = await create_call(relay, "fast-1", Policy.REQUIRED)
-        pbx = EchoPbx(port)
+        pbx = EchoPbx(port, host=net.pbx)
         await pbx.start()
         try:
             stray, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                asyncio.DatagramProtocol, local_addr=(PHONE_HOST, 0)
+                asyncio.DatagramProtocol, local_addr=(net.phone, 0)
             )
-            stray.sendto(b"runt", (RELAY_HOST, port))  # one drop counted before going native
+            stray.sendto(b"runt", (net.relay, port))  # one drop counted before going native
             await asyncio.sleep(0.05)
             stray.close()
+            bound: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
             phone = await run_endpoint(
-                ZrtpConfiguration(zid=b"N" * 12),
+                ZrtpConfiguration(zid=b"N" * 12, cipher_types=(cipher.encode(),)),
                 EndpointOptions(
-                    bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), srtp_count=50, timeout=10
+                    bind=(net.phone, 0), peer=(net.relay, port), srtp_count=50, timeout=10
                 ),
+                ready=bound,
             )
             mirror = next(iter(relay.mirrors()))
             # every packet came back; the echo PBX may also have echoed a priming packet
@@ -57,7 +65,8 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
             assert phone["ok"] and 50 <= phone["srtp"]["received_ok"] <= 50 + primed
             assert mirror._fast_handle is not None  # the steady state ran in C
             report = relay.get("fast-1")
-            assert report.state == "secure"
+            assert report.state == "secure" and report.cipher == phone["cipher"] == cipher
+            assert report.phone == net.where(*bound.result())
             assert report.counters["phone_in"] >= 50 and report.counters["pbx_in"] >= 50
             # RTCP from the phone still reaches the PBX (Python path, port P+1)
             keys = SrtpKeys(
@@ -71,9 +80,9 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown() -> None:
             srtcp = SrtpContext(keys).protect(rtcp_sr())
             assert srtcp is not None
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                asyncio.DatagramProtocol, local_addr=(PHONE_HOST, 0)
+                asyncio.DatagramProtocol, local_addr=(net.phone, 0)
             )
-            transport.sendto(srtcp, (RELAY_HOST, port + 1))
+            transport.sendto(srtcp, (net.relay, port + 1))
             await asyncio.sleep(0.2)
             transport.close()
             assert pbx.rtcp_received == [rtcp_sr()]
