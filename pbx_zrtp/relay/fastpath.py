@@ -7,8 +7,8 @@ API mode: ``_fastpath_build.py``, named in ``setup.py``) into the extension modu
 that forwards the RTP of many calls; what it does not handle (ZRTP, RTCP, STUN,
 packets from other sources on the phone side) is queued for Python ("punted").
 An installation built without libsrtp2's headers or a compiler has no such module:
-:func:`available` says so and the relay forwards in Python. IPv4 and IPv6 sockets alike (each address of its
-socket's family).
+:func:`available` says so and the relay forwards in Python. IPv4 and IPv6 sockets
+alike (each address of its socket's family).
 
 One SRTP state per call: the worker does not make sessions. A call's
 :class:`~pbx_zrtp.srtp.SrtpContext` lends it its two libsrtp sessions for as long
