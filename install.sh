@@ -3,7 +3,10 @@
 #   bash install.sh          runtime (with the Asterisk and FreeSWITCH clients)
 #   bash install.sh --dev    also the test tools, the postgres extra, and the system packages
 #                            the tests use (postgresql: tests start their own throwaway server;
-#                            clang + its libFuzzer runtime: the native worker's fuzz target)
+#                            clang + its libFuzzer runtime: the native worker's fuzz target;
+#                            debhelper, dh-virtualenv, lintian: tests/test_debian.py builds the .deb)
+# The native fast path (pbx_zrtp/relay/_fastpath.c) is compiled by the pip install below:
+# run this again after changing it.
 #   extras for production: .venv/bin/python -m pip install -e ".[postgres]" (shared cache)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,7 +14,8 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 pkgs=(python3 python3-venv python3-dev build-essential pkg-config libsrtp2-dev)
-[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql iproute2 clang libclang-rt-14-dev)
+[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql iproute2 clang libclang-rt-14-dev
+                          debhelper dh-virtualenv lintian)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

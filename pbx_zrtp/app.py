@@ -4,6 +4,13 @@ By default one process runs the relay and the configured adapters, talking in
 process; ``pbx-zrtp asterisk --relay unix:…`` runs the adapter alone against a
 relay elsewhere (control API). ``load_settings`` reads a configuration file once,
 for ``--check`` and for running alike.
+
+Signals, as systemd sends them: SIGHUP (``systemctl reload``) re-reads the file and
+applies what can change under live calls (log level, timeouts, the ZRTP offer, for
+calls from then on), naming what needs a restart; SIGTERM (``systemctl stop`` or
+``restart``) drains: no new calls, those in progress keep flowing up to
+``[timeouts] drain`` seconds, then everything stops; SIGINT (Ctrl-C) or a second
+SIGTERM stops at once.
 """
 
 from __future__ import annotations
@@ -13,15 +20,20 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from pbx_zrtp import logs, sdnotify
 from pbx_zrtp.calls import RelayHandle
-from pbx_zrtp.config import read_toml
+from pbx_zrtp.config import ConfigError, read_toml
 from pbx_zrtp.config.fields import Problems
 from pbx_zrtp.pbx.registry import BY_NAME, KINDS, PbxAdapter, PbxConfig
 from pbx_zrtp.relay import config as relay_config
 from pbx_zrtp.relay.config import RelayConfig
+
+if TYPE_CHECKING:
+    from pbx_zrtp.relay.service import RelayService
 
 log = logging.getLogger("pbx_zrtp")
 
@@ -53,14 +65,80 @@ def load_settings(path: str | os.PathLike[str] | None) -> Settings:
     return Settings(relay, pbxs)
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP as a queue the service's main task reads."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._queue.put_nowait, signum)
+
+    async def next(self, timeout: float | None = None) -> int | None:
+        """The next signal, or None after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+def _reload(path: str | None, current: Settings, service: RelayService | None) -> Settings:
+    """SIGHUP: apply what can change live; a file with errors changes nothing."""
+    sdnotify.reloading()
+    try:
+        new = load_settings(path)
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays: configuration error: %s", exc)
+        sdnotify.ready("running (the last reload was refused)")
+        return current
+    logs.set_level(new.relay.log_level)
+    restart = service.reload(new.relay) if service is not None else []
+    # The PBX sections: their connections and relay pools are built at start.
+    names = sorted(set(current.pbxs) | set(new.pbxs))
+    restart += [f"[{n}]" for n in names if current.pbxs.get(n) != new.pbxs.get(n)]
+    if restart:
+        log.warning(
+            "reloaded; changed but applied only by a restart (systemctl restart): %s",
+            ", ".join(restart),
+        )
+    else:
+        log.info("reloaded: log level, timeouts and the ZRTP offer (for new calls)")
+    sdnotify.ready("running (reloaded)")
+    return Settings(new.relay, current.pbxs)  # the PBX sections as they run, until a restart
+
+
+async def _drain(service: RelayService, timeout: float, signals: _Signals) -> None:
+    """SIGTERM: refuse new calls and let those in progress carry on, up to ``timeout``."""
+    relay = service.relay
+    relay.drain()
+    calls = relay.active_calls
+    if calls == 0 or timeout <= 0:
+        return
+    log.info(
+        "stopping: no new calls; %d in progress keep flowing for up to %g s "
+        "(SIGTERM again or Ctrl-C: stop now)",
+        calls,
+        timeout,
+    )
+    sdnotify.stopping(f"draining {calls} calls")
+    # systemd's TimeoutStopSec would kill us first otherwise
+    sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int((timeout + 15) * 1_000_000)}")
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping")
+    deadline = loop.time() + timeout
+    while relay.active_calls and (left := deadline - loop.time()) > 0:
+        signum = await signals.next(min(left, 0.25))
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            log.info("stopping now: %d calls cut", relay.active_calls)
+            return
+    if relay.active_calls:
+        log.warning("drain time over: %d calls cut", relay.active_calls)
+    else:
+        log.info("every call ended")
+
+
+def _connected(adapter: PbxAdapter) -> Callable[[], bool]:
+    return lambda: adapter.link.connected
 
 
 async def run(
@@ -69,11 +147,17 @@ async def run(
     with_relay: bool = True,
     adapters: Collection[str] | None = None,
     relay_address: str | None = None,
+    config_path: str | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Start the relay (unless ``with_relay`` is False) and the configured adapters
-    (those named in ``adapters``; None: all)."""
+    (those named in ``adapters``; None: all); ``config_path`` is re-read on SIGHUP.
+    Without the relay, ``metrics`` is where the adapters' health is served (the
+    relay serves it on its own endpoint)."""
     from pbx_zrtp.config.relays import RelayEntry
+    from pbx_zrtp.health import AdapterHealth, adapter_registry
     from pbx_zrtp.relay.handle import LocalRelay, RemoteRelay
+    from pbx_zrtp.relay.metrics import MetricsServer
     from pbx_zrtp.relay.pool import RelayPool
     from pbx_zrtp.relay.service import RelayService, read_token
 
@@ -83,9 +167,12 @@ async def run(
     handle: RelayHandle | None = None
     started: list[PbxAdapter] = []
     pools: list[RelayPool] = []
+    health = AdapterHealth()
+    health_server: MetricsServer | None = None
     try:
         if with_relay:
             service = RelayService(config)
+            service.metrics.registry.register(health)
             await service.start()
             handle = LocalRelay(service.relay)
         elif any(not pbx.relays for pbx in chosen.values()) or not chosen:
@@ -95,28 +182,46 @@ async def run(
             # calls reported failed) just as with several.
             entry = RelayEntry("relay", address, config.relay_address, token=token)
             pool = RelayPool([(entry, RemoteRelay(address, config.relay_address, token=token))])
+            health.add_pool("relay", pool.status)
             await pool.start()
             handle = pool
-        # Each adapter keeps reconnecting in the background if its PBX is down.
+        # Each adapter keeps reconnecting in the background if its PBX is down; its
+        # module imports its PBX library (an extra) only here, when it is configured.
         for name, pbx in chosen.items():
             relay = handle
             if pbx.relays:  # an adapter with [[…relays]] gets its own pool of them
                 pools.append(RelayPool.connect(pbx.relays, grace=pbx.relay_grace))
+                health.add_pool(name, pools[-1].status)
                 await pools[-1].start()
                 relay = pools[-1]
             assert relay is not None  # a relay (or a pool of one) exists without [[…relays]]
             adapter = BY_NAME[name].adapter(pbx, relay)
+            health.add_adapter(name, _connected(adapter))
             started.append(adapter)
             await adapter.start()
         if not started and not with_relay:
             names = " or ".join(f"[{kind.name}]" for kind in KINDS)
             log.warning("no %s section: nothing to do", names)
-        await _wait_for_signal()
+        if metrics is not None and service is None:
+            health_server = MetricsServer(adapter_registry(health))
+            await health_server.serve(*metrics)
+        # systemd (Type=notify): the control socket and metrics listen, adapters started
+        parts = (["relay"] if with_relay else []) + [type(a).__name__ for a in started]
+        signals = _Signals()
+        sdnotify.ready("running: " + (", ".join(parts) or "nothing configured"))
+        while (signum := await signals.next()) == signal.SIGHUP:
+            settings = _reload(config_path, settings, service)
+        if signum == signal.SIGTERM and service is not None:
+            await _drain(service, settings.relay.drain_timeout, signals)
+        sdnotify.stopping("stopping")
+        log.info("stopping")
     finally:
+        if health_server is not None:
+            await health_server.close()
         for adapter in reversed(started):
             await adapter.close()
-        for pool in pools:
-            await pool.close()
+        for each in pools:
+            await each.close()
         if service is not None:
             await service.close()
         elif handle is not None:

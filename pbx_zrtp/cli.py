@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pbx_zrtp import app
+from pbx_zrtp import __version__, app, extras, logs, samples
 from pbx_zrtp.cache.base import CacheError, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
 from pbx_zrtp.calls import Address, RelayError
 from pbx_zrtp.config import ConfigError
 from pbx_zrtp.pbx.registry import BY_NAME, KINDS
-from pbx_zrtp.relay.ctl import add_ctl_arguments, run_ctl
+from pbx_zrtp.relay.ctl import add_ctl_arguments, control_address, run_ctl
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
+
+if TYPE_CHECKING:
+    from pbx_zrtp.relay.config import RelayConfig
 
 
 def parse_address(value: str) -> Address:
@@ -224,7 +226,14 @@ def _relay_parsers(sub: Any) -> None:
         cmd.add_argument("--check", action="store_true", help="check the configuration and exit")
         if name in BY_NAME:
             cmd.add_argument(
+                "--metrics",
+                type=parse_address,
+                metavar="HOST:PORT",
+                help="serve this adapter's health and process metrics there (/metrics)",
+            )
+            cmd.add_argument(
                 "--relay",
+                type=control_address,  # a typo is an argument error, before anything starts
                 metavar="unix:PATH|tcp:HOST:PORT",
                 help="the relay's control API (default: its configured socket)",
             )
@@ -246,15 +255,19 @@ def _relay_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_errors(exc)
     config = settings.relay
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(config.log_level)  # the journal's format under systemd
+    try:
+        _check_extras(args.command, settings)
+    except extras.MissingExtra as exc:
+        sys.stderr.write(f"pbx-zrtp: {exc}\n")
+        return 2
     if args.check:
-        sys.stdout.write("configuration OK\n")
-        return 0
+        return _check(args.command, config)
     try:
         if args.command == "relay":
-            return run_service(app.run(settings, adapters=()), config.event_loop)
+            return run_service(
+                app.run(settings, adapters=(), config_path=args.config), config.event_loop
+            )
         if args.command in BY_NAME:
             if args.command not in settings.pbxs:
                 sys.stderr.write(
@@ -263,16 +276,52 @@ def _relay_main(args: argparse.Namespace) -> int:
                 return 2
             return run_service(
                 app.run(
-                    settings, with_relay=False, adapters=(args.command,), relay_address=args.relay
+                    settings,
+                    with_relay=False,
+                    adapters=(args.command,),
+                    relay_address=args.relay,
+                    config_path=args.config,
+                    metrics=args.metrics,
                 ),
                 config.event_loop,
             )
-        return run_service(app.run(settings), config.event_loop)
+        return run_service(app.run(settings, config_path=args.config), config.event_loop)
     except ConfigError as exc:
         return _config_errors(exc)
     except (RelayError, OSError, CacheError) as exc:
         sys.stderr.write(f"pbx-zrtp: cannot start the relay: {exc}\n")
         return 1
+
+
+def _check(command: str, config: RelayConfig) -> int:
+    """``--check``: beyond the file, what starting would stop at (probed, nothing kept)."""
+    from pbx_zrtp.config import read_secret_file
+    from pbx_zrtp.relay.preflight import Findings, check
+
+    if command in ("run", "relay"):
+        found = check(config)
+    else:  # an adapter alone: the relay's token, if it needs one
+        found = Findings()
+        if config.control_token_file:
+            try:
+                read_secret_file("control.token_file", config.control_token_file, min_length=16)
+            except ConfigError as exc:
+                found.errors.append(str(exc))
+    for warning in found.warnings:
+        sys.stderr.write(f"pbx-zrtp: warning: {warning}\n")
+    for error in found.errors:
+        sys.stderr.write(f"pbx-zrtp: check failed: {error}\n")
+    if found.errors:
+        return 2
+    sys.stdout.write("configuration OK\n")
+    return 0
+
+
+def _check_extras(command: str, settings: app.Settings) -> None:
+    """The libraries of the optional parts this command would start are installed."""
+    for name in settings.pbxs:
+        if command in ("run", name):
+            extras.require(name, f"the [{name}] adapter")
 
 
 def event_loop_runner(name: str) -> Callable[[Coroutine[Any, Any, int]], int]:
@@ -290,15 +339,74 @@ def run_service(main: Coroutine[Any, Any, int], event_loop: str) -> int:
     return event_loop_runner(event_loop)(main)
 
 
+class _Version(argparse.Action):
+    """``--version``: the version, and whether this installation has its native worker."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from pbx_zrtp.relay.fastpath import available as fastpath_available
+
+        reason = fastpath_available()
+        fast = "native fast path" if reason is None else f"no native fast path: {reason}"
+        sys.stdout.write(f"pbx-zrtp {__version__} ({fast})\n")
+        parser.exit()
+
+
+def _samples_parser(sub: Any) -> None:
+    text = "list, print or copy the shipped docs, dialplan snippets and example units"
+    cmd = sub.add_parser("samples", help=text, description=text)
+    verbs = cmd.add_subparsers(dest="verb", required=True)
+    listing = verbs.add_parser("list", help="list them (under a directory, e.g. dialplan)")
+    listing.add_argument("under", nargs="?", default="")
+    show = verbs.add_parser("show", help="print one, e.g. examples/relay.toml")
+    show.add_argument("name")
+    copy = verbs.add_parser(
+        "copy",
+        help="copy files or directories into DIR, e.g. dialplan/asterisk /etc/asterisk",
+    )
+    copy.add_argument("names", nargs="+", metavar="NAME")
+    copy.add_argument("dest", metavar="DIR")
+    copy.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _samples_main(args: argparse.Namespace) -> int:
+    try:
+        if args.verb == "list":
+            chosen = samples.names()
+            if args.under:
+                under = args.under.strip("/")
+                chosen = [n for n in chosen if n == under or n.startswith(f"{under}/")]
+                if not chosen:
+                    raise samples.SampleError(f"no sample under {args.under!r}")
+            sys.stdout.write("".join(f"{name}\n" for name in chosen))
+        elif args.verb == "show":
+            sys.stdout.buffer.write(samples.read(args.name))
+        else:
+            for item in samples.copy(args.names, args.dest, force=args.force):
+                sys.stdout.write(f"{item.name} -> {item.target}\n")
+        sys.stdout.flush()
+    except samples.SampleError as exc:
+        sys.stderr.write(f"pbx-zrtp: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"pbx-zrtp: {exc.strerror or exc}: {exc.filename or ''}\n")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pbx-zrtp", description="ZRTP for Asterisk and FreeSWITCH"
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     _relay_parsers(sub)
     _endpoint_parser(sub)
     demo = sub.add_parser("demo", help="run a ZRTP exchange and SRTP between two local endpoints")
     demo.add_argument("--srtp", type=int, default=50, metavar="N")
+    _samples_parser(sub)
     return parser
 
 
@@ -312,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _relay_main(args)
     if args.command == "ctl":
         return run_ctl(args)
+    if args.command == "samples":
+        return _samples_main(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

@@ -61,6 +61,30 @@ def _flatten(message: Any) -> dict[str, str]:
     return out
 
 
+class _QuietReconnects(logging.Filter):
+    """panoramisk says "protocol version", "Connection lost", "Try to connect again"...
+    at every attempt (once a second while Asterisk is down or refuses us): those go
+    to debug; the adapter says what happened once, in its own words."""
+
+    NOISE = (
+        "Connection lost",
+        "Try to connect again",
+        "Not able to reconnect",
+        "protocol version",
+        "Sending awaiting actions",
+    )
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.NOISE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self._logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
 class Ami:
     """An AMI session that stays connected: events out, actions in (a ``PbxLink``)."""
 
@@ -81,6 +105,15 @@ class Ami:
         self.action_timeout = action_timeout
         self._logged_in = asyncio.Event()
         self.connections = 0
+        #: Asterisk's answer to the last refused Login ("Authentication failed"), until
+        #: a login succeeds; said once in the log, not at every reconnection.
+        self.refused: str | None = None
+        self._username = username
+        panoramisk_log = logging.getLogger("pbx_zrtp.asterisk.panoramisk")
+        # its protocol logs "protocol version" on its own module logger, at each connection
+        for noisy in (panoramisk_log, logging.getLogger("panoramisk.ami_protocol")):
+            if not any(isinstance(f, _QuietReconnects) for f in noisy.filters):
+                noisy.addFilter(_QuietReconnects(noisy))
         self._manager = Manager(
             host=host,
             port=port,
@@ -91,8 +124,9 @@ class Ami:
             ping_delay=10,
             ping_interval=10,
             on_login=self._login,
+            on_connect=self._connected,
             on_disconnect=self._disconnected,
-            log=logging.getLogger("pbx_zrtp.asterisk.panoramisk"),
+            log=panoramisk_log,
         )
         self._manager.register_event("UserEvent", self._event)
         self._manager.register_event("Hangup", self._event)
@@ -106,13 +140,40 @@ class Ami:
 
     def _login(self, manager: Any) -> None:
         self.connections += 1
+        self.refused = None
         self._logged_in.set()
         log.info("AMI logged in at %s", self.address)
         self._on_connect()
 
+    def _connected(self, manager: Any) -> None:
+        """Connected, Login sent: watch its answer (panoramisk only logs a refusal at
+        debug level, then Asterisk hangs up and it reconnects every second)."""
+        future = getattr(manager, "authenticated_future", None)
+        if isinstance(future, asyncio.Future):
+            future.add_done_callback(self._login_answer)
+
+    def _login_answer(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        response = future.result()
+        if bool(getattr(response, "success", False)):
+            return
+        reason = str(_flatten(response).get("Message", "refused"))
+        if self.refused is None:
+            log.error(
+                "AMI at %s refused the login of %r: %s (check username and secret in the "
+                "[asterisk] section and in Asterisk's manager.conf); retrying quietly",
+                self.address,
+                self._username,
+                reason,
+            )
+        self.refused = reason
+
     def _disconnected(self, manager: Any, exc: object) -> None:
+        was_in = self._logged_in.is_set()
         self._logged_in.clear()
-        log.warning("AMI connection to %s lost; reconnecting", self.address)
+        if was_in:
+            log.warning("AMI connection to %s lost; reconnecting", self.address)
 
     def _event(self, manager: Any, message: Any) -> None:
         try:
@@ -127,9 +188,12 @@ class Ami:
         try:
             await asyncio.wait_for(self._logged_in.wait(), wait)
         except TimeoutError:
-            log.warning(
-                "AMI at %s: not logged in yet (check host, port, username, secret)", self.address
-            )
+            if self.refused is None:  # a refusal was said already
+                log.warning(
+                    "AMI at %s: not logged in yet (check host, port, username, secret); "
+                    "retrying quietly",
+                    self.address,
+                )
             return False
         return True
 

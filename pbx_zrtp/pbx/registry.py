@@ -20,6 +20,7 @@ from typing import Protocol
 from pbx_zrtp.calls import RelayHandle
 from pbx_zrtp.config.fields import Problems, section
 from pbx_zrtp.config.relays import RelayEntry
+from pbx_zrtp.pbx.link import PbxLink
 
 
 class PbxConfig(Protocol):
@@ -32,6 +33,9 @@ class PbxConfig(Protocol):
 
 
 class PbxAdapter(Protocol):
+    #: The session with the PBX (AMI, ESL): its ``connected`` is the adapter's health.
+    link: PbxLink
+
     async def start(self) -> bool:
         """Connect (and keep reconnecting); True if connected in time."""
 

@@ -120,6 +120,9 @@ class RelayConfig:
     cache_purge_interval: float = 3600.0
     optional_timeout: float = 5.0
     required_timeout: float = 10.0
+    #: On SIGTERM (systemctl stop/restart): no new calls, those in progress keep
+    #: flowing up to this long, then the relay stops. 0: at once.
+    drain_timeout: float = 30.0
     control_socket: str | None = None
     control_tcp: tuple[str, int] | None = None
     control_token_file: str | None = None
@@ -294,6 +297,9 @@ def _read_timeouts(t: FieldReader, c: RelayConfig) -> None:
         current = getattr(c, f"{key}_timeout")
         value = t.take(key, number(0.5, 120), current, fix="seconds between 0.5 and 120")
         setattr(c, f"{key}_timeout", value)
+    c.drain_timeout = t.take(
+        "drain", number(0, 3600), c.drain_timeout, fix="seconds between 0 and 3600"
+    )
 
 
 def _read_control(t: FieldReader, c: RelayConfig) -> None:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,18 @@ from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.relay.mirror import Mirror, MirrorSettings
 
 log = logging.getLogger("pbx_zrtp.relay")
+
+#: Per-call traffic counters summed into the relay's totals (packets and bytes).
+TRAFFIC = (
+    "phone_in",
+    "phone_out",
+    "pbx_in",
+    "pbx_out",
+    "phone_in_bytes",
+    "phone_out_bytes",
+    "pbx_in_bytes",
+    "pbx_out_bytes",
+)
 
 #: Events a slow subscriber may fall behind by before it is disconnected.
 SUBSCRIBER_QUEUE = 1000
@@ -153,6 +165,18 @@ class Relay:
         self._fast: dict[tuple[int, int], Mirror] = {}  # (worker index, handle) -> mirror
         self._punt_readers = False
         self._next_worker = 0
+        #: Set by drain(): no new calls; the calls in progress carry on.
+        self.draining = False
+
+    def drain(self) -> None:
+        """Refuse new calls from now on (the relay is stopping); calls in progress keep
+        flowing until they end or the relay closes."""
+        self.draining = True
+
+    @property
+    def active_calls(self) -> int:
+        """Calls with a name (created, or claimed on a pre-bound port)."""
+        return len(self._by_call)
 
     async def start(self) -> None:
         if not self._punt_readers:
@@ -250,6 +274,8 @@ class Relay:
     ) -> CallReport:
         """Mirror the PBX's port ``port`` for ``call_id`` (or name the call on a
         pre-bound port that may already carry its media)."""
+        if self.draining:
+            raise RelayError("the relay is stopping: no new calls (systemctl restart?)")
         if not call_id or len(call_id) > 200:
             raise BadRequest("call_id must be 1-200 characters")
         if len(bridge) > 200:
@@ -389,7 +415,7 @@ class Relay:
             self._by_call.pop(mirror.identity.call_id, None)
         final = mirror.end(reason)
         self._account(final, "unclaimed")
-        log.info("pre-bound port %d: %s", mirror.port, reason)
+        log.info("%s %s (pre-bound port back to idle)", mirror.tag(), reason)
 
     def _mirror(self, call_id: str) -> Mirror:
         mirror = self._by_call.get(call_id)
@@ -588,12 +614,11 @@ class Relay:
         """Add an ended call to the totals, under ``label`` or the state it reached."""
         totals = self.totals
         totals.calls[label or final.last_state or final.state] += 1
-        counters = final.counters
-        totals.packets["phone_in"] += counters["phone_in"]
-        totals.packets["phone_out"] += counters["phone_out"]
-        totals.packets["pbx_in"] += counters["pbx_in"]
-        totals.packets["pbx_out"] += counters["pbx_out"]
-        totals.drops.update(counters["drops"])
+        counters: Mapping[str, Any] = final.counters
+        for key in TRAFFIC:
+            totals.packets[key] += int(counters.get(key, 0))
+        for reason, count in final.counters["drops"].items():
+            totals.drops[reason] += int(count)
 
     def live_calls(self) -> int:
         """Calls with a mirror that has not gone back to idle."""
@@ -602,23 +627,19 @@ class Relay:
 
     def stats(self) -> dict[str, Any]:
         by_state: Counter[str] = Counter(m.state.value for m in self._by_call.values())
-        packets = Counter(self.totals.packets)
+        traffic = Counter(self.totals.packets)
         drops = Counter(self.totals.drops)
         for mirror in self._by_port.values():
-            c = mirror.counters
-            packets.update(
-                {
-                    "phone_in": c.phone_in,
-                    "phone_out": c.phone_out,
-                    "pbx_in": c.pbx_in,
-                    "pbx_out": c.pbx_out,
-                }
-            )
-            drops.update(c.drops)
+            # with what the native worker forwarded so far (not only when it detaches)
+            live = mirror.live_counters()
+            counts: Mapping[str, Any] = live
+            traffic.update({key: int(counts.get(key, 0)) for key in TRAFFIC})
+            drops.update(live["drops"])
         return {
             "calls": dict(by_state),
             "ended": dict(self.totals.calls),
-            "packets": dict(packets),
+            "packets": {key: traffic[key] for key in TRAFFIC if not key.endswith("_bytes")},
+            "bytes": {k[: -len("_bytes")]: traffic[k] for k in TRAFFIC if k.endswith("_bytes")},
             "drops": dict(drops),
             "prebound_ports": len(self._prebound),
             "uptime_s": round(time.time() - self.started_at, 1),

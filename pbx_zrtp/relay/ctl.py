@@ -24,12 +24,23 @@ PROG = "pbx-zrtp ctl"
 _POLICIES = [p.value for p in Policy]
 
 
-def _control_address(value: str) -> str:
+def control_address(value: str) -> str:
     try:
         parse_control_address(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def _seconds(value: str) -> float:
+    """A time-out: a positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds, more than 0 and less than 86400")
+    return seconds
 
 
 def _json_flag(parser: argparse.ArgumentParser, *, default: Any) -> None:
@@ -170,7 +181,7 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``ctl`` options and commands to ``parser`` (e.g. a ``pbx-zrtp`` subparser)."""
     parser.add_argument(
         "--control",
-        type=_control_address,
+        type=control_address,
         default=DEFAULT_CONTROL,
         metavar="ADDRESS",
         help=f"unix:/PATH or tcp:HOST:PORT of the relay's control API (default {DEFAULT_CONTROL})",
@@ -181,7 +192,7 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
         help="file holding the control token (required over TCP)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="wait this long per reply"
+        "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="wait this long per reply"
     )
     _json_flag(parser, default=False)
     # Subcommands take --json too; SUPPRESS keeps theirs from hiding the global one.

@@ -1,12 +1,14 @@
 """Native fast path for the steady state of a secured call.
 
-``_fastpath.c`` (next to this file) is compiled with gcc (libsrtp2's headers) on
-first use into a cache directory, keyed by a hash of the source and the flags,
-and loaded with cffi in ABI mode. One :class:`FastPath` runs one native worker
-thread (epoll, ``recvmmsg``/``sendmmsg``) that forwards the RTP of many calls;
-what it does not handle (ZRTP, RTCP, STUN, packets from other sources on the
-phone side) is queued for Python ("punted"). IPv4 and IPv6 sockets alike (each
-address of its socket's family).
+``_fastpath.c`` (next to this file) is compiled when the package is built (cffi,
+API mode: ``_fastpath_build.py``, named in ``setup.py``) into the extension module
+``pbx_zrtp.relay._fastpath_lib``; nothing is compiled at run time. One
+:class:`FastPath` runs one native worker thread (epoll, ``recvmmsg``/``sendmmsg``)
+that forwards the RTP of many calls; what it does not handle (ZRTP, RTCP, STUN,
+packets from other sources on the phone side) is queued for Python ("punted").
+An installation built without libsrtp2's headers or a compiler has no such module:
+:func:`available` says so and the relay forwards in Python. IPv4 and IPv6 sockets
+alike (each address of its socket's family).
 
 One SRTP state per call: the worker does not make sessions. A call's
 :class:`~pbx_zrtp.srtp.SrtpContext` lends it its two libsrtp sessions for as long
@@ -16,17 +18,17 @@ Python runs through :meth:`FastPath._srtp` under the worker's lock. The worker
 therefore calls the libsrtp that made them, the one bundled in pylibsrtp's wheel
 (OpenSSL's AES and HMAC), whose functions it takes with dlsym.
 
-``PBX_ZRTP_FASTPATH_SANITIZE=1`` builds and loads an AddressSanitizer +
-UndefinedBehaviorSanitizer build instead (its own cache key); the process must
-run with the sanitizer runtimes preloaded (``LD_PRELOAD``), which is checked
-before loading. ``tests/relay/test_fastpath_sanitizers.py`` runs the fast path's
-tests that way.
+``PBX_ZRTP_FASTPATH_SANITIZE=1`` (tests only) compiles and loads an
+AddressSanitizer + UndefinedBehaviorSanitizer build of the same source instead,
+with gcc into a per-user cache directory, loaded with cffi in ABI mode; the
+process must run with the sanitizer runtimes preloaded (``LD_PRELOAD``), which is
+checked before loading. ``tests/relay/test_fastpath_sanitizers.py`` runs the fast
+path's tests that way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import os
 import pathlib
@@ -35,34 +37,24 @@ import subprocess
 import threading
 from typing import Any
 
+from pbx_zrtp.relay._fastpath_build import CDEF, MODULE, SOURCE_NAME, source_digest
 from pbx_zrtp.srtp import STATUS_OK, Op, SrtpContext
 
 # cffi ships no type stubs (and the project does not depend on types-cffi)
 cffi: Any = importlib.import_module("cffi")
 
-_SOURCE = pathlib.Path(__file__).with_name("_fastpath.c")
+_SOURCE = pathlib.Path(__file__).with_name(SOURCE_NAME)
 
-_CDEF = """
-typedef struct fp fp_t;
-int fp_init(const char *srtp_lib);
-const char *fp_backend(void);
-const char *fp_build(void);
-const char *fp_counter_names(void);
-int fp_counter_count(void);
-int fp_is_rtcp(const uint8_t *p, int len);
-int fp_ip_max(void);
-fp_t *fp_create(void);
-int fp_punt_fd(fp_t *fp);
-int64_t fp_attach(fp_t *fp, int phone_fd, int pbx_fd, const char *phone_ip, int phone_port,
-                  const char *pbx_ip, int pbx_port, void *tx, void *rx);
-int fp_srtp(fp_t *fp, int64_t handle, int op, uint8_t *buf, int *len);
-int fp_set_phone(fp_t *fp, int64_t handle, const char *ip, int port);
-int fp_stats(fp_t *fp, int64_t handle, uint64_t *out);
-int fp_detach(fp_t *fp, int64_t handle, uint64_t *out);
-int fp_punt_pop(fp_t *fp, int64_t *handle, int *dir, uint8_t *buf, int cap, char *ip, int ipcap,
-                int *port);
-void fp_close(fp_t *fp);
-"""
+#: Why an installation has no native worker, and what to do about it.
+NOT_BUILT = (
+    "this installation was built without the native worker (libsrtp2's headers or a "
+    "C compiler were missing at build time; apt install build-essential python3-dev "
+    "libsrtp2-dev, then reinstall pbx-zrtp from source)"
+)
+STALE = (
+    f"pbx_zrtp/relay/{SOURCE_NAME} changed since the native worker was built: "
+    "rebuild it (bash install.sh, or pip install -e .)"
+)
 
 _ATTACH_ERRORS = {
     -1: "bad arguments (fds, or an address not of its socket's family)",
@@ -120,16 +112,17 @@ def _check_sanitizer_runtime() -> None:
         )
 
 
-def _build() -> pathlib.Path:
+def _build_sanitized() -> pathlib.Path:
+    """The sanitizer build, compiled here (tests only: a checkout with gcc)."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         raise OSError("no C compiler (gcc) on PATH")
-    sanitize = _sanitize()
-    opt = ["-O1", *SANITIZE_FLAGS] if sanitize else ["-O2"]
-    flags = [*opt, *_cflags(), "-lpthread", "-ldl"]
+    if not _SOURCE.is_file():
+        raise OSError(f"{SANITIZE_ENV} needs the source, {_SOURCE} (a checkout)")
+    flags = ["-O1", *SANITIZE_FLAGS, *_cflags(), "-lpthread", "-ldl"]
     source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
-    prefix = "_fastpath-san-" if sanitize else "_fastpath-"
+    digest = source_digest(source + " ".join(flags).encode())[:16]
+    prefix = "_fastpath-san-"
     out_dir = _cache_dir()
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if out_dir.stat().st_uid != os.getuid():
@@ -143,12 +136,52 @@ def _build() -> pathlib.Path:
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         hint = " (apt-get install libsrtp2-dev)" if "srtp2/srtp.h" in proc.stderr else ""
-        raise OSError(f"compiling _fastpath.c failed{hint}: {proc.stderr.strip()[-1500:]}")
+        raise OSError(f"compiling {SOURCE_NAME} failed{hint}: {proc.stderr.strip()[-1500:]}")
     os.replace(tmp, lib)
     for stale in out_dir.glob(f"{prefix}*.so"):  # older sources (unlinking a mapped .so is safe)
-        if stale != lib and (sanitize or not stale.name.startswith("_fastpath-san-")):
+        if stale != lib:
             stale.unlink(missing_ok=True)
     return lib
+
+
+def _open_sanitized() -> tuple[Any, Any]:
+    _check_sanitizer_runtime()
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    try:
+        lib = ffi.dlopen(str(_build_sanitized()))
+    except OSError:  # another build's clean-up removed it meanwhile: once more
+        lib = ffi.dlopen(str(_build_sanitized()))
+    return ffi, lib
+
+
+def _open_built() -> tuple[Any, Any]:
+    """The module built with the package; in a checkout, only if built from this source."""
+    try:
+        native = importlib.import_module(MODULE)
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == MODULE:
+            raise OSError(NOT_BUILT) from None
+        raise OSError(f"cannot load the native worker: {exc}") from exc
+    ffi, lib = native.ffi, native.lib
+    if _SOURCE.is_file():  # a checkout (wheels do not carry the source)
+        built = ffi.string(lib.fp_source_sha256()).decode()
+        if built != source_digest(_SOURCE.read_bytes()):
+            raise OSError(STALE)
+    return ffi, lib
+
+
+def built_from_current_source() -> bool | None:
+    """In a checkout: does the built worker match ``_fastpath.c``? None: no checkout or
+    no built worker (tests/relay/test_fastpath.py fails on False)."""
+    if not _SOURCE.is_file():
+        return None
+    try:
+        native = importlib.import_module(MODULE)
+    except ImportError:
+        return None
+    built = native.ffi.string(native.lib.fp_source_sha256()).decode()
+    return bool(built == source_digest(_SOURCE.read_bytes()))
 
 
 def _srtp_library() -> str:
@@ -169,15 +202,7 @@ def _load() -> tuple[Any, Any]:
         if _load_error is not None:
             raise OSError(_load_error)
         try:
-            if _sanitize():
-                _check_sanitizer_runtime()
-            path = _build()
-            ffi = cffi.FFI()
-            ffi.cdef(_CDEF)
-            try:
-                lib = ffi.dlopen(str(path))
-            except OSError:  # another build's clean-up removed it meanwhile: once more
-                lib = ffi.dlopen(str(_build()))
+            ffi, lib = _open_sanitized() if _sanitize() else _open_built()
             srtp_lib = _srtp_library()
             status = lib.fp_init(srtp_lib.encode())
             if status != 0:

@@ -43,6 +43,7 @@ from pbx_zrtp.calls import (
     TrafficCounters,
     no_traffic,
 )
+from pbx_zrtp.logs import call_tag
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import Refusal, SrtpContext, is_rtcp
 from pbx_zrtp.storehost import EngineStore
@@ -541,10 +542,11 @@ class Mirror:
             sas_scope=sas_scope,
             sas_relay=relay,
             cache_error=self._engine.cache_error if self._engine else self._cache_error,
-            counters=self._merged_counters(),
+            counters=self.live_counters(),
         )
 
-    def _merged_counters(self) -> TrafficCounters:
+    def live_counters(self) -> TrafficCounters:
+        """This call's counters now, the native worker's included while it forwards."""
         if self._fast_handle is not None and self._fastpath is not None:
             with contextlib.suppress(KeyError, RuntimeError):
                 return self.counters.plus(self._fastpath.stats(self._fast_handle)).snapshot()
@@ -670,13 +672,17 @@ class Mirror:
         else:
             self._stop_priming()  # off or clear: passing through; failed: nothing flows
         if state is CallState.FAILED:
-            log.warning("call %s on port %d failed: %s", self._call_id(), self.port, reason)
+            log.warning("%s failed: %s", self.tag(), reason)
         else:
-            log.info("call %s on port %d: %s %s", self._call_id(), self.port, state.value, reason)
+            log.info("%s %s", self.tag(), f"{state.value} {reason}".rstrip())
         self.on_change(self)
 
     def _call_id(self) -> str:
         return self.identity.call_id if self.identity else "-"
+
+    def tag(self) -> str:
+        """``[CALLID port N]``, which starts every log line about this call."""
+        return call_tag(self._call_id(), self.port)
 
     def _cancel_policy_timer(self) -> None:
         if self._policy_timer is not None:
@@ -854,7 +860,7 @@ class Mirror:
         elif isinstance(event, SasRelayAcknowledged | SasRelayUnacknowledged):
             ok = isinstance(event, SasRelayAcknowledged)
             self.relay_status = "acknowledged" if ok else "unacknowledged"
-            log.info("call %s: SASrelay %s", self._call_id(), self.relay_status)
+            log.info("%s SASrelay %s", self.tag(), self.relay_status)
             self.on_change(self)
             if self.partner is not None:
                 self.partner.on_change(self.partner)  # its scope may change too
@@ -895,9 +901,7 @@ class Mirror:
                 srtp=srtp,
             )
         except (OSError, ValueError, RuntimeError) as exc:
-            log.warning(
-                "call %s: fast path unavailable (%s); staying in Python", self._call_id(), exc
-            )
+            log.warning("%s fast path unavailable (%s); staying in Python", self.tag(), exc)
             _reading(phone, True)
             _reading(pbx, True)
             return

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pbx_zrtp.cache.base import CacheError, SecretCache
@@ -73,6 +75,27 @@ def read_token(path: str) -> str:
     return read_secret_file("control.token_file", path, min_length=16)
 
 
+#: RelayConfig fields that only a restart applies -> the settings' names.
+RESTART_SETTINGS = {
+    "relay_address": "relay.address",
+    "pbx_address": "relay.pbx_address",
+    "port_min": "relay.ports",
+    "port_max": "relay.ports",
+    "prebind": "relay.prebind",
+    "prebind_policy": "relay.prebind_policy",
+    "rtcp": "relay.rtcp",
+    "fastpath": "relay.fastpath",
+    "fastpath_workers": "relay.fastpath_workers",
+    "cache_path": "cache.path",
+    "cache_url": "cache.url",
+    "cache_password_file": "cache.password_file",
+    "control_socket": "control.socket",
+    "control_tcp": "control.tcp",
+    "control_token_file": "control.token_file",
+    "metrics": "metrics.listen",
+}
+
+
 class RelayService:
     """Everything ``pbx-zrtp relay`` runs, started and stopped as one."""
 
@@ -80,14 +103,8 @@ class RelayService:
         self.config = config
         self.cache = open_cache(config.cache_path, config.cache_url, config.cache_password_file)
         self.zid = self.cache.local_zid(lambda: os.urandom(12))
-        zrtp = config.zrtp
-        zid = self.zid
-
-        def configuration(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
-            return zrtp.configuration(zid, self_uri, peer_uri)
-
         settings = MirrorSettings(
-            zrtp=configuration,
+            zrtp=self._zrtp_for(config),
             cache=self.cache,
             optional_timeout=config.optional_timeout,
             required_timeout=config.required_timeout,
@@ -112,6 +129,33 @@ class RelayService:
         self.metrics_port: int | None = None
         self._purging: asyncio.Task[None] | None = None
         self.control_port: int | None = None
+
+    def _zrtp_for(self, config: RelayConfig) -> Callable[[str, str], ZrtpConfiguration]:
+        zrtp, zid = config.zrtp, self.zid
+
+        def configuration(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
+            return zrtp.configuration(zid, self_uri, peer_uri)
+
+        return configuration
+
+    def reload(self, new: RelayConfig) -> list[str]:
+        """Apply what can change under live calls (SIGHUP): the timeouts and the
+        [zrtp] offer, for calls that start from now on; returns the settings that
+        changed but need a restart."""
+        old = self.config
+        self.relay.settings = replace(
+            self.relay.settings,
+            zrtp=self._zrtp_for(new),
+            optional_timeout=new.optional_timeout,
+            required_timeout=new.required_timeout,
+        )
+        restart = sorted(
+            {n for a, n in RESTART_SETTINGS.items() if getattr(old, a) != getattr(new, a)}
+        )
+        # what runs is what the file said, except what needs a restart
+        kept = {attr: getattr(old, attr) for attr in RESTART_SETTINGS}
+        self.config = replace(new, **kept)
+        return restart
 
     async def start(self) -> None:
         warm_up(self.config.zrtp.key_agreements[:1])

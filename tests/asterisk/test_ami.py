@@ -5,6 +5,7 @@ action time-out, longer than the dialplan's 3 s wait)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -125,3 +126,68 @@ def test_panoramisk_behaves_as_ami_py_assumes() -> None:
         )
 
     asyncio.run(scenario())
+
+
+class _Records(logging.Handler):
+    """The records of one logger tree, whatever other tests did to propagation."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_refused_login_is_said_once_and_a_later_login_too() -> None:
+    """Asterisk hangs up after "Authentication failed" and panoramisk reconnects every
+    second: the log says so once, in one line naming the user, never the secret."""
+
+    async def scenario() -> None:
+        fake = FakeAmi()
+        port = await fake.start()
+        ami = Ami(
+            "127.0.0.1",
+            port,
+            "ctl",
+            "not-the-secret",
+            on_event=lambda e: None,
+            on_login=lambda: None,
+            reconnect_delay=1,
+        )
+        try:
+            # what panoramisk's protocol says on its own logger when the greeting comes
+            # before the manager hands it its logger (a real Asterisk, at every attempt)
+            logging.getLogger("panoramisk.ami_protocol").info("protocol version: %r", "11.0.0")
+            assert not await ami.start(wait=1.5)
+            await asyncio.sleep(2)  # two more refused attempts
+            attempts = sum(1 for a in fake.actions if a.get("Action") == "Login")
+            assert attempts >= 3
+            assert ami.refused == "Authentication failed"
+            fake.secret = "not-the-secret"  # the admin fixes manager.conf
+            await asyncio.wait_for(ami.logged_in.wait(), 5)
+            assert ami.refused is None
+        finally:
+            ami.close()
+            await fake.close()
+
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("pbx_zrtp", "panoramisk")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    loud = [r for r in handler.records if r.levelno >= logging.INFO]
+    texts = [r.getMessage() for r in loud]
+    refusals = [t for t in texts if "refused the login of 'ctl': Authentication failed" in t]
+    assert len(refusals) == 1, texts
+    assert not [t for t in texts if "not logged in yet" in t or "Connection lost" in t], texts
+    assert sum("AMI logged in" in t for t in texts) == 1, texts
+    assert len(loud) == 2, texts  # the refusal, then the login: nothing per attempt
+    assert not any("not-the-secret" in t for t in texts)

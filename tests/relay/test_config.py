@@ -118,7 +118,11 @@ def test_missing_file_and_cli_exit_status(tmp_path: pathlib.Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "configuration error: relay.ports" in proc.stderr
-    good = write(tmp_path, '[cache]\npath = "memory"\n')
+    good = write(
+        tmp_path,
+        f'[cache]\npath = "memory"\n[control]\nsocket = "{tmp_path}/c.sock"\n'
+        '[metrics]\nlisten = ""\n',  # --check probes them: nothing shared with other tests
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "pbx_zrtp.cli", "relay", "--config", str(good), "--check"],
         capture_output=True,

@@ -51,6 +51,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class ControlSocketError(OSError, ValueError):
+    """The control socket's path cannot be used (too long, not a socket): an error of
+    the setup, said in one line (an OSError, as the CLI reports those)."""
+
+
+class ControlSocketBusy(OSError, RuntimeError):
+    """Another process (a relay already running) serves the control socket."""
+
+
 class ControlServer:
     """Serves the control protocol for one relay on a Unix socket and/or TCP."""
 
@@ -93,7 +102,7 @@ class ControlServer:
         # Bound under a temporary name, then renamed: 14 bytes after the directory.
         temporary = os.path.join(directory, f".{secrets.token_hex(4)}.tmp")
         if max(len(os.fsencode(path)), len(os.fsencode(temporary))) > UNIX_PATH_MAX:
-            raise ValueError(
+            raise ControlSocketError(
                 f"control socket path {path!r} is too long for a Unix socket (at most"
                 f" {UNIX_PATH_MAX} bytes, in a directory of at most {UNIX_PATH_MAX - 14})"
             )
@@ -128,7 +137,7 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(info.st_mode):
-            raise ValueError(f"{path!r} exists and is not a socket: refusing to replace it")
+            raise ControlSocketError(f"{path!r} exists and is not a socket: refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -137,7 +146,7 @@ class ControlServer:
             return  # nobody listens: a stale socket from an earlier run
         finally:
             probe.close()
-        raise RuntimeError(
+        raise ControlSocketBusy(
             f"another process is serving the control socket {path!r} (is a relay running?)"
         )
 
