@@ -42,11 +42,11 @@ from pbx_zrtp.calls import (
     TrafficCounters,
     no_traffic,
 )
+from pbx_zrtp.enginehost import EngineHost
 from pbx_zrtp.logs import call_tag
 from pbx_zrtp.relay.fastlink import FAST_DROPS, FAST_TRAFFIC, FastLink, FastWorkers
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import Refusal, SrtpContext, is_rtcp
-from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
@@ -261,9 +261,7 @@ class Mirror:
         self._phone_rtcp_sock: asyncio.DatagramTransport | None = None
         self._pbx_rtp: asyncio.DatagramTransport | None = None
         self._pbx_rtcp_sock: asyncio.DatagramTransport | None = None
-        self._engine: ZrtpConnection | None = None
-        self._engine_store: EngineStore | None = None
-        self._engine_timer: asyncio.TimerHandle | None = None
+        self._host: EngineHost | None = None  # the call's ZRTP engine, on the loop
         self._policy_timer: asyncio.TimerHandle | None = None
         self._protect_out = False  # True once Secured: PBX -> phone goes out as SRTP
         self._secured: Secured | None = None
@@ -694,82 +692,51 @@ class Mirror:
 
     # ------------------------------------------------------------------ ZRTP engine
 
+    @property
+    def _engine(self) -> ZrtpConnection | None:
+        host = self._host
+        return host.engine if host is not None else None
+
     def _start_engine(self) -> None:
-        if self._engine is not None or self.identity is None or self._closed:
+        if self._host is not None or self.identity is None or self._closed:
             return
         configuration = self.settings.zrtp(self.identity.self_uri, self.identity.peer_uri)
         if self.identity.enroll:  # E implies a MiTM and excludes A (§7.3.1)
             configuration = replace(configuration, mitm=True, enrollment=True, allow_clear=False)
-        ssrc = int.from_bytes(os.urandom(4), "big")
-        store = self.settings.store
-        if store is not None:
-            self._engine = ZrtpConnection(configuration, ssrc=ssrc, host_cache=True)
-            self._engine_store = EngineStore(
-                store,
-                self._engine,
-                clock=self._loop.time,
-                wake=self._store_answered,
-                write_failed=self._store_write_failed,
-                label=f"call {self._call_id()}",
-            )
-        else:
-            self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
-        self._engine_started_at = self._loop.time()
-        self._engine.start(self._engine_started_at)
-        self._pump()
+        self._host = EngineHost(
+            configuration,
+            loop=self._loop,
+            ssrc=int.from_bytes(os.urandom(4), "big"),
+            send=self._to_phone,
+            on_event=self._on_engine_event,
+            cache=self.settings.cache,
+            store=self.settings.store,
+            write_failed=self._store_write_failed,
+            label=f"call {self._call_id()}",
+        )
+        self._engine_started_at = self._host.start()
 
     def _stop_engine(self) -> None:
         self._leave_fast()
-        if self._engine_timer is not None:
-            self._engine_timer.cancel()
-            self._engine_timer = None
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        self._engine_store = None
+        if self._host is not None:
+            self._host.close()
+            self._host = None
         self._drop_srtp()
 
-    def _store_answered(self, engine: ZrtpConnection) -> None:
-        """The store answered ``engine``'s lookup (on the loop): the exchange goes on."""
-        if engine is self._engine:
-            self._pump()
-
-    def _store_write_failed(self, engine: ZrtpConnection, write: CacheWrite, error: str) -> None:
-        """A write of this call did not reach the store: say so in the report."""
-        if engine is not self._engine:
-            return  # the call is over; the store worker logged it
+    def _store_write_failed(self, write: CacheWrite, error: str) -> None:
+        """A write of this call did not reach the store: say so in the report (the
+        host passes on only the writes of the engine it still runs)."""
         self.failed_writes.append((write, error))
         if isinstance(write, PbxSecretWrite) and write.lifetime:
             self._enrolled_now = False  # the pbxsecret was not stored: not enrolled
         self.on_change(self)
 
-    def _on_engine_timer(self) -> None:
-        self._engine_timer = None
-        if self._engine is not None:
-            self._engine.handle_timer(self._loop.time())
-            self._pump()
-
     def _pump(self) -> None:
-        """Send what the engine queued, act on its events, re-arm its timer."""
-        engine = self._engine
-        if engine is None:
-            return
-        for datagram in engine.datagrams_to_send():
-            self._to_phone(datagram)
-        while (event := engine.next_event()) is not None:
-            self._on_engine_event(event)
-            if self._engine is None:
-                return
-        if self._engine_timer is not None:
-            self._engine_timer.cancel()
-            self._engine_timer = None
-        deadline = engine.get_timer()
-        if deadline is not None:
-            self._engine_timer = self._loop.call_at(deadline, self._on_engine_timer)
+        """After a command to the engine: send, act and re-arm (EngineHost.pump)."""
+        if self._host is not None:
+            self._host.pump()
 
     def _on_engine_event(self, event: Event) -> None:
-        if self._engine_store is not None and self._engine_store.handle(event):
-            return
         if isinstance(event, SrtpKeysReady):
             self._srtp_keys(event)
         elif isinstance(event, Secured):
@@ -914,10 +881,9 @@ class Mirror:
             if plain is None:
                 counters.drops["srtp_auth"] += 1
                 return
-            engine = self._engine
-            if not self._protect_out and engine is not None:
-                engine.srtp_authenticated(self._loop.time())  # completes the initiator
-                self._pump()
+            host = self._host
+            if not self._protect_out and host is not None:
+                host.srtp_authenticated()  # completes the initiator
             self._to_pbx(plain)
             return
         if self._clear_allowed():
@@ -958,17 +924,17 @@ class Mirror:
         counters.phone_in_bytes += len(data)
         if guard is not None:
             guard.heard(addr, len(data))
-        if self._engine is None:
+        if self._host is None:
             self._start_engine()
-        engine = self._engine
-        if engine is None:
+        host = self._host
+        if host is None:
             counters.drops["zrtp_no_engine"] += 1
             return
+        engine = host.engine
         ignored = _engine_ignored(engine)
-        engine.receive_datagram(data, self._loop.time())
+        host.receive(data)  # an ignored datagram queues nothing: counting after is exact
         if _engine_ignored(engine) != ignored:
             counters.drops["zrtp_ignored"] += 1  # replays, floods, stale repeats, junk
-        self._pump()
 
     def _hello_may_relatch(self, data: bytes) -> bool:
         """A ZRTP Hello from a new address moves the latch while no Hello has been
