@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pbx_zrtp.calls import TRAFFIC_FIELDS
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import SrtpContext
 from pbx_zrtp.zrtp.events import SrtpKeys
@@ -25,17 +26,9 @@ Address = tuple[str, int]
 #: What a link does with a datagram its worker punted: (data, source, "phone" | "pbx").
 PuntHandler = Callable[[bytes, Address, str], None]
 
-#: The worker's per-call counters that add to a mirror's traffic counters ...
-FAST_TRAFFIC = (
-    "phone_in",
-    "phone_in_bytes",
-    "phone_out",
-    "phone_out_bytes",
-    "pbx_in",
-    "pbx_in_bytes",
-    "pbx_out",
-    "pbx_out_bytes",
-)
+#: The worker's per-call counters that add to a mirror's traffic counters (all
+#: but priming, which only Python does) ...
+FAST_TRAFFIC = tuple(name for name in TRAFFIC_FIELDS if name != "priming_sent")
 #: ... and those that add to its drops (same names as the Python path's reasons).
 FAST_DROPS = (
     "srtp_auth",
