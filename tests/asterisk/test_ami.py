@@ -152,7 +152,7 @@ def test_a_refused_login_is_said_once_and_a_later_login_too() -> None:
             "ctl",
             "not-the-secret",
             on_event=lambda e: None,
-            on_login=lambda: None,
+            on_connect=lambda: None,
             reconnect_delay=1,
         )
         try:
@@ -165,10 +165,13 @@ def test_a_refused_login_is_said_once_and_a_later_login_too() -> None:
             assert attempts >= 3
             assert ami.refused == "Authentication failed"
             fake.secret = "not-the-secret"  # the admin fixes manager.conf
-            await asyncio.wait_for(ami.logged_in.wait(), 5)
+            deadline = asyncio.get_running_loop().time() + 5
+            while not ami.connected:
+                assert asyncio.get_running_loop().time() < deadline, "never logged in"
+                await asyncio.sleep(0.05)
             assert ami.refused is None
         finally:
-            ami.close()
+            await ami.close()
             await fake.close()
 
     handler = _Records()

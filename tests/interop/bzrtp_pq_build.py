@@ -24,7 +24,7 @@ import os
 import pathlib
 import shutil
 
-from .source_build import DONE_MARK, BuildError, compile_peer, missing_tools, run
+from .source_build import DONE_MARK, BuildError, Found, build_peer, missing_tools, run
 
 SCRIPT = pathlib.Path(__file__).with_name("build_bzrtp_pq.sh")
 SOURCE = pathlib.Path(__file__).with_name("bzrtp_peer.c")
@@ -44,7 +44,7 @@ def _complete(prefix: pathlib.Path) -> bool:
     )
 
 
-def bzrtp_pq_prefix() -> tuple[pathlib.Path | None, str | None, bool]:
+def bzrtp_pq_prefix() -> Found:
     """(prefix, None, _) when the PQ build is usable, else (None, reason, sources_given)."""
     prefix = pathlib.Path(os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX)
     sdk, oqs = os.environ.get(SDK_ENV), os.environ.get(OQS_ENV)
@@ -78,27 +78,22 @@ def bzrtp_pq_prefix() -> tuple[pathlib.Path | None, str | None, bool]:
 
 
 @functools.lru_cache(maxsize=1)
-def _prefix_or_reason() -> tuple[pathlib.Path | None, str | None, bool]:
+def _prefix_or_reason() -> Found:
     return bzrtp_pq_prefix()
 
 
 def build_bzrtp_pq_peer(out_dir: pathlib.Path) -> pathlib.Path:
     """bzrtp_peer.c compiled against the post-quantum bzrtp; BuildError if impossible."""
-    prefix, reason, _ = _prefix_or_reason()
-    if prefix is None:
-        raise BuildError(reason or "post-quantum bzrtp unavailable")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "bzrtp_pq_peer"
-    gcc = shutil.which("gcc") or "gcc"
-    compile_peer(
-        [
-            gcc,
+
+    def command(prefix: pathlib.Path, output: pathlib.Path) -> list[str]:
+        return [
+            shutil.which("gcc") or "gcc",
             "-O2",
             "-Wall",
             "-std=gnu11",
             f"-I{prefix}/include",
             "-o",
-            f"{binary}.tmp",
+            str(output),
             str(SOURCE),
             f"-L{prefix}/lib",
             f"-Wl,-rpath,{prefix}/lib",
@@ -106,7 +101,6 @@ def build_bzrtp_pq_peer(out_dir: pathlib.Path) -> pathlib.Path:
             "-lbctoolbox",
             "-lsrtp2",
             "-lsqlite3",
-        ],
-        binary,
-    )
-    return binary
+        ]
+
+    return build_peer(_prefix_or_reason(), out_dir, "bzrtp_pq_peer", command)

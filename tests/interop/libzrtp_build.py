@@ -26,16 +26,7 @@ import os
 import pathlib
 import shutil
 
-from .source_build import (
-    BuildError,
-    cache_root,
-    compile_peer,
-    ensure_built,
-    missing_tools,
-    replace_in_file,
-    run,
-    tree_key,
-)
+from .source_build import Found, SourceLibrary, build_peer, replace_in_file, run
 
 SOURCE = pathlib.Path(__file__).with_name("libzrtp_peer.c")
 SRC_ENV = "PBX_ZRTP_LIBZRTP_SRC"
@@ -65,63 +56,49 @@ def _build(work: pathlib.Path, prefix: pathlib.Path, log: pathlib.Path) -> None:
     shutil.copy2(work / "third_party/bnlib/libbn.a", prefix / "lib/libbn.a")
 
 
-def libzrtp_prefix() -> tuple[pathlib.Path | None, str | None, bool]:
+LIBZRTP = SourceLibrary(
+    name="libzrtp",
+    title="libzrtp",
+    repository="traviscross/libzrtp",
+    src_env=SRC_ENV,
+    prefix_env=PREFIX_ENV,
+    default_prefix=DEFAULT_PREFIX,
+    recipe=RECIPE,
+    marker="configure.in",
+    tools=("gcc", "make", "autoconf", "automake", "libtoolize"),
+    complete=_complete,
+    build=_build,
+)
+
+
+def libzrtp_prefix() -> Found:
     """(prefix, None, _) when libzrtp is usable, else (None, reason, source_given)."""
-    src = os.environ.get(SRC_ENV)
-    source = pathlib.Path(src) if src else None
-    if source is not None and not (source / "configure.in").is_file():
-        return None, f"{SRC_ENV}={src} is not a libzrtp source tree (no configure.in)", True
-    if os.environ.get(PREFIX_ENV):
-        prefix = pathlib.Path(os.environ[PREFIX_ENV])
-    elif _complete(DEFAULT_PREFIX) or source is None:
-        prefix = DEFAULT_PREFIX
-    else:
-        prefix = cache_root() / f"libzrtp-{tree_key(source, RECIPE)}"
-    if source is None and not _complete(prefix):
-        return (
-            None,
-            f"libzrtp not found in {prefix}: set {SRC_ENV} to a libzrtp source tree "
-            "(public repository traviscross/libzrtp) to build it (docs/zrtp.md)",
-            False,
-        )
-    reason = missing_tools("gcc", "make", "autoconf", "automake", "libtoolize")
-    if reason is not None and source is not None and not _complete(prefix):
-        return None, reason, True
-    try:
-        return ensure_built("libzrtp", prefix, source, _build, _complete), None, source is not None
-    except BuildError as exc:
-        return None, str(exc), source is not None
+    return LIBZRTP.locate()
 
 
 @functools.lru_cache(maxsize=1)
-def _prefix_or_reason() -> tuple[pathlib.Path | None, str | None, bool]:
+def _prefix_or_reason() -> Found:
     return libzrtp_prefix()
 
 
 def build_libzrtp_peer(out_dir: pathlib.Path) -> pathlib.Path:
     """Compile libzrtp_peer.c against the libzrtp install; BuildError if impossible."""
-    prefix, reason, _ = _prefix_or_reason()
-    if prefix is None:
-        raise BuildError(reason or "libzrtp unavailable")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "libzrtp_peer"
-    gcc = shutil.which("gcc") or "gcc"
-    compile_peer(
-        [
-            gcc,
+
+    def command(prefix: pathlib.Path, output: pathlib.Path) -> list[str]:
+        return [
+            shutil.which("gcc") or "gcc",
             "-O2",
             "-Wall",
             "-std=gnu11",
             f"-I{prefix}/include/libzrtp",
             "-o",
-            f"{binary}.tmp",
+            str(output),
             str(SOURCE),
             # libzrtp keeps the SRTP keys to itself: catch them on their way to its SRTP engine.
             "-Wl,--wrap=zrtp_srtp_create",
             f"{prefix}/lib/libzrtp.a",
             f"{prefix}/lib/libbn.a",
             "-lpthread",
-        ],
-        binary,
-    )
-    return binary
+        ]
+
+    return build_peer(_prefix_or_reason(), out_dir, "libzrtp_peer", command)

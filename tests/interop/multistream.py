@@ -182,3 +182,38 @@ def ours_first(
                 proc.kill()
                 proc.communicate()
     return mine, theirs
+
+
+def two_streams_with_peer(
+    peer_bin: pathlib.Path, tmp_path: pathlib.Path, *, srtp: int
+) -> tuple[Secured, Secured, dict[str, Any], int]:
+    """A peer program (bzrtp, libzrtp or GNU ZRTP) with a second, Multistream stream:
+    (our first stream, our second, the peer's Multistream result, SRTP packets we
+    received on the second). Asserts what every peer must agree on: the first
+    stream's SAS and key agreement, Mult on both sides with the first's SAS, the
+    second stream's keys as the peer has them, and SRTP both ways on it."""
+    port_file, ms_port_file = tmp_path / "port", tmp_path / "ms-port"
+    proc = run_bzrtp_peer(
+        peer_bin,
+        [
+            *("--bind", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--ms-bind", "127.0.0.1:0", "--ms-port-file", str(ms_port_file)),
+            *("--srtp", str(srtp), "--linger-ms", "300", "--timeout", "20"),
+        ],
+    )
+    try:
+        ports = (wait_port_file(port_file, proc), wait_port_file(ms_port_file, proc))
+        first, second, received = run_two_streams(ports, srtp=srtp)
+        theirs = finish(proc, 25.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert theirs.get("ok"), theirs
+    assert first.sas == theirs["sas"] and first.key_agreement == theirs["key_agreement"]
+    ms = theirs["multistream"]
+    assert ms["ok"] and ms["key_agreement"] == "Mult" and second.key_agreement == "Mult"
+    assert second.multistream and second.sas == first.sas
+    assert second.keys.local_key.hex() == ms["srtp_peer_key"]
+    assert received == srtp and ms["srtp"]["received_ok"] == srtp, (received, ms)
+    return first, second, ms, received

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 #: A finished install carries this file; a half-built prefix is rebuilt.
 DONE_MARK = ".pbx-zrtp-interop-build"
@@ -113,3 +114,77 @@ def compile_peer(cmd: Sequence[str], output: pathlib.Path) -> None:
         tmp.unlink(missing_ok=True)
         raise BuildError(f"compiling {output.name} failed:\n{proc.stderr[-3000:]}")
     os.replace(tmp, output)
+
+
+Found = tuple[pathlib.Path | None, str | None, bool]
+
+
+@dataclass(frozen=True)
+class SourceLibrary:
+    """A ZRTP library built from its public sources: where to find or build it.
+
+    ``locate`` is the one routine every such library follows: a source tree named
+    by ``src_env`` is checked, the install prefix is ``prefix_env`` (plus
+    ``suffix`` for a variant), else ``default_prefix`` when it already holds a
+    build or no source was given, else a cache directory keyed by the tree; a
+    complete prefix is used as is, otherwise the tree is built there.
+    """
+
+    name: str
+    title: str  # for messages, e.g. "GNU ZRTP"
+    repository: str  # the public repository, for the skip reason
+    src_env: str
+    prefix_env: str
+    default_prefix: pathlib.Path
+    recipe: str  # bumped when the build steps change, so cached builds are redone
+    marker: str  # a file every source tree of the library has
+    tools: tuple[str, ...]
+    complete: Callable[[pathlib.Path], bool]
+    build: Callable[[pathlib.Path, pathlib.Path, pathlib.Path], None]
+
+    def locate(self, suffix: str = "") -> Found:
+        """(prefix, None, source_given) when usable, else (None, reason, source_given)."""
+        src = os.environ.get(self.src_env)
+        source = pathlib.Path(src) if src else None
+        given = source is not None
+        if source is not None and not (source / self.marker).is_file():
+            return None, f"{self.src_env}={src} is not a {self.title} tree (no {self.marker})", True
+        default = pathlib.Path(f"{self.default_prefix}{suffix}")
+        if os.environ.get(self.prefix_env):
+            prefix = pathlib.Path(os.environ[self.prefix_env] + suffix)
+        elif self.complete(default) or source is None:
+            prefix = default
+        else:
+            prefix = cache_root() / f"{self.name}{suffix}-{tree_key(source, self.recipe)}"
+        if source is None and not self.complete(prefix):
+            return (
+                None,
+                f"{self.title} not found in {prefix}: set {self.src_env} to a {self.title} "
+                f"source tree (public repository {self.repository}) to build it (docs/zrtp.md)",
+                False,
+            )
+        reason = missing_tools(*self.tools)
+        if reason is not None and source is not None and not self.complete(prefix):
+            return None, reason, True
+        try:
+            built = ensure_built(self.name + suffix, prefix, source, self.build, self.complete)
+        except BuildError as exc:
+            return None, str(exc), given
+        return built, None, given
+
+
+def build_peer(
+    found: Found,
+    out_dir: pathlib.Path,
+    name: str,
+    command: Callable[[pathlib.Path, pathlib.Path], list[str]],
+) -> pathlib.Path:
+    """Compile a peer program against the library ``found`` where; ``command(prefix,
+    output)`` is the compiler line. BuildError (with the skip reason) if impossible."""
+    prefix, reason, _ = found
+    if prefix is None:
+        raise BuildError(reason or f"{name}: its library is unavailable")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / name
+    compile_peer(command(prefix, pathlib.Path(f"{binary}.tmp")), binary)
+    return binary

@@ -89,6 +89,31 @@ def algorithms(ka: str, hash_: str, cipher: str, auth: str, sas: str) -> list[st
     ]
 
 
+def check_suite(
+    peer_bin: pathlib.Path,
+    tmp_path: pathlib.Path,
+    role: str,
+    suite: tuple[str, str, str, str, str],
+) -> dict[str, Any]:
+    """One call with ``suite`` (key agreement, hash, cipher, auth tag, SAS) forced on
+    both sides, ``role`` ours: same SAS, keys and SRTP both ways, and the suite asked
+    for is the one agreed. Our result, for further checks."""
+    algos = algorithms(*suite)
+    ours, theirs = interop(
+        peer_bin,
+        tmp_path,
+        [*algos, "--srtp", str(N_SRTP)],
+        [*algos, "--role", role, "--srtp", str(N_SRTP)],
+    )
+    assert_interop(ours, theirs)
+    assert ours["role"] == role
+    agreed = tuple(ours[f] for f in ("key_agreement", "hash", "cipher", "auth_tag", "sas_type"))
+    assert agreed == suite
+    if suite[2] == "AES3":  # AES_CM_256 (RFC 6188): 256-bit SRTP keys
+        assert len(bytes.fromhex(ours["srtp_self_key"])) == 32
+    return ours
+
+
 MATRIX = list(
     itertools.product(
         ["X255", "X448", "DH3k", "DH2k"], ["S256", "S384"], ["HS32", "HS80"], ["B32", "B256"]
@@ -107,21 +132,7 @@ def test_interop_matrix(
     auth: str,
     sas: str,
 ) -> None:
-    algos = algorithms(ka, hash_, "AES1", auth, sas)
-    ours, theirs = interop(
-        bzrtp_peer_bin,
-        tmp_path,
-        [*algos, "--srtp", str(N_SRTP)],
-        [*algos, "--role", role, "--srtp", str(N_SRTP)],
-    )
-    assert_interop(ours, theirs)
-    assert ours["role"] == role
-    assert (ours["key_agreement"], ours["hash"], ours["auth_tag"], ours["sas_type"]) == (
-        ka,
-        hash_,
-        auth,
-        sas,
-    )
+    check_suite(bzrtp_peer_bin, tmp_path, role, (ka, hash_, "AES1", auth, sas))
 
 
 @pytest.mark.parametrize("role", ["initiator", "responder"])
@@ -132,17 +143,7 @@ def test_aes3_srtp_both_ways_with_bzrtp(
 ) -> None:
     """AES3: 256-bit keys agree and SRTP (AES_CM_256, RFC 6188) decrypts both ways,
     bzrtp's side on Debian's libsrtp2, ours on pylibsrtp's."""
-    algos = algorithms(ka, "S384", "AES3", auth, "B32")
-    ours, theirs = interop(
-        bzrtp_peer_bin,
-        tmp_path,
-        [*algos, "--srtp", str(N_SRTP)],
-        [*algos, "--role", role, "--srtp", str(N_SRTP)],
-    )
-    assert_interop(ours, theirs)
-    assert ours["role"] == role
-    assert ours["cipher"] == theirs["cipher"] == "AES3"
-    assert ours["auth_tag"] == auth and len(bytes.fromhex(ours["srtp_self_key"])) == 32
+    check_suite(bzrtp_peer_bin, tmp_path, role, (ka, "S384", "AES3", auth, "B32"))
 
 
 def test_a_phone_preferring_aes3_gets_it_from_our_default_offer(

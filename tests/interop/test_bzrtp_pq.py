@@ -11,16 +11,12 @@ a required mirror of the relay.
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 
 import pytest
 
-from pbx_zrtp.cache.memory import MemorySecretCache
-from pbx_zrtp.relay.core import Relay, RelayLayout
-from pbx_zrtp.relay.mirror import MirrorSettings, Policy
-from pbx_zrtp.zrtp.config import ZrtpConfiguration
-from tests.relay.helpers import PBX_HOST, PHONE_HOST, RELAY_HOST, EchoPbx, create_call
+from pbx_zrtp.relay.mirror import Policy
+from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, create_call, pq_relay
 
 from .bzrtp_build import finish, run_bzrtp_peer
 from .test_bzrtp_interop import N_SRTP, assert_interop, interop
@@ -78,29 +74,11 @@ def test_dh_only_peer_negotiates_dh_with_the_same_configuration(
     assert ours["key_agreement"] == "X255"
 
 
-def _pq_relay() -> Relay:
-    cache = MemorySecretCache()
-    zid = cache.local_zid(lambda: os.urandom(12))
-
-    def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
-        return ZrtpConfiguration(
-            zid=zid,
-            mitm=True,
-            self_uri=self_uri,
-            peer_uri=peer_uri,
-            key_agreement_types=(b"X3M3", b"X1M1", b"X255", b"DH3k"),
-            hash_types=(b"S256", b"S384", b"S512"),
-        )
-
-    settings = MirrorSettings(zrtp=zrtp, cache=cache, required_timeout=8.0)
-    return Relay(RelayLayout(RELAY_HOST, PBX_HOST, port_min=1024, port_max=65535), settings)
-
-
 def test_bzrtp_pq_phone_secures_x448_mlkem1024_through_a_required_mirror(
     bzrtp_pq_peer_bin: pathlib.Path,
 ) -> None:
     async def scenario() -> None:
-        relay = _pq_relay()
+        relay = pq_relay(required_timeout=8.0)
         await relay.start()
         port = await create_call(
             relay, "pq-bz", Policy.REQUIRED, self_uri="sip:100@pbx", peer_uri="sip:linphone@lan"

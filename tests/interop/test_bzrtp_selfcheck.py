@@ -18,26 +18,12 @@ from typing import Any
 import pytest
 
 from .bzrtp_build import finish, run_bzrtp_peer, run_pair
+from .test_bzrtp_interop import algorithms
 
 pytestmark = pytest.mark.interop
 
 N_SRTP = 20
 B32_ALPHABET = "ybndrfg8ejkmcpqxot1uwisza345h769"
-
-
-def _algo_args(ka: str, hash_: str, cipher: str, auth: str, sas: str) -> list[str]:
-    return [
-        "--key-agreement",
-        ka,
-        "--hash",
-        hash_,
-        "--cipher",
-        cipher,
-        "--auth-tag",
-        auth,
-        "--sas",
-        sas,
-    ]
 
 
 def _check_pair(a: dict[str, Any], b: dict[str, Any], n_srtp: int = 0) -> None:
@@ -93,7 +79,7 @@ def test_pair_negotiates_and_exchanges_srtp(
     auth: str,
     sas: str,
 ) -> None:
-    args = [*_algo_args(ka, hash_, cipher, auth, sas), "--srtp", str(N_SRTP)]
+    args = [*algorithms(ka, hash_, cipher, auth, sas), "--srtp", str(N_SRTP)]
     a, b = run_pair(bzrtp_peer_bin, tmp_path, args, args)
     _check_pair(a, b, N_SRTP)
     assert (a["key_agreement"], a["hash"], a["cipher"], a["auth_tag"], a["sas_type"]) == (

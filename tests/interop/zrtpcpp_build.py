@@ -29,16 +29,7 @@ import os
 import pathlib
 import shutil
 
-from .source_build import (
-    BuildError,
-    cache_root,
-    compile_peer,
-    ensure_built,
-    missing_tools,
-    replace_in_file,
-    run,
-    tree_key,
-)
+from .source_build import Found, SourceLibrary, build_peer, replace_in_file, run
 
 SOURCE = pathlib.Path(__file__).with_name("zrtpcpp_peer.cpp")
 SRC_ENV = "PBX_ZRTP_ZRTPCPP_SRC"
@@ -100,51 +91,35 @@ def _builder(sas_relay: bool):  # type: ignore[no-untyped-def]
     return build
 
 
-def zrtpcpp_prefix(sas_relay: bool = False) -> tuple[pathlib.Path | None, str | None, bool]:
+def zrtpcpp_prefix(sas_relay: bool = False) -> Found:
     """(prefix, None, _) when GNU ZRTP is usable, else (None, reason, source_given)."""
-    src = os.environ.get(SRC_ENV)
-    source = pathlib.Path(src) if src else None
-    if source is not None and not (source / "zrtp/ZRtp.cpp").is_file():
-        return None, f"{SRC_ENV}={src} is not a ZRTPCPP source tree (no zrtp/ZRtp.cpp)", True
-    suffix = f"-{SAS_RELAY}" if sas_relay else ""
-    if os.environ.get(PREFIX_ENV):
-        prefix = pathlib.Path(os.environ[PREFIX_ENV] + suffix)
-    elif _complete(pathlib.Path(f"{DEFAULT_PREFIX}{suffix}")) or source is None:
-        prefix = pathlib.Path(f"{DEFAULT_PREFIX}{suffix}")
-    else:
-        prefix = cache_root() / f"zrtpcpp{suffix}-{tree_key(source, RECIPE)}"
-    if source is None and not _complete(prefix):
-        return (
-            None,
-            f"GNU ZRTP not found in {prefix}: set {SRC_ENV} to a ZRTPCPP source tree "
-            "(public repository wernerd/ZRTPCPP) to build it (docs/zrtp.md)",
-            False,
-        )
-    reason = missing_tools("cmake", "g++", "make")
-    if reason is not None and source is not None and not _complete(prefix):
-        return None, reason, True
-    try:
-        built = ensure_built("zrtpcpp" + suffix, prefix, source, _builder(sas_relay), _complete)
-    except BuildError as exc:
-        return None, str(exc), source is not None
-    return built, None, source is not None
+    library = SourceLibrary(
+        name="zrtpcpp",
+        title="GNU ZRTP",
+        repository="wernerd/ZRTPCPP",
+        src_env=SRC_ENV,
+        prefix_env=PREFIX_ENV,
+        default_prefix=DEFAULT_PREFIX,
+        recipe=RECIPE,
+        marker="zrtp/ZRtp.cpp",
+        tools=("cmake", "g++", "make"),
+        complete=_complete,
+        build=_builder(sas_relay),
+    )
+    return library.locate(f"-{SAS_RELAY}" if sas_relay else "")
 
 
 @functools.lru_cache(maxsize=2)
-def _prefix_or_reason(sas_relay: bool) -> tuple[pathlib.Path | None, str | None, bool]:
+def _prefix_or_reason(sas_relay: bool) -> Found:
     return zrtpcpp_prefix(sas_relay)
 
 
 def build_zrtpcpp_peer(out_dir: pathlib.Path, *, sas_relay: bool = False) -> pathlib.Path:
     """Compile zrtpcpp_peer.cpp against one GNU ZRTP install; BuildError if impossible."""
-    prefix, reason, _ = _prefix_or_reason(sas_relay)
-    if prefix is None:
-        raise BuildError(reason or "GNU ZRTP unavailable")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / ("zrtpcpp_peer" + (f"_{SAS_RELAY}" if sas_relay else ""))
-    headers = prefix / "include/zrtpcpp"
-    compile_peer(
-        [
+
+    def command(prefix: pathlib.Path, output: pathlib.Path) -> list[str]:
+        headers = prefix / "include/zrtpcpp"
+        return [
             shutil.which("g++") or "g++",
             "-O2",
             "-Wall",
@@ -155,7 +130,7 @@ def build_zrtpcpp_peer(out_dir: pathlib.Path, *, sas_relay: bool = False) -> pat
             f"-I{headers}",
             f"-I{headers}/zrtp",
             "-o",
-            f"{binary}.tmp",
+            str(output),
             str(SOURCE),
             f"-L{prefix}/lib",
             "-lzrtpcppcore",
@@ -163,7 +138,7 @@ def build_zrtpcpp_peer(out_dir: pathlib.Path, *, sas_relay: bool = False) -> pat
             "-lsqlite3",
             "-lpthread",
             f"-Wl,-rpath,{prefix}/lib",
-        ],
-        binary,
-    )
-    return binary
+        ]
+
+    name = "zrtpcpp_peer" + (f"_{SAS_RELAY}" if sas_relay else "")
+    return build_peer(_prefix_or_reason(sas_relay), out_dir, name, command)

@@ -84,104 +84,14 @@ static struct {
 	char relayed_sas[64], relay_cs[64];
 } G;
 
-static double now_ms(void) {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
-static void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void vlog(const char *fmt, ...) {
-	if (!G.verbose) return;
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "[zrtpcpp_peer %8.1f] ", now_ms() - G.t0);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
-static void json_str(const char *s) {
-	putchar('"');
-	for (; s && *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\') { putchar('\\'); putchar(c); }
-		else if (c < 0x20 || c >= 0x7f) printf("\\u%04x", c);
-		else putchar(c);
-	}
-	putchar('"');
-}
-
-static void hex(char *out, const uint8_t *in, int n) {
-	static const char *h = "0123456789abcdef";
-	for (int i = 0; i < n; i++) { out[2 * i] = h[in[i] >> 4]; out[2 * i + 1] = h[in[i] & 15]; }
-	out[2 * n] = 0;
-}
-
-static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void fail(const char *fmt, ...) {
-	char msg[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	fputs("{\"ok\": false, \"error\": ", stdout);
-	json_str(msg);
-	fputs("}\n", stdout);
-	fflush(stdout);
-	if (!G.cache && G.cache_path[0]) unlink(G.cache_path);
-	exit(1);
-}
-
-/* ------------------------------------------------------------------ addresses */
-
-static int parse_hostport(const char *s, struct sockaddr_storage *out, socklen_t *len, int passive) {
-	char host[256];
-	const char *colon = strrchr(s, ':');
-	if (!colon || (size_t)(colon - s) >= sizeof host) return -1;
-	memcpy(host, s, (size_t)(colon - s));
-	host[colon - s] = 0;
-	struct addrinfo hints, *res = NULL;
-	memset(&hints, 0, sizeof hints);
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_DGRAM;
-	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-	if (getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res) != 0 || !res) return -1;
-	memcpy(out, res->ai_addr, res->ai_addrlen);
-	*len = res->ai_addrlen;
-	freeaddrinfo(res);
-	return 0;
-}
-
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-	const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
-	return a->ss_family == AF_INET && b->ss_family == AF_INET && x->sin_port == y->sin_port &&
-		x->sin_addr.s_addr == y->sin_addr.s_addr;
-}
-
-static void write_port_file(int sock, const char *path) {
-	struct sockaddr_in sa;
-	socklen_t l = sizeof sa;
-	char tmp[4200];
-	if (getsockname(sock, (struct sockaddr *)&sa, &l) < 0) fail("getsockname: %s", strerror(errno));
-	snprintf(tmp, sizeof tmp, "%s.tmp", path);
-	FILE *f = fopen(tmp, "w");
-	if (!f) fail("cannot write %s", tmp);
-	fprintf(f, "%d\n", ntohs(sa.sin_port));
-	fclose(f);
-	if (rename(tmp, path) < 0) fail("cannot rename %s", tmp);
-}
-
-static int open_socket(const char *bind_str, const char *port_file) {
-	struct sockaddr_storage a;
-	socklen_t l;
-	if (parse_hostport(bind_str, &a, &l, 1) < 0) fail("bad bind address '%s'", bind_str);
-	int s = socket(a.ss_family, SOCK_DGRAM, 0);
-	if (s < 0 || bind(s, (struct sockaddr *)&a, l) < 0) fail("bind %s: %s", bind_str, strerror(errno));
-	fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK);
-	if (port_file) write_port_file(s, port_file);
-	return s;
-}
+#define PEER_NAME "zrtpcpp_peer"
+#define PEER_VERBOSE G.verbose
+#define PEER_T0 G.t0
+#define PEER_ON_FAIL() \
+	do { \
+		if (!G.cache && G.cache_path[0]) unlink(G.cache_path); \
+	} while (0)
+#include "peer_common.h"
 
 /* ------------------------------------------------------------------ SRTP (libsrtp2) */
 

@@ -193,3 +193,22 @@ def rtp(seq: int, ssrc: int = 0x01020304, payload: bytes = b"\x7f" * 160, pt: in
 def rtcp_sr(ssrc: int = 0x01020304) -> bytes:
     # A minimal RTCP sender report (PT 200), 28 bytes.
     return struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, 0, 0, 0, 0, 0)
+
+
+def pq_relay(*, required_timeout: float) -> Relay:
+    """A relay that offers the post-quantum KEM hybrids first (X3M3 needs S512)."""
+    cache = MemorySecretCache()
+    zid = cache.local_zid(lambda: os.urandom(12))
+
+    def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
+        return ZrtpConfiguration(
+            zid=zid,
+            mitm=True,
+            self_uri=self_uri,
+            peer_uri=peer_uri,
+            key_agreement_types=(b"X3M3", b"X1M1", b"X255", b"DH3k"),
+            hash_types=(b"S256", b"S384", b"S512"),
+        )
+
+    settings = MirrorSettings(zrtp=zrtp, cache=cache, required_timeout=required_timeout)
+    return Relay(RelayLayout(RELAY_HOST, PBX_HOST, port_min=1024, port_max=65535), settings)

@@ -163,12 +163,23 @@ def rtp(seq: int, ssrc: int, payload: bytes, ts: int | None = None) -> bytes:
     return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, stamp, ssrc) + payload
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(
+    predicate: Callable[[], bool], timeout: float = 10.0, why: Callable[[], str] | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
-        assert loop.time() < deadline, "timed out"
+        assert loop.time() < deadline, f"timed out: {why() if why is not None else ''}"
         await asyncio.sleep(0.005)
+
+
+def _handshake_status(relay: Relay, phone: Phone) -> str:
+    """What both ends say when a handshake does not finish (the failure message)."""
+    report = relay.get("call")
+    return (
+        f"phone engine {phone.engine.state.value} stats {dict(phone.engine.stats)};"
+        f" relay call {report.state} phone {report.phone} counters {report.counters}"
+    )
 
 
 @dataclass
@@ -205,13 +216,16 @@ async def secured_call(
     try:
         await phone.open()
         phone.start()
-        await until(lambda: phone.srtp is not None)
+        # Generous: the sanitizer run (tests/relay/test_fastpath_sanitizers.py) is slow.
+        await until(lambda: phone.srtp is not None, 30, lambda: _handshake_status(relay, phone))
         mirror = next(iter(relay.mirrors()))
         lab = Lab(relay, mirror, pbx, phone, fast, net)
         # The relay may be the initiator: the phone's first SRTP packet completes it.
         first = phone.audio(1)[0][1]
         phone.current.transport.sendto(first, phone.peer)
-        await until(lambda: relay.get("call").state == "secure")
+        await until(
+            lambda: relay.get("call").state == "secure", 30, lambda: _handshake_status(relay, phone)
+        )
         await until(lambda: len(lab.pbx_audio()) == 1)
         assert (mirror.fast.handle is not None) is fast  # the path under test
         await scenario(lab)

@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from pbx_zrtp.asterisk.adapter import variables_for
-from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.freeswitch.adapter import variables_for as freeswitch_variables
-from pbx_zrtp.relay.core import Relay, RelayLayout
-from pbx_zrtp.relay.mirror import MirrorSettings, Policy
+from pbx_zrtp.relay.mirror import Policy
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.relay.helpers import (
-    PBX_HOST,
     PHONE_HOST,
     RELAY_HOST,
     EchoPbx,
     assert_echoed_back,
     create_call,
+    pq_relay,
 )
-
-
-def _pq_relay() -> Relay:
-    cache = MemorySecretCache()
-    zid = cache.local_zid(lambda: os.urandom(12))
-
-    def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
-        return ZrtpConfiguration(
-            zid=zid,
-            mitm=True,
-            self_uri=self_uri,
-            peer_uri=peer_uri,
-            key_agreement_types=(b"X3M3", b"X1M1", b"X255", b"DH3k"),
-            hash_types=(b"S256", b"S384", b"S512"),
-        )
-
-    settings = MirrorSettings(zrtp=zrtp, cache=cache, required_timeout=5.0)
-    return Relay(RelayLayout(RELAY_HOST, PBX_HOST, port_min=1024, port_max=65535), settings)
 
 
 def test_fragmented_pq_handshake_through_a_required_mirror_srtp_both_ways() -> None:
@@ -45,7 +24,7 @@ def test_fragmented_pq_handshake_through_a_required_mirror_srtp_both_ways() -> N
     as fragments (first byte 0x11): the mirror must hand them to its engine."""
 
     async def scenario() -> None:
-        relay = _pq_relay()
+        relay = pq_relay(required_timeout=5.0)
         await relay.start()
         port = await create_call(
             relay, "pq-1", Policy.REQUIRED, self_uri="sip:100@pbx", peer_uri="sip:phone@lan"
