@@ -1,8 +1,9 @@
 """``pbx-zrtp endpoint``: one ZRTP endpoint over UDP, for admins and tests.
 
-A thin asyncio host of the sans-I/O engine (like ``openssl s_client`` for TLS):
-it runs one ZRTP exchange with a peer, optionally sends SRTP, and reports the
-outcome as one JSON-ready dict.
+The engine on one UDP socket (like ``openssl s_client`` for TLS), through the
+same host as the relay's mirrors (enginehost.py): it runs one ZRTP exchange
+with a peer, optionally sends SRTP, and reports the outcome as one JSON-ready
+dict.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.worker import StoreWorker
+from pbx_zrtp.enginehost import EngineHost
 from pbx_zrtp.srtp import SrtpContext
-from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
-from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
+    Event,
     HandshakeFailed,
     SasRelayed,
     Secured,
@@ -75,37 +76,38 @@ class _Outcome:
 
 
 class _EndpointProtocol(asyncio.DatagramProtocol):
-    """Feeds the engine from the socket and the loop's clock; nothing else."""
+    """Feeds the engine host from the socket; acts on the engine's events."""
 
     def __init__(
         self,
-        connection: ZrtpConnection,
+        configuration: ZrtpConfiguration,
+        ssrc: int,
         options: EndpointOptions,
         outcome: _Outcome,
+        cache: SecretCache | None = None,
         store: StoreWorker | None = None,
     ) -> None:
-        self.connection = connection
         self.options = options
         self.outcome = outcome
         self.peer = options.peer
         self.transport: asyncio.DatagramTransport | None = None
         self.srtp: SrtpContext | None = None
         self.secure = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._store = (
-            None
-            if store is None
-            else EngineStore(
-                store, connection, clock=self._loop.time, wake=lambda _engine: self._pump()
-            )
+        self.host = EngineHost(
+            configuration,
+            loop=asyncio.get_running_loop(),
+            ssrc=ssrc,
+            send=self._send,
+            on_event=self._on_event,
+            cache=cache,
+            store=store,
         )
+        self.connection = self.host.engine
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if self.peer is not None:
-            self.connection.start(self._loop.time())
-            self._pump()
+            self.host.start()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         source = (addr[0], addr[1])
@@ -113,56 +115,38 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
             self.peer = source  # no --peer: answer whoever speaks first
         elif source != self.peer:
             return
-        now = self._loop.time()
         if is_zrtp_packet(data) or is_zrtp_fragment(data):  # 0x11: a KEM-mode fragment
-            self.connection.receive_datagram(data, now)
+            self.host.receive(data)
         elif self.srtp is not None and self.srtp.unprotect(data) is not None:
             self.outcome.srtp_received_ok += 1
-            self.connection.srtp_authenticated(now)
-        self._pump()
+            self.host.srtp_authenticated()
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
         pass
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.connection.handle_timer(self._loop.time())
-        self._pump()
+    def _send(self, datagram: bytes) -> None:
+        if self.transport is not None and self.peer is not None:
+            self.transport.sendto(datagram, self.peer)
 
-    def _pump(self) -> None:
-        """Send what the engine queued, handle its events, re-arm its timer."""
-        if self.transport is None or self.transport.is_closing():
-            return  # a store answer after the end: nothing left to drive
-        for datagram in self.connection.datagrams_to_send():
-            if self.peer is not None:
-                self.transport.sendto(datagram, self.peer)
-        while (event := self.connection.next_event()) is not None:
-            if self._store is not None and self._store.handle(event):
-                continue
-            if isinstance(event, SrtpKeysReady) and self.srtp is None:
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, SrtpKeysReady) and self.srtp is None:
+            self.srtp = self._srtp_context(event.keys)
+        elif isinstance(event, Secured):
+            if self.srtp is None:
                 self.srtp = self._srtp_context(event.keys)
-            elif isinstance(event, Secured):
-                if self.srtp is None:
-                    self.srtp = self._srtp_context(event.keys)
-                if self.options.mark_verified:
-                    self.connection.set_sas_verified(True)
-                if self.options.accept_enrollment and event.peer_enrollment:
-                    self.connection.enroll()
-                    self.outcome.enrolled = True
-                self.outcome.secured = event
-                self.secure.set()
-            elif isinstance(event, SasRelayed):
-                self.outcome.sas_relay = event
-                self.outcome.relayed.set()
-            elif isinstance(event, HandshakeFailed):
-                self.outcome.failure = event.reason
-                self.outcome.done.set()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.connection.get_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            if self.options.mark_verified:
+                self.connection.set_sas_verified(True)
+            if self.options.accept_enrollment and event.peer_enrollment:
+                self.connection.enroll()
+                self.outcome.enrolled = True
+            self.outcome.secured = event
+            self.secure.set()
+        elif isinstance(event, SasRelayed):
+            self.outcome.sas_relay = event
+            self.outcome.relayed.set()
+        elif isinstance(event, HandshakeFailed):
+            self.outcome.failure = event.reason
+            self.outcome.done.set()
 
     def _srtp_context(self, keys: SrtpKeys) -> SrtpContext | None:
         """An SRTP context, or None for keys our SRTP layer cannot use (none the
@@ -192,9 +176,7 @@ class _EndpointProtocol(asyncio.DatagramProtocol):
         return True
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.connection.close()
+        self.host.close()  # store answers after this drive nothing
         if self.transport is not None:
             self.transport.close()
 
@@ -215,17 +197,11 @@ async def run_endpoint(
         ssrc = int.from_bytes(os.urandom(4), "big")
     # A store on disk runs on a worker thread, as in the relay: the engine only asks.
     store = StoreWorker(cache) if cache is not None and cache.blocking else None
-    connection = ZrtpConnection(
-        configuration,
-        ssrc=ssrc,
-        random=os.urandom,
-        cache=cache if store is None else None,
-        host_cache=store is not None,
-    )
     outcome = _Outcome()
     try:
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _EndpointProtocol(connection, options, outcome, store), local_addr=options.bind
+            lambda: _EndpointProtocol(configuration, ssrc, options, outcome, cache, store),
+            local_addr=options.bind,
         )
     except OSError as exc:
         raise EndpointError(
@@ -246,7 +222,7 @@ async def run_endpoint(
         if outcome.secured is None or outcome.failure:
             if outcome.failure:
                 raise EndpointError(outcome.failure)
-            state = connection.state.value
+            state = protocol.connection.state.value
             raise EndpointError(f"time-out after {options.timeout:g} s in state {state}")
         secured = outcome.secured
         elapsed_ms = (time.perf_counter() - started) * 1000

@@ -20,6 +20,8 @@ LAYERS = {
     "pbx_zrtp.zrtp": 0,
     "pbx_zrtp.cache": 0,
     "pbx_zrtp.srtp": 1,
+    "pbx_zrtp.storehost": 1,
+    "pbx_zrtp.enginehost": 1,
     "pbx_zrtp.relay": 2,
     "pbx_zrtp.endpoint": 2,
     "pbx_zrtp.pbx": 3,

@@ -82,10 +82,10 @@ def test_the_drop_reasons_are_all_the_sources_use() -> None:
     used: set[str] = set()
     for path in (ROOT / "pbx_zrtp" / "relay").glob("*.py"):
         used |= set(re.findall(r'drops\["([a-z_]+)"\]', path.read_text()))
-    from pbx_zrtp.relay.mirror import _FAST_DROPS
+    from pbx_zrtp.relay.fastlink import FAST_DROPS
     from pbx_zrtp.srtp import Refusal
 
-    used |= set(_FAST_DROPS) | {refusal.value for refusal in Refusal}
+    used |= set(FAST_DROPS) | {refusal.value for refusal in Refusal}
     assert used <= set(DROP_REASONS), sorted(used - set(DROP_REASONS))
 
 
@@ -186,7 +186,7 @@ def test_natively_forwarded_packets_and_bytes_count_while_the_call_lasts() -> No
             phone = await _secure_call(relay, port, 60)
             assert phone["ok"]
             mirror = next(m for m in relay.mirrors() if m.identity and m.identity.call_id == "fast")
-            assert mirror._fast_handle is not None  # still forwarded by the worker
+            assert mirror.fast.handle is not None  # still forwarded by the worker
             samples = _samples(metrics.render())
             in_python = mirror.counters.phone_in
         finally:

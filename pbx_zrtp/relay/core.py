@@ -31,6 +31,7 @@ from pbx_zrtp.calls import (
     RelayError,
     StateCallback,
 )
+from pbx_zrtp.relay.fastlink import FastWorkers
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.relay.mirror import Mirror, MirrorSettings
 
@@ -156,15 +157,10 @@ class Relay:
         self._listeners: list[StateCallback] = []  # e.g. metrics, in-process adapters
         self.totals = Totals()
         self.started_at = time.time()
-        #: The native forwarding worker for secured calls (None: all in Python).
-        #: Native forwarding workers for secured calls (each a C thread, so several
-        #: use several cores); empty: everything in Python.
-        self.fastpaths: list[FastPath] = (
+        #: Native forwarding workers for secured calls (fastlink.py); none: all in Python.
+        self.fast = FastWorkers(
             [] if fastpath is None else fastpath if isinstance(fastpath, list) else [fastpath]
         )
-        self._fast: dict[tuple[int, int], Mirror] = {}  # (worker index, handle) -> mirror
-        self._punt_readers = False
-        self._next_worker = 0
         #: Set by drain(): no new calls; the calls in progress carry on.
         self.draining = False
 
@@ -178,11 +174,13 @@ class Relay:
         """Calls with a name (created, or claimed on a pre-bound port)."""
         return len(self._by_call)
 
+    @property
+    def fastpaths(self) -> list[FastPath]:
+        """The native workers (empty: secured media is forwarded in Python)."""
+        return self.fast.workers
+
     async def start(self) -> None:
-        if not self._punt_readers:
-            for index, worker in enumerate(self.fastpaths):
-                asyncio.get_running_loop().add_reader(worker.punt_fd(), self._drain_punted, index)
-            self._punt_readers = True
+        self.fast.start()
         for port in self.layout.prebind:
             self.layout.check_port(port)
             await self._open_mirror(port, self.layout.pbx_host, None)
@@ -198,11 +196,7 @@ class Relay:
         self._by_port.clear()
         for sub in list(self._subscribers):
             sub.close()
-        for worker in self.fastpaths:
-            if self._punt_readers:
-                asyncio.get_running_loop().remove_reader(worker.punt_fd())
-            worker.close()
-        self._punt_readers = False
+        self.fast.close()
         store = self.settings.store
         if store is not None:
             # The calls' last writes (rs1, V flag) land before the store is closed.
@@ -220,8 +214,7 @@ class Relay:
             rtcp=self.layout.rtcp,
             on_change=self._changed,
             on_unclaimed=self._on_unclaimed,
-            fastpath=self._assign_worker(),
-            on_fast=self._fast_changed,
+            fast=self.fast,
         )
         for attempt in range(3):
             try:
@@ -325,37 +318,6 @@ class Relay:
         self._by_call[call_id] = mirror
         mirror.attach(identity)
         return mirror.report()
-
-    def _assign_worker(self) -> FastPath | None:
-        """Spread mirrors over the native workers, round robin."""
-        if not self.fastpaths:
-            return None
-        worker = self.fastpaths[self._next_worker % len(self.fastpaths)]
-        self._next_worker += 1
-        return worker
-
-    def _fast_changed(self, mirror: Mirror, handle: int | None) -> None:
-        """A mirror entered (handle) or left (None) its native worker."""
-        for key, owner in list(self._fast.items()):
-            if owner is mirror:
-                del self._fast[key]
-        if handle is not None and mirror.fastpath is not None:
-            self._fast[(self.fastpaths.index(mirror.fastpath), handle)] = mirror
-
-    def _drain_punted(self, index: int) -> None:
-        """Datagrams a native worker hands back (ZRTP, RTCP, strangers)."""
-        try:
-            punted = self.fastpaths[index].read_punted()
-        except RuntimeError:
-            return  # closed
-        for handle, data, addr, side in punted:
-            mirror = self._fast.get((index, handle))
-            if mirror is None:
-                continue
-            try:
-                mirror.punted(data, addr, side)
-            except Exception:  # one bad datagram must never stop the others
-                log.exception("internal error on a punted datagram; dropped")
 
     def _on_unclaimed(self, mirror: Mirror) -> None:
         """Media on a pre-bound port before the adapter named the call: hold it

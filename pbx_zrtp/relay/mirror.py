@@ -22,7 +22,6 @@ packet is forwarded, or dropped and counted under a reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import struct
@@ -43,10 +42,11 @@ from pbx_zrtp.calls import (
     TrafficCounters,
     no_traffic,
 )
+from pbx_zrtp.enginehost import EngineHost
 from pbx_zrtp.logs import call_tag
+from pbx_zrtp.relay.fastlink import FAST_DROPS, FAST_TRAFFIC, FastLink, FastWorkers
 from pbx_zrtp.relay.fastpath import FastPath
 from pbx_zrtp.srtp import Refusal, SrtpContext, is_rtcp
-from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
 from pbx_zrtp.zrtp.events import (
@@ -118,9 +118,9 @@ class Counters:
     def plus(self, fast: dict[str, int]) -> Counters:
         """These counters with the native worker's added (a new object)."""
         total = replace(self, drops=Counter(self.drops))
-        for name in _FAST_TRAFFIC:
+        for name in FAST_TRAFFIC:
             setattr(total, name, getattr(total, name) + fast.get(name, 0))
-        total.drops.update({name: fast[name] for name in _FAST_DROPS if fast.get(name)})
+        total.drops.update({name: fast[name] for name in FAST_DROPS if fast.get(name)})
         return total
 
 
@@ -189,37 +189,6 @@ def _engine_ignored(engine: ZrtpConnection) -> int:
     return sum(stats[name] for name in _ENGINE_IGNORED)
 
 
-_FAST_TRAFFIC = (
-    "phone_in",
-    "phone_in_bytes",
-    "phone_out",
-    "phone_out_bytes",
-    "pbx_in",
-    "pbx_in_bytes",
-    "pbx_out",
-    "pbx_out_bytes",
-)
-_FAST_DROPS = (
-    "srtp_auth",
-    "srtp_protect",
-    "srtp_repeat",
-    "wrong_source",
-    "oversize",
-    "punt_overflow",
-    "send_errors",
-    "recv_errors",
-)
-
-
-def _reading(transport: asyncio.DatagramTransport, on: bool) -> None:
-    """pause_reading/resume_reading: selector datagram transports have them, though
-    the typing stubs do not (and uvloop's lack them: the fast path is then unused)."""
-    method: Any = getattr(transport, "resume_reading" if on else "pause_reading", None)
-    if method is not None:
-        with contextlib.suppress(RuntimeError):
-            method()
-
-
 def _is_stun(data: bytes) -> bool:
     """RFC 5389: top two bits 0 and the magic cookie. Phones (linphone) send STUN
     checks to the relay; they are dropped, but counted under their own name."""
@@ -268,8 +237,7 @@ class Mirror:
         rtcp: bool = True,
         on_change: Callable[[Mirror], None] = lambda mirror: None,
         on_unclaimed: Callable[[Mirror], None] = lambda mirror: None,
-        fastpath: FastPath | None = None,
-        on_fast: Callable[[Mirror, int | None], None] = lambda mirror, handle: None,
+        fast: FastWorkers | None = None,
     ) -> None:
         self.settings = settings
         self.relay_host = relay_host
@@ -293,11 +261,8 @@ class Mirror:
         self._phone_rtcp_sock: asyncio.DatagramTransport | None = None
         self._pbx_rtp: asyncio.DatagramTransport | None = None
         self._pbx_rtcp_sock: asyncio.DatagramTransport | None = None
-        self._engine: ZrtpConnection | None = None
-        self._engine_store: EngineStore | None = None
-        self._engine_timer: asyncio.TimerHandle | None = None
+        self._host: EngineHost | None = None  # the call's ZRTP engine, on the loop
         self._policy_timer: asyncio.TimerHandle | None = None
-        self._srtp: SrtpContext | None = None
         self._protect_out = False  # True once Secured: PBX -> phone goes out as SRTP
         self._secured: Secured | None = None
         self._sas_verified = False
@@ -312,12 +277,9 @@ class Mirror:
         self._prime_ts = int.from_bytes(os.urandom(4), "big")
         self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
         self._closed = False
-        #: Native forwarding of the secured steady state (fastpath.py), when available.
-        self._fastpath = fastpath
-        self._on_fast = on_fast
-        self._fast_handle: int | None = None
-        self._fast_phone: Address | None = None
-        self._fast_pbx_out_seen = 0
+        #: The call's SRTP state, and the native worker (fastpath.py) that forwards
+        #: the secured steady state when there is one: the fast-path glue.
+        self.fast = FastLink(fast, self.punted)
         #: The other leg of the bridged call, once the relay linked them (§7.3).
         self.partner: Mirror | None = None
         self.relay_role = ""  # "", "none", "target", "source"
@@ -359,7 +321,7 @@ class Mirror:
     @property
     def fastpath(self) -> FastPath | None:
         """The native worker this mirror's secured RTP goes to, if any."""
-        return self._fastpath
+        return self.fast.worker
 
     @property
     def pbx_side_port(self) -> int:
@@ -404,13 +366,7 @@ class Mirror:
     def heard(self) -> int:
         """Datagrams received so far (the native worker's included): changes while
         anything at all arrives, whether it is forwarded or dropped."""
-        heard = self._heard
-        if self._fast_handle is not None and self._fastpath is not None:
-            with contextlib.suppress(KeyError, RuntimeError):
-                fast = self._fastpath.stats(self._fast_handle)
-                heard += fast.get("phone_in", 0) + fast.get("pbx_in", 0)
-                heard += sum(fast.get(name, 0) for name in _FAST_DROPS)
-        return heard
+        return self._heard + self.fast.heard()
 
     def set_policy(self, policy: Policy) -> None:
         """Change the policy of a live call (the dialplan decided later)."""
@@ -547,10 +503,8 @@ class Mirror:
 
     def live_counters(self) -> TrafficCounters:
         """This call's counters now, the native worker's included while it forwards."""
-        if self._fast_handle is not None and self._fastpath is not None:
-            with contextlib.suppress(KeyError, RuntimeError):
-                return self.counters.plus(self._fastpath.stats(self._fast_handle)).snapshot()
-        return self.counters.snapshot()
+        fast = self.fast.figures()
+        return (self.counters.plus(fast) if fast else self.counters).snapshot()
 
     @property
     def cache_key(self) -> CacheKey | None:
@@ -643,8 +597,6 @@ class Mirror:
         self._prime_seq = int.from_bytes(os.urandom(2), "big")  # a new stream per call
         self._prime_ts = int.from_bytes(os.urandom(4), "big")
         self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
-        self._fast_phone = None
-        self._fast_pbx_out_seen = 0
         self._guard = None
         self._heard = 0
         self.counters = Counters()
@@ -700,15 +652,12 @@ class Mirror:
     def _prime(self) -> None:
         """Silence to A:P until the PBX's first packet reaches us (closed loop)."""
         self._priming = None
-        if self._fast_handle is not None and self._fastpath is not None:
-            # The native worker reads the PBX socket now: learn from its counters.
-            with contextlib.suppress(KeyError, RuntimeError):
-                fast = self._fastpath.stats(self._fast_handle)
-                if fast.get("pbx_in", 0) > 0:
-                    self._pbx_heard = True
-                if fast.get("pbx_out", 0) > self._fast_pbx_out_seen:
-                    self._fast_pbx_out_seen = fast["pbx_out"]
-                    self._last_forward = self._loop.time()
+        # While the native worker reads the PBX socket, learn from its counters.
+        pbx_heard, forwarded = self.fast.pbx_progress()
+        if pbx_heard:
+            self._pbx_heard = True
+        if forwarded:
+            self._last_forward = self._loop.time()
         if self._pbx_heard or self._closed or self._pbx_rtp is None:
             return
         if self._loop.time() > self._priming_until:
@@ -743,89 +692,55 @@ class Mirror:
 
     # ------------------------------------------------------------------ ZRTP engine
 
+    @property
+    def _engine(self) -> ZrtpConnection | None:
+        host = self._host
+        return host.engine if host is not None else None
+
     def _start_engine(self) -> None:
-        if self._engine is not None or self.identity is None or self._closed:
+        if self._host is not None or self.identity is None or self._closed:
             return
         configuration = self.settings.zrtp(self.identity.self_uri, self.identity.peer_uri)
         if self.identity.enroll:  # E implies a MiTM and excludes A (§7.3.1)
             configuration = replace(configuration, mitm=True, enrollment=True, allow_clear=False)
-        ssrc = int.from_bytes(os.urandom(4), "big")
-        store = self.settings.store
-        if store is not None:
-            self._engine = ZrtpConnection(configuration, ssrc=ssrc, host_cache=True)
-            self._engine_store = EngineStore(
-                store,
-                self._engine,
-                clock=self._loop.time,
-                wake=self._store_answered,
-                write_failed=self._store_write_failed,
-                label=f"call {self._call_id()}",
-            )
-        else:
-            self._engine = ZrtpConnection(configuration, ssrc=ssrc, cache=self.settings.cache)
-        self._engine_started_at = self._loop.time()
-        self._engine.start(self._engine_started_at)
-        self._pump()
+        self._host = EngineHost(
+            configuration,
+            loop=self._loop,
+            ssrc=int.from_bytes(os.urandom(4), "big"),
+            send=self._to_phone,
+            on_event=self._on_engine_event,
+            cache=self.settings.cache,
+            store=self.settings.store,
+            write_failed=self._store_write_failed,
+            label=f"call {self._call_id()}",
+        )
+        self._engine_started_at = self._host.start()
 
     def _stop_engine(self) -> None:
         self._leave_fast()
-        if self._engine_timer is not None:
-            self._engine_timer.cancel()
-            self._engine_timer = None
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        self._engine_store = None
-        self._srtp = None
-        self._protect_out = False
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+        self._drop_srtp()
 
-    def _store_answered(self, engine: ZrtpConnection) -> None:
-        """The store answered ``engine``'s lookup (on the loop): the exchange goes on."""
-        if engine is self._engine:
-            self._pump()
-
-    def _store_write_failed(self, engine: ZrtpConnection, write: CacheWrite, error: str) -> None:
-        """A write of this call did not reach the store: say so in the report."""
-        if engine is not self._engine:
-            return  # the call is over; the store worker logged it
+    def _store_write_failed(self, write: CacheWrite, error: str) -> None:
+        """A write of this call did not reach the store: say so in the report (the
+        host passes on only the writes of the engine it still runs)."""
         self.failed_writes.append((write, error))
         if isinstance(write, PbxSecretWrite) and write.lifetime:
             self._enrolled_now = False  # the pbxsecret was not stored: not enrolled
         self.on_change(self)
 
-    def _on_engine_timer(self) -> None:
-        self._engine_timer = None
-        if self._engine is not None:
-            self._engine.handle_timer(self._loop.time())
-            self._pump()
-
     def _pump(self) -> None:
-        """Send what the engine queued, act on its events, re-arm its timer."""
-        engine = self._engine
-        if engine is None:
-            return
-        for datagram in engine.datagrams_to_send():
-            self._to_phone(datagram)
-        while (event := engine.next_event()) is not None:
-            self._on_engine_event(event)
-            if self._engine is None:
-                return
-        if self._engine_timer is not None:
-            self._engine_timer.cancel()
-            self._engine_timer = None
-        deadline = engine.get_timer()
-        if deadline is not None:
-            self._engine_timer = self._loop.call_at(deadline, self._on_engine_timer)
+        """After a command to the engine: send, act and re-arm (EngineHost.pump)."""
+        if self._host is not None:
+            self._host.pump()
 
     def _on_engine_event(self, event: Event) -> None:
-        if self._engine_store is not None and self._engine_store.handle(event):
-            return
         if isinstance(event, SrtpKeysReady):
-            self._srtp = self._srtp_context(event)
+            self._srtp_keys(event)
         elif isinstance(event, Secured):
-            if self._srtp is None:
-                self._srtp = self._srtp_context(event)
-            if self._srtp is None:
+            if self._srtp_keys(event) is None:
                 return
             self._secured = event
             self._protect_out = True
@@ -836,9 +751,7 @@ class Mirror:
             self._set_state(CallState.SECURE)
             self._enter_fast()
         elif isinstance(event, HandshakeFailed):
-            self._leave_fast()
-            self._srtp = None
-            self._protect_out = False
+            self._drop_srtp()
             policy = self.identity.policy if self.identity else Policy.REQUIRED
             if self.state is CallState.SECURE:
                 self._set_state(CallState.FAILED, f"ZRTP ended: {event.reason}")
@@ -849,9 +762,7 @@ class Mirror:
                 self._cancel_policy_timer()
                 self._set_state(CallState.CLEAR, f"ZRTP failed: {event.reason}")
         elif isinstance(event, WentClear):
-            self._leave_fast()
-            self._srtp = None
-            self._protect_out = False
+            self._drop_srtp()
             self._set_state(CallState.CLEAR, "the phone went clear (GoClear)")
         elif isinstance(event, GoClearRefused):
             self.counters.drops["goclear_refused"] += 1
@@ -867,80 +778,44 @@ class Mirror:
         elif isinstance(event, PeerHelloReceived):
             pass
 
-    def _srtp_context(self, event: SrtpKeysReady | Secured) -> SrtpContext | None:
+    def _srtp_keys(self, event: SrtpKeysReady | Secured) -> SrtpContext | None:
+        """The call's one SRTP state (FastLink.keys); None, and the call failed, if
+        SRTP cannot run with the negotiated keys."""
         try:
-            return SrtpContext(event.keys)
+            return self.fast.keys(event.keys)
         except ValueError as exc:
             self._set_state(CallState.FAILED, f"SRTP unavailable: {exc}")
             return None
 
+    def _drop_srtp(self) -> None:
+        """The call's keys are gone (GoClear, failure, end): nothing is protected."""
+        self._merge_fast(self.fast.drop())
+        self._protect_out = False
+
     # ------------------------------------------------------------------ native fast path
 
     def _enter_fast(self) -> None:
-        """Hand the secured RTP of this call to the native worker (RTCP, ZRTP and
-        anything unexpected keep coming back here through the relay's punt queue).
-        The worker borrows this call's SRTP sessions: one SRTP state for the call."""
-        fastpath, srtp = self._fastpath, self._srtp
-        if fastpath is None or self._secured is None or srtp is None:
-            return
-        if self._fast_handle is not None:
-            return
+        """Hand the secured RTP of this call to the native worker (FastLink.enter)."""
         phone, pbx = self._phone_rtp, self._pbx_rtp
-        if self.phone is None or phone is None or pbx is None:
+        if self._secured is None or self.phone is None or phone is None or pbx is None:
             return
-        if not (hasattr(phone, "pause_reading") and hasattr(pbx, "pause_reading")):
-            return  # e.g. uvloop's UDP transports cannot stop reading
-        _reading(phone, False)
-        _reading(pbx, False)
-        try:
-            handle = fastpath.attach(
-                phone_fd=phone.get_extra_info("socket").fileno(),
-                pbx_fd=pbx.get_extra_info("socket").fileno(),
-                phone_addr=self.phone,
-                pbx_addr=self.pbx,
-                srtp=srtp,
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.warning("%s fast path unavailable (%s); staying in Python", self.tag(), exc)
-            _reading(phone, True)
-            _reading(pbx, True)
-            return
-        self._fast_handle = handle
-        self._fast_phone = self.phone
-        self._fast_pbx_out_seen = 0
-        self._on_fast(self, handle)
+        self.fast.enter(phone, pbx, self.phone, self.pbx, self.tag())
 
     def _leave_fast(self) -> None:
-        handle, fastpath = self._fast_handle, self._fastpath
-        if handle is None or fastpath is None:
-            return
-        self._fast_handle = None
-        self._on_fast(self, None)
-        with contextlib.suppress(KeyError, RuntimeError):
-            self.counters = self.counters.plus(fastpath.detach(handle))
-        for transport in (self._phone_rtp, self._pbx_rtp):
-            if transport is not None and not transport.is_closing():
-                _reading(transport, True)
+        self._merge_fast(self.fast.leave())
+
+    def _merge_fast(self, final: dict[str, int]) -> None:
+        if final:
+            self.counters = self.counters.plus(final)
 
     def punted(self, data: bytes, addr: Address, side: str) -> None:
         """A datagram the native worker did not handle (ZRTP, RTCP, strangers)."""
-        if side == "phone":
-            self._from_phone(data, addr)
-            handle, fastpath, phone = self._fast_handle, self._fastpath, self.phone
-            if handle is not None and fastpath is not None and phone != self._fast_phone:
-                # The phone moved: a packet from there authenticated and was fresh
-                # under the live replay window (the worker's sessions are ours). The
-                # worker follows; nothing is re-created.
-                try:
-                    if phone is None:
-                        raise ValueError("no phone")
-                    fastpath.set_phone(handle, phone)
-                except (KeyError, ValueError, RuntimeError):
-                    self._leave_fast()  # Python carries on, with the same sessions
-                    return
-                self._fast_phone = phone
-        else:
+        if side != "phone":
             self._from_pbx(data, addr)
+            return
+        self._from_phone(data, addr)
+        if not self.fast.follow(self.phone):
+            self._leave_fast()  # Python carries on, with the same sessions
 
     # ------------------------------------------------------------------ phone side
 
@@ -979,7 +854,7 @@ class Mirror:
         if hint is not None and addr[0] != hint[0]:
             counters.drops["wrong_source"] += 1  # the SDP named the phone's address
             return
-        srtp = self._srtp
+        srtp = self.fast.srtp
         if addr != self.phone:
             if self.phone is not None:
                 # Latched already. Only an SRTP packet that authenticates and is fresh
@@ -1006,10 +881,9 @@ class Mirror:
             if plain is None:
                 counters.drops["srtp_auth"] += 1
                 return
-            engine = self._engine
-            if not self._protect_out and engine is not None:
-                engine.srtp_authenticated(self._loop.time())  # completes the initiator
-                self._pump()
+            host = self._host
+            if not self._protect_out and host is not None:
+                host.srtp_authenticated()  # completes the initiator
             self._to_pbx(plain)
             return
         if self._clear_allowed():
@@ -1050,17 +924,17 @@ class Mirror:
         counters.phone_in_bytes += len(data)
         if guard is not None:
             guard.heard(addr, len(data))
-        if self._engine is None:
+        if self._host is None:
             self._start_engine()
-        engine = self._engine
-        if engine is None:
+        host = self._host
+        if host is None:
             counters.drops["zrtp_no_engine"] += 1
             return
+        engine = host.engine
         ignored = _engine_ignored(engine)
-        engine.receive_datagram(data, self._loop.time())
+        host.receive(data)  # an ignored datagram queues nothing: counting after is exact
         if _engine_ignored(engine) != ignored:
             counters.drops["zrtp_ignored"] += 1  # replays, floods, stale repeats, junk
-        self._pump()
 
     def _hello_may_relatch(self, data: bytes) -> bool:
         """A ZRTP Hello from a new address moves the latch while no Hello has been
@@ -1089,7 +963,7 @@ class Mirror:
             counters.drops["wrong_source"] += 1  # the SDP named the phone's address
             return
         latched = self.phone_rtcp
-        if self._srtp is None:
+        if self.fast.srtp is None:
             if not self._clear_allowed():
                 counters.drops["clear_blocked"] += 1  # not even the latch moves
                 return
@@ -1116,7 +990,7 @@ class Mirror:
         call's live SRTCP replay state, else None. That state is the call's one
         SrtpContext's (while the native worker holds its sessions, this runs there,
         under the worker's lock)."""
-        srtp = self._srtp
+        srtp = self.fast.srtp
         if srtp is None or not is_rtcp(data):
             return None  # e.g. a captured SRTP *RTP* packet replayed to P+1
         return srtp.unprotect(data)
@@ -1179,7 +1053,7 @@ class Mirror:
             counters.drops["no_call"] += 1
             return
         if self._protect_out:
-            srtp = self._srtp
+            srtp = self.fast.srtp
             assert srtp is not None
             packet = srtp.protect_checked(data)
             if isinstance(packet, Refusal):
@@ -1208,7 +1082,7 @@ class Mirror:
             counters.drops["phone_unknown"] += 1
             return
         if self._protect_out:
-            srtp = self._srtp
+            srtp = self.fast.srtp
             assert srtp is not None
             packet = srtp.protect_checked(data)
             if isinstance(packet, Refusal):

@@ -86,7 +86,7 @@ def test_bzrtp_phone_secures_through_a_mirror(
             assert phone["srtp"]["received_ok"] == 30, phone["srtp"]
             assert report.counters["drops"].get("srtp_auth", 0) == 0
             mirror = next(iter(relay.mirrors()))
-            assert (mirror._fast_handle is not None) is fast  # the path under test
+            assert (mirror.fast.handle is not None) is fast  # the path under test
         finally:
             pbx.close()
             await relay.close()

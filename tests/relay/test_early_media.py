@@ -128,7 +128,7 @@ def test_early_media_reaches_the_phone_only_as_srtp(fast: bool, mode: str) -> No
                 assert drops.get("clear_blocked", 0) >= 1
             # and nothing clear from the phone reached the PBX
             assert not any(b"CLEAR PHONE" in d for d in pbx.received)
-            assert (mirror._fast_handle is not None) is fast
+            assert (mirror.fast.handle is not None) is fast
         finally:
             phone.close()
             pbx.close()

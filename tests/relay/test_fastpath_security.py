@@ -227,7 +227,7 @@ async def secured_call(
             lambda: relay.get("call").state == "secure", 30, lambda: _handshake_status(relay, phone)
         )
         await until(lambda: len(lab.pbx_audio()) == 1)
-        assert (mirror._fast_handle is not None) is fast  # the path under test
+        assert (mirror.fast.handle is not None) is fast  # the path under test
         await scenario(lab)
     finally:
         phone.close()
@@ -291,9 +291,9 @@ def test_relatch_after_the_pbx_sequence_wrapped_never_reuses_an_index(fast: bool
         assert report.counters["drops"].get("relatched") == 1
         assert report.counters["drops"].get("srtp_repeat") == 1  # the late packet
         if lab.fast:  # the worker carried the audio after the relatch, still attached
-            assert lab.mirror._fast_handle is not None
+            assert lab.mirror.fast.handle is not None
             assert lab.mirror.fastpath is not None
-            stats = lab.mirror.fastpath.stats(lab.mirror._fast_handle)
+            stats = lab.mirror.fastpath.stats(lab.mirror.fast.handle)
             assert stats["phone_out"] >= 36 and stats["srtp_protect"] == 0
 
     asyncio.run(asyncio.wait_for(secured_call(fast, scenario, net), 60))

@@ -63,7 +63,7 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown(net: Net, cipher: str
             # that crossed the hand-over, which the phone rightly accepts too
             primed = mirror.counters.priming_sent
             assert phone["ok"] and 50 <= phone["srtp"]["received_ok"] <= 50 + primed
-            assert mirror._fast_handle is not None  # the steady state ran in C
+            assert mirror.fast.handle is not None  # the steady state ran in C
             report = relay.get("fast-1")
             assert report.state == "secure" and report.cipher == phone["cipher"] == cipher
             assert report.phone == net.where(*bound.result())
@@ -92,7 +92,7 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown(net: Net, cipher: str
             # folding the worker's counters back in neither loses nor doubles any
             assert final.counters["drops"]["runt"] == 1
             assert final.counters["phone_in"] == before["phone_in"]
-            assert mirror._fast_handle is None  # detached on hangup
+            assert mirror.fast.handle is None  # detached on hangup
         finally:
             pbx.close()
             await relay.close()
@@ -122,7 +122,7 @@ def test_many_fast_calls_and_a_zrtp_retransmission_is_punted_to_the_engine() -> 
             )
             for i, result in enumerate(results):
                 assert_echoed_back(result, 30, relay, f"f{i}")
-            assert all(m._fast_handle is not None for m in relay.mirrors())
+            assert all(m.fast.handle is not None for m in relay.mirrors())
             # a ZRTP packet arriving on a fast call goes back to the Python engine
             mirror = next(m for m in relay.mirrors() if m.identity and m.identity.call_id == "f0")
             assert mirror._engine is not None
@@ -169,7 +169,7 @@ def test_calls_spread_over_several_native_workers() -> None:
             )
             for i, result in enumerate(results):
                 assert_echoed_back(result, 20, relay, f"w{i}")
-            workers = {id(m.fastpath) for m in relay.mirrors() if m._fast_handle is not None}
+            workers = {id(m.fastpath) for m in relay.mirrors() if m.fast.handle is not None}
             assert len(workers) == 2 and len(relay.fastpaths) == 2
         finally:
             for p in pbxs:

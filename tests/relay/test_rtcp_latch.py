@@ -107,7 +107,7 @@ def test_clear_rtcp_from_a_stranger_never_latches_a_required_call(fastpath: bool
             assert mirror.counters.drops["clear_blocked"] >= 3  # (and echoed priming)
             ctx = phone_srtp(await secure_phone(port, b"Q" * 12))
             if fastpath:
-                assert mirror._fast_handle is not None
+                assert mirror.fast.handle is not None
             srtcp = ctx.protect(rtcp_sr())
             assert srtcp is not None
             phone_rtcp.sendto(srtcp, (RELAY_HOST, port + 1))
