@@ -6,8 +6,9 @@ relay elsewhere (control API). ``load_settings`` reads a configuration file once
 for ``--check`` and for running alike.
 
 Signals, as systemd sends them: SIGHUP (``systemctl reload``) re-reads the file and
-applies what can change under live calls (log level, timeouts, the ZRTP offer, for
-calls from then on), naming what needs a restart; SIGTERM (``systemctl stop`` or
+applies what can change under live calls (log level, timeouts, the ZRTP offer, each
+adapter's policies and time-outs, its ``[[…relays]]`` pool; for calls from then on),
+naming what needs a restart; SIGTERM (``systemctl stop`` or
 ``restart``) drains: no new calls, those in progress keep flowing up to
 ``[timeouts] drain`` seconds, then everything stops; SIGINT (Ctrl-C) or a second
 SIGTERM stops at once.
@@ -33,6 +34,7 @@ from pbx_zrtp.relay import config as relay_config
 from pbx_zrtp.relay.config import RelayConfig
 
 if TYPE_CHECKING:
+    from pbx_zrtp.relay.pool import RelayPool
     from pbx_zrtp.relay.service import RelayService
 
 log = logging.getLogger("pbx_zrtp")
@@ -83,7 +85,43 @@ class _Signals:
             return None
 
 
-def _reload(path: str | None, current: Settings, service: RelayService | None) -> Settings:
+@dataclass
+class _Running:
+    """The adapters this process runs, by section name, and the pools of those with
+    ``[[…relays]]``: what a reload can reconfigure in place."""
+
+    adapters: dict[str, PbxAdapter] = field(default_factory=dict)
+    pools: dict[str, RelayPool] = field(default_factory=dict)
+    #: the sections this process serves (None: all configured, as ``pbx-zrtp run``)
+    chosen: Collection[str] | None = None
+
+
+async def _reload_pbxs(new: Settings, running: _Running) -> list[str]:
+    """Reconfigure each running adapter (and its pool) from ``new``; returns what
+    changed but needs a restart."""
+    restart: list[str] = []
+    for name in sorted(set(running.adapters) | set(new.pbxs)):
+        adapter, config = running.adapters.get(name), new.pbxs.get(name)
+        if adapter is None:
+            if running.chosen is None or name in running.chosen:
+                restart.append(f"[{name}] (added)")
+            continue
+        if config is None:
+            restart.append(f"[{name}] (removed)")
+            continue
+        restart += adapter.reconfigure(config)
+        pool = running.pools.get(name)
+        if (pool is None) != (not config.relays):
+            # the adapter talks to one relay or to a pool: which, is fixed at start
+            restart.append(f"{name}.relays ({'added' if pool is None else 'removed'})")
+        elif pool is not None:
+            await pool.reconfigure(config.relays, grace=config.relay_grace)
+    return restart
+
+
+async def _reload(
+    path: str | None, current: Settings, service: RelayService | None, running: _Running
+) -> Settings:
     """SIGHUP: apply what can change live; a file with errors changes nothing."""
     sdnotify.reloading()
     try:
@@ -94,18 +132,19 @@ def _reload(path: str | None, current: Settings, service: RelayService | None) -
         return current
     logs.set_level(new.relay.log_level)
     restart = service.reload(new.relay) if service is not None else []
-    # The PBX sections: their connections and relay pools are built at start.
-    names = sorted(set(current.pbxs) | set(new.pbxs))
-    restart += [f"[{n}]" for n in names if current.pbxs.get(n) != new.pbxs.get(n)]
+    restart += await _reload_pbxs(new, running)
     if restart:
         log.warning(
             "reloaded; changed but applied only by a restart (systemctl restart): %s",
             ", ".join(restart),
         )
     else:
-        log.info("reloaded: log level, timeouts and the ZRTP offer (for new calls)")
+        log.info(
+            "reloaded: log level, timeouts, the ZRTP offer, the adapters' policies and relay"
+            " pools (for new calls)"
+        )
     sdnotify.ready("running (reloaded)")
-    return Settings(new.relay, current.pbxs)  # the PBX sections as they run, until a restart
+    return new
 
 
 async def _drain(service: RelayService, timeout: float, signals: _Signals) -> None:
@@ -167,6 +206,7 @@ async def run(
     handle: RelayHandle | None = None
     started: list[PbxAdapter] = []
     pools: list[RelayPool] = []
+    running = _Running(chosen=adapters)
     health = AdapterHealth()
     health_server: MetricsServer | None = None
     try:
@@ -191,6 +231,7 @@ async def run(
             relay = handle
             if pbx.relays:  # an adapter with [[…relays]] gets its own pool of them
                 pools.append(RelayPool.connect(pbx.relays, grace=pbx.relay_grace))
+                running.pools[name] = pools[-1]
                 health.add_pool(name, pools[-1].status)
                 await pools[-1].start()
                 relay = pools[-1]
@@ -198,6 +239,7 @@ async def run(
             adapter = BY_NAME[name].adapter(pbx, relay)
             health.add_adapter(name, _connected(adapter))
             started.append(adapter)
+            running.adapters[name] = adapter
             await adapter.start()
         if not started and not with_relay:
             names = " or ".join(f"[{kind.name}]" for kind in KINDS)
@@ -210,7 +252,7 @@ async def run(
         signals = _Signals()
         sdnotify.ready("running: " + (", ".join(parts) or "nothing configured"))
         while (signum := await signals.next()) == signal.SIGHUP:
-            settings = _reload(config_path, settings, service)
+            settings = await _reload(config_path, settings, service, running)
         if signum == signal.SIGTERM and service is not None:
             await _drain(service, settings.relay.drain_timeout, signals)
         sdnotify.stopping("stopping")

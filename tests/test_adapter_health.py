@@ -63,7 +63,7 @@ def test_health_collector_reads_adapters_and_pools() -> None:
 
 
 @contextmanager
-def fake_asterisk(secret: str) -> Iterator[tuple[FakeAmi, int]]:
+def fake_asterisk(secret: str) -> Iterator[tuple[FakeAmi, int, asyncio.AbstractEventLoop]]:
     """The fake AMI on its own loop, in a thread (the adapter is another process)."""
     loop = asyncio.new_event_loop()
     fake = FakeAmi(secret=secret)
@@ -71,7 +71,7 @@ def fake_asterisk(secret: str) -> Iterator[tuple[FakeAmi, int]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield fake, port
+        yield fake, port, loop
     finally:
         asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -84,7 +84,10 @@ def test_the_asterisk_adapter_alone_serves_its_health(tmp_path: pathlib.Path) ->
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
-    with running_relay(CLI, tmp_path, env) as relay, fake_asterisk("ctlpass") as (_, ami_port):
+    with (
+        running_relay(CLI, tmp_path, env) as relay,
+        fake_asterisk("ctlpass") as (_, ami_port, _loop),
+    ):
         config = tmp_path / "adapter.toml"
         config.write_text(
             relay.config.read_text() + f'\n[asterisk]\nhost = "127.0.0.1"\nport = {ami_port}\n'

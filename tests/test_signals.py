@@ -5,6 +5,9 @@ stop/restart) drains: no new calls, those in progress keep flowing up to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import pathlib
 import signal
 import socket
@@ -15,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from tests.install_check import clean_env, relay_config
 from tests.relay.helpers import PBX_HOST, RELAY_HOST, free_even_port
@@ -173,3 +177,65 @@ def test_sigint_stops_at_once(tmp_path: pathlib.Path) -> None:
         r.process.send_signal(signal.SIGINT)
         assert r.process.wait(10) == 0
     assert "keep flowing" not in r.text()
+
+
+def test_sighup_applies_an_adapters_policy_to_the_next_call_not_to_a_live_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``systemctl reload`` with a new [asterisk] default policy: the next call takes it,
+    the call in progress keeps its own; a changed AMI secret is named as needing a
+    restart (by name, never by value) and the session keeps running."""
+    from tests.test_adapter_health import fake_asterisk
+
+    with fake_asterisk("ctlpass") as (fake, ami_port, loop), contextlib.ExitStack() as stack:
+        section = (
+            f'\n[asterisk]\nhost = "127.0.0.1"\nport = {ami_port}\nusername = "ctl"\n'
+            'secret = "ctlpass"\ndefault_policy = "optional"\n'
+        )
+        r = stack.enter_context(relay(tmp_path, section))
+
+        def on_fake(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(20)
+
+        async def call(port: int) -> Any:
+            channel = fake.new_call(rtp_port=port, exten="600")
+            await channel.set_var("PBX_ZRTP_POLICY", "auto")
+            await channel.progress()
+            await channel.user_event(
+                "PbxZrtp",
+                Policy="auto",
+                Target="600",
+                Endpoint=channel.endpoint,
+                RtpSrc=f"127.0.0.1:{port}",
+            )
+            await channel.wait_for_var("ZRTP_POLICY", bool, 15)
+            return channel
+
+        deadline = time.monotonic() + 20
+        while not fake.logins:
+            assert time.monotonic() < deadline and r.process.poll() is None, r.text()
+            time.sleep(0.05)
+        live = on_fake(call(r.port))
+        assert live.variables["ZRTP_POLICY"] == "optional"
+
+        r.config.write_text(r.config.read_text().replace('"optional"', '"required"'))
+        r.process.send_signal(signal.SIGHUP)
+        assert r.notified().startswith("RELOADING=1")
+        assert r.notified().startswith("READY=1")
+        r.wait_log("reloaded: log level, timeouts, the ZRTP offer, the adapters' policies")
+        assert "applied only by a restart" not in r.text()
+
+        after = on_fake(call(r.port + 2))
+        assert after.variables["ZRTP_POLICY"] == "required"
+        # the call in progress: still mirrored, under the policy it started with
+        shown = r.ctl("--json", "show", f"ast-{live.uniqueid}")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["policy"] == "optional"
+        assert live.alive and live.variables["ZRTP_POLICY"] == "optional"
+
+        # the AMI session's own settings need a restart: named, and the session stays
+        r.config.write_text(r.config.read_text().replace('"ctlpass"', '"n3w-s3cret"'))
+        r.process.send_signal(signal.SIGHUP)
+        r.wait_log("applied only by a restart (systemctl restart): asterisk.secret")
+        assert fake.logins == 1 and r.process.poll() is None
+    assert "n3w-s3cret" not in r.text() and "Traceback" not in r.text()

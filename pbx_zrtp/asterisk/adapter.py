@@ -45,6 +45,8 @@ CALL_PREFIX = "ast-"
 FAILED_CAUSE = 58
 #: How long to keep asking for CHANNEL(rtp,src) when the event did not carry it.
 PORT_WAIT = 1.0
+#: The [asterisk] settings of the AMI session itself: a change applies on a restart.
+LINK_SETTINGS = ("host", "port", "username", "secret")
 
 #: The dialplan's variables (docs/asterisk.md), in the order they are set.
 VARIABLES = VariableTable(
@@ -97,6 +99,7 @@ class AsteriskAdapter(CallBook):
 
     def __init__(self, config: AsteriskConfig, relay: RelayHandle) -> None:
         self.config = config
+        self._linked = config  # what the AMI session was made with
         self.ami = Ami(
             config.host,
             config.port,
@@ -112,6 +115,21 @@ class AsteriskAdapter(CallBook):
             hangup_failed_after=config.hangup_failed_after,
             failed_cause=str(FAILED_CAUSE),
         )
+
+    def reconfigure(self, config: object) -> list[str]:
+        """SIGHUP: the re-read [asterisk] section applies to calls from now on (policies,
+        patterns, time-outs, the event name, the phone restriction); calls in progress
+        keep their policy. Returns the settings that changed but need a restart."""
+        if not isinstance(config, AsteriskConfig):
+            raise TypeError(f"an AsteriskConfig, not {type(config).__name__}")
+        self.config = config
+        self.default_policy = config.default_policy
+        self.hangup_failed_after = config.hangup_failed_after
+        return [
+            f"asterisk.{key}"
+            for key in LINK_SETTINGS
+            if getattr(config, key) != getattr(self._linked, key)
+        ]
 
     # ------------------------------------------------------------------ AMI events
 

@@ -39,6 +39,8 @@ from pbx_zrtp.pbx.variables import CallView, VariableTable
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
 CALL_PREFIX = "fs-"
+#: The [freeswitch] settings of the ESL session itself: a change applies on a restart.
+LINK_SETTINGS = ("host", "port", "password")
 #: pbx_zrtp::request announces a call; pbx_zrtp::enroll (action=confirm|remove) is the
 #: enrollment extension telling us the user confirmed the SAS (or wants out).
 SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll")
@@ -109,6 +111,7 @@ class FreeswitchAdapter(CallBook):
 
     def __init__(self, config: FreeswitchConfig, relay: RelayHandle) -> None:
         self.config = config
+        self._linked = config  # what the ESL session was made with
         self.esl = Esl(
             config.host,
             config.port,
@@ -124,6 +127,22 @@ class FreeswitchAdapter(CallBook):
             hangup_failed_after=config.hangup_failed_after,
             failed_cause=config.hangup_cause,
         )
+
+    def reconfigure(self, config: object) -> list[str]:
+        """SIGHUP: the re-read [freeswitch] section applies to calls from now on
+        (default policy, time-out, hangup cause, the advertised-relay check); calls in
+        progress keep their policy. Returns the settings that changed but need a restart."""
+        if not isinstance(config, FreeswitchConfig):
+            raise TypeError(f"a FreeswitchConfig, not {type(config).__name__}")
+        self.config = config
+        self.default_policy = config.default_policy
+        self.hangup_failed_after = config.hangup_failed_after
+        self.failed_cause = config.hangup_cause
+        return [
+            f"freeswitch.{key}"
+            for key in LINK_SETTINGS
+            if getattr(config, key) != getattr(self._linked, key)
+        ]
 
     # ------------------------------------------------------------------ ESL events
 

@@ -41,6 +41,11 @@ class PbxAdapter(Protocol):
 
     async def close(self) -> None: ...
 
+    def reconfigure(self, config: object) -> list[str]:
+        """SIGHUP: take the re-read section (its own PbxConfig type) for calls from now
+        on, calls in progress unaffected; returns the settings (``section.key``) that
+        changed but apply only on a restart (the PBX link's address, credentials)."""
+
 
 @dataclass(frozen=True)
 class PbxKind:

@@ -89,6 +89,8 @@ class RelayPool(Listeners):
         self.grace = grace
         self.stats_interval = stats_interval
         self._members = [_Member(entry, handle) for entry, handle in members]
+        #: removed by ``reconfigure`` but still holding calls: serve those, place none
+        self._retiring: list[_Member] = []
         self._where: dict[str, _Member] = {}  # call id -> the member holding it
         self._bridges: dict[str, str] = {}  # call id -> bridge id (legs of one call)
         self._listed: dict[str, _Member] = {}  # from the last calls(): for orphan deletes
@@ -97,8 +99,16 @@ class RelayPool(Listeners):
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
         for member in self._members:
-            member.handle.on_state(partial(self._member_state, member))
-            member.handle.on_link(partial(self._member_link, member))
+            self._listen(member)
+
+    def _listen(self, member: _Member) -> None:
+        member.handle.on_state(partial(self._member_state, member))
+        member.handle.on_link(partial(self._member_link, member))
+
+    @property
+    def _all(self) -> list[_Member]:
+        """Every member holding calls: the configured ones and those retiring."""
+        return [*self._members, *self._retiring]
 
     @classmethod
     def connect(cls, entries: Sequence[RelayEntry], *, grace: float = DEFAULT_GRACE) -> RelayPool:
@@ -204,6 +214,7 @@ class RelayPool(Listeners):
         if member is not None:
             member.calls.discard(call_id)
             self._changed()
+            self._retire_if_idle(member)
         return member
 
     def _holding(self, call_id: str) -> _Member:
@@ -252,7 +263,7 @@ class RelayPool(Listeners):
     async def calls(self) -> list[CallReport]:
         out: list[CallReport] = []
         listed: dict[str, _Member] = {}
-        for member in self._members:
+        for member in self._all:
             if not member.up:
                 continue
             with contextlib.suppress(RelayError):
@@ -263,7 +274,7 @@ class RelayPool(Listeners):
         return out
 
     async def live_calls(self) -> int:
-        return sum(len(m.calls) + m.others for m in self._members if m.up)
+        return sum(len(m.calls) + m.others for m in self._all if m.up)
 
     # ------------------------------------------------------------------ members coming and going
 
@@ -356,6 +367,7 @@ class RelayPool(Listeners):
             log.warning("call %s: %s", call_id, reason)
             self._emit(CallReport.lost(call_id, reason))
         self._changed()
+        self._retire_if_idle(member)
 
     async def _poll(self, member: _Member) -> None:
         try:
@@ -375,9 +387,60 @@ class RelayPool(Listeners):
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.stats_interval)
-            for member in self._members:
+            for member in self._all:
                 if member.handle.connected:
                     await self._poll(member)
+
+    # ------------------------------------------------------------------ reconfiguration
+
+    async def reconfigure(
+        self, entries: Sequence[RelayEntry], *, grace: float = DEFAULT_GRACE
+    ) -> None:
+        """Take a new list of relays (SIGHUP) without dropping a live call (see the
+        module's docstring)."""
+        if not entries:
+            raise ValueError("a relay pool needs at least one relay")
+        self.grace = grace
+        kept = {_identity(m.entry): m for m in self._members}
+        members: list[_Member] = []
+        added: list[_Member] = []
+        for entry in entries:
+            member = kept.pop(_identity(entry), None)
+            if member is None:
+                member = _Member(
+                    entry, RemoteRelay(entry.control, entry.address, token=entry.token)
+                )
+                self._listen(member)
+                added.append(member)
+            member.entry = entry  # address, group, weight: for the next placements
+            members.append(member)
+        self._members = members
+        for member in kept.values():
+            log.info(
+                "relay %s left the configuration: no new calls on it; %d live call(s) stay",
+                member.entry.name,
+                len(member.calls),
+            )
+            self._retiring.append(member)
+            self._retire_if_idle(member)
+        await asyncio.gather(*(m.handle.start() for m in added))
+        for member in added:
+            if member.handle.connected and not member.up:
+                await self._reconnected(member)
+            log.info(
+                "relay %s joined the pool (%s)", member.entry.name, "up" if member.up else "down"
+            )
+        self._changed()
+
+    def _retire_if_idle(self, member: _Member) -> None:
+        """A member that left the configuration goes once its last call has."""
+        if member in self._retiring and not member.calls:
+            self._retiring.remove(member)
+            member.up = False  # its link going down now is no news
+            if member.grace_task is not None:
+                member.grace_task.cancel()
+            self._spawn(member.handle.close())
+            log.info("relay %s disconnected (left the configuration)", member.entry.name)
 
     # ------------------------------------------------------------------ life
 
@@ -392,10 +455,15 @@ class RelayPool(Listeners):
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [*self._tasks, self._poller, *(m.grace_task for m in self._members)]
+        tasks = [*self._tasks, self._poller, *(m.grace_task for m in self._all)]
         for task in tasks:
             if task is not None:
                 task.cancel()
-        for member in self._members:
+        for member in self._all:
             with contextlib.suppress(Exception):
                 await member.handle.close()
+
+
+def _identity(entry: RelayEntry) -> tuple[str, str, str | None]:
+    """What a connection to a relay is made of: a change of any needs a new one."""
+    return entry.name, entry.control, entry.token

@@ -86,6 +86,7 @@ RESTART_SETTINGS = {
     "rtcp": "relay.rtcp",
     "fastpath": "relay.fastpath",
     "fastpath_workers": "relay.fastpath_workers",
+    "event_loop": "relay.event_loop",
     "cache_path": "cache.path",
     "cache_url": "cache.url",
     "cache_password_file": "cache.password_file",

@@ -295,3 +295,61 @@ def test_legs_of_one_bridge_go_to_the_same_relay(tmp_path: pathlib.Path) -> None
                 await site.down()
 
     run(scenario())
+
+
+def test_reconfigure_changes_the_relays_under_live_calls(tmp_path: pathlib.Path) -> None:
+    """SIGHUP's new relay list: a relay that left keeps its live call (and only that)
+    until it ends, then is disconnected; a new one takes the next calls; one that stays
+    keeps its connection and takes its new weight."""
+
+    async def scenario() -> None:
+        a, b, c = Site(tmp_path / "a.sock"), Site(tmp_path / "b.sock"), Site(tmp_path / "c.sock")
+        for site in (a, b, c):
+            await site.up()
+        pool = pool_of({"a": (a, "default", 1), "b": (b, "default", 1)}, grace=10)
+        reports: list[CallReport] = []
+        pool.on_state(reports.append)
+        await pool.start()
+        try:
+            await pool.create(CallRequest("x", free_even_port(), Policy.OFF))
+            await pool.create(CallRequest("y", free_even_port(), Policy.OFF))
+            assert (pool.holder("x"), pool.holder("y")) == ("a", "b")
+            assert b.server is not None and b.server.client_count == 1
+            entries = [
+                RelayEntry("b", f"unix:{b.path}", RELAY_HOST, weight=5),
+                RelayEntry("c", f"unix:{c.path}", RELAY_HOST),
+            ]
+            await pool.reconfigure(entries, grace=3)
+            assert [(s["name"], s["up"], s["weight"]) for s in pool.status()] == [
+                ("b", True, 5),
+                ("c", True, 1),
+            ]
+            assert pool.grace == 3
+            assert b.server.client_count == 1  # b kept its connection
+            # a takes no new call; c and b (weight 5, one call) take the next ones
+            for n in range(3):
+                await pool.create(CallRequest(f"n{n}", free_even_port(), Policy.OFF))
+            assert [pool.holder(f"n{n}") for n in range(3)] == ["c", "b", "b"]
+            # a's live call still works there
+            assert pool.holder("x") == "a" and a.relay.get("x") is not None
+            await pool.update("x", Policy.OPTIONAL)
+            assert a.relay.get("x").policy == "optional"
+            assert not [r for r in reports if r.state == "failed"]
+            assert a.server is not None and a.server.client_count == 1
+            # its last call ends: a is disconnected
+            await pool.delete("x", "hangup")
+            await until(lambda: a.server is not None and a.server.client_count == 0)
+            assert pool.holder("y") == "b" and await pool.show("y") is not None
+            # the list can change again, back to a (a fresh connection)
+            await pool.reconfigure([RelayEntry("a", f"unix:{a.path}", RELAY_HOST)])
+            await pool.create(CallRequest("z", free_even_port(), Policy.OFF))
+            assert pool.holder("z") == "a"
+            assert await pool.show("y") is not None  # b's call: still served
+            with pytest.raises(ValueError, match="at least one relay"):
+                await pool.reconfigure([])
+        finally:
+            await pool.close()
+            for site in (a, b, c):
+                await site.down()
+
+    run(scenario())
