@@ -8,7 +8,10 @@ A multi-line message (a traceback) carries the prefix on each line, so none of i
 is filed as informational. Elsewhere lines carry a timestamp and the level name.
 
 Call lines start with :func:`call_tag`, ``[CALLID port N]``, as rtpengine's do, so
-``journalctl -g 'port 10002'`` follows one call.
+``journalctl -g 'port 10002'`` follows one call. Code handling a call says so once,
+``with tagged(call_id, port):``; every line logged in it (in this task, whichever
+module logs it: adapter, relay pool, relay) gets the tag from the handler's
+:class:`CallTagFilter`, unless the line starts with a tag of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TextIO
+
+#: The call being handled in this context (task): (call id, port or None).
+_CALL: ContextVar[tuple[str, int | None] | None] = ContextVar("pbx_zrtp_call", default=None)
 
 #: logging level -> syslog priority
 _PRIORITY = {
@@ -72,6 +81,7 @@ def setup(level: str, stream: TextIO | None = None) -> logging.Handler:
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter(TERMINAL_FORMAT))
+    handler.addFilter(CallTagFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -91,3 +101,31 @@ def call_tag(call_id: str | None, port: int | None) -> str:
     if port is not None:
         parts.append(f"port {port}")
     return "[" + " ".join(parts) + "]"
+
+
+@contextmanager
+def tagged(call_id: str, port: int | None = None) -> Iterator[None]:
+    """Lines logged inside are about this call (in this task and those it starts)."""
+    token = _CALL.set((call_id, port))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
+def retag(call_id: str, port: int | None) -> None:
+    """Inside :func:`tagged`: the call's port is known now (undone when it exits)."""
+    _CALL.set((call_id, port))
+
+
+class CallTagFilter(logging.Filter):
+    """Starts each record logged while a call is handled with the call's tag."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = _CALL.get()
+        if call is not None:
+            message = record.getMessage()
+            if not message.startswith("["):  # tagged already (a mirror's own lines)
+                record.msg = f"{call_tag(*call)} {message}"
+                record.args = None
+        return True

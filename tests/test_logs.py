@@ -125,3 +125,50 @@ def test_the_relay_under_systemd_logs_for_the_journal_with_call_tags(
     assert any(line.startswith("<6>pbx_zrtp.relay: relay ready") for line in lines)
     assert f"<6>pbx_zrtp.relay: [c-1 port {port}] secure" in lines
     assert any(line.startswith(f"<6>pbx_zrtp.relay: [c-1 port {port}] pending") for line in lines)
+
+
+def test_every_line_about_a_call_carries_its_tag_in_the_adapter_and_the_relay() -> None:
+    """A whole Asterisk call (fake AMI, real relay, real phone): what the adapter, the
+    relay pool's caller and the relay log about it all start ``[ast-UNIQUEID port N]``,
+    and lines about nothing in particular stay untagged."""
+    import asyncio
+
+    from tests.asterisk.test_adapter import SETTLED, lab, phone
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = logs.setup("info", stream)
+    uniqueid, port = "", 0
+
+    async def scenario() -> None:
+        nonlocal uniqueid, port
+        async with lab() as t:
+            channel, port = await t.call("required")
+            uniqueid = channel.uniqueid
+            result, state = await asyncio.gather(
+                phone(port), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            assert state == "secure" and result["ok"]
+            await channel.hangup()
+            for _ in range(200):
+                if not t.adapter.calls:
+                    break
+                await asyncio.sleep(0.02)
+            assert not t.adapter.calls
+            logging.getLogger("pbx_zrtp").info("between calls")
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    lines = [line.split(": ", 1)[1] for line in stream.getvalue().splitlines() if ": " in line]
+    tag = f"[ast-{uniqueid} port {port}] "
+    about = [line for line in lines if uniqueid in line or "PJSIP/" in line]
+    assert len(about) >= 4, lines
+    assert all(line.startswith(tag) for line in about), about
+    assert any(line.startswith(f"{tag}call PJSIP/") and "policy required" in line for line in about)
+    assert f"{tag}secure" in about
+    assert any(line.startswith(f"{tag}call {uniqueid} ended (hangup)") for line in about)
+    assert "between calls" in lines  # no tag outside a call

@@ -29,6 +29,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pbx_zrtp import logs
 from pbx_zrtp.calls import (
     Address,
     CallReport,
@@ -61,6 +62,7 @@ class PbxCall:
     policy: Policy
     call_id: str  # the mirror's name in the relay
     channel: str = ""  # what the PBX link's actions address (Asterisk: the channel name)
+    port: int | None = None  # the RTP port, once known (log lines' [call port N] tag)
     written: dict[str, str] = field(default_factory=dict)  # variables as last written
     hangup_task: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -238,6 +240,10 @@ class CallBook(ABC):
 
     async def announce(self, announced: Announcement) -> None:
         """A channel asks for ZRTP: have the relay mirror its port, write the state."""
+        with logs.tagged(self.prefix + announced.key, announced.port):
+            await self._announce(announced)
+
+    async def _announce(self, announced: Announcement) -> None:
         key = announced.key
         if key in self.calls or key in self._gone:
             return  # a repeated announcement, or a channel that is already gone
@@ -251,6 +257,8 @@ class CallBook(ABC):
             if port is None:
                 await self._write_failure(call, self.no_port_reason)
                 return
+            call.port = port
+            logs.retag(call.call_id, port)
             refusal = self._refusal(call, announced)
             if refusal is not None:
                 await self._write_failure(call, refusal)
@@ -302,7 +310,8 @@ class CallBook(ABC):
     async def _locked_write(self, call: PbxCall, report: CallReport) -> None:
         async with call.lock:
             if call.key in self.calls:
-                await self._write(call, report)
+                with logs.tagged(call.call_id, call.port):
+                    await self._write(call, report)
 
     async def _write(self, call: PbxCall, report: CallReport) -> None:
         """Set what changed, the state last; then tell the PBX's other consumers."""
@@ -369,6 +378,11 @@ class CallBook(ABC):
         call = self.calls.pop(key, None)
         if call is None:
             return
+        with logs.tagged(call.call_id, call.port):
+            await self._ended_call(call, reason)
+
+    async def _ended_call(self, call: PbxCall, reason: str) -> None:
+        key = call.key
         self._mark_gone(key)
         if call.hangup_task is not None:
             call.hangup_task.cancel()
