@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -263,6 +264,8 @@ def _relay_main(args: argparse.Namespace) -> int:
         return 2
     if args.check:
         return _check(args.command, config)
+    if args.command in ("run", "relay") and _port_range_refused(config):
+        return 2
     try:
         if args.command == "relay":
             return run_service(
@@ -291,6 +294,19 @@ def _relay_main(args: argparse.Namespace) -> int:
     except (RelayError, OSError, CacheError) as exc:
         sys.stderr.write(f"pbx-zrtp: cannot start the relay: {exc}\n")
         return 1
+
+
+def _port_range_refused(config: RelayConfig) -> bool:
+    """``relay.ports`` as ``--check`` judges it: warnings logged (the journal's
+    warning priority), a range that cannot work refused before anything starts."""
+    from pbx_zrtp.relay.preflight import port_range
+
+    found = port_range(config)
+    for warning in found.warnings:
+        logging.getLogger("pbx_zrtp").warning("%s", warning)
+    for error in found.errors:
+        sys.stderr.write(f"pbx-zrtp: configuration error: {error}\n")
+    return bool(found.errors)
 
 
 def _check(command: str, config: RelayConfig) -> int:
@@ -336,7 +352,11 @@ def event_loop_runner(name: str) -> Callable[[Coroutine[Any, Any, int]], int]:
 
 
 def run_service(main: Coroutine[Any, Any, int], event_loop: str) -> int:
-    return event_loop_runner(event_loop)(main)
+    try:
+        return event_loop_runner(event_loop)(main)
+    except KeyboardInterrupt:  # Ctrl-C while starting, before SIGINT is ours: stopped
+        logging.getLogger("pbx_zrtp").info("interrupted while starting")
+        return 130
 
 
 class _Version(argparse.Action):

@@ -5,6 +5,7 @@ directory, port ranges that cannot or should not work."""
 from __future__ import annotations
 
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -130,3 +131,55 @@ def test_check_beside_the_running_relay_skips_what_it_holds(tmp_path: pathlib.Pa
         result = _check(relay.config)
     assert result.returncode == 0, result.stderr
     assert f"warning: a relay serves {tmp_path}/control.sock" in result.stderr
+
+
+def test_run_judges_the_port_range_as_check_does(tmp_path: pathlib.Path) -> None:
+    """``run`` refuses a range without an even port and warns (in the log, at warning
+    priority) of one port or SIP's ports, as ``--check`` does."""
+
+    def ranged(value: str, name: str) -> pathlib.Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        config = _config(directory)
+        text = config.read_text()
+        start = text.index("ports = ")
+        end = text.index("\n", start)
+        config.write_text(text[:start] + f"ports = {value}" + text[end:])
+        return config
+
+    odd = subprocess.run(
+        [*CLI, "run", "--config", str(ranged('"30001-30001"', "odd"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        cwd="/",
+    )
+    assert odd.returncode == 2, odd.stderr
+    assert odd.stderr.splitlines() == [
+        "pbx-zrtp: configuration error: relay.ports: 30001-30001 holds no even port"
+        " (RTP uses even ports, RTCP the next)"
+    ]
+    for value, name, warning in (
+        ("30000", "bare", "WARNING pbx_zrtp: relay.ports: one port (30000)"),
+        ('"5000-6000"', "sip", "WARNING pbx_zrtp: relay.ports: 5000-6000 includes SIP's port 5060"),
+    ):
+        process = subprocess.Popen(
+            [*CLI, "relay", "--config", str(ranged(value, name))],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(PYTHONPATH=str(ROOT)),
+            cwd="/",
+        )
+        assert process.stderr is not None
+        seen: list[str] = []
+        for line in process.stderr:
+            seen.append(line)
+            if "relay ready" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        seen += process.communicate(timeout=30)[1].splitlines()
+        assert any(warning in line for line in seen), seen
+        # SIGINT just after "relay ready" may come before the relay's own handler
+        assert process.returncode in (0, 130) and "Traceback" not in "".join(seen), seen

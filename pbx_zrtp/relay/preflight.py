@@ -65,7 +65,14 @@ def _served(path: str | None) -> bool:
     return True
 
 
-def _ports(config: RelayConfig, found: Findings, *, running: bool) -> None:
+def port_range(config: RelayConfig) -> Findings:
+    """What is wrong with ``relay.ports`` itself: ``--check`` and ``run`` alike."""
+    found = Findings()
+    _range(config, found)
+    return found
+
+
+def _range(config: RelayConfig, found: Findings) -> None:
     low, high = config.port_min, config.port_max
     even = [p for p in (low, low + 1) if p % 2 == 0 and p <= high]
     if not even:
@@ -82,6 +89,12 @@ def _ports(config: RelayConfig, found: Findings, *, running: bool) -> None:
             found.warnings.append(
                 f"relay.ports: {low}-{high} includes SIP's port {sip}: the relay could take it"
             )
+
+
+def _ports(config: RelayConfig, found: Findings, *, running: bool) -> None:
+    _range(config, found)
+    low, high = config.port_min, config.port_max
+    even = [p for p in (low, low + 1) if p % 2 == 0 and p <= high]
     host = config.relay_address
     why = _bindable(_family(host), socket.SOCK_DGRAM, host, 0)
     if why is not None:
