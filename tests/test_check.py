@@ -183,3 +183,43 @@ def test_run_judges_the_port_range_as_check_does(tmp_path: pathlib.Path) -> None
         assert any(warning in line for line in seen), seen
         # SIGINT just after "relay ready" may come before the relay's own handler
         assert process.returncode in (0, 130) and "Traceback" not in "".join(seen), seen
+
+
+def test_check_names_each_secret_files_mode_and_length(tmp_path: pathlib.Path) -> None:
+    """The control token: owner-only and at least 16 characters; the AMI secret and the
+    ESL password files: owner-only. Each error names the setting, never the secret."""
+
+    def secret(name: str, text: str, mode: int) -> pathlib.Path:
+        path = tmp_path / name
+        path.write_text(text + "\n")
+        path.chmod(mode)
+        return path
+
+    def with_token(token: pathlib.Path) -> subprocess.CompletedProcess[str]:
+        config = _config(tmp_path)
+        config.write_text(
+            config.read_text().replace(
+                "[control]\n", f'[control]\ntcp = "127.0.0.1:0"\ntoken_file = "{token}"\n'
+            )
+        )
+        return _check(config)
+
+    open_token = with_token(secret("open", "t" * 20, 0o644))
+    assert open_token.returncode == 2
+    assert f"control.token_file: {tmp_path}/open is readable by other users (chmod 600)" in (
+        open_token.stderr
+    )
+    short = with_token(secret("short", "t" * 15, 0o600))
+    assert short.returncode == 2
+    assert f"control.token_file: the secret in {tmp_path}/short is shorter than 16" in (
+        short.stderr
+    )
+    assert with_token(secret("good", "t" * 16, 0o600)).returncode == 0
+    for section, key in (("asterisk", "secret_file"), ("freeswitch", "password_file")):
+        path = secret(f"{section}.secret", "s3cr3t-value", 0o640)
+        config = _config(tmp_path, f'\n[{section}]\n{key} = "{path}"\n')
+        result = _check(config, section)
+        assert result.returncode == 2, result.stderr
+        assert f"{section}.{key}: {path} is readable by other users (chmod 600)" in result.stderr
+        assert "s3cr3t-value" not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
