@@ -63,6 +63,7 @@ def test_every_series_exists_at_zero_from_the_first_scrape() -> None:
         for kind in FAILURES:
             assert _value(samples, "pbx_zrtp_handshake_failures_total", reason=kind) == 0
         assert _value(samples, "pbx_zrtp_cache_errors_total") == 0
+        assert _value(samples, "pbx_zrtp_fastpath_calls") == 0
         assert _value(samples, "pbx_zrtp_handshake_seconds_count") == 0
         build = [k for k in samples if k[0] == "pbx_zrtp_build_info"]
         assert len(build) == 1 and samples[build[0]] == 1
@@ -188,6 +189,7 @@ def test_natively_forwarded_packets_and_bytes_count_while_the_call_lasts() -> No
             mirror = next(m for m in relay.mirrors() if m.identity and m.identity.call_id == "fast")
             assert mirror.fast.handle is not None  # still forwarded by the worker
             samples = _samples(metrics.render())
+            assert _value(samples, "pbx_zrtp_fastpath_calls") == 1
             in_python = mirror.counters.phone_in
         finally:
             echo.close()

@@ -144,6 +144,11 @@ class _RelayCollector(Collector):
         yield GaugeMetricFamily(
             "pbx_zrtp_prebound_ports", "Ports bound in advance", value=stats["prebound_ports"]
         )
+        yield GaugeMetricFamily(
+            "pbx_zrtp_fastpath_calls",
+            "Live calls whose secured media a native worker forwards now",
+            value=sum(1 for mirror in self.relay.mirrors() if mirror.fast.attached),
+        )
 
 
 class MetricsServer:
