@@ -30,17 +30,28 @@ class RunningRelay:
     control: str
     port: int
     log: pathlib.Path
+    host: str = RELAY_HOST
+    metrics: int | None = None  # the metrics port, when it listens (127.0.0.1)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
 
-def relay_config(directory: pathlib.Path, port: int, *, fastpath: str = "on") -> pathlib.Path:
+def relay_config(
+    directory: pathlib.Path,
+    port: int,
+    *,
+    fastpath: str = "on",
+    host: str = RELAY_HOST,
+    pbx_host: str = PBX_HOST,
+    metrics: int | None = None,
+) -> pathlib.Path:
     config = directory / "relay.toml"
+    listen = f"127.0.0.1:{metrics}" if metrics is not None else ""
     config.write_text(
         f"""[relay]
-address = "{RELAY_HOST}"
-pbx_address = "{PBX_HOST}"
+address = "{host}"
+pbx_address = "{pbx_host}"
 ports = "{port}-{port + 100}"
 fastpath = "{fastpath}"
 
@@ -51,7 +62,7 @@ path = "{directory}/cache.db"
 socket = "{directory}/control.sock"
 
 [metrics]
-listen = ""
+listen = "{listen}"
 """
     )
     return config
@@ -65,10 +76,15 @@ def running_relay(
     *,
     fastpath: str = "on",
     wait: float = 30,
+    host: str = RELAY_HOST,
+    pbx_host: str = PBX_HOST,
+    metrics: int | None = None,
 ) -> Iterator[RunningRelay]:
     """``pbx-zrtp run`` on a fresh config in ``directory``, until "relay ready"."""
     port = free_even_port()
-    config = relay_config(directory, port, fastpath=fastpath)
+    config = relay_config(
+        directory, port, fastpath=fastpath, host=host, pbx_host=pbx_host, metrics=metrics
+    )
     log = directory / "relay.log"
     with open(log, "w") as sink:
         process = subprocess.Popen(
@@ -79,7 +95,9 @@ def running_relay(
             env=env,
             cwd="/",
         )
-    relay = RunningRelay(process, config, f"unix:{directory}/control.sock", port, log)
+    relay = RunningRelay(
+        process, config, f"unix:{directory}/control.sock", port, log, host, metrics
+    )
     try:
         deadline = time.monotonic() + wait
         while "relay ready" not in relay.text():
@@ -111,8 +129,20 @@ def run(
     )
 
 
-def secured_call(command: Sequence[str], relay: RunningRelay, env: dict[str, str]) -> str:
-    """A required mirror, a ZRTP phone through it; returns the SAS both sides show."""
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def secured_call(
+    command: Sequence[str],
+    relay: RunningRelay,
+    env: dict[str, str],
+    *,
+    phone_host: str = PHONE_HOST,
+    cipher: str | None = None,
+) -> str:
+    """A required mirror, a ZRTP phone through it (offering only ``cipher``, if given);
+    returns the SAS both sides show."""
     ctl = ["ctl", "--control", relay.control]
     created = run(command, *ctl, "create", "demo", str(relay.port), "--policy", "required", env=env)
     assert created.returncode == 0, created.stdout + created.stderr
@@ -120,13 +150,14 @@ def secured_call(command: Sequence[str], relay: RunningRelay, env: dict[str, str
         command,
         "endpoint",
         "--bind",
-        f"{PHONE_HOST}:0",
+        f"{_bracketed(phone_host)}:0",
         "--peer",
-        f"{RELAY_HOST}:{relay.port}",
+        f"{_bracketed(relay.host)}:{relay.port}",
         "--srtp",
         "20",
         "--timeout",
         "15",
+        *(("--cipher", cipher) if cipher else ()),
         env=env,
     )
     assert phone.returncode == 0, phone.stdout + phone.stderr
@@ -137,6 +168,8 @@ def secured_call(command: Sequence[str], relay: RunningRelay, env: dict[str, str
     call = json.loads(shown.stdout)
     text = json.dumps(call)
     assert '"secure"' in text and result["sas"] in text, text
+    if cipher:
+        assert result["cipher"] == call["cipher"] == cipher, (result, call)
     return str(result["sas"])
 
 

@@ -12,20 +12,31 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tomllib
+import urllib.request
 import venv
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pbx_zrtp import __version__
-from tests.install_check import clean_env, relay_config, run, running_relay, secured_call
-from tests.relay.helpers import free_even_port
+from tests import netns
+from tests.install_check import (
+    PHONE_HOST,
+    clean_env,
+    relay_config,
+    run,
+    running_relay,
+    secured_call,
+)
+from tests.relay.helpers import PBX_HOST, RELAY_HOST, free_even_port
 
 # builds in subprocesses take minutes on a loaded machine
 pytestmark = pytest.mark.timeout(900)
@@ -75,8 +86,17 @@ class Built:
         return [str(self.venv / "bin" / "pbx-zrtp")]
 
 
+#: Set for the IPv6 namespace's child pytest (no network there to build in): the
+#: artifacts the parent built, "SDIST:WHEEL:VENV".
+BUILT_ENV = "PBX_ZRTP_TEST_BUILT"
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    if netns.inside() and os.environ.get(BUILT_ENV):
+        paths = [pathlib.Path(part) for part in os.environ[BUILT_ENV].split(":")]
+        yield Built(*paths)
+        return
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler (bash install.sh installs build-essential)")
     work = tmp_path_factory.mktemp("packaging")
@@ -93,7 +113,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     env_dir = work / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     _pip(env_dir / "bin" / "python", "install", "-q", wheel)  # no extras
-    yield Built(sdist, pathlib.Path(wheel), env_dir)
+    os.environ[BUILT_ENV] = f"{sdist}:{wheel}:{env_dir}"  # for an IPv6 test's child
+    try:
+        yield Built(sdist, pathlib.Path(wheel), env_dir)
+    finally:
+        os.environ.pop(BUILT_ENV, None)
 
 
 def test_sdist_carries_the_c_source_the_license_and_the_shipped_files(built: Built) -> None:
@@ -144,6 +168,48 @@ def test_installed_wheel_runs_natively_without_extras(built: Built, tmp_path: pa
         # forwarded by the built worker: no compiler, no cache directory was used
         stats = run(built.command, "ctl", "--control", relay.control, "--json", "stats", env=env)
         assert stats.returncode == 0, stats.stderr
+    assert "Traceback" not in relay.text()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name + str(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.parametrize("cipher", ["AES1", "AES3"])
+@pytest.mark.parametrize("family", ["ipv4", pytest.param("ipv6", marks=pytest.mark.ipv6_netns)])
+def test_the_installed_wheels_worker_forwards_secured_calls(
+    built: Built, tmp_path: pathlib.Path, family: str, cipher: str
+) -> None:
+    """The artifact CI ships, not the checkout: ``pbx-zrtp run`` from the wheel's venv
+    says "fast path on" and its built worker (no compiler at run time) forwards a
+    secured call, IPv4 and IPv6, AES-128 and AES-256 SRTP (the metrics say the worker
+    holds the call)."""
+    v6 = family == "ipv6"
+    host, pbx, phone = (
+        (netns.RELAY6, netns.PBX6, netns.PHONE6) if v6 else (RELAY_HOST, PBX_HOST, PHONE_HOST)
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics = probe.getsockname()[1]
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "no-cache"))  # nothing compiled there
+    with running_relay(
+        built.command, tmp_path, env, metrics=metrics, host=host, pbx_host=pbx
+    ) as relay:
+        assert "fast path on" in relay.text()
+        assert "fast path unavailable" not in relay.text()
+        secured_call(built.command, relay, env, phone_host=phone, cipher=cipher)
+        samples = _scrape(metrics)
+    assert samples["pbx_zrtp_fastpath_calls[]"] == 1, samples
+    build = next(k for k in samples if k.startswith("pbx_zrtp_build_info"))
+    assert "('fastpath', 'native')" in build
+    assert samples["pbx_zrtp_packets_total[('direction', 'phone_in')]"] >= 20
+    assert not (tmp_path / "no-cache").exists()
     assert "Traceback" not in relay.text()
 
 
