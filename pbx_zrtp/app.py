@@ -119,6 +119,14 @@ async def _reload_pbxs(new: Settings, running: _Running) -> list[str]:
     return restart
 
 
+#: What ``pbx-zrtp asterisk``/``freeswitch`` alone takes from the relay's sections.
+_ADAPTER_RELAY_SETTINGS = {
+    "control_socket": "control.socket",
+    "control_token_file": "control.token_file",
+    "relay_address": "relay.address",
+}
+
+
 async def _reload(
     path: str | None, current: Settings, service: RelayService | None, running: _Running
 ) -> Settings:
@@ -131,7 +139,15 @@ async def _reload(
         sdnotify.ready("running (the last reload was refused)")
         return current
     logs.set_level(new.relay.log_level)
-    restart = service.reload(new.relay) if service is not None else []
+    if service is not None:
+        restart = service.reload(new.relay)
+    else:  # an adapter alone: how it reaches its relay was settled at start
+        restart = [
+            name
+            for attr, name in _ADAPTER_RELAY_SETTINGS.items()
+            if getattr(current.relay, attr) != getattr(new.relay, attr)
+        ]
+        new = Settings(current.relay, new.pbxs)
     restart += await _reload_pbxs(new, running)
     if restart:
         log.warning(

@@ -123,3 +123,32 @@ def test_the_app_reconfigures_pools_and_names_what_it_cannot_change() -> None:
     assert reload(asterisk=ast, freeswitch=fs) == ["[freeswitch] (added)"]
     running.chosen = ("asterisk",)  # `pbx-zrtp asterisk`: [freeswitch] is not ours
     assert reload(asterisk=ast, freeswitch=fs) == []
+
+
+def test_an_adapter_alone_names_a_changed_way_to_its_relay(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``pbx-zrtp asterisk`` (no relay in the process): its section applies live; the
+    control socket it reaches the relay by waits for a restart, and stays as it runs."""
+    config = tmp_path / "adapter.toml"
+
+    def write(socket: str, policy: str) -> None:
+        config.write_text(
+            f'[control]\nsocket = "{socket}"\n\n'
+            f'[asterisk]\nsecret = "s"\ndefault_policy = "{policy}"\n'
+        )
+
+    write("/run/pbx-zrtp/control.sock", "optional")
+    current = app.load_settings(str(config))
+    adapter = _Adapter()
+    running = app._Running(adapters={"asterisk": adapter})  # type: ignore[dict-item]
+    write("/run/other.sock", "required")
+    with caplog.at_level("INFO", logger="pbx_zrtp"):
+        new = asyncio.run(app._reload(str(config), current, None, running))
+    assert new.relay.control_socket == "/run/pbx-zrtp/control.sock"  # as it runs
+    assert new.pbxs["asterisk"].default_policy is Policy.REQUIRED  # type: ignore[attr-defined]
+    assert adapter.configs == [new.pbxs["asterisk"]]
+    assert (
+        "reloaded; changed but applied only by a restart (systemctl restart): control.socket"
+        in caplog.text
+    )
