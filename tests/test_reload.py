@@ -152,3 +152,25 @@ def test_an_adapter_alone_names_a_changed_way_to_its_relay(
         "reloaded; changed but applied only by a restart (systemctl restart): control.socket"
         in caplog.text
     )
+
+
+def test_freeswitch_next_call_takes_the_reloaded_default_policy_the_live_one_keeps_its() -> None:
+    """A fake ESL (replaying FreeSWITCH), a real relay: ``auto`` resolves to the
+    reloaded default for the next call; the call in progress keeps its policy."""
+    from tests.freeswitch.test_adapter import lab
+
+    async def scenario() -> None:
+        async with lab(default_policy=Policy.OPTIONAL) as t:
+            live, _ = await t.call("auto")
+            await live.wait_for_var("pbx_zrtp_active_policy", bool, 10)
+            assert live.variables["pbx_zrtp_active_policy"] == "optional"
+            config = replace(t.adapter.config, default_policy=Policy.REQUIRED)
+            assert t.adapter.reconfigure(config) == []
+            after, _ = await t.call("auto")
+            await after.wait_for_var("pbx_zrtp_active_policy", bool, 10)
+            assert after.variables["pbx_zrtp_active_policy"] == "required"
+            policies = {r.call_id: str(r.policy and r.policy.value) for r in t.relay.calls()}
+            assert sorted(policies.values()) == ["optional", "required"], policies
+            assert live.variables["pbx_zrtp_active_policy"] == "optional"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
