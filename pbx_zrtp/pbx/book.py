@@ -479,6 +479,7 @@ class CallBook(ABC):
         call = PbxCall(
             channel.key, policy or Policy.REQUIRED, self.prefix + channel.key, channel=channel.name
         )
+        call.port = report.port if report is not None else None
         self.calls[call.key] = call
         if report is not None:
             log.info("call %s: adopted, still mirrored by the relay", call.key)
