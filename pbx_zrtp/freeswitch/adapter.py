@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 from pbx_zrtp.calls import CallReport, Policy, RelayDirectory, RelayError, RelayHandle
@@ -95,6 +96,20 @@ def requested_policy(headers: EslEvent) -> str | None:
     if legacy in LEGACY_REQUIRED:
         return "required"
     return None
+
+
+def calls_listing(calls: Iterable[PbxCall]) -> str:
+    """``pbx_zrtp_calls``: `uuid state sas verified:true|false`, comma-separated, or
+    ``none``; never an ``=`` (see ``FreeswitchAdapter._publish_list``)."""
+    entries = []
+    for call in calls:
+        w = call.written
+        entries.append(
+            f"{call.key} {w.get('pbx_zrtp_state', '-')} "
+            f"{(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')} "
+            f"verified:{w.get('pbx_zrtp_sas_verified', 'false')}"
+        )
+    return (", ".join(entries) or "none").replace("=", "_")
 
 
 def _port(text: str) -> int | None:
@@ -217,16 +232,12 @@ class FreeswitchAdapter(CallBook):
             await self._publish_list()
 
     async def _publish_list(self) -> None:
-        """global_getvar pbx_zrtp_calls at fs_cli: one `uuid state sas verified` per call."""
-        entries = []
-        for call in self.calls.values():
-            w = call.written
-            entries.append(
-                f"{call.key} {w.get('pbx_zrtp_state', '-')} "
-                f"{(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')} "
-                f"verified={w.get('pbx_zrtp_sas_verified', 'false')}"
-            )
-        await self.esl.api(f"global_setvar pbx_zrtp_calls={', '.join(entries) or 'none'}")
+        """global_getvar pbx_zrtp_calls at fs_cli: one `uuid state sas verified:…` per call.
+
+        The value must hold no ``=``: mod_commands splits ``global_setvar``'s argument
+        at ``=`` into at most three fields, and a third one makes it a *conditional*
+        set (only if the current value equals it), which silently never happens."""
+        await self.esl.api(f"global_setvar pbx_zrtp_calls={calls_listing(self.calls.values())}")
 
     async def _ended(self, call: PbxCall) -> None:
         await self._publish_list()

@@ -1270,14 +1270,24 @@ class FakeEsl:
         return self.global_vars.get(arg, "")
 
     def _api_global_setvar(self, arg: str | None) -> str:
-        """``global_setvar name=value`` (mod_commands): +OK; no value unsets."""
-        if not arg or "=" not in arg:
+        """``global_setvar name=value[=expected]`` (mod_commands ``global_setvar_function``):
+        ``switch_separate_string(cmd, '=', argv, 3)``; a third field makes it
+        ``switch_core_set_var_conditional``: set only if the current value is ``expected``
+        (or, unset, only if ``expected`` is empty). +OK either way; no value unsets."""
+        argv = separate_string(arg, "=", 3)
+        if not argv or not argv[0]:
             return "-USAGE: <var>=<value>\n"
-        name, _, value = arg.partition("=")
+        name = argv[0].strip()
+        value = argv[1].strip() if len(argv) > 1 else ""
+        expected = argv[2] if len(argv) > 2 else ""
+        if expected:
+            current = self.global_vars.get(name)
+            if current is None or current != expected:
+                return "+OK"
         if value:
-            self.global_vars[name.strip()] = value.strip()
+            self.global_vars[name] = value
         else:
-            self.global_vars.pop(name.strip(), None)
+            self.global_vars.pop(name, None)
         return "+OK"
 
     def _api_status(self, arg: str | None) -> str:

@@ -208,15 +208,18 @@ def test_fs_cli_administration() -> None:
             await asyncio.gather(
                 phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
             )
+            sas = channel.variables["pbx_zrtp_sas"].replace(" ", "_")
             # fs_cli> uuid_setvar <uuid> pbx_zrtp_verified true
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_verified true")
             await _until(lambda: channel.variables.get("pbx_zrtp_sas_verified") == "true")
             await _until(
                 lambda: any(e.get("Event-Subclass") == "pbx_zrtp::verified" for e in t.fake.fired)
             )
+            await _until(lambda: "verified:" in t.fake.global_vars.get("pbx_zrtp_calls", ""))
             # fs_cli> global_getvar pbx_zrtp_calls
             listing = await t.fake.fs_cli("global_getvar", "pbx_zrtp_calls")
-            assert channel.uuid in listing and "verified=true" in listing
+            # the value holds no "=": global_setvar would take it as a conditional set
+            assert listing == f"{channel.uuid} secure {sas} verified:true", listing
             # fs_cli> uuid_setvar <uuid> pbx_zrtp_policy required
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_policy required")
             await _until(lambda: channel.variables.get("pbx_zrtp_active_policy") == "required")

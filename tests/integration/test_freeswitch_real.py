@@ -725,6 +725,14 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
             time.sleep(0.1)
         values = {name: lab.esl.getvar(uuid, name) for name in VARIABLES}
         assert values["pbx_zrtp_state"] == "secure", values
+        # fs_cli> global_getvar pbx_zrtp_calls (issue 13, defect 3: it was never set)
+        expected = f"{uuid} secure {phone_sas.replace(' ', '_')} verified:"
+        deadline = time.monotonic() + 5
+        while not (listing := lab.esl.api("global_getvar pbx_zrtp_calls").strip()).startswith(
+            expected
+        ):
+            assert time.monotonic() < deadline, (listing, expected)
+            time.sleep(0.1)
         assert values["pbx_zrtp_secure"] == "true", values
         assert values["pbx_zrtp_sas"] == phone_sas, values
         assert values["pbx_zrtp_active_policy"] == "required", values
