@@ -254,7 +254,8 @@ class FreeswitchAdapter(CallBook):
         for name, value in values.items():
             if self._published.get(name) != value:
                 try:
-                    await self.esl.api(f"global_setvar {name}={value}")
+                    # "group=default …" would make it a conditional set: see _publish_list
+                    await self.esl.api(f"global_setvar {name}={value.replace('=', ':')}")
                 except EslError:
                     return  # written again after the next connect
                 self._published[name] = value
