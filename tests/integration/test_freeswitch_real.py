@@ -411,7 +411,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         <condition field="destination_number" expression="^9700$">
           <action application="set" data="pbx_zrtp_policy=required"/>
           <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
-          <action application="answer"/>
+          <action application="pre_answer"/>
           <action application="lua" data="pbx_zrtp_wait.lua 12"/>
           <action application="bridge" data="{bridge_to_carol}"/>
         </condition>
@@ -523,6 +523,18 @@ class Lab:
         path = self.base / "log" / "freeswitch.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def sip_sent(self, call_id: str) -> list[str]:
+        """First lines (and CSeq) of the SIP messages FreeSWITCH sent in one dialog
+        (sofia's siptrace in freeswitch.log): e.g. ``SIP/2.0 183 Session Progress|1 INVITE``."""
+        found = []
+        for block in re.split(r"\nsend \d+ bytes to ", self.freeswitch_log())[1:]:
+            lines = [line.strip() for line in block.split("\n")[:40]]
+            body = lines[2 : lines.index("-" * 72, 2)] if "-" * 72 in lines[2:] else lines[2:]
+            if f"Call-ID: {call_id}" in body and body:
+                cseq = next((b[6:] for b in body if b.startswith("CSeq: ")), "")
+                found.append(f"{body[0]}|{cseq}")
+        return found
+
     def channel_log(self, uuid: str) -> list[str]:
         return [line for line in self.freeswitch_log().splitlines() if line.startswith(uuid)]
 
@@ -617,7 +629,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             wait_port("127.0.0.1", esl_port, 60, freeswitch)
             esl = EslClient("127.0.0.1", esl_port, ESL_PASSWORD, 10)
             reply, _ = esl.command(
-                "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE"
+                "event plain CHANNEL_CREATE CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER"
+                " CHANNEL_HANGUP_COMPLETE"
                 " CUSTOM pbx_zrtp::secure pbx_zrtp::failed"
             )
             assert reply.get("Reply-Text", "").startswith("+OK"), reply
@@ -625,6 +638,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             while not re.search(r"pbxzrtp\s+profile\s.*RUNNING", esl.api("sofia status")):
                 assert time.monotonic() < deadline, esl.api("sofia status")
                 time.sleep(0.2)
+            # SIP messages in freeswitch.log: what FreeSWITCH sent each phone (sip_sent).
+            assert "+OK" in esl.api("sofia global siptrace on")
             relay = Proc(
                 "pbx-zrtp",
                 [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
@@ -757,6 +772,12 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         assert remote_ip == lab.net.r, (remote_ip, values)
         log = lab.freeswitch_log()
         assert f"pbx_zrtp: {uuid} secure, SAS {phone_sas}" in log
+        # Positive control of the refused call's check: 183 first, 200 OK once secure.
+        sip = lab.sip_sent(lab.esl.getvar(uuid, "sip_call_id"))
+        invite = [line for line in sip if line.startswith("SIP/2.0 ") and "INVITE" in line]
+        assert [line.split(" ")[1] for line in invite][-2:] == ["183", "200"], sip
+        secured = [e for e in lab.relay_events(call_id) if e["state"] == "secure"]
+        assert secured and float(answer["_time"]) > float(secured[0]["_time"]), "answered early"
         problems = [line for line in lab.channel_log(uuid) if re.search(r"\[(ERR|CRIT)\]", line)]
         assert problems == [], problems
         hangup_phone(phone)
@@ -812,12 +833,14 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
     try:
         started = time.monotonic()
         phone.send(f"call sip:9400@{lab.net.a}")
-        answer = lab.esl.wait_event(
-            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+        progress = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Name") == "CHANNEL_PROGRESS_MEDIA" and float(e["_time"]) >= started
+            ),
             15,
-            "CHANNEL_ANSWER",
+            "CHANNEL_PROGRESS_MEDIA",
         )
-        uuid = answer["Unique-ID"]
+        uuid = progress["Unique-ID"]
         hangup = lab.esl.wait_event(
             lambda e: (
                 e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
@@ -828,6 +851,24 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
         hung_up_after = time.monotonic() - started
         assert hangup.get("Hangup-Cause") == "BEARERCAPABILITY_NOTAVAIL", hangup
         assert hangup.get("variable_pbx_zrtp_state") == "failed", hangup
+        # Refused before answer (issue 13, defect 7): 183 with the SDP, then a final
+        # error; never a 200 OK, never CHANNEL_ANSWER, never billed as answered.
+        assert not any(
+            e.get("Event-Name") == "CHANNEL_ANSWER" and e.get("Unique-ID") == uuid
+            for e in lab.esl.events
+        )
+        assert hangup.get("variable_sip_hangup_disposition") == "send_refuse", hangup
+        assert hangup.get("variable_answersec", "0") == "0", hangup
+        sip = lab.sip_sent(hangup["variable_sip_call_id"])
+        statuses = [line for line in sip if line.startswith("SIP/2.0 ") and "INVITE" in line]
+        assert statuses and not any(" 200 " in line for line in statuses), sip
+        assert any(line.startswith("SIP/2.0 183 ") for line in statuses), sip
+        # the final error: mod_sofia's SIP for BEARERCAPABILITY_NOTAVAIL is 503
+        assert statuses[-1].startswith("SIP/2.0 503 "), sip
+        assert not any(
+            e.get("Event-Name") == "CHANNEL_ANSWER" and e.get("Unique-ID") == uuid
+            for e in lab.esl.events
+        )
         assert not any(
             e.get("Event-Subclass") == "pbx_zrtp::secure" and e.get("pbx_zrtp_uuid") == uuid
             for e in lab.esl.events
@@ -856,6 +897,7 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
             json.dumps(
                 {
                     "hung_up_after_s": round(hung_up_after, 3),
+                    "sip_sent": sip,
                     "cause": hangup.get("Hangup-Cause"),
                     "fail_reason": failed.get("pbx_zrtp_fail_reason"),
                     "warning": warning[0].split("] ", 1)[-1][:300],
