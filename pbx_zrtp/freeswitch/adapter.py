@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 from urllib.parse import unquote
 
@@ -33,7 +34,15 @@ from pbx_zrtp.calls import CallReport, Policy, RelayDirectory, RelayError, Relay
 from pbx_zrtp.config.relays import DEFAULT_GROUP
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
-from pbx_zrtp.pbx.book import ENROLL_OFFER, NO, YES, Announcement, CallBook, PbxCall
+from pbx_zrtp.pbx.book import (
+    ENROLL_OFFER,
+    GONE_MEMORY,
+    NO,
+    YES,
+    Announcement,
+    CallBook,
+    PbxCall,
+)
 from pbx_zrtp.pbx.link import LiveChannel
 from pbx_zrtp.pbx.variables import CallView, VariableTable
 
@@ -112,6 +121,26 @@ def calls_listing(calls: Iterable[PbxCall]) -> str:
     return (", ".join(entries) or "none").replace("=", "_")
 
 
+#: The auto-adjust threshold that closes the direct path (docs/freeswitch.md).
+THRESHOLD = "rtp_auto_adjust_threshold"
+SAFE_THRESHOLD = "1"
+
+
+def direct_path_problem(headers: EslEvent, global_threshold: str) -> str:
+    """Why FreeSWITCH may send this call's RTP to the phone before (or instead of)
+    the relay; "" when its settings are the safe ones."""
+    if headers.get("variable_disable_rtp_auto_adjust", "").strip().lower() in YES:
+        return "disable_rtp_auto_adjust is set: FreeSWITCH never follows the relay"
+    threshold = headers.get("variable_rtp_auto_adjust_threshold", "").strip() or global_threshold
+    if threshold != SAFE_THRESHOLD:
+        return (
+            f"rtp_auto_adjust_threshold is {threshold or 'unset (10)'}, not 1:"
+            " set rtp_auto_adjust_threshold=1 before pre_answer/answer"
+            " (and in the bridge's dial string)"
+        )
+    return ""
+
+
 def _port(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
@@ -132,6 +161,7 @@ class FreeswitchAdapter(CallBook):
             on_connect=self._on_connect,
             custom_subclasses=SUBCLASSES,
         )
+        self._direct_checked: OrderedDict[str, None] = OrderedDict()
         super().__init__(
             relay,
             self.esl,
@@ -147,6 +177,7 @@ class FreeswitchAdapter(CallBook):
         uuid = headers.get("Unique-ID", "")
         if name in ("CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER"):
             if uuid and requested_policy(headers) is not None:
+                self._spawn(self._check_direct_path(uuid, headers))
                 self._spawn(self.announce(self._announcement(headers)))
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::request":
             if uuid:
@@ -155,9 +186,63 @@ class FreeswitchAdapter(CallBook):
             if uuid:
                 self._spawn(self._enrollment(uuid, headers.get("action", "")))
         elif name == "CHANNEL_HANGUP_COMPLETE":
-            self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
+            if uuid in self.calls:
+                self._spawn(self._audit_then_end(uuid, headers))
+            else:
+                self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
         elif name == "API":
             self._spawn(self._api_event(headers))
+
+    # ------------------------------------------------------------------ the direct path
+
+    async def _check_direct_path(self, uuid: str, headers: EslEvent) -> None:
+        """Warn (once per call) when FreeSWITCH's settings let it send this call's
+        audio straight to the phone: only auto-adjust turns FreeSWITCH's RTP toward
+        the relay, and only after ``rtp_auto_adjust_threshold`` packets from it (10
+        by default: ~100-200 ms of clear audio to the phone at call start)."""
+        if uuid in self._direct_checked:
+            return
+        self._direct_checked[uuid] = None
+        while len(self._direct_checked) > GONE_MEMORY:
+            self._direct_checked.popitem(last=False)
+        global_threshold = ""
+        if not headers.get("variable_rtp_auto_adjust_threshold", "").strip():
+            with contextlib.suppress(EslError):  # vars.xml's, if the dialplan set none
+                global_threshold = (await self.esl.global_getvar(THRESHOLD)).strip()
+        problem = direct_path_problem(headers, global_threshold)
+        if problem:
+            log.warning(
+                "call %s: FreeSWITCH may send CLEAR AUDIO straight to the phone, bypassing"
+                " the relay: %s (docs/freeswitch.md, Dialplan)",
+                uuid,
+                problem,
+            )
+
+    async def _audit_then_end(self, uuid: str, headers: EslEvent) -> None:
+        """At hangup: every RTP packet FreeSWITCH sent should have reached the relay;
+        what did not went straight to the phone (clear audio). Then end the call."""
+        call = self.calls.get(uuid)
+        try:
+            sent = int(headers.get("variable_rtp_audio_out_packet_count", "") or -1)
+            if call is not None and sent >= 0:
+                report = await self.relay.show(call.call_id)
+                heard = report.counters["pbx_in"] if report is not None else sent
+                if sent > heard:
+                    log.warning(
+                        "call %s (policy %s): FreeSWITCH sent %d RTP packets, the relay got"
+                        " %d: %d went straight to the phone IN THE CLEAR; set"
+                        " rtp_auto_adjust_threshold=1 before pre_answer/answer and firewall"
+                        " FreeSWITCH's RTP address from the phones (docs/freeswitch.md)",
+                        uuid,
+                        call.policy.value,
+                        sent,
+                        heard,
+                        sent - heard,
+                    )
+        except (ValueError, RelayError):
+            pass
+        finally:
+            self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
 
     def _announcement(self, headers: EslEvent) -> Announcement:
         uuid = headers.get("Unique-ID", "")

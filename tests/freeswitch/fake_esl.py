@@ -446,6 +446,8 @@ class FakeFsChannel:
     ) -> None:
         self._fs = fs
         self.uuid = uuid
+        #: sofia's rtp_audio_out_packet_count at hangup (the test says how many RTP packets)
+        self.rtp_out_packets = 0
         self.caller = caller
         self.caller_name = caller_name
         self.destination = destination
@@ -854,7 +856,8 @@ class FakeFsChannel:
                 "out_skip_packet_count out_dtmf_packet_count out_cng_packet_count "
                 "rtcp_packet_count rtcp_octet_count"
             ):
-                s(f"rtp_audio_{k}", "0")
+                # out_packet_count: what the test says FreeSWITCH sent (rtp_out_packets)
+                s(f"rtp_audio_{k}", str(self.rtp_out_packets) if k == "out_packet_count" else "0")
 
     def _channel_row(self) -> dict[str, str]:
         """The ``channels`` table row behind ``show channels``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -230,3 +231,45 @@ def test_fs_cli_administration() -> None:
 def test_legacy_sas_split() -> None:
     assert legacy_sas("aardvark adroitness", "B256") == ("aardvark", "adroitness")
     assert legacy_sas("b7k2", "B32") == ("b7k2", "")
+
+
+def test_calls_that_may_send_clear_audio_straight_to_the_phone_are_warned_about(
+    caplog: Any,
+) -> None:
+    """Issue 13, defect 8: without rtp_auto_adjust_threshold=1 (on the channel, or
+    global) FreeSWITCH sends its first RTP packets to the phone, not the relay: the
+    adapter warns at call start; and at hangup it compares FreeSWITCH's RTP count with
+    what the relay got, and names the difference as clear packets sent to the phone."""
+
+    async def scenario() -> None:
+        async with lab(calls=3) as t:
+            unsafe, _ = await t.call("optional")
+            safe, _ = await t.call("optional", answer=False)
+            await safe.set_var("rtp_auto_adjust_threshold", "1")
+            await safe.answer()
+            await _until(lambda: bool(safe.variables.get("pbx_zrtp_state")))
+            await _until(lambda: "CLEAR AUDIO" in caplog.text)
+            t.fake.global_vars["rtp_auto_adjust_threshold"] = "1"  # vars.xml
+            global_safe, port = await t.call("required")
+            result, _ = await asyncio.gather(
+                phone(port), global_safe.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            assert result["ok"]
+            warned = [r.getMessage() for r in caplog.records if "CLEAR AUDIO" in r.getMessage()]
+            assert len(warned) == 1 and unsafe.uuid in warned[0], warned
+            assert "rtp_auto_adjust_threshold is unset (10), not 1" in warned[0]
+            # hangup: FreeSWITCH says it sent 3 packets more than the relay got
+            (report,) = [r for r in t.relay.calls() if r.call_id == f"fs-{global_safe.uuid}"]
+            heard = report.counters["pbx_in"]
+            assert heard > 0
+            global_safe.rtp_out_packets = heard + 3
+            await global_safe.hangup()
+            await _until(lambda: "IN THE CLEAR" in caplog.text)
+            assert f"the relay got {heard}: 3 went straight to the phone" in caplog.text
+            # the same figures: no warning
+            await unsafe.hangup()
+            await _until(lambda: f"fs-{unsafe.uuid}" not in {r.call_id for r in t.relay.calls()})
+            assert caplog.text.count("IN THE CLEAR") == 1
+
+    with caplog.at_level(logging.WARNING, logger="pbx_zrtp"):
+        run(scenario())

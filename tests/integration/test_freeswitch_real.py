@@ -71,6 +71,7 @@ IP = shutil.which("ip")
 RTP_PORTS = (16400, 16420)  # FreeSWITCH's rtp-start-port / rtp-end-port, pre-bound on R
 RELAY_PORTS = (16400, 16423)  # the relay's range: + one pair for the watcher's probe
 PROBE_PORT = 16422
+DISCARD_PORT = 9  # the sniffer's positive control goes there
 ESL_PASSWORD = "integration-test-esl-secret"
 REQUIRED_TIMEOUT = 6.0  # [timeouts] required in pbx-zrtp.toml (the dialplan waits 12 s)
 
@@ -348,9 +349,16 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         "mod_lua",
     )
     loads = "".join(f'        <load module="{m}"/>\n' for m in modules)
-    bridge_to_carol = (
-        "{pbx_zrtp_policy=required,rtp_adv_audio_ip=${pbx_zrtp_relay_ip}}"
-        f"sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
+    # The sample's pbx_zrtp_two_phones dial string, to carol instead of a directory user.
+    sample = (SAMPLES / "pbx_zrtp.xml").read_text()
+    two_phones = re.search(r'<action application="bridge" data="(\{[^"]*\})user/10\$1"/>', sample)
+    assert two_phones, "pbx_zrtp.xml's pbx_zrtp_two_phones changed shape"
+    bridge_to_carol = f"{two_phones.group(1)}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
+    # The unsafe settings (auto-adjust after 10 packets, no wait before the bridge): the
+    # sniffer's real positive control, and what the adapter must warn about.
+    unsafe_to_carol = (
+        "{pbx_zrtp_policy=required,rtp_adv_audio_ip=${pbx_zrtp_relay_ip},"
+        f"rtp_auto_adjust_threshold=10}}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
     )
     return write(
         conf / "freeswitch.xml",
@@ -411,9 +419,19 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         <condition field="destination_number" expression="^9700$">
           <action application="set" data="pbx_zrtp_policy=required"/>
           <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="set" data="rtp_auto_adjust_threshold=1"/>
           <action application="pre_answer"/>
           <action application="lua" data="pbx_zrtp_wait.lua 12"/>
           <action application="bridge" data="{bridge_to_carol}"/>
+        </condition>
+      </extension>
+      <extension name="two_phones_unsafe">
+        <condition field="destination_number" expression="^9701$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="set" data="rtp_auto_adjust_threshold=10"/>
+          <action application="answer"/>
+          <action application="bridge" data="{unsafe_to_carol}"/>
         </condition>
       </extension>
       <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
@@ -590,6 +608,29 @@ class Lab:
         proc.send(f"play {self.tone}")
         return proc
 
+    def sniffer(self) -> Proc:
+        """Every RTP-like datagram from FreeSWITCH's address A reaching the phones'
+        interface (``tests/integration/sniff.py``), proven to see one: a positive
+        control datagram from A to the phone's discard port is seen first."""
+        assert IP is not None
+        link = self.net.host_link[:-1] + "p"  # the veth end inside the namespace
+        command = [IP, "netns", "exec", self.net.namespace, sys.executable, "-m"]
+        command += ["tests.integration.sniff", "--iface", link, "--src", self.net.a]
+        proc = Proc("sniff", command, self.base / f"sniff-{len(self.procs)}.log", cwd=ROOT)
+        self.procs.append(proc)
+        proc.wait_for(r"^ready$", 10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
+            control.bind((self.net.a, 0))
+            control.sendto(b"\x80\x00" + bytes(170), (self.net.phone, DISCARD_PORT))
+        proc.wait_for(rf'"dport": {DISCARD_PORT},', 5)
+        return proc
+
+    @staticmethod
+    def direct_rtp(sniffer: Proc) -> list[dict[str, int]]:
+        """What the sniffer saw from A, without its positive control."""
+        seen = [json.loads(line) for line in list(sniffer.lines) if line.startswith("{")]
+        return [p for p in seen if p["dport"] != DISCARD_PORT]
+
     def diagnostics(self) -> str:
         parts = [f"--- freeswitch.log\n{self.freeswitch_log()[-6000:]}"]
         for proc in [self.freeswitch, self.relay, self.watch, *self.procs]:
@@ -702,6 +743,7 @@ VARIABLES = (
 def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
     phone = lab.phone("phone-zrtp", zrtp=True)
     try:
+        sniffer = lab.sniffer()
         started = time.monotonic()
         count = len(lab.esl.events)
         phone.send(f"call sip:9400@{lab.net.a}")
@@ -800,7 +842,13 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         relay_heard = ended["counters"]["pbx_in"]
         # Packets FreeSWITCH sent before auto-adjust latched went straight to the phone.
         leak = freeswitch_sent - relay_heard
-        assert freeswitch_sent > 50 and 0 <= leak <= 5, (freeswitch_sent, relay_heard)
+        # Issue 13, defect 8: under `required` not one clear packet from A to the phone.
+        direct = lab.direct_rtp(sniffer)
+        assert freeswitch_sent > 50 and leak == 0 and direct == [], (
+            freeswitch_sent,
+            relay_heard,
+            direct,
+        )
         summary = {
             "sas": phone_sas,
             "sas_type": report.get("sas_type"),
@@ -813,6 +861,7 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
             "freeswitch_rtp_out": freeswitch_sent,
             "relay_pbx_in": relay_heard,
             "leaked_to_phone": leak,
+            "sniffed_from_freeswitch_to_phone": len(direct),
             "counters_at_3s": {k: v for k, v in counters.items() if k != "drops"},
             "drops": counters.get("drops"),
             "ended_counters": ended.get("counters"),
@@ -917,9 +966,10 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
     """alice -> 9700 -> bridge {pbx_zrtp_policy=required,...}sofia/.../carol: both legs
     secure through the relay, linked by Channel-Call-UUID. Linphone cannot enroll, so no
     SAS is relayed and both channels say so (pbx_zrtp_sas_scope=pbx-leg)."""
-    carol = lab.phone("carol-zrtp", zrtp=True, carol=True)
-    alice = lab.phone("alice-2", zrtp=True)
+    carol = lab.phone(f"carol-zrtp-{len(lab.procs)}", zrtp=True, carol=True)
+    alice = lab.phone(f"alice-2-{len(lab.procs)}", zrtp=True)
     try:
+        sniffer = lab.sniffer()
         alice.send(f"call sip:9700@{lab.net.a}")
         match, _ = alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
         alice_sas = match.group(1)
@@ -953,7 +1003,26 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
         for call in lab.calls():
             counters = call["counters"]
             assert counters["phone_in"] > 30 and counters["pbx_in"] > 30, call
-        print("TWO PHONES:", json.dumps({"alice_sas": alice_sas, "carol_sas": carol_sas}))
+        # Issue 13, defect 8: not one clear packet from A to either phone, on either leg.
+        caller = f"fs-{next(iter(bridges))}"
+        legs = {
+            int(c["phone"].rsplit(":", 1)[1]): "caller" if c["call_id"] == caller else "callee"
+            for c in calls
+        }
+        direct = lab.direct_rtp(sniffer)
+        by_leg = {leg: sum(p["dport"] == port for p in direct) for port, leg in legs.items()}
+        print(
+            "TWO PHONES:",
+            json.dumps(
+                {
+                    "alice_sas": alice_sas,
+                    "carol_sas": carol_sas,
+                    "sniffed_from_freeswitch_to_phone": by_leg,
+                    "sniffed_other": len(direct) - sum(by_leg.values()),
+                }
+            ),
+        )
+        assert direct == [], (direct, legs)
         hangup_phone(alice)
         deadline = time.monotonic() + 15
         while lab.calls() and time.monotonic() < deadline:
@@ -1081,3 +1150,52 @@ def test_strays_on_prebound_ports_neither_amplify_nor_poison_the_next_call(lab: 
         for proc in procs:
             proc.stop()
         _ip("-n", lab.net.namespace, "addr", "del", f"{stray_ip}/24", "dev", link, check=False)
+
+
+def test_unsafe_settings_send_clear_rtp_to_the_phone_and_pbx_zrtp_warns(lab: Lab) -> None:
+    """The positive control of the zero counts above (issue 13, defect 8): with
+    FreeSWITCH's default auto-adjust threshold (10) and no wait before the bridge
+    (extension 9701), the sniffer sees FreeSWITCH's RTP reach the phones directly, and
+    pbx-zrtp says so in its log, for the call's settings and at hangup in figures."""
+    carol = lab.phone(f"carol-unsafe-{len(lab.procs)}", zrtp=True, carol=True)
+    alice = lab.phone(f"alice-unsafe-{len(lab.procs)}", zrtp=True)
+    try:
+        sniffer = lab.sniffer()
+        logged = len(lab.relay.lines)
+        alice.send(f"call sip:9701@{lab.net.a}")
+        alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        deadline = time.monotonic() + 10
+        while len(calls := lab.calls()) < 2 or any(c["state"] != "secure" for c in calls):
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.2)
+        time.sleep(1)
+        direct = lab.direct_rtp(sniffer)
+        hangup_phone(alice)
+        deadline = time.monotonic() + 15
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        log = "\n".join(list(lab.relay.lines)[logged:])
+        uuids = [c["call_id"].removeprefix("fs-") for c in calls]
+        settings = [u for u in uuids if f"call {u}: FreeSWITCH may send CLEAR AUDIO" in log]
+        audits = re.findall(r"call (\S+) \(policy required\): FreeSWITCH sent (\d+) RTP", log)
+        leaked = re.findall(r"(\d+) went straight to the phone IN THE CLEAR", log)
+        print(
+            "UNSAFE SETTINGS:",
+            json.dumps(
+                {
+                    "sniffed_from_freeswitch_to_phone": len(direct),
+                    "settings_warnings": len(settings),
+                    "hangup_warnings": [int(n) for n in leaked],
+                }
+            ),
+        )
+        assert len(direct) > 0, "the sniffer saw no direct RTP with the unsafe settings"
+        assert sorted(settings) == sorted(uuids), log
+        assert audits and sum(int(n) for n in leaked) > 0, log
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        alice.stop()
+        carol.stop()
