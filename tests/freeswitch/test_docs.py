@@ -8,6 +8,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+from pbx_zrtp.calls import BadRequest
+from pbx_zrtp.relay.config import load_config, validate
+from pbx_zrtp.relay.core import RelayLayout
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "freeswitch.md").read_text()
 SAMPLE = (ROOT / "dialplan" / "freeswitch" / "pbx_zrtp.xml").read_text()
@@ -35,3 +41,57 @@ def test_the_bridge_snippet_is_the_two_phones_dial_string() -> None:
     ((application, data),) = ACTION.findall(snippet)
     assert application == "bridge"
     assert data.split("}")[0] == sample.split("}")[0]
+
+
+def test_the_relay_toml_snippet_checks_and_runs_alike(tmp_path: Path) -> None:
+    """Issue 13: `ports = "16384-16584"` with `prebind = "16384-16584"` passed `--check`
+    but `run` refused to pre-bind 16584 ("outside the relay's range"). Both now read
+    `ports` as the PBX's RTP range (its last port is an RTP port, RTCP the next)."""
+    (snippet,) = [b for b in _doc_blocks("toml") if "prebind" in b]
+    relay_table = snippet.split("[freeswitch]")[0]
+    path = tmp_path / "relay.toml"
+    path.write_text(relay_table)
+    config = load_config(path, others=("freeswitch",))
+    validate(config)  # what --check does for the relay's settings
+    assert config.prebind[-1] == config.port_max == 16584
+    layout = RelayLayout(
+        config.relay_address,
+        config.pbx_address,
+        config.port_min,
+        config.port_max,
+        config.prebind,
+        config.prebind_policy,
+        config.rtcp,
+    )
+    for port in config.prebind:  # what Relay.start does before binding each
+        layout.check_port(port)
+    with pytest.raises(BadRequest, match="outside the relay's range 16384-16584"):
+        layout.check_port(16586)
+
+
+@pytest.mark.parametrize(
+    ("number", "extension"),
+    [
+        ("9400", "pbx_zrtp_required_echo"),
+        ("9401", "pbx_zrtp_secure_line"),  # issue 13: was shadowed by pbx_zrtp_optional
+        ("9402", "pbx_zrtp_optional"),
+        ("9500", "pbx_zrtp_legacy"),
+        ("9601", "pbx_zrtp_two_phones"),
+        ("*77", "pbx_zrtp_enroll"),
+        ("*78", "pbx_zrtp_unenroll"),
+        ("pbx-zrtp-secure", "pbx_zrtp_secure"),
+        ("pbx-zrtp-failed", "pbx_zrtp_refused"),
+        ("pbx-zrtp-enroll-1", "pbx_zrtp_enroll_confirmed"),
+    ],
+)
+def test_each_sample_number_reaches_its_extension(number: str, extension: str) -> None:
+    """mod_dialplan_xml: the first extension whose destination_number condition
+    matches (PCRE; none of the samples sets continue="true") takes the call."""
+    extensions = re.findall(
+        r'<extension name="([^"]+)">\s*<condition field="destination_number"'
+        r' expression="([^"]+)">',
+        SAMPLE,
+    )
+    assert len(extensions) == SAMPLE.count("<extension ")
+    first = next(name for name, pattern in extensions if re.search(pattern, number))
+    assert first == extension

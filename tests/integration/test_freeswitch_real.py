@@ -1199,3 +1199,35 @@ def test_unsafe_settings_send_clear_rtp_to_the_phone_and_pbx_zrtp_warns(lab: Lab
     finally:
         alice.stop()
         carol.stop()
+
+
+def test_the_secure_line_9401_is_reached_and_shows_the_sas(lab: Lab) -> None:
+    """Issue 13: pbx_zrtp.xml's optional pattern shadowed the 9401 "secure line".
+    Now 9401 runs pbx_zrtp_secure_line: secured before answer, uuid_display succeeds."""
+    phone = lab.phone(f"phone-9401-{len(lab.procs)}", zrtp=True)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:9401@{lab.net.a}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            15,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        deadline = time.monotonic() + 10
+        while lab.esl.getvar(uuid, "api_result") == "":
+            assert time.monotonic() < deadline, "uuid_display never ran"
+            time.sleep(0.1)
+        assert lab.esl.getvar(uuid, "api_result").startswith("+OK"), lab.esl.getvar(
+            uuid, "api_result"
+        )
+        assert lab.esl.getvar(uuid, "pbx_zrtp_sas") == match.group(1)
+        hunted = [line for line in lab.channel_log(uuid) if "Regex (PASS)" in line]
+        assert hunted and "[pbx_zrtp_secure_line]" in hunted[0], hunted
+        print("SECURE LINE:", json.dumps({"sas": match.group(1), "hunted": hunted[0][-120:]}))
+        hangup_phone(phone)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
