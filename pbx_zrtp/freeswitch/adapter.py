@@ -13,8 +13,9 @@ FreeSWITCH's removed built-in ZRTP, ``zrtp_secure_media=true`` (= optional), and
 ``pbx_zrtp::secure`` (with a CALL_SECURE-style ``secure_type=zrtp:<sas1>:<sas2>``),
 ``pbx_zrtp::failed`` and ``pbx_zrtp::verified``.
 
-Administration from fs_cli rides on commands FreeSWITCH already has, which
-reach us as API events: ``uuid_setvar <uuid> pbx_zrtp_verified true|false``
+Administration from fs_cli: ``zrtp …`` lines (``console.py``, ``pbx_zrtp_admin.lua``)
+answered in the console; and the older lines riding on commands FreeSWITCH already
+has, which reach us as API events: ``uuid_setvar <uuid> pbx_zrtp_verified true|false``
 marks the SAS; ``uuid_setvar <uuid> pbx_zrtp_policy <policy>`` changes a live
 call; ``global_setvar pbx_zrtp_policy_<extension>=<policy>`` sets what ``auto``
 resolves to; ``global_getvar pbx_zrtp_calls`` lists ZRTP calls.
@@ -32,6 +33,7 @@ from urllib.parse import unquote
 
 from pbx_zrtp.calls import CallReport, Policy, RelayDirectory, RelayError, RelayHandle
 from pbx_zrtp.config.relays import DEFAULT_GROUP
+from pbx_zrtp.freeswitch import console
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
 from pbx_zrtp.pbx.book import (
@@ -51,7 +53,8 @@ log = logging.getLogger("pbx_zrtp.freeswitch")
 CALL_PREFIX = "fs-"
 #: pbx_zrtp::request announces a call; pbx_zrtp::enroll (action=confirm|remove) is the
 #: enrollment extension telling us the user confirmed the SAS (or wants out).
-SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll")
+#: pbx_zrtp::admin is a `zrtp …` line typed at fs_cli (pbx_zrtp_admin.lua; console.py).
+SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll", console.REQUEST)
 
 #: The dialplan's variables (docs/freeswitch.md), in the order they are set. The
 #: dialplan's own pbx_zrtp_policy is the request (maybe "auto"); pbx_zrtp_active_policy
@@ -84,6 +87,12 @@ VARIABLES = VariableTable(
     true="true",
     false="false",
 )
+#: The variables FreeSWITCH <= 1.10.8 set on enrollment (switch_rtp.c,
+#: ZRTP_EVENT_NEW_USER_ENROLLED / ZRTP_EVENT_USER_UNENROLLED), by our result.
+LEGACY_ENROLL = {
+    "enrolled": "zrtp_new_user_enrolled_audio",
+    "unenrolled": "zrtp_user_unenrolled_audio",
+}
 #: zrtp_secure_media (FreeSWITCH's removed ZRTP) values that ask for ZRTP.
 LEGACY_OPTIONAL = YES | {"optional"}
 LEGACY_REQUIRED = frozenset({"required", "mandatory"})
@@ -141,6 +150,10 @@ def direct_path_problem(headers: EslEvent, global_threshold: str) -> str:
     return ""
 
 
+def word_of(policy: Policy | None) -> str:
+    return "" if policy is None else policy.value
+
+
 def _port(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
@@ -162,6 +175,8 @@ class FreeswitchAdapter(CallBook):
             custom_subclasses=SUBCLASSES,
         )
         self._direct_checked: OrderedDict[str, None] = OrderedDict()
+        self.policies = console.StoredPolicies(config.policy_file)
+        self._enroll_offered: OrderedDict[str, None] = OrderedDict()
         super().__init__(
             relay,
             self.esl,
@@ -185,6 +200,8 @@ class FreeswitchAdapter(CallBook):
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::enroll":
             if uuid:
                 self._spawn(self._enrollment(uuid, headers.get("action", "")))
+        elif name == "CUSTOM" and headers.get("Event-Subclass") == console.REQUEST:
+            self._spawn(self._admin(headers))
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if uuid in self.calls:
                 self._spawn(self._audit_then_end(uuid, headers))
@@ -247,6 +264,13 @@ class FreeswitchAdapter(CallBook):
     def _announcement(self, headers: EslEvent) -> Announcement:
         uuid = headers.get("Unique-ID", "")
         advertised = headers.get("variable_rtp_adv_audio_ip", "")
+        enroll = headers.get("variable_pbx_zrtp_enroll", "").strip().lower() in ENROLL_OFFER
+        # FreeSWITCH <= 1.10.8: zrtp_enrollment=true started the stream in registration mode
+        enroll = enroll or headers.get("variable_zrtp_enrollment", "").strip().lower() in YES
+        if enroll:
+            self._enroll_offered[uuid] = None
+            while len(self._enroll_offered) > GONE_MEMORY:
+                self._enroll_offered.popitem(last=False)
         return Announcement(
             uuid,
             uuid,
@@ -255,7 +279,7 @@ class FreeswitchAdapter(CallBook):
             peer=headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", ""),
             # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
             bridge=headers.get("Channel-Call-UUID", ""),
-            enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower() in ENROLL_OFFER,
+            enroll=enroll,
             group=headers.get("variable_pbx_zrtp_group", ""),
             # the relay at the address FreeSWITCH advertised
             media_address=advertised if self.relay.serves(advertised) else "",
@@ -266,7 +290,24 @@ class FreeswitchAdapter(CallBook):
     # ------------------------------------------------------------------ CallBook hooks
 
     async def _stored_policy(self, target: str) -> str | None:
-        return await self.esl.global_getvar(f"pbx_zrtp_policy_{target}")
+        # the global (fs_cli `global_setvar`, or `zrtp policy` written back), else what
+        # `zrtp policy` stored, should FreeSWITCH have restarted before it was written back
+        found = await self.esl.global_getvar(f"pbx_zrtp_policy_{target}")
+        return found or self.policies.policies.get(target)
+
+    def _on_connect(self) -> None:
+        """After every (re)connect: the policies set at fs_cli back into FreeSWITCH's
+        globals (a restarted FreeSWITCH lost them), then the usual resync."""
+        self._spawn(self._publish_policies())
+        super()._on_connect()
+
+    async def _publish_policies(self) -> None:
+        for extension, policy in sorted(self.policies.policies.items()):
+            try:
+                await self.esl.api(f"global_setvar pbx_zrtp_policy_{extension}={policy}")
+            except EslError as exc:
+                log.warning("could not write back the stored policy of %s: %s", extension, exc)
+                return
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         if announced.port is not None:
@@ -306,6 +347,18 @@ class FreeswitchAdapter(CallBook):
                     "pbx_zrtp_cipher": values["pbx_zrtp_cipher"],
                 },
             )
+            # The event FreeSWITCH <= 1.10.8's built-in ZRTP fired (switch_rtp.c,
+            # zrtp_event_callback, ZRTP_EVENT_IS_SECURE), header for header.
+            await self.esl.fire(
+                "CALL_SECURE",
+                {
+                    "secure_media_type": "audio",
+                    "secure_type": f"zrtp:{sas1}:{sas2}",
+                    "caller-unique-id": call.key,
+                },
+            )
+            if call.key in self._enroll_offered and values["pbx_zrtp_enrolled"] == "true":
+                await self.esl.set_var(call.channel, "zrtp_already_enrolled_audio", "true")
         if changed and state == "failed":
             await self.esl.notify(
                 "pbx_zrtp::failed",
@@ -361,6 +414,7 @@ class FreeswitchAdapter(CallBook):
             "destination_number",
             "call_uuid",
             "pbx_zrtp_enroll",
+            "zrtp_enrollment",
             "pbx_zrtp_group",
         )
         found = dict.fromkeys(names, "")
@@ -378,6 +432,7 @@ class FreeswitchAdapter(CallBook):
             "Caller-Destination-Number": found["destination_number"],
             "Channel-Call-UUID": found["call_uuid"] or uuid,
             "variable_pbx_zrtp_enroll": found["pbx_zrtp_enroll"],
+            "variable_zrtp_enrollment": found["zrtp_enrollment"],
             "variable_pbx_zrtp_group": found["pbx_zrtp_group"],
         }
         return self._announcement(headers)
@@ -413,6 +468,78 @@ class FreeswitchAdapter(CallBook):
                     uuid, "pbx_zrtp_admin_error", str(exc).replace(" ", "_")[:200]
                 )
 
+    async def _admin(self, headers: EslEvent) -> None:
+        """A `zrtp …` line from fs_cli (pbx_zrtp_admin.lua): act, and reply with what
+        the console prints (``+OK …`` or ``-ERR …``)."""
+        request = headers.get("pbx_zrtp_request", "")
+        words = unquote(headers.get("pbx_zrtp_command", "")).split()
+        try:
+            reply = await self._admin_reply(words)
+        except (RelayError, ValueError) as exc:
+            reply = f"-ERR {exc}"
+        log.info("fs_cli: zrtp %s: %s", " ".join(words), reply.splitlines()[0])
+        with contextlib.suppress(EslError):
+            await self.esl.notify(
+                console.REPLY,
+                {"pbx_zrtp_request": request, "pbx_zrtp_reply": console.encode_reply(reply)},
+            )
+
+    def _call_named(self, ref: str) -> PbxCall:
+        call = self.calls.get(ref.removeprefix(CALL_PREFIX))
+        if call is None:
+            raise ValueError(f"no ZRTP call {ref} (zrtp show calls lists them)")
+        return call
+
+    async def _admin_reply(self, words: list[str]) -> str:
+        verb = words[0].lower() if words else ""
+        if verb in ("", "help"):
+            return f"+OK {console.USAGE}"
+        if verb == "show" and words[1:] == ["calls"]:
+            if not self.calls:
+                return "+OK no ZRTP calls"
+            lines = [f"+OK {len(self.calls)} ZRTP call(s): uuid state sas verified policy"]
+            for call in self.calls.values():
+                w = call.written
+                lines.append(
+                    f"{call.key} {w.get('pbx_zrtp_state', 'pending')}"
+                    f" {(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')}"
+                    f" {w.get('pbx_zrtp_sas_verified', 'false')} {call.policy.value}"
+                )
+            return "\n".join(lines)
+        if verb == "show" and len(words) == 3 and words[1] == "call":
+            call = self._call_named(words[2])
+            lines = [f"+OK {call.key}"]
+            lines += [f"{name}={value}" for name, value in call.written.items() if value]
+            return "\n".join(lines)
+        if verb in ("verify", "unverify") and len(words) == 2:
+            call = self._call_named(words[1])
+            await self.verify(call, call.key, verb == "verify")
+            return f"+OK SAS of {call.key} marked {verb[:-1]}ied"
+        if verb == "policy" and len(words) in (2, 3):
+            extension = words[1]
+            if not console.EXTENSION.fullmatch(extension):
+                raise ValueError(f"{extension!r} is not an extension")
+            if len(words) == 2:
+                stored = await self.esl.global_getvar(f"pbx_zrtp_policy_{extension}")
+                return f"+OK {extension}: {stored or 'auto (no policy stored)'}"
+            word = words[2].lower()
+            if word not in ("auto", "none", "-", "off", "optional", "required"):
+                raise ValueError(f"{word!r}: use off, optional, required or auto")
+            policy = None if word in ("auto", "none", "-") else Policy(word)
+            self.policies.set(extension, policy)
+            await self.esl.api(f"global_setvar pbx_zrtp_policy_{extension}={word_of(policy)}")
+            kept = "" if self.config.policy_file else " (not kept over restarts: set policy_file)"
+            return f"+OK {extension}: {word_of(policy) or 'auto'}{kept}"
+        if verb == "enroll" and len(words) == 3:
+            call = self._call_named(words[1])
+            action = words[2].lower()
+            if action not in ("confirm", "remove"):
+                raise ValueError(f"enroll: {action!r} is not confirm or remove")
+            result = await self.change_enrollment(call, action == "confirm", call.key)
+            await self._enroll_result(call.key, result)
+            return f"-ERR {result}" if result.startswith("failed") else f"+OK {result}"
+        return f"-ERR unknown command: zrtp {' '.join(words)}\n{console.USAGE}"
+
     async def _enrollment(self, uuid: str, action: str) -> None:
         """confirm: the user compared the SAS on an enrollment call (store the
         pbxsecret); remove: forget the phone. pbx_zrtp_enroll_result says how it went."""
@@ -423,7 +550,16 @@ class FreeswitchAdapter(CallBook):
         else:
             result = f"failed: pbx_zrtp_enroll: unknown action {action!r}"
             log.warning("enrollment of %s: %s", uuid, result)
+        await self._enroll_result(uuid, result)
+
+    async def _enroll_result(self, uuid: str, result: str) -> None:
+        """pbx_zrtp_enroll_result (last: the dialplan waits on it), and before it what
+        FreeSWITCH <= 1.10.8's built-in ZRTP set (zrtp_new_user_enrolled_audio,
+        zrtp_user_unenrolled_audio)."""
+        values = {LEGACY_ENROLL[result]: "true"} if result in LEGACY_ENROLL else {}
         with contextlib.suppress(EslError):
+            if values:
+                await self.esl.set_vars(uuid, values)
             await self.esl.set_var(uuid, "pbx_zrtp_enroll_result", result[:200])
 
 

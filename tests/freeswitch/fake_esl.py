@@ -1048,6 +1048,18 @@ class FakeEsl:
         self.port = port
         await self.start()
 
+    async def lua_event(self, subclass: str, **headers: str) -> None:
+        """mod_lua ``freeswitch.Event("CUSTOM", subclass)`` + ``addHeader`` + ``fire()``
+        from an API script (no channel: ``lua <script>`` at fs_cli). Values are not
+        encoded inside FreeSWITCH (ESL encodes them on the way out)."""
+        ev = self._new_event("CUSTOM", "mod_lua.cpp", "Event::fire", 1)
+        ev.subclass = subclass
+        ev.add("Event-Subclass", subclass)
+        for k, v in headers.items():
+            ev.add(k, v)
+        self._fire(ev)
+        await self._drain()
+
     async def send_raw(self, data: bytes) -> None:
         """Arbitrary bytes to every client."""
         for conn in list(self.connections):

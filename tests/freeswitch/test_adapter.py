@@ -134,6 +134,13 @@ def test_secure_call_sets_new_and_legacy_variables_and_fires_call_secure() -> No
             secure = next(e for e in t.fake.fired if e.get("Event-Subclass") == "pbx_zrtp::secure")
             assert secure.get("secure_type") == f"zrtp:{word1}:{word2}"
             assert secure.get("pbx_zrtp_uuid") == channel.uuid and secure.get("Unique-ID") is None
+            # and the event FreeSWITCH <= 1.10.8 fired, header for header (issue 13)
+            await _until(lambda: any(e.name == "CALL_SECURE" for e in t.fake.fired))
+            legacy = next(e for e in t.fake.fired if e.name == "CALL_SECURE")
+            assert legacy.get("Event-Name") == "CALL_SECURE" and legacy.subclass is None
+            assert legacy.get("secure_type") == f"zrtp:{word1}:{word2}"
+            assert legacy.get("secure_media_type") == "audio"
+            assert legacy.get("caller-unique-id") == channel.uuid
             await _until(lambda: "secure" in t.fake.global_vars.get("pbx_zrtp_calls", ""))
             await channel.hangup()
             await _until(lambda: not t.relay.calls())

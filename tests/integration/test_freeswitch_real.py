@@ -65,6 +65,7 @@ pytestmark = pytest.mark.integration
 
 SAMPLES = ROOT / "dialplan" / "freeswitch"
 FREESWITCH = os.environ.get("PBX_ZRTP_FREESWITCH", "")
+FS_CLI = str(Path(FREESWITCH).with_name("fs_cli")) if FREESWITCH else ""
 LINPHONEC = shutil.which("linphonec")
 IP = shutil.which("ip")
 
@@ -320,6 +321,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         (base / name).mkdir(parents=True, exist_ok=True)
     shutil.copy(SAMPLES / "pbx_zrtp.xml", conf / "pbx_zrtp.xml")
     shutil.copy(SAMPLES / "pbx_zrtp_wait.lua", base / "scripts" / "pbx_zrtp_wait.lua")
+    shutil.copy(SAMPLES / "pbx_zrtp_admin.lua", base / "scripts" / "pbx_zrtp_admin.lua")
     params = {
         **sample_profile_params(net.a, net.r),
         "sip-port": "5060",
@@ -470,6 +472,7 @@ level = "debug"
 host = "127.0.0.1"
 port = {esl_port}
 password = "{ESL_PASSWORD}"
+policy_file = "{base / "freeswitch-policies.json"}"
 """,
         0o600,
     )
@@ -630,6 +633,31 @@ class Lab:
         """What the sniffer saw from A, without its positive control."""
         seen = [json.loads(line) for line in list(sniffer.lines) if line.startswith("{")]
         return [p for p in seen if p["dport"] != DISCARD_PORT]
+
+    def fs_cli(self, line: str) -> str:
+        """``fs_cli -x LINE`` against this FreeSWITCH, as an admin types it."""
+        esl_port = self.relay_config_port()
+        done = subprocess.run(
+            [FS_CLI, "-H", "127.0.0.1", "-P", str(esl_port), "-p", ESL_PASSWORD, "-x", line],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        return (done.stdout + done.stderr).strip()
+
+    def zrtp(self, line: str) -> str:
+        """``fs_cli -x 'zrtp LINE'``: FreeSWITCH prints how it expanded the alias, then
+        pbx-zrtp's reply; this returns the reply."""
+        out = self.fs_cli(f"zrtp {line}")
+        expanded, _, reply = out.partition("\n")
+        assert expanded == f"Expand Alias [zrtp]->[lua pbx_zrtp_admin.lua {line}]", out
+        return reply.strip()
+
+    def relay_config_port(self) -> int:
+        found = re.search(r"^port = (\d+)$", (self.base / "pbx-zrtp.toml").read_text(), re.M)
+        assert found
+        return int(found.group(1))
 
     def diagnostics(self) -> str:
         parts = [f"--- freeswitch.log\n{self.freeswitch_log()[-6000:]}"]
@@ -1226,6 +1254,50 @@ def test_the_secure_line_9401_is_reached_and_shows_the_sas(lab: Lab) -> None:
         hunted = [line for line in lab.channel_log(uuid) if "Regex (PASS)" in line]
         assert hunted and "[pbx_zrtp_secure_line]" in hunted[0], hunted
         print("SECURE LINE:", json.dumps({"sas": match.group(1), "hunted": hunted[0][-120:]}))
+        hangup_phone(phone)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
+def test_zrtp_commands_at_fs_cli_answer_in_the_console(lab: Lab) -> None:
+    """Issue 13: `zrtp …` at fs_cli, set up as docs/freeswitch.md says (the sticky alias
+    to pbx_zrtp_admin.lua), answered by pbx-zrtp in the console."""
+    assert os.access(FS_CLI, os.X_OK), FS_CLI
+    assert lab.fs_cli("alias stickyadd zrtp lua pbx_zrtp_admin.lua").startswith("+OK")
+    phone = lab.phone(f"phone-cli-{len(lab.procs)}", zrtp=True)
+    try:
+        assert lab.zrtp("show calls") == "+OK no ZRTP calls"
+        started = time.monotonic()
+        phone.send(f"call sip:9400@{lab.net.a}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        sas = match.group(1)
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            15,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        listing = lab.zrtp("show calls")
+        assert f"{uuid} secure {sas.replace(' ', '_')} false required" in listing, listing
+        verified = lab.zrtp(f"verify {uuid}")
+        assert verified == f"+OK SAS of {uuid} marked verified", verified
+        assert lab.esl.getvar(uuid, "pbx_zrtp_sas_verified") == "true"
+        shown = lab.zrtp(f"show call {uuid}")
+        assert "pbx_zrtp_sas_verified=true" in shown.splitlines(), shown
+        assert lab.zrtp(f"unverify {uuid}") == f"+OK SAS of {uuid} marked unverified"
+        missing = lab.zrtp("verify no-such-call")
+        assert missing.startswith("-ERR no ZRTP call no-such-call"), missing
+        assert lab.zrtp("policy 9402 required") == "+OK 9402: required"
+        assert lab.esl.api("global_getvar pbx_zrtp_policy_9402").strip() == "required"
+        assert json.loads((lab.base / "freeswitch-policies.json").read_text()) == {
+            "9402": "required"
+        }
+        typo = lab.zrtp("policy 9402 requried")
+        assert typo.startswith("-ERR 'requried': use off, optional, required or auto"), typo
+        assert lab.zrtp("policy 9402 auto") == "+OK 9402: auto"
+        print("FS_CLI:", json.dumps({"show_calls": listing, "verify": verified}))
         hangup_phone(phone)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
