@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pbx_zrtp.calls import BadRequest
-from pbx_zrtp.relay.config import load_config, validate
+from pbx_zrtp.relay.config import RelayConfig, load_config, validate
 from pbx_zrtp.relay.core import RelayLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +95,27 @@ def test_each_sample_number_reaches_its_extension(number: str, extension: str) -
     assert len(extensions) == SAMPLE.count("<extension ")
     first = next(name for name, pattern in extensions if re.search(pattern, number))
     assert first == extension
+
+
+def test_each_sample_waits_longer_than_the_relay_takes_to_decide() -> None:
+    """Issue 13, defect 9 (FreeSWITCH's samples): pbx_zrtp_wait.lua must outwait the
+    relay's decision ([timeouts] optional / required, defaults), or the dialplan right
+    after it sees `pending`."""
+    defaults = RelayConfig.defaults()
+    decided = {"optional": defaults.optional_timeout, "required": defaults.required_timeout}
+    checked = 0
+    for name, _pattern in re.findall(
+        r'<extension name="([^"]+)">\s*<condition field="destination_number"'
+        r' expression="([^"]+)">',
+        SAMPLE,
+    ):
+        actions = _extension(name)
+        policy = next((d.split("=")[1] for a, d in actions if d.startswith("pbx_zrtp_policy=")), "")
+        if ("set", "zrtp_secure_media=true") in actions:
+            policy = "optional"  # the legacy switch
+        for application, data in actions:
+            words = data.split()
+            if application == "lua" and words[:1] == ["pbx_zrtp_wait.lua"] and len(words) == 2:
+                assert float(words[1]) >= decided[policy] + 2, (name, words, decided[policy])
+                checked += 1
+    assert checked >= 5

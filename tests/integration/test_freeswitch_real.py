@@ -699,7 +699,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             esl = EslClient("127.0.0.1", esl_port, ESL_PASSWORD, 10)
             reply, _ = esl.command(
                 "event plain CHANNEL_CREATE CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER"
-                " CHANNEL_HANGUP_COMPLETE"
+                " CHANNEL_HANGUP_COMPLETE CALL_SECURE"
                 " CUSTOM pbx_zrtp::secure pbx_zrtp::failed"
             )
             assert reply.get("Reply-Text", "").startswith("+OK"), reply
@@ -798,6 +798,14 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         )
         assert secure.get("pbx_zrtp_sas") == phone_sas, (secure, phone_sas)
         assert secure.get("secure_type", "").startswith(f"zrtp:{phone_sas}"), secure
+        # The drop-in: the CALL_SECURE event FreeSWITCH <= 1.10.8's built-in ZRTP fired.
+        legacy = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CALL_SECURE" and e.get("caller-unique-id") == uuid,
+            5,
+            "CALL_SECURE",
+        )
+        assert legacy.get("secure_type") == secure.get("secure_type"), legacy
+        assert legacy.get("secure_media_type") == "audio", legacy
         # 3. The relay: the same call, secure, same SAS.
         calls = lab.calls()
         assert [c["call_id"] for c in calls] == [call_id], calls
