@@ -13,8 +13,9 @@ FreeSWITCH's removed built-in ZRTP, ``zrtp_secure_media=true`` (= optional), and
 ``pbx_zrtp::secure`` (with a CALL_SECURE-style ``secure_type=zrtp:<sas1>:<sas2>``),
 ``pbx_zrtp::failed`` and ``pbx_zrtp::verified``.
 
-Administration from fs_cli rides on commands FreeSWITCH already has, which
-reach us as API events: ``uuid_setvar <uuid> pbx_zrtp_verified true|false``
+Administration from fs_cli: ``zrtp …`` lines (``console.py``, ``pbx_zrtp_admin.lua``)
+answered in the console; and the older lines riding on commands FreeSWITCH already
+has, which reach us as API events: ``uuid_setvar <uuid> pbx_zrtp_verified true|false``
 marks the SAS; ``uuid_setvar <uuid> pbx_zrtp_policy <policy>`` changes a live
 call; ``global_setvar pbx_zrtp_policy_<extension>=<policy>`` sets what ``auto``
 resolves to; ``global_getvar pbx_zrtp_calls`` lists ZRTP calls.
@@ -26,13 +27,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 from pbx_zrtp.calls import CallReport, Policy, RelayDirectory, RelayError, RelayHandle
 from pbx_zrtp.config.relays import DEFAULT_GROUP
+from pbx_zrtp.freeswitch import console
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
-from pbx_zrtp.pbx.book import ENROLL_OFFER, NO, YES, Announcement, CallBook, PbxCall
+from pbx_zrtp.pbx.book import (
+    ENROLL_OFFER,
+    GONE_MEMORY,
+    NO,
+    YES,
+    Announcement,
+    CallBook,
+    PbxCall,
+)
 from pbx_zrtp.pbx.link import LiveChannel
 from pbx_zrtp.pbx.variables import CallView, VariableTable
 
@@ -43,7 +55,8 @@ CALL_PREFIX = "fs-"
 LINK_SETTINGS = ("host", "port", "password")
 #: pbx_zrtp::request announces a call; pbx_zrtp::enroll (action=confirm|remove) is the
 #: enrollment extension telling us the user confirmed the SAS (or wants out).
-SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll")
+#: pbx_zrtp::admin is a `zrtp …` line typed at fs_cli (pbx_zrtp_admin.lua; console.py).
+SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll", console.REQUEST)
 
 #: The dialplan's variables (docs/freeswitch.md), in the order they are set. The
 #: dialplan's own pbx_zrtp_policy is the request (maybe "auto"); pbx_zrtp_active_policy
@@ -76,6 +89,12 @@ VARIABLES = VariableTable(
     true="true",
     false="false",
 )
+#: The variables FreeSWITCH <= 1.10.8 set on enrollment (switch_rtp.c,
+#: ZRTP_EVENT_NEW_USER_ENROLLED / ZRTP_EVENT_USER_UNENROLLED), by our result.
+LEGACY_ENROLL = {
+    "enrolled": "zrtp_new_user_enrolled_audio",
+    "unenrolled": "zrtp_user_unenrolled_audio",
+}
 #: zrtp_secure_media (FreeSWITCH's removed ZRTP) values that ask for ZRTP.
 LEGACY_OPTIONAL = YES | {"optional"}
 LEGACY_REQUIRED = frozenset({"required", "mandatory"})
@@ -99,6 +118,44 @@ def requested_policy(headers: EslEvent) -> str | None:
     return None
 
 
+def calls_listing(calls: Iterable[PbxCall]) -> str:
+    """``pbx_zrtp_calls``: `uuid state sas verified:true|false`, comma-separated, or
+    ``none``; never an ``=`` (see ``FreeswitchAdapter._publish_list``)."""
+    entries = []
+    for call in calls:
+        w = call.written
+        entries.append(
+            f"{call.key} {w.get('pbx_zrtp_state', '-')} "
+            f"{(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')} "
+            f"verified:{w.get('pbx_zrtp_sas_verified', 'false')}"
+        )
+    return (", ".join(entries) or "none").replace("=", "_")
+
+
+#: The auto-adjust threshold that closes the direct path (docs/freeswitch.md).
+THRESHOLD = "rtp_auto_adjust_threshold"
+SAFE_THRESHOLD = "1"
+
+
+def direct_path_problem(headers: EslEvent, global_threshold: str) -> str:
+    """Why FreeSWITCH may send this call's RTP to the phone before (or instead of)
+    the relay; "" when its settings are the safe ones."""
+    if headers.get("variable_disable_rtp_auto_adjust", "").strip().lower() in YES:
+        return "disable_rtp_auto_adjust is set: FreeSWITCH never follows the relay"
+    threshold = headers.get("variable_rtp_auto_adjust_threshold", "").strip() or global_threshold
+    if threshold != SAFE_THRESHOLD:
+        return (
+            f"rtp_auto_adjust_threshold is {threshold or 'unset (10)'}, not 1:"
+            " set rtp_auto_adjust_threshold=1 before pre_answer/answer"
+            " (and in the bridge's dial string)"
+        )
+    return ""
+
+
+def word_of(policy: Policy | None) -> str:
+    return "" if policy is None else policy.value
+
+
 def _port(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
@@ -120,6 +177,9 @@ class FreeswitchAdapter(CallBook):
             on_connect=self._on_connect,
             custom_subclasses=SUBCLASSES,
         )
+        self._direct_checked: OrderedDict[str, None] = OrderedDict()
+        self.policies = console.StoredPolicies(config.policy_file)
+        self._enroll_offered: OrderedDict[str, None] = OrderedDict()
         super().__init__(
             relay,
             self.esl,
@@ -151,6 +211,7 @@ class FreeswitchAdapter(CallBook):
         uuid = headers.get("Unique-ID", "")
         if name in ("CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER"):
             if uuid and requested_policy(headers) is not None:
+                self._spawn(self._check_direct_path(uuid, headers))
                 self._spawn(self.announce(self._announcement(headers)))
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::request":
             if uuid:
@@ -158,14 +219,77 @@ class FreeswitchAdapter(CallBook):
         elif name == "CUSTOM" and headers.get("Event-Subclass") == "pbx_zrtp::enroll":
             if uuid:
                 self._spawn(self._enrollment(uuid, headers.get("action", "")))
+        elif name == "CUSTOM" and headers.get("Event-Subclass") == console.REQUEST:
+            self._spawn(self._admin(headers))
         elif name == "CHANNEL_HANGUP_COMPLETE":
-            self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
+            if uuid in self.calls:
+                self._spawn(self._audit_then_end(uuid, headers))
+            else:
+                self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
         elif name == "API":
             self._spawn(self._api_event(headers))
+
+    # ------------------------------------------------------------------ the direct path
+
+    async def _check_direct_path(self, uuid: str, headers: EslEvent) -> None:
+        """Warn (once per call) when FreeSWITCH's settings let it send this call's
+        audio straight to the phone: only auto-adjust turns FreeSWITCH's RTP toward
+        the relay, and only after ``rtp_auto_adjust_threshold`` packets from it (10
+        by default: ~100-200 ms of clear audio to the phone at call start)."""
+        if uuid in self._direct_checked:
+            return
+        self._direct_checked[uuid] = None
+        while len(self._direct_checked) > GONE_MEMORY:
+            self._direct_checked.popitem(last=False)
+        global_threshold = ""
+        if not headers.get("variable_rtp_auto_adjust_threshold", "").strip():
+            with contextlib.suppress(EslError):  # vars.xml's, if the dialplan set none
+                global_threshold = (await self.esl.global_getvar(THRESHOLD)).strip()
+        problem = direct_path_problem(headers, global_threshold)
+        if problem:
+            log.warning(
+                "call %s: FreeSWITCH may send CLEAR AUDIO straight to the phone, bypassing"
+                " the relay: %s (docs/freeswitch.md, Dialplan)",
+                uuid,
+                problem,
+            )
+
+    async def _audit_then_end(self, uuid: str, headers: EslEvent) -> None:
+        """At hangup: every RTP packet FreeSWITCH sent should have reached the relay;
+        what did not went straight to the phone (clear audio). Then end the call."""
+        call = self.calls.get(uuid)
+        try:
+            sent = int(headers.get("variable_rtp_audio_out_packet_count", "") or -1)
+            if call is not None and sent >= 0:
+                report = await self.relay.show(call.call_id)
+                heard = report.counters["pbx_in"] if report is not None else sent
+                if sent > heard:
+                    log.warning(
+                        "call %s (policy %s): FreeSWITCH sent %d RTP packets, the relay got"
+                        " %d: %d went straight to the phone IN THE CLEAR; set"
+                        " rtp_auto_adjust_threshold=1 before pre_answer/answer and firewall"
+                        " FreeSWITCH's RTP address from the phones (docs/freeswitch.md)",
+                        uuid,
+                        call.policy.value,
+                        sent,
+                        heard,
+                        sent - heard,
+                    )
+        except (ValueError, RelayError):
+            pass
+        finally:
+            self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
 
     def _announcement(self, headers: EslEvent) -> Announcement:
         uuid = headers.get("Unique-ID", "")
         advertised = headers.get("variable_rtp_adv_audio_ip", "")
+        enroll = headers.get("variable_pbx_zrtp_enroll", "").strip().lower() in ENROLL_OFFER
+        # FreeSWITCH <= 1.10.8: zrtp_enrollment=true started the stream in registration mode
+        enroll = enroll or headers.get("variable_zrtp_enrollment", "").strip().lower() in YES
+        if enroll:
+            self._enroll_offered[uuid] = None
+            while len(self._enroll_offered) > GONE_MEMORY:
+                self._enroll_offered.popitem(last=False)
         return Announcement(
             uuid,
             uuid,
@@ -174,7 +298,7 @@ class FreeswitchAdapter(CallBook):
             peer=headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", ""),
             # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
             bridge=headers.get("Channel-Call-UUID", ""),
-            enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower() in ENROLL_OFFER,
+            enroll=enroll,
             group=headers.get("variable_pbx_zrtp_group", ""),
             # the relay at the address FreeSWITCH advertised
             media_address=advertised if self.relay.serves(advertised) else "",
@@ -185,7 +309,24 @@ class FreeswitchAdapter(CallBook):
     # ------------------------------------------------------------------ CallBook hooks
 
     async def _stored_policy(self, target: str) -> str | None:
-        return await self.esl.global_getvar(f"pbx_zrtp_policy_{target}")
+        # the global (fs_cli `global_setvar`, or `zrtp policy` written back), else what
+        # `zrtp policy` stored, should FreeSWITCH have restarted before it was written back
+        found = await self.esl.global_getvar(f"pbx_zrtp_policy_{target}")
+        return found or self.policies.policies.get(target)
+
+    def _on_connect(self) -> None:
+        """After every (re)connect: the policies set at fs_cli back into FreeSWITCH's
+        globals (a restarted FreeSWITCH lost them), then the usual resync."""
+        self._spawn(self._publish_policies())
+        super()._on_connect()
+
+    async def _publish_policies(self) -> None:
+        for extension, policy in sorted(self.policies.policies.items()):
+            try:
+                await self.esl.api(f"global_setvar pbx_zrtp_policy_{extension}={policy}")
+            except EslError as exc:
+                log.warning("could not write back the stored policy of %s: %s", extension, exc)
+                return
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         if announced.port is not None:
@@ -225,6 +366,18 @@ class FreeswitchAdapter(CallBook):
                     "pbx_zrtp_cipher": values["pbx_zrtp_cipher"],
                 },
             )
+            # The event FreeSWITCH <= 1.10.8's built-in ZRTP fired (switch_rtp.c,
+            # zrtp_event_callback, ZRTP_EVENT_IS_SECURE), header for header.
+            await self.esl.fire(
+                "CALL_SECURE",
+                {
+                    "secure_media_type": "audio",
+                    "secure_type": f"zrtp:{sas1}:{sas2}",
+                    "caller-unique-id": call.key,
+                },
+            )
+            if call.key in self._enroll_offered and values["pbx_zrtp_enrolled"] == "true":
+                await self.esl.set_var(call.channel, "zrtp_already_enrolled_audio", "true")
         if changed and state == "failed":
             await self.esl.notify(
                 "pbx_zrtp::failed",
@@ -236,16 +389,12 @@ class FreeswitchAdapter(CallBook):
             await self._publish_list()
 
     async def _publish_list(self) -> None:
-        """global_getvar pbx_zrtp_calls at fs_cli: one `uuid state sas verified` per call."""
-        entries = []
-        for call in self.calls.values():
-            w = call.written
-            entries.append(
-                f"{call.key} {w.get('pbx_zrtp_state', '-')} "
-                f"{(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')} "
-                f"verified={w.get('pbx_zrtp_sas_verified', 'false')}"
-            )
-        await self.esl.api(f"global_setvar pbx_zrtp_calls={', '.join(entries) or 'none'}")
+        """global_getvar pbx_zrtp_calls at fs_cli: one `uuid state sas verified:…` per call.
+
+        The value must hold no ``=``: mod_commands splits ``global_setvar``'s argument
+        at ``=`` into at most three fields, and a third one makes it a *conditional*
+        set (only if the current value equals it), which silently never happens."""
+        await self.esl.api(f"global_setvar pbx_zrtp_calls={calls_listing(self.calls.values())}")
 
     async def _ended(self, call: PbxCall) -> None:
         await self._publish_list()
@@ -262,7 +411,8 @@ class FreeswitchAdapter(CallBook):
         for name, value in values.items():
             if self._published.get(name) != value:
                 try:
-                    await self.esl.api(f"global_setvar {name}={value}")
+                    # "group=default …" would make it a conditional set: see _publish_list
+                    await self.esl.api(f"global_setvar {name}={value.replace('=', ':')}")
                 except EslError:
                     return  # written again after the next connect
                 self._published[name] = value
@@ -283,6 +433,7 @@ class FreeswitchAdapter(CallBook):
             "destination_number",
             "call_uuid",
             "pbx_zrtp_enroll",
+            "zrtp_enrollment",
             "pbx_zrtp_group",
         )
         found = dict.fromkeys(names, "")
@@ -300,6 +451,7 @@ class FreeswitchAdapter(CallBook):
             "Caller-Destination-Number": found["destination_number"],
             "Channel-Call-UUID": found["call_uuid"] or uuid,
             "variable_pbx_zrtp_enroll": found["pbx_zrtp_enroll"],
+            "variable_zrtp_enrollment": found["zrtp_enrollment"],
             "variable_pbx_zrtp_group": found["pbx_zrtp_group"],
         }
         return self._announcement(headers)
@@ -335,6 +487,78 @@ class FreeswitchAdapter(CallBook):
                     uuid, "pbx_zrtp_admin_error", str(exc).replace(" ", "_")[:200]
                 )
 
+    async def _admin(self, headers: EslEvent) -> None:
+        """A `zrtp …` line from fs_cli (pbx_zrtp_admin.lua): act, and reply with what
+        the console prints (``+OK …`` or ``-ERR …``)."""
+        request = headers.get("pbx_zrtp_request", "")
+        words = unquote(headers.get("pbx_zrtp_command", "")).split()
+        try:
+            reply = await self._admin_reply(words)
+        except (RelayError, ValueError) as exc:
+            reply = f"-ERR {exc}"
+        log.info("fs_cli: zrtp %s: %s", " ".join(words), reply.splitlines()[0])
+        with contextlib.suppress(EslError):
+            await self.esl.notify(
+                console.REPLY,
+                {"pbx_zrtp_request": request, "pbx_zrtp_reply": console.encode_reply(reply)},
+            )
+
+    def _call_named(self, ref: str) -> PbxCall:
+        call = self.calls.get(ref.removeprefix(CALL_PREFIX))
+        if call is None:
+            raise ValueError(f"no ZRTP call {ref} (zrtp show calls lists them)")
+        return call
+
+    async def _admin_reply(self, words: list[str]) -> str:
+        verb = words[0].lower() if words else ""
+        if verb in ("", "help"):
+            return f"+OK {console.USAGE}"
+        if verb == "show" and words[1:] == ["calls"]:
+            if not self.calls:
+                return "+OK no ZRTP calls"
+            lines = [f"+OK {len(self.calls)} ZRTP call(s): uuid state sas verified policy"]
+            for call in self.calls.values():
+                w = call.written
+                lines.append(
+                    f"{call.key} {w.get('pbx_zrtp_state', 'pending')}"
+                    f" {(w.get('pbx_zrtp_sas') or '-').replace(' ', '_')}"
+                    f" {w.get('pbx_zrtp_sas_verified', 'false')} {call.policy.value}"
+                )
+            return "\n".join(lines)
+        if verb == "show" and len(words) == 3 and words[1] == "call":
+            call = self._call_named(words[2])
+            lines = [f"+OK {call.key}"]
+            lines += [f"{name}={value}" for name, value in call.written.items() if value]
+            return "\n".join(lines)
+        if verb in ("verify", "unverify") and len(words) == 2:
+            call = self._call_named(words[1])
+            await self.verify(call, call.key, verb == "verify")
+            return f"+OK SAS of {call.key} marked {verb[:-1]}ied"
+        if verb == "policy" and len(words) in (2, 3):
+            extension = words[1]
+            if not console.EXTENSION.fullmatch(extension):
+                raise ValueError(f"{extension!r} is not an extension")
+            if len(words) == 2:
+                stored = await self.esl.global_getvar(f"pbx_zrtp_policy_{extension}")
+                return f"+OK {extension}: {stored or 'auto (no policy stored)'}"
+            word = words[2].lower()
+            if word not in ("auto", "none", "-", "off", "optional", "required"):
+                raise ValueError(f"{word!r}: use off, optional, required or auto")
+            policy = None if word in ("auto", "none", "-") else Policy(word)
+            self.policies.set(extension, policy)
+            await self.esl.api(f"global_setvar pbx_zrtp_policy_{extension}={word_of(policy)}")
+            kept = "" if self.config.policy_file else " (not kept over restarts: set policy_file)"
+            return f"+OK {extension}: {word_of(policy) or 'auto'}{kept}"
+        if verb == "enroll" and len(words) == 3:
+            call = self._call_named(words[1])
+            action = words[2].lower()
+            if action not in ("confirm", "remove"):
+                raise ValueError(f"enroll: {action!r} is not confirm or remove")
+            result = await self.change_enrollment(call, action == "confirm", call.key)
+            await self._enroll_result(call.key, result)
+            return f"-ERR {result}" if result.startswith("failed") else f"+OK {result}"
+        return f"-ERR unknown command: zrtp {' '.join(words)}\n{console.USAGE}"
+
     async def _enrollment(self, uuid: str, action: str) -> None:
         """confirm: the user compared the SAS on an enrollment call (store the
         pbxsecret); remove: forget the phone. pbx_zrtp_enroll_result says how it went."""
@@ -345,7 +569,16 @@ class FreeswitchAdapter(CallBook):
         else:
             result = f"failed: pbx_zrtp_enroll: unknown action {action!r}"
             log.warning("enrollment of %s: %s", uuid, result)
+        await self._enroll_result(uuid, result)
+
+    async def _enroll_result(self, uuid: str, result: str) -> None:
+        """pbx_zrtp_enroll_result (last: the dialplan waits on it), and before it what
+        FreeSWITCH <= 1.10.8's built-in ZRTP set (zrtp_new_user_enrolled_audio,
+        zrtp_user_unenrolled_audio)."""
+        values = {LEGACY_ENROLL[result]: "true"} if result in LEGACY_ENROLL else {}
         with contextlib.suppress(EslError):
+            if values:
+                await self.esl.set_vars(uuid, values)
             await self.esl.set_var(uuid, "pbx_zrtp_enroll_result", result[:200])
 
 

@@ -9,6 +9,7 @@ from pbx_zrtp.calls import Policy
 from pbx_zrtp.config.fields import FieldReader, flag, integer, number, parse_section, policy, text
 from pbx_zrtp.config.relays import DEFAULT_GRACE, RelayEntry, read_grace, read_relays
 from pbx_zrtp.config.secrets import secret_file
+from pbx_zrtp.freeswitch.console import load_policies
 
 
 @dataclass
@@ -24,6 +25,10 @@ class FreeswitchConfig:
     hangup_cause: str = "BEARERCAPABILITY_NOTAVAIL"
     #: Refuse (report failed) a ZRTP call whose rtp_adv_audio_ip is not the relay.
     require_advertised_relay: bool = True
+
+    #: Where ``zrtp policy <extension> <policy>`` (fs_cli) keeps its policies, so they
+    #: survive restarts; "" keeps them in memory only.
+    policy_file: str = ""
 
     #: Several relays (``[[freeswitch.relays]]``); empty: the one relay of ``pbx-zrtp run``
     #: or ``--relay``.
@@ -67,9 +72,20 @@ def read(table: FieldReader) -> FreeswitchConfig:
         require_advertised_relay=table.take(
             "require_advertised_relay", flag(), d.require_advertised_relay, fix="true or false"
         ),
+        policy_file=table.take(
+            "policy_file",
+            text(),
+            d.policy_file,
+            fix='a JSON file pbx-zrtp may write, e.g. "/var/lib/pbx-zrtp/freeswitch-policies.json"',
+        ),
         relays=read_relays(table, "freeswitch"),
         relay_grace=read_grace(table),
     )
+    if config.policy_file:
+        try:
+            load_policies(config.policy_file)
+        except ValueError as exc:
+            table.problem("policy_file", str(exc))
     table.finish()
     return config
 

@@ -191,7 +191,12 @@ class Esl:
     async def notify(self, name: str, headers: Mapping[str, str]) -> None:
         """``sendevent CUSTOM`` of subclass ``name``; never with a Unique-ID header
         (FreeSWITCH would deliver it to that channel instead of broadcasting it)."""
-        lines = ["sendevent CUSTOM", f"Event-Subclass: {name}"]
+        await self.fire("CUSTOM", {"Event-Subclass": name, **headers})
+
+    async def fire(self, event: str, headers: Mapping[str, str]) -> None:
+        """``sendevent <event>``: an event of that type (e.g. ``CALL_SECURE``, as
+        FreeSWITCH's removed built-in ZRTP fired), never with a Unique-ID header."""
+        lines = [f"sendevent {event}"]
         lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "unique-id"]
         if not self.connected:
             raise EslError("ESL not connected (sendevent)")

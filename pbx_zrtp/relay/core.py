@@ -77,7 +77,11 @@ class RelayLayout:
     claim_window: float = 3.0
 
     def check_port(self, port: int) -> None:
-        if not self.port_min <= port <= self.port_max - (1 if self.rtcp else 0):
+        """``port_min``-``port_max`` is the PBX's RTP range as the PBX counts it
+        (FreeSWITCH rtp-start-port/rtp-end-port, Asterisk rtpstart/rtpend): its last
+        port is an RTP port too, with RTCP on the next one, as at the PBX. The same
+        rule as ``pbx-zrtp run --check`` (``relay.config.validate``)."""
+        if not self.port_min <= port <= self.port_max or (self.rtcp and port + 1 > 65535):
             raise BadRequest(
                 f"port {port} is outside the relay's range {self.port_min}-{self.port_max}"
             )

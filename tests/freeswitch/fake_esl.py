@@ -446,6 +446,8 @@ class FakeFsChannel:
     ) -> None:
         self._fs = fs
         self.uuid = uuid
+        #: sofia's rtp_audio_out_packet_count at hangup (the test says how many RTP packets)
+        self.rtp_out_packets = 0
         self.caller = caller
         self.caller_name = caller_name
         self.destination = destination
@@ -854,7 +856,8 @@ class FakeFsChannel:
                 "out_skip_packet_count out_dtmf_packet_count out_cng_packet_count "
                 "rtcp_packet_count rtcp_octet_count"
             ):
-                s(f"rtp_audio_{k}", "0")
+                # out_packet_count: what the test says FreeSWITCH sent (rtp_out_packets)
+                s(f"rtp_audio_{k}", str(self.rtp_out_packets) if k == "out_packet_count" else "0")
 
     def _channel_row(self) -> dict[str, str]:
         """The ``channels`` table row behind ``show channels``."""
@@ -1044,6 +1047,18 @@ class FakeEsl:
         self._boot()
         self.port = port
         await self.start()
+
+    async def lua_event(self, subclass: str, **headers: str) -> None:
+        """mod_lua ``freeswitch.Event("CUSTOM", subclass)`` + ``addHeader`` + ``fire()``
+        from an API script (no channel: ``lua <script>`` at fs_cli). Values are not
+        encoded inside FreeSWITCH (ESL encodes them on the way out)."""
+        ev = self._new_event("CUSTOM", "mod_lua.cpp", "Event::fire", 1)
+        ev.subclass = subclass
+        ev.add("Event-Subclass", subclass)
+        for k, v in headers.items():
+            ev.add(k, v)
+        self._fire(ev)
+        await self._drain()
 
     async def send_raw(self, data: bytes) -> None:
         """Arbitrary bytes to every client."""
@@ -1270,14 +1285,24 @@ class FakeEsl:
         return self.global_vars.get(arg, "")
 
     def _api_global_setvar(self, arg: str | None) -> str:
-        """``global_setvar name=value`` (mod_commands): +OK; no value unsets."""
-        if not arg or "=" not in arg:
+        """``global_setvar name=value[=expected]`` (mod_commands ``global_setvar_function``):
+        ``switch_separate_string(cmd, '=', argv, 3)``; a third field makes it
+        ``switch_core_set_var_conditional``: set only if the current value is ``expected``
+        (or, unset, only if ``expected`` is empty). +OK either way; no value unsets."""
+        argv = separate_string(arg, "=", 3)
+        if not argv or not argv[0]:
             return "-USAGE: <var>=<value>\n"
-        name, _, value = arg.partition("=")
+        name = argv[0].strip()
+        value = argv[1].strip() if len(argv) > 1 else ""
+        expected = argv[2] if len(argv) > 2 else ""
+        if expected:
+            current = self.global_vars.get(name)
+            if current is None or current != expected:
+                return "+OK"
         if value:
-            self.global_vars[name.strip()] = value.strip()
+            self.global_vars[name] = value
         else:
-            self.global_vars.pop(name.strip(), None)
+            self.global_vars.pop(name, None)
         return "+OK"
 
     def _api_status(self, arg: str | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -133,6 +134,13 @@ def test_secure_call_sets_new_and_legacy_variables_and_fires_call_secure() -> No
             secure = next(e for e in t.fake.fired if e.get("Event-Subclass") == "pbx_zrtp::secure")
             assert secure.get("secure_type") == f"zrtp:{word1}:{word2}"
             assert secure.get("pbx_zrtp_uuid") == channel.uuid and secure.get("Unique-ID") is None
+            # and the event FreeSWITCH <= 1.10.8 fired, header for header (issue 13)
+            await _until(lambda: any(e.name == "CALL_SECURE" for e in t.fake.fired))
+            legacy = next(e for e in t.fake.fired if e.name == "CALL_SECURE")
+            assert legacy.get("Event-Name") == "CALL_SECURE" and legacy.subclass is None
+            assert legacy.get("secure_type") == f"zrtp:{word1}:{word2}"
+            assert legacy.get("secure_media_type") == "audio"
+            assert legacy.get("caller-unique-id") == channel.uuid
             await _until(lambda: "secure" in t.fake.global_vars.get("pbx_zrtp_calls", ""))
             await channel.hangup()
             await _until(lambda: not t.relay.calls())
@@ -208,15 +216,18 @@ def test_fs_cli_administration() -> None:
             await asyncio.gather(
                 phone(port, srtp=0), channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
             )
+            sas = channel.variables["pbx_zrtp_sas"].replace(" ", "_")
             # fs_cli> uuid_setvar <uuid> pbx_zrtp_verified true
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_verified true")
             await _until(lambda: channel.variables.get("pbx_zrtp_sas_verified") == "true")
             await _until(
                 lambda: any(e.get("Event-Subclass") == "pbx_zrtp::verified" for e in t.fake.fired)
             )
+            await _until(lambda: "verified:" in t.fake.global_vars.get("pbx_zrtp_calls", ""))
             # fs_cli> global_getvar pbx_zrtp_calls
             listing = await t.fake.fs_cli("global_getvar", "pbx_zrtp_calls")
-            assert channel.uuid in listing and "verified=true" in listing
+            # the value holds no "=": global_setvar would take it as a conditional set
+            assert listing == f"{channel.uuid} secure {sas} verified:true", listing
             # fs_cli> uuid_setvar <uuid> pbx_zrtp_policy required
             await t.fake.fs_cli("uuid_setvar", f"{channel.uuid} pbx_zrtp_policy required")
             await _until(lambda: channel.variables.get("pbx_zrtp_active_policy") == "required")
@@ -227,3 +238,45 @@ def test_fs_cli_administration() -> None:
 def test_legacy_sas_split() -> None:
     assert legacy_sas("aardvark adroitness", "B256") == ("aardvark", "adroitness")
     assert legacy_sas("b7k2", "B32") == ("b7k2", "")
+
+
+def test_calls_that_may_send_clear_audio_straight_to_the_phone_are_warned_about(
+    caplog: Any,
+) -> None:
+    """Issue 13, defect 8: without rtp_auto_adjust_threshold=1 (on the channel, or
+    global) FreeSWITCH sends its first RTP packets to the phone, not the relay: the
+    adapter warns at call start; and at hangup it compares FreeSWITCH's RTP count with
+    what the relay got, and names the difference as clear packets sent to the phone."""
+
+    async def scenario() -> None:
+        async with lab(calls=3) as t:
+            unsafe, _ = await t.call("optional")
+            safe, _ = await t.call("optional", answer=False)
+            await safe.set_var("rtp_auto_adjust_threshold", "1")
+            await safe.answer()
+            await _until(lambda: bool(safe.variables.get("pbx_zrtp_state")))
+            await _until(lambda: "CLEAR AUDIO" in caplog.text)
+            t.fake.global_vars["rtp_auto_adjust_threshold"] = "1"  # vars.xml
+            global_safe, port = await t.call("required")
+            result, _ = await asyncio.gather(
+                phone(port), global_safe.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            )
+            assert result["ok"]
+            warned = [r.getMessage() for r in caplog.records if "CLEAR AUDIO" in r.getMessage()]
+            assert len(warned) == 1 and unsafe.uuid in warned[0], warned
+            assert "rtp_auto_adjust_threshold is unset (10), not 1" in warned[0]
+            # hangup: FreeSWITCH says it sent 3 packets more than the relay got
+            (report,) = [r for r in t.relay.calls() if r.call_id == f"fs-{global_safe.uuid}"]
+            heard = report.counters["pbx_in"]
+            assert heard > 0
+            global_safe.rtp_out_packets = heard + 3
+            await global_safe.hangup()
+            await _until(lambda: "IN THE CLEAR" in caplog.text)
+            assert f"the relay got {heard}: 3 went straight to the phone" in caplog.text
+            # the same figures: no warning
+            await unsafe.hangup()
+            await _until(lambda: f"fs-{unsafe.uuid}" not in {r.call_id for r in t.relay.calls()})
+            assert caplog.text.count("IN THE CLEAR") == 1
+
+    with caplog.at_level(logging.WARNING, logger="pbx_zrtp"):
+        run(scenario())

@@ -534,6 +534,14 @@ def test_api_commands() -> None:
         assert await esl.api(f"uuid_display {u} Bob") == "+OK Success\n"
         assert await esl.api("global_getvar hostname") == "vm"
         assert await esl.api("global_getvar no_such_var") == "-ERR no reply\n"
+        # mod_commands: a second "=" makes global_setvar conditional (issue 13, defect 3)
+        assert await esl.api("global_setvar g=a b=c") == "+OK"  # g unset, "c" expected
+        assert await esl.api("global_getvar g") == "-ERR no reply\n"
+        assert await esl.api("global_setvar g=one") == "+OK"
+        assert await esl.api("global_setvar g=two=one") == "+OK"  # g was "one": set
+        assert await esl.api("global_getvar g") == "two"
+        assert await esl.api("global_setvar g=three=one") == "+OK"  # g is "two": kept
+        assert await esl.api("global_getvar g") == "two"
         assert await esl.api("frobnicate 1 2") == "-ERR frobnicate Command not found!\n"
         status = await esl.api("status")
         assert status.startswith("UP 0 years, 0 days") and "is ready\n" in status

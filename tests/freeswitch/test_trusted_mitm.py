@@ -101,3 +101,43 @@ def test_fs_cli_unenroll_and_a_bad_action_are_reported() -> None:
             )
 
     run(scenario())
+
+
+def test_legacy_enrollment_variables() -> None:
+    """FreeSWITCH <= 1.10.8: zrtp_enrollment=true asked for enrollment; the results were
+    zrtp_new_user_enrolled_audio, zrtp_already_enrolled_audio, zrtp_user_unenrolled_audio
+    (switch_rtp.c). Issue 13: the drop-in reads and sets them too."""
+
+    async def scenario() -> None:
+        async with lab(calls=4) as t:
+            bob_cache = MemorySecretCache()
+
+            async def legacy_enrollment_call() -> FakeFsChannel:
+                port = t.free_ports.pop()
+                pbx = EchoPbx(port)
+                await pbx.start()
+                t.pbxs.append(pbx)
+                channel = t.fake.new_call(local_media_port=port, destination="9477")
+                await channel.set_var("zrtp_enrollment", "true")
+                await channel.set_var("pbx_zrtp_policy", "required")
+                await channel.set_var("rtp_adv_audio_ip", RELAY_HOST)
+                await channel.answer()
+                result, state = await asyncio.gather(
+                    phone(port, BOB, bob_cache, accept_enrollment=True),
+                    channel.wait_for_var("pbx_zrtp_state", SETTLED, 10),
+                )
+                assert state == "secure" and result["enrolled"]  # the E flag was offered
+                return channel
+
+            first = await legacy_enrollment_call()
+            await first.custom_event("pbx_zrtp::enroll", action="confirm")
+            assert await first.wait_for_var("pbx_zrtp_enroll_result", bool, 5) == "enrolled"
+            assert first.variables["zrtp_new_user_enrolled_audio"] == "true"
+            await first.hangup()
+            second = await legacy_enrollment_call()
+            await _until(lambda: second.variables.get("zrtp_already_enrolled_audio") == "true")
+            await second.custom_event("pbx_zrtp::enroll", action="remove")
+            assert await second.wait_for_var("pbx_zrtp_enroll_result", bool, 5) == "unenrolled"
+            assert second.variables["zrtp_user_unenrolled_audio"] == "true"
+
+    run(scenario())

@@ -156,3 +156,24 @@ def test_auto_policy_that_cannot_be_read_is_treated_as_required() -> None:
             assert other.variables["pbx_zrtp_active_policy"] == "required"
 
     run(scenario())
+
+
+def test_required_call_is_secured_or_refused_before_answer() -> None:
+    """Issue 13, defect 7: pbx_zrtp.xml's `required` extensions pre_answer, wait, and
+    answer only a secure call; a call that is not secure is hung up unanswered."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=1.0) as t:
+            channel, port = await t.call("required", answer=False)
+            await channel.pre_answer()  # CHANNEL_PROGRESS_MEDIA: the adapter names the call
+            result, cause = await asyncio.gather(phone(port), wait_lua(channel, "12"))
+            assert result["ok"] and cause is None and channel.alive
+            assert channel.variables["pbx_zrtp_state"] == "secure"
+            clear, _ = await t.call("required", answer=False)
+            await clear.pre_answer()
+            assert await wait_lua(clear, "12") == "BEARERCAPABILITY_NOTAVAIL"
+            assert not clear.alive and clear.variables["pbx_zrtp_state"] == "failed"
+            answered = {e.get("Unique-ID") for e in t.fake.fired if e.name == "CHANNEL_ANSWER"}
+            assert not answered & {channel.uuid, clear.uuid}, "answered before it was secure"
+
+    run(scenario())

@@ -65,12 +65,14 @@ pytestmark = pytest.mark.integration
 
 SAMPLES = ROOT / "dialplan" / "freeswitch"
 FREESWITCH = os.environ.get("PBX_ZRTP_FREESWITCH", "")
+FS_CLI = str(Path(FREESWITCH).with_name("fs_cli")) if FREESWITCH else ""
 LINPHONEC = shutil.which("linphonec")
 IP = shutil.which("ip")
 
 RTP_PORTS = (16400, 16420)  # FreeSWITCH's rtp-start-port / rtp-end-port, pre-bound on R
 RELAY_PORTS = (16400, 16423)  # the relay's range: + one pair for the watcher's probe
 PROBE_PORT = 16422
+DISCARD_PORT = 9  # the sniffer's positive control goes there
 ESL_PASSWORD = "integration-test-esl-secret"
 REQUIRED_TIMEOUT = 6.0  # [timeouts] required in pbx-zrtp.toml (the dialplan waits 12 s)
 
@@ -319,6 +321,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         (base / name).mkdir(parents=True, exist_ok=True)
     shutil.copy(SAMPLES / "pbx_zrtp.xml", conf / "pbx_zrtp.xml")
     shutil.copy(SAMPLES / "pbx_zrtp_wait.lua", base / "scripts" / "pbx_zrtp_wait.lua")
+    shutil.copy(SAMPLES / "pbx_zrtp_admin.lua", base / "scripts" / "pbx_zrtp_admin.lua")
     params = {
         **sample_profile_params(net.a, net.r),
         "sip-port": "5060",
@@ -348,9 +351,16 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         "mod_lua",
     )
     loads = "".join(f'        <load module="{m}"/>\n' for m in modules)
-    bridge_to_carol = (
-        "{pbx_zrtp_policy=required,rtp_adv_audio_ip=${pbx_zrtp_relay_ip}}"
-        f"sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
+    # The sample's pbx_zrtp_two_phones dial string, to carol instead of a directory user.
+    sample = (SAMPLES / "pbx_zrtp.xml").read_text()
+    two_phones = re.search(r'<action application="bridge" data="(\{[^"]*\})user/10\$1"/>', sample)
+    assert two_phones, "pbx_zrtp.xml's pbx_zrtp_two_phones changed shape"
+    bridge_to_carol = f"{two_phones.group(1)}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
+    # The unsafe settings (auto-adjust after 10 packets, no wait before the bridge): the
+    # sniffer's real positive control, and what the adapter must warn about.
+    unsafe_to_carol = (
+        "{pbx_zrtp_policy=required,rtp_adv_audio_ip=${pbx_zrtp_relay_ip},"
+        f"rtp_auto_adjust_threshold=10}}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
     )
     return write(
         conf / "freeswitch.xml",
@@ -411,9 +421,19 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         <condition field="destination_number" expression="^9700$">
           <action application="set" data="pbx_zrtp_policy=required"/>
           <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
-          <action application="answer"/>
+          <action application="set" data="rtp_auto_adjust_threshold=1"/>
+          <action application="pre_answer"/>
           <action application="lua" data="pbx_zrtp_wait.lua 12"/>
           <action application="bridge" data="{bridge_to_carol}"/>
+        </condition>
+      </extension>
+      <extension name="two_phones_unsafe">
+        <condition field="destination_number" expression="^9701$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="set" data="rtp_auto_adjust_threshold=10"/>
+          <action application="answer"/>
+          <action application="bridge" data="{unsafe_to_carol}"/>
         </condition>
       </extension>
       <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
@@ -452,6 +472,7 @@ level = "debug"
 host = "127.0.0.1"
 port = {esl_port}
 password = "{ESL_PASSWORD}"
+policy_file = "{base / "freeswitch-policies.json"}"
 """,
         0o600,
     )
@@ -523,6 +544,18 @@ class Lab:
         path = self.base / "log" / "freeswitch.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def sip_sent(self, call_id: str) -> list[str]:
+        """First lines (and CSeq) of the SIP messages FreeSWITCH sent in one dialog
+        (sofia's siptrace in freeswitch.log): e.g. ``SIP/2.0 183 Session Progress|1 INVITE``."""
+        found = []
+        for block in re.split(r"\nsend \d+ bytes to ", self.freeswitch_log())[1:]:
+            lines = [line.strip() for line in block.split("\n")[:40]]
+            body = lines[2 : lines.index("-" * 72, 2)] if "-" * 72 in lines[2:] else lines[2:]
+            if f"Call-ID: {call_id}" in body and body:
+                cseq = next((b[6:] for b in body if b.startswith("CSeq: ")), "")
+                found.append(f"{body[0]}|{cseq}")
+        return found
+
     def channel_log(self, uuid: str) -> list[str]:
         return [line for line in self.freeswitch_log().splitlines() if line.startswith(uuid)]
 
@@ -578,6 +611,54 @@ class Lab:
         proc.send(f"play {self.tone}")
         return proc
 
+    def sniffer(self) -> Proc:
+        """Every RTP-like datagram from FreeSWITCH's address A reaching the phones'
+        interface (``tests/integration/sniff.py``), proven to see one: a positive
+        control datagram from A to the phone's discard port is seen first."""
+        assert IP is not None
+        link = self.net.host_link[:-1] + "p"  # the veth end inside the namespace
+        command = [IP, "netns", "exec", self.net.namespace, sys.executable, "-m"]
+        command += ["tests.integration.sniff", "--iface", link, "--src", self.net.a]
+        proc = Proc("sniff", command, self.base / f"sniff-{len(self.procs)}.log", cwd=ROOT)
+        self.procs.append(proc)
+        proc.wait_for(r"^ready$", 10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
+            control.bind((self.net.a, 0))
+            control.sendto(b"\x80\x00" + bytes(170), (self.net.phone, DISCARD_PORT))
+        proc.wait_for(rf'"dport": {DISCARD_PORT},', 5)
+        return proc
+
+    @staticmethod
+    def direct_rtp(sniffer: Proc) -> list[dict[str, int]]:
+        """What the sniffer saw from A, without its positive control."""
+        seen = [json.loads(line) for line in list(sniffer.lines) if line.startswith("{")]
+        return [p for p in seen if p["dport"] != DISCARD_PORT]
+
+    def fs_cli(self, line: str) -> str:
+        """``fs_cli -x LINE`` against this FreeSWITCH, as an admin types it."""
+        esl_port = self.relay_config_port()
+        done = subprocess.run(
+            [FS_CLI, "-H", "127.0.0.1", "-P", str(esl_port), "-p", ESL_PASSWORD, "-x", line],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        return (done.stdout + done.stderr).strip()
+
+    def zrtp(self, line: str) -> str:
+        """``fs_cli -x 'zrtp LINE'``: FreeSWITCH prints how it expanded the alias, then
+        pbx-zrtp's reply; this returns the reply."""
+        out = self.fs_cli(f"zrtp {line}")
+        expanded, _, reply = out.partition("\n")
+        assert expanded == f"Expand Alias [zrtp]->[lua pbx_zrtp_admin.lua {line}]", out
+        return reply.strip()
+
+    def relay_config_port(self) -> int:
+        found = re.search(r"^port = (\d+)$", (self.base / "pbx-zrtp.toml").read_text(), re.M)
+        assert found
+        return int(found.group(1))
+
     def diagnostics(self) -> str:
         parts = [f"--- freeswitch.log\n{self.freeswitch_log()[-6000:]}"]
         for proc in [self.freeswitch, self.relay, self.watch, *self.procs]:
@@ -617,7 +698,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             wait_port("127.0.0.1", esl_port, 60, freeswitch)
             esl = EslClient("127.0.0.1", esl_port, ESL_PASSWORD, 10)
             reply, _ = esl.command(
-                "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE"
+                "event plain CHANNEL_CREATE CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER"
+                " CHANNEL_HANGUP_COMPLETE CALL_SECURE"
                 " CUSTOM pbx_zrtp::secure pbx_zrtp::failed"
             )
             assert reply.get("Reply-Text", "").startswith("+OK"), reply
@@ -625,6 +707,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             while not re.search(r"pbxzrtp\s+profile\s.*RUNNING", esl.api("sofia status")):
                 assert time.monotonic() < deadline, esl.api("sofia status")
                 time.sleep(0.2)
+            # SIP messages in freeswitch.log: what FreeSWITCH sent each phone (sip_sent).
+            assert "+OK" in esl.api("sofia global siptrace on")
             relay = Proc(
                 "pbx-zrtp",
                 [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
@@ -687,6 +771,7 @@ VARIABLES = (
 def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
     phone = lab.phone("phone-zrtp", zrtp=True)
     try:
+        sniffer = lab.sniffer()
         started = time.monotonic()
         count = len(lab.esl.events)
         phone.send(f"call sip:9400@{lab.net.a}")
@@ -713,6 +798,14 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         )
         assert secure.get("pbx_zrtp_sas") == phone_sas, (secure, phone_sas)
         assert secure.get("secure_type", "").startswith(f"zrtp:{phone_sas}"), secure
+        # The drop-in: the CALL_SECURE event FreeSWITCH <= 1.10.8's built-in ZRTP fired.
+        legacy = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CALL_SECURE" and e.get("caller-unique-id") == uuid,
+            5,
+            "CALL_SECURE",
+        )
+        assert legacy.get("secure_type") == secure.get("secure_type"), legacy
+        assert legacy.get("secure_media_type") == "audio", legacy
         # 3. The relay: the same call, secure, same SAS.
         calls = lab.calls()
         assert [c["call_id"] for c in calls] == [call_id], calls
@@ -725,6 +818,14 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
             time.sleep(0.1)
         values = {name: lab.esl.getvar(uuid, name) for name in VARIABLES}
         assert values["pbx_zrtp_state"] == "secure", values
+        # fs_cli> global_getvar pbx_zrtp_calls (issue 13, defect 3: it was never set)
+        expected = f"{uuid} secure {phone_sas.replace(' ', '_')} verified:"
+        deadline = time.monotonic() + 5
+        while not (listing := lab.esl.api("global_getvar pbx_zrtp_calls").strip()).startswith(
+            expected
+        ):
+            assert time.monotonic() < deadline, (listing, expected)
+            time.sleep(0.1)
         assert values["pbx_zrtp_secure"] == "true", values
         assert values["pbx_zrtp_sas"] == phone_sas, values
         assert values["pbx_zrtp_active_policy"] == "required", values
@@ -749,6 +850,12 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         assert remote_ip == lab.net.r, (remote_ip, values)
         log = lab.freeswitch_log()
         assert f"pbx_zrtp: {uuid} secure, SAS {phone_sas}" in log
+        # Positive control of the refused call's check: 183 first, 200 OK once secure.
+        sip = lab.sip_sent(lab.esl.getvar(uuid, "sip_call_id"))
+        invite = [line for line in sip if line.startswith("SIP/2.0 ") and "INVITE" in line]
+        assert [line.split(" ")[1] for line in invite][-2:] == ["183", "200"], sip
+        secured = [e for e in lab.relay_events(call_id) if e["state"] == "secure"]
+        assert secured and float(answer["_time"]) > float(secured[0]["_time"]), "answered early"
         problems = [line for line in lab.channel_log(uuid) if re.search(r"\[(ERR|CRIT)\]", line)]
         assert problems == [], problems
         hangup_phone(phone)
@@ -771,7 +878,13 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         relay_heard = ended["counters"]["pbx_in"]
         # Packets FreeSWITCH sent before auto-adjust latched went straight to the phone.
         leak = freeswitch_sent - relay_heard
-        assert freeswitch_sent > 50 and 0 <= leak <= 5, (freeswitch_sent, relay_heard)
+        # Issue 13, defect 8: under `required` not one clear packet from A to the phone.
+        direct = lab.direct_rtp(sniffer)
+        assert freeswitch_sent > 50 and leak == 0 and direct == [], (
+            freeswitch_sent,
+            relay_heard,
+            direct,
+        )
         summary = {
             "sas": phone_sas,
             "sas_type": report.get("sas_type"),
@@ -784,6 +897,7 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
             "freeswitch_rtp_out": freeswitch_sent,
             "relay_pbx_in": relay_heard,
             "leaked_to_phone": leak,
+            "sniffed_from_freeswitch_to_phone": len(direct),
             "counters_at_3s": {k: v for k, v in counters.items() if k != "drops"},
             "drops": counters.get("drops"),
             "ended_counters": ended.get("counters"),
@@ -804,12 +918,14 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
     try:
         started = time.monotonic()
         phone.send(f"call sip:9400@{lab.net.a}")
-        answer = lab.esl.wait_event(
-            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+        progress = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Name") == "CHANNEL_PROGRESS_MEDIA" and float(e["_time"]) >= started
+            ),
             15,
-            "CHANNEL_ANSWER",
+            "CHANNEL_PROGRESS_MEDIA",
         )
-        uuid = answer["Unique-ID"]
+        uuid = progress["Unique-ID"]
         hangup = lab.esl.wait_event(
             lambda e: (
                 e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
@@ -820,6 +936,24 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
         hung_up_after = time.monotonic() - started
         assert hangup.get("Hangup-Cause") == "BEARERCAPABILITY_NOTAVAIL", hangup
         assert hangup.get("variable_pbx_zrtp_state") == "failed", hangup
+        # Refused before answer (issue 13, defect 7): 183 with the SDP, then a final
+        # error; never a 200 OK, never CHANNEL_ANSWER, never billed as answered.
+        assert not any(
+            e.get("Event-Name") == "CHANNEL_ANSWER" and e.get("Unique-ID") == uuid
+            for e in lab.esl.events
+        )
+        assert hangup.get("variable_sip_hangup_disposition") == "send_refuse", hangup
+        assert hangup.get("variable_answersec", "0") == "0", hangup
+        sip = lab.sip_sent(hangup["variable_sip_call_id"])
+        statuses = [line for line in sip if line.startswith("SIP/2.0 ") and "INVITE" in line]
+        assert statuses and not any(" 200 " in line for line in statuses), sip
+        assert any(line.startswith("SIP/2.0 183 ") for line in statuses), sip
+        # the final error: mod_sofia's SIP for BEARERCAPABILITY_NOTAVAIL is 503
+        assert statuses[-1].startswith("SIP/2.0 503 "), sip
+        assert not any(
+            e.get("Event-Name") == "CHANNEL_ANSWER" and e.get("Unique-ID") == uuid
+            for e in lab.esl.events
+        )
         assert not any(
             e.get("Event-Subclass") == "pbx_zrtp::secure" and e.get("pbx_zrtp_uuid") == uuid
             for e in lab.esl.events
@@ -848,6 +982,7 @@ def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab) -> None
             json.dumps(
                 {
                     "hung_up_after_s": round(hung_up_after, 3),
+                    "sip_sent": sip,
                     "cause": hangup.get("Hangup-Cause"),
                     "fail_reason": failed.get("pbx_zrtp_fail_reason"),
                     "warning": warning[0].split("] ", 1)[-1][:300],
@@ -867,9 +1002,10 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
     """alice -> 9700 -> bridge {pbx_zrtp_policy=required,...}sofia/.../carol: both legs
     secure through the relay, linked by Channel-Call-UUID. Linphone cannot enroll, so no
     SAS is relayed and both channels say so (pbx_zrtp_sas_scope=pbx-leg)."""
-    carol = lab.phone("carol-zrtp", zrtp=True, carol=True)
-    alice = lab.phone("alice-2", zrtp=True)
+    carol = lab.phone(f"carol-zrtp-{len(lab.procs)}", zrtp=True, carol=True)
+    alice = lab.phone(f"alice-2-{len(lab.procs)}", zrtp=True)
     try:
+        sniffer = lab.sniffer()
         alice.send(f"call sip:9700@{lab.net.a}")
         match, _ = alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
         alice_sas = match.group(1)
@@ -903,7 +1039,26 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
         for call in lab.calls():
             counters = call["counters"]
             assert counters["phone_in"] > 30 and counters["pbx_in"] > 30, call
-        print("TWO PHONES:", json.dumps({"alice_sas": alice_sas, "carol_sas": carol_sas}))
+        # Issue 13, defect 8: not one clear packet from A to either phone, on either leg.
+        caller = f"fs-{next(iter(bridges))}"
+        legs = {
+            int(c["phone"].rsplit(":", 1)[1]): "caller" if c["call_id"] == caller else "callee"
+            for c in calls
+        }
+        direct = lab.direct_rtp(sniffer)
+        by_leg = {leg: sum(p["dport"] == port for p in direct) for port, leg in legs.items()}
+        print(
+            "TWO PHONES:",
+            json.dumps(
+                {
+                    "alice_sas": alice_sas,
+                    "carol_sas": carol_sas,
+                    "sniffed_from_freeswitch_to_phone": by_leg,
+                    "sniffed_other": len(direct) - sum(by_leg.values()),
+                }
+            ),
+        )
+        assert direct == [], (direct, legs)
         hangup_phone(alice)
         deadline = time.monotonic() + 15
         while lab.calls() and time.monotonic() < deadline:
@@ -1031,3 +1186,128 @@ def test_strays_on_prebound_ports_neither_amplify_nor_poison_the_next_call(lab: 
         for proc in procs:
             proc.stop()
         _ip("-n", lab.net.namespace, "addr", "del", f"{stray_ip}/24", "dev", link, check=False)
+
+
+def test_unsafe_settings_send_clear_rtp_to_the_phone_and_pbx_zrtp_warns(lab: Lab) -> None:
+    """The positive control of the zero counts above (issue 13, defect 8): with
+    FreeSWITCH's default auto-adjust threshold (10) and no wait before the bridge
+    (extension 9701), the sniffer sees FreeSWITCH's RTP reach the phones directly, and
+    pbx-zrtp says so in its log, for the call's settings and at hangup in figures."""
+    carol = lab.phone(f"carol-unsafe-{len(lab.procs)}", zrtp=True, carol=True)
+    alice = lab.phone(f"alice-unsafe-{len(lab.procs)}", zrtp=True)
+    try:
+        sniffer = lab.sniffer()
+        logged = len(lab.relay.lines)
+        alice.send(f"call sip:9701@{lab.net.a}")
+        alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        deadline = time.monotonic() + 10
+        while len(calls := lab.calls()) < 2 or any(c["state"] != "secure" for c in calls):
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.2)
+        time.sleep(1)
+        direct = lab.direct_rtp(sniffer)
+        hangup_phone(alice)
+        deadline = time.monotonic() + 15
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        log = "\n".join(list(lab.relay.lines)[logged:])
+        uuids = [c["call_id"].removeprefix("fs-") for c in calls]
+        settings = [u for u in uuids if f"call {u}: FreeSWITCH may send CLEAR AUDIO" in log]
+        audits = re.findall(r"call (\S+) \(policy required\): FreeSWITCH sent (\d+) RTP", log)
+        leaked = re.findall(r"(\d+) went straight to the phone IN THE CLEAR", log)
+        print(
+            "UNSAFE SETTINGS:",
+            json.dumps(
+                {
+                    "sniffed_from_freeswitch_to_phone": len(direct),
+                    "settings_warnings": len(settings),
+                    "hangup_warnings": [int(n) for n in leaked],
+                }
+            ),
+        )
+        assert len(direct) > 0, "the sniffer saw no direct RTP with the unsafe settings"
+        assert sorted(settings) == sorted(uuids), log
+        assert audits and sum(int(n) for n in leaked) > 0, log
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        alice.stop()
+        carol.stop()
+
+
+def test_the_secure_line_9401_is_reached_and_shows_the_sas(lab: Lab) -> None:
+    """Issue 13: pbx_zrtp.xml's optional pattern shadowed the 9401 "secure line".
+    Now 9401 runs pbx_zrtp_secure_line: secured before answer, uuid_display succeeds."""
+    phone = lab.phone(f"phone-9401-{len(lab.procs)}", zrtp=True)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:9401@{lab.net.a}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            15,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        deadline = time.monotonic() + 10
+        while lab.esl.getvar(uuid, "api_result") == "":
+            assert time.monotonic() < deadline, "uuid_display never ran"
+            time.sleep(0.1)
+        assert lab.esl.getvar(uuid, "api_result").startswith("+OK"), lab.esl.getvar(
+            uuid, "api_result"
+        )
+        assert lab.esl.getvar(uuid, "pbx_zrtp_sas") == match.group(1)
+        hunted = [line for line in lab.channel_log(uuid) if "Regex (PASS)" in line]
+        assert hunted and "[pbx_zrtp_secure_line]" in hunted[0], hunted
+        print("SECURE LINE:", json.dumps({"sas": match.group(1), "hunted": hunted[0][-120:]}))
+        hangup_phone(phone)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
+def test_zrtp_commands_at_fs_cli_answer_in_the_console(lab: Lab) -> None:
+    """Issue 13: `zrtp …` at fs_cli, set up as docs/freeswitch.md says (the sticky alias
+    to pbx_zrtp_admin.lua), answered by pbx-zrtp in the console."""
+    assert os.access(FS_CLI, os.X_OK), FS_CLI
+    assert lab.fs_cli("alias stickyadd zrtp lua pbx_zrtp_admin.lua").startswith("+OK")
+    phone = lab.phone(f"phone-cli-{len(lab.procs)}", zrtp=True)
+    try:
+        assert lab.zrtp("show calls") == "+OK no ZRTP calls"
+        started = time.monotonic()
+        phone.send(f"call sip:9400@{lab.net.a}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        sas = match.group(1)
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            15,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        listing = lab.zrtp("show calls")
+        assert f"{uuid} secure {sas.replace(' ', '_')} false required" in listing, listing
+        verified = lab.zrtp(f"verify {uuid}")
+        assert verified == f"+OK SAS of {uuid} marked verified", verified
+        assert lab.esl.getvar(uuid, "pbx_zrtp_sas_verified") == "true"
+        shown = lab.zrtp(f"show call {uuid}")
+        assert "pbx_zrtp_sas_verified=true" in shown.splitlines(), shown
+        assert lab.zrtp(f"unverify {uuid}") == f"+OK SAS of {uuid} marked unverified"
+        missing = lab.zrtp("verify no-such-call")
+        assert missing.startswith("-ERR no ZRTP call no-such-call"), missing
+        assert lab.zrtp("policy 9402 required") == "+OK 9402: required"
+        assert lab.esl.api("global_getvar pbx_zrtp_policy_9402").strip() == "required"
+        assert json.loads((lab.base / "freeswitch-policies.json").read_text()) == {
+            "9402": "required"
+        }
+        typo = lab.zrtp("policy 9402 requried")
+        assert typo.startswith("-ERR 'requried': use off, optional, required or auto"), typo
+        assert lab.zrtp("policy 9402 auto") == "+OK 9402: auto"
+        print("FS_CLI:", json.dumps({"show_calls": listing, "verify": verified}))
+        hangup_phone(phone)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
