@@ -69,6 +69,10 @@ VARIABLES = VariableTable(
         ("secure", "zrtp_secure_media_confirmed_audio"),
         ("sas1", "zrtp_sas1_string_audio"),
         ("sas2", "zrtp_sas2_string"),
+        ("video_secure", "pbx_zrtp_secure_video"),
+        ("video_fail_reason", "pbx_zrtp_fail_reason_video"),
+        ("video_state", "pbx_zrtp_state_video"),
+        ("video_secure", "zrtp_secure_media_confirmed_video"),
         ("state", "pbx_zrtp_state"),
     ),
     true="true",
@@ -99,6 +103,11 @@ def requested_policy(headers: EslEvent) -> str | None:
 
 def _port(text: str) -> int | None:
     return int(text) if text.isdigit() else None
+
+
+def _video_pt(text: str) -> int:
+    """The video codec's payload type FreeSWITCH negotiated (96 if unknown)."""
+    return int(text) if text.isdigit() and int(text) <= 127 else 96
 
 
 class FreeswitchAdapter(CallBook):
@@ -160,6 +169,9 @@ class FreeswitchAdapter(CallBook):
             # the relay at the address FreeSWITCH advertised
             media_address=advertised if self.relay.serves(advertised) else "",
             port=_port(headers.get("variable_local_media_port", "")),
+            # a video call: its own port (pre-bound range too), and PT for priming
+            video_port=_port(headers.get("variable_local_video_port", "")),
+            video_payload_type=_video_pt(headers.get("variable_rtp_video_recv_pt", "")),
             details=(("rtp_adv_audio_ip", advertised),),
         )
 
@@ -260,6 +272,7 @@ class FreeswitchAdapter(CallBook):
             "pbx_zrtp_policy",
             "zrtp_secure_media",
             "local_media_port",
+            "local_video_port",
             "rtp_adv_audio_ip",
             "destination_number",
             "call_uuid",
@@ -277,6 +290,7 @@ class FreeswitchAdapter(CallBook):
             "variable_pbx_zrtp_policy": found["pbx_zrtp_policy"],
             "variable_zrtp_secure_media": found["zrtp_secure_media"],
             "variable_local_media_port": found["local_media_port"],
+            "variable_local_video_port": found["local_video_port"],
             "variable_rtp_adv_audio_ip": found["rtp_adv_audio_ip"],
             "Caller-Destination-Number": found["destination_number"],
             "Channel-Call-UUID": found["call_uuid"] or uuid,
