@@ -33,7 +33,7 @@ from pbx_zrtp.config.relays import DEFAULT_GROUP
 from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
 from pbx_zrtp.pbx.book import ENROLL_OFFER, NO, YES, Announcement, CallBook, PbxCall
-from pbx_zrtp.pbx.link import LiveChannel
+from pbx_zrtp.pbx.link import LiveChannel, PbxError
 from pbx_zrtp.pbx.variables import CallView, VariableTable
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
@@ -172,7 +172,10 @@ class FreeswitchAdapter(CallBook):
             # a video call: its own port (pre-bound range too), and PT for priming
             video_port=_port(headers.get("variable_local_video_port", "")),
             video_payload_type=_video_pt(headers.get("variable_rtp_video_recv_pt", "")),
-            details=(("rtp_adv_audio_ip", advertised),),
+            details=(
+                ("rtp_adv_audio_ip", advertised),
+                ("rtp_adv_video_ip", headers.get("variable_rtp_adv_video_ip", "")),
+            ),
         )
 
     # ------------------------------------------------------------------ CallBook hooks
@@ -186,6 +189,23 @@ class FreeswitchAdapter(CallBook):
         with contextlib.suppress(EslError):
             return _port(await self.esl.get_var(call.channel, "local_media_port"))
         return None
+
+    async def _find_video_port(self, call: PbxCall, announced: Announcement) -> int | None:
+        """local_video_port of a video call; its phone must have been told the relay
+        for video too (rtp_adv_video_ip), or its video would bypass the relay."""
+        port = announced.video_port
+        advertised = announced.detail("rtp_adv_video_ip")
+        if (
+            port is not None
+            and self.config.require_advertised_relay
+            and call.policy is not Policy.OFF
+            and not self.relay.serves(advertised)
+        ):
+            raise PbxError(
+                f"rtp_adv_video_ip is {advertised or 'unset'}, not the relay address"
+                f" {self.relay.relay_host}: set it before answer on a video call"
+            )
+        return port
 
     def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
         """A ZRTP call whose phone was not told the relay's address would bypass it."""
@@ -274,6 +294,7 @@ class FreeswitchAdapter(CallBook):
             "local_media_port",
             "local_video_port",
             "rtp_adv_audio_ip",
+            "rtp_adv_video_ip",
             "destination_number",
             "call_uuid",
             "pbx_zrtp_enroll",
@@ -292,6 +313,7 @@ class FreeswitchAdapter(CallBook):
             "variable_local_media_port": found["local_media_port"],
             "variable_local_video_port": found["local_video_port"],
             "variable_rtp_adv_audio_ip": found["rtp_adv_audio_ip"],
+            "variable_rtp_adv_video_ip": found["rtp_adv_video_ip"],
             "Caller-Destination-Number": found["destination_number"],
             "Channel-Call-UUID": found["call_uuid"] or uuid,
             "variable_pbx_zrtp_enroll": found["pbx_zrtp_enroll"],
