@@ -330,6 +330,9 @@ class CallBook(ABC):
             if call.policy is not Policy.REQUIRED:
                 log.warning("call %s: video stream not mirrored: %s", call.channel, exc)
                 return False
+            # The audio mirror goes too: its later reports (secure) must not
+            # overwrite the failure the dialplan is about to read.
+            await self.relay.delete(call.call_id, f"video stream: {exc}")
             await self._write_failure(call, f"relay: video stream: {exc}")
             return None
 

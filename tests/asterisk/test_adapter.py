@@ -128,6 +128,38 @@ def test_a_video_call_secures_its_video_by_multistream_and_says_so() -> None:
     run(scenario())
 
 
+def test_a_video_stream_the_relay_cannot_mirror_fails_a_required_call_only() -> None:
+    """Unmirrored, Asterisk's video would go to the phone directly, clear: under
+    required the call fails; under optional it goes on without video in the relay."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            for policy, expected in (("required", "failed"), ("optional", "pending")):
+                channel = t.fake.new_call(rtp_port=free_even_port())
+                channel.video_port = channel.rtp_port  # taken by the call's own audio
+                await channel.set_var("PBX_ZRTP_POLICY", policy)
+                await channel.progress()
+                await channel.user_event(
+                    "PbxZrtp",
+                    Policy=policy,
+                    Target="600",
+                    Endpoint=channel.endpoint,
+                    RtpSrc=f"127.0.0.1:{channel.rtp_port}",
+                )
+                state = await channel.wait_for_var("ZRTP_STATE", lambda v: bool(v), 10)
+                assert state == expected, (policy, channel.variables)
+                if expected == "failed":
+                    reason = channel.variables["ZRTP_FAIL_REASON"]
+                    assert reason.startswith("relay: video stream:"), reason
+                    # no audio mirror left whose later "secure" could overwrite it
+                    assert f"ast-{channel.uniqueid}" not in [c.call_id for c in t.relay.calls()]
+                else:
+                    report = t.relay.get(f"ast-{channel.uniqueid}")
+                    assert report.streams == ()
+
+    run(scenario())
+
+
 def test_an_audio_call_has_no_video_variables_and_no_video_read() -> None:
     """chan_pjsip logs a warning for each CHANNEL(rtp,src,video) of an audio-only
     call: the adapter asks only when CHANNEL(videonativeformat) says there is video."""
