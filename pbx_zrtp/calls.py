@@ -101,6 +101,9 @@ class CallRequest:
     pbx_host: str | None = None
     pbx_port: int | None = None
     payload_type: int = 0
+    #: "" for the call's first stream (audio); a name ("video") adds a further
+    #: stream of the existing call ``call_id`` on ``port``, keyed by Multistream.
+    stream: str = ""
 
     def identity(self) -> CallIdentity:
         return CallIdentity(
@@ -135,6 +138,8 @@ class CallRequest:
             wire["pbx_port"] = self.pbx_port
         if self.payload_type:
             wire["payload_type"] = self.payload_type
+        if self.stream:
+            wire["stream"] = self.stream
         return wire
 
 
@@ -201,6 +206,68 @@ def _traffic_from_wire(value: object) -> TrafficCounters:
 
 
 @dataclass(frozen=True)
+class StreamReport:
+    """A further stream of a call (video): its own port, latch, SRTP state and
+    counters, keyed by Multistream from the call's first stream (never any key)."""
+
+    name: str
+    port: int
+    state: CallState
+    reason: str = ""
+    #: "Mult" once secure: keyed from the first stream's session (RFC 6189 §4.4.3).
+    key_agreement: str = ""
+    cipher: str = ""
+    auth_tag: str = ""
+    #: The call's SAS (a Multistream stream has the first stream's).
+    sas: str = ""
+    phone: str = ""
+    handshake_ms: float | None = None
+    counters: TrafficCounters = field(default_factory=no_traffic)
+
+    @property
+    def secure(self) -> bool:
+        return self.state is CallState.SECURE
+
+    def to_wire(self) -> dict[str, object]:
+        wire: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        wire["state"] = self.state.value
+        wire["counters"] = {**self.counters, "drops": dict(self.counters["drops"])}
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: object) -> StreamReport:
+        if not isinstance(data, Mapping):
+            raise ValueError("a stream report must be an object")
+        name, port = data.get("name"), data.get("port")
+        if not isinstance(name, str) or not name:
+            raise ValueError("a stream report needs a name")
+        if type(port) is not int:
+            raise ValueError("a stream's port must be an integer")
+        value = data.get("state")
+        try:
+            state = CallState(str(value))
+        except ValueError:
+            raise ValueError(f"unknown stream state {value!r}") from None
+        texts: dict[str, str] = {}
+        for key in ("reason", "key_agreement", "cipher", "auth_tag", "sas", "phone"):
+            value = data.get(key, "")
+            if not isinstance(value, str):
+                raise ValueError(f"stream {key} must be a string")
+            texts[key] = value
+        handshake = data.get("handshake_ms")
+        if handshake is not None and not isinstance(handshake, int | float):
+            raise ValueError("stream handshake_ms must be a number or null")
+        return cls(
+            name=name,
+            port=port,
+            state=state,
+            handshake_ms=None if handshake is None else float(handshake),
+            counters=_traffic_from_wire(data.get("counters")),
+            **texts,
+        )
+
+
+@dataclass(frozen=True)
 class CallReport:
     """A call's state as reported to adapters and admins (never any key)."""
 
@@ -243,10 +310,16 @@ class CallReport:
     #: the call is secure but key continuity with the phone was not saved.
     cache_error: str = ""
     counters: TrafficCounters = field(default_factory=no_traffic)
+    #: The call's further streams (video), in the order they were added.
+    streams: tuple[StreamReport, ...] = ()
 
     @property
     def secure(self) -> bool:
         return self.state is CallState.SECURE
+
+    def stream(self, name: str) -> StreamReport | None:
+        """The further stream ``name`` of this call, if it has one."""
+        return next((s for s in self.streams if s.name == name), None)
 
     @classmethod
     def failed(cls, call_id: str, reason: str, policy: Policy | None = None) -> CallReport:
@@ -266,6 +339,7 @@ class CallReport:
         wire["state"] = self.state.value
         wire["policy"] = self.policy.value if self.policy is not None else ""
         wire["counters"] = {**self.counters, "drops": dict(self.counters["drops"])}
+        wire["streams"] = [stream.to_wire() for stream in self.streams]
         return wire
 
     @classmethod
@@ -291,6 +365,10 @@ class CallReport:
                     raise ValueError(f"unknown policy {value!r}") from None
             elif spec.name == "counters":
                 values["counters"] = _traffic_from_wire(value)
+            elif spec.name == "streams":
+                if not isinstance(value, list):
+                    raise ValueError("streams must be a list")
+                values["streams"] = tuple(StreamReport.from_wire(item) for item in value)
             elif spec.name == "handshake_ms":
                 if value is not None and not isinstance(value, int | float):
                     raise ValueError("handshake_ms must be a number or null")
@@ -402,6 +480,7 @@ __all__ = [
     "RelayHandle",
     "RelayUnavailable",
     "StateCallback",
+    "StreamReport",
     "TrafficCounters",
     "no_traffic",
 ]

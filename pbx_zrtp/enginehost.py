@@ -18,7 +18,7 @@ from pbx_zrtp.cache.base import CacheWrite, SecretCache
 from pbx_zrtp.cache.worker import StoreWorker
 from pbx_zrtp.storehost import EngineStore
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
-from pbx_zrtp.zrtp.connection import ZrtpConnection
+from pbx_zrtp.zrtp.connection import ZrtpConnection, ZrtpSession
 from pbx_zrtp.zrtp.events import Event
 
 
@@ -38,11 +38,15 @@ class EngineHost:
         store: StoreWorker | None = None,
         write_failed: Callable[[CacheWrite, str], None] | None = None,
         label: str = "",
+        session: ZrtpSession | None = None,
+        multistream_only: bool = False,
     ) -> None:
         """``store``: the worker threads that run ``cache`` when it blocks (SQLite,
         PostgreSQL); the engine then only asks, and ``cache`` is not touched here.
         Without it, the engine calls ``cache`` inline (in memory, or none).
-        ``loop``: the owner's loop, whose clock and timers the engine runs on."""
+        ``loop``: the owner's loop, whose clock and timers the engine runs on.
+        ``session``, ``multistream_only``: a further stream of a call, keyed by
+        Multistream from its first stream's session (ZrtpConnection)."""
         self._loop = loop
         self._send = send
         self._on_event = on_event
@@ -51,7 +55,13 @@ class EngineHost:
         self.closed = False
         self._store: EngineStore | None = None
         if store is not None:
-            self.engine = ZrtpConnection(configuration, ssrc=ssrc, host_cache=True)
+            self.engine = ZrtpConnection(
+                configuration,
+                ssrc=ssrc,
+                host_cache=True,
+                session=session,
+                multistream_only=multistream_only,
+            )
             self._store = EngineStore(
                 store,
                 self.engine,
@@ -61,7 +71,13 @@ class EngineHost:
                 label=label,
             )
         else:
-            self.engine = ZrtpConnection(configuration, ssrc=ssrc, cache=cache)
+            self.engine = ZrtpConnection(
+                configuration,
+                ssrc=ssrc,
+                cache=cache,
+                session=session,
+                multistream_only=multistream_only,
+            )
 
     def now(self) -> float:
         """The engine's clock: the loop's."""

@@ -20,6 +20,7 @@ from pbx_zrtp.calls import (
     Policy,
     RelayError,
     RelayUnavailable,
+    StreamReport,
     no_traffic,
 )
 from pbx_zrtp.relay.control.server import ControlServer
@@ -120,6 +121,43 @@ def test_a_request_is_the_control_apis_create() -> None:
     }
 
 
+def test_a_report_with_a_video_stream_goes_through_the_wire_and_back() -> None:
+    counters = no_traffic()
+    counters["pbx_out"] = 30
+    video = StreamReport(
+        name="video",
+        port=10002,
+        state=CallState.SECURE,
+        key_agreement="Mult",
+        cipher="AES1",
+        auth_tag="HS80",
+        sas="b7k2",
+        phone="192.0.2.7:40002",
+        handshake_ms=8.0,
+        counters=counters,
+    )
+    report = CallReport(
+        call_id="c1", port=10000, state=CallState.SECURE, policy=Policy.REQUIRED, streams=(video,)
+    )
+    wire = report.to_wire()
+    assert isinstance(wire["streams"], list) and wire["streams"][0]["state"] == "secure"
+    assert CallReport.from_wire(wire) == report and report.stream("video") == video
+    assert report.stream("text") is None
+    # an older relay sends no streams; a malformed one is refused by name
+    assert CallReport.from_wire({"call_id": "c", "state": "secure"}).streams == ()
+    with pytest.raises(ValueError, match="unknown stream state"):
+        CallReport.from_wire(
+            {"call_id": "c", "state": "secure", "streams": [{**wire["streams"][0], "state": "x"}]}
+        )  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="streams must be a list"):
+        CallReport.from_wire({"call_id": "c", "state": "secure", "streams": {}})
+
+
+def test_a_stream_request_names_its_call_and_stream() -> None:
+    request = CallRequest("c1", 10002, Policy.REQUIRED, payload_type=96, stream="video")
+    assert request.to_wire()["stream"] == "video" and request.to_wire()["payload_type"] == 96
+
+
 def _run(coro: Any) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))
 
@@ -147,8 +185,16 @@ def test_local_and_remote_relays_raise_the_same_distinct_errors(tmp_path: pathli
                     await handle.verify(call_id, True)
                 listed = await handle.calls()
                 assert call_id in [r.call_id for r in listed]
+                # a further stream of the call, through the same create
+                video = CallRequest(call_id, free_even_port(), Policy.OFF, stream="video")
+                report = await handle.create(video)
+                assert report.call_id == call_id and report.stream("video") is not None
+                with pytest.raises(BadRequest, match="already has a video stream"):
+                    await handle.create(video)
                 final = await handle.delete(call_id, "bye")
                 assert final is not None and final.state is CallState.ENDED
+                ended = final.stream("video")
+                assert ended is not None and ended.state is CallState.ENDED
                 assert await handle.delete(call_id, "again") is None
             await server.close()
             await asyncio.sleep(0.1)

@@ -219,6 +219,48 @@ def test_multistream_toward_another_zid_is_not_committed() -> None:
     assert not any(isinstance(p.ZrtpPacket.parse(d).message, p.Commit) for d in commits)
 
 
+def test_a_further_stream_refuses_a_dh_commit_from_anyone() -> None:
+    """A video stream of A's call with B (multistream_only, as the relay runs it):
+    Mallory, holding no session, commits a DH exchange on it. Without the check A
+    would key the call's video toward M with a SAS nobody compares."""
+    a, _ = _first_stream()
+    a2 = make_connection(
+        ZID_A, seed=41, ssrc=0x3333, session=a.session, multistream_only=True, role="responder"
+    )
+    m2 = make_connection(ZID_M, seed=42, ssrc=0x4444, role="initiator")
+    net = Network(a2, m2)
+    net.run(until=40)
+    assert not any(isinstance(e, Secured) for e in net.events_a + net.events_b)
+    failed_a, _ = net.failures()
+    assert failed_a and failed_a[0].error_code == ErrorCode.UNSUPPORTED_KEY_AGREEMENT
+    assert "Multistream" in failed_a[0].reason
+
+
+def test_a_further_stream_does_not_fall_back_to_dh_toward_a_peer_without_mult() -> None:
+    a, _ = _first_stream()
+    a2 = make_connection(
+        ZID_A, seed=43, ssrc=0x3333, session=a.session, multistream_only=True, role="initiator"
+    )
+    m2 = make_connection(ZID_M, seed=44, ssrc=0x4444, multistream=False, role="responder")
+    net = Network(a2, m2)
+    net.run(until=40)
+    assert not any(isinstance(e, Secured) for e in net.events_a + net.events_b)
+    failed_a, _ = net.failures()
+    assert failed_a and failed_a[0].error_code == ErrorCode.UNSUPPORTED_KEY_AGREEMENT
+    commits = [d for direction, d in net.wire if direction == "a->b"]
+    assert not any(isinstance(p.ZrtpPacket.parse(d).message, p.Commit) for d in commits)
+
+
+def test_a_further_stream_with_the_first_streams_peer_is_keyed_by_mult() -> None:
+    a, b = _first_stream()
+    a2 = make_connection(ZID_A, seed=45, ssrc=0x3333, session=a.session, multistream_only=True)
+    b2 = make_connection(ZID_B, seed=46, ssrc=0x4444, session=b.session)
+    net = Network(a2, b2)
+    net.run()
+    sa, sb = net.secured()
+    assert sa.multistream and sb.multistream and sa.sas == sb.sas
+
+
 def test_multistream_with_the_same_zid_still_works() -> None:
     a, b = _first_stream()
     a2 = make_connection(ZID_A, seed=25, ssrc=0x3333, session=a.session)

@@ -25,12 +25,18 @@ def make_connection(
     ssrc: int,
     cache: SecretCache | None = None,
     session: ZrtpSession | None = None,
+    multistream_only: bool = False,
     **config: object,
 ) -> ZrtpConnection:
     rng = random.Random(seed)
     configuration = ZrtpConfiguration(zid=zid, **config)  # type: ignore[arg-type]
     return ZrtpConnection(
-        configuration, ssrc=ssrc, random=rng.randbytes, cache=cache, session=session
+        configuration,
+        ssrc=ssrc,
+        random=rng.randbytes,
+        cache=cache,
+        session=session,
+        multistream_only=multistream_only,
     )
 
 

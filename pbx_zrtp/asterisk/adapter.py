@@ -69,6 +69,9 @@ VARIABLES = VariableTable(
         ("displayed_sas", "ZRTP_DISPLAYED_SAS"),
         ("sas_relay", "ZRTP_SAS_RELAY"),
         ("cache_error", "ZRTP_CACHE_ERROR"),
+        ("video_secure", "ZRTP_VIDEO_SECURE"),
+        ("video_fail_reason", "ZRTP_VIDEO_FAIL_REASON"),
+        ("video_state", "ZRTP_VIDEO_STATE"),
         ("state", "ZRTP_STATE"),
     ),
     true="1",
@@ -164,6 +167,7 @@ class AsteriskAdapter(CallBook):
                 group=event.get("Group", ""),
                 media_address=event.get("MediaAddress", ""),  # the endpoint's media_address
                 port=parse_port(event.get("RtpSrc", "")),
+                video_port=parse_port(event.get("RtpSrcVideo", "")),
             )
         )
 
@@ -188,6 +192,17 @@ class AsteriskAdapter(CallBook):
             if port is None:
                 await asyncio.sleep(0.05)
         return port
+
+    async def _find_video_port(self, call: PbxCall, announced: Announcement) -> int | None:
+        """The video stream's port: CHANNEL(rtp,src,video), set with the audio's by
+        Progress() on a video call. Asked only when the channel negotiated video
+        (CHANNEL(videonativeformat) not empty): chan_pjsip logs a warning for each
+        read of a stream the call does not have."""
+        if announced.video_port is not None:
+            return announced.video_port
+        if not await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)"):
+            return None
+        return parse_port(await self.ami.get_var(call.channel, "CHANNEL(rtp,src,video)"))
 
     async def _phone_hint(self, call: PbxCall) -> Address | None:
         if not self.config.restrict_phone_to_sip_address:

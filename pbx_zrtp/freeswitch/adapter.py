@@ -45,7 +45,7 @@ from pbx_zrtp.pbx.book import (
     CallBook,
     PbxCall,
 )
-from pbx_zrtp.pbx.link import LiveChannel
+from pbx_zrtp.pbx.link import LiveChannel, PbxError
 from pbx_zrtp.pbx.variables import CallView, VariableTable
 
 log = logging.getLogger("pbx_zrtp.freeswitch")
@@ -84,6 +84,10 @@ VARIABLES = VariableTable(
         ("secure", "zrtp_secure_media_confirmed_audio"),
         ("sas1", "zrtp_sas1_string_audio"),
         ("sas2", "zrtp_sas2_string"),
+        ("video_secure", "pbx_zrtp_secure_video"),
+        ("video_fail_reason", "pbx_zrtp_fail_reason_video"),
+        ("video_state", "pbx_zrtp_state_video"),
+        ("video_secure", "zrtp_secure_media_confirmed_video"),
         ("state", "pbx_zrtp_state"),
     ),
     true="true",
@@ -158,6 +162,11 @@ def word_of(policy: Policy | None) -> str:
 
 def _port(text: str) -> int | None:
     return int(text) if text.isdigit() else None
+
+
+def _video_pt(text: str) -> int:
+    """The video codec's payload type FreeSWITCH negotiated (96 if unknown)."""
+    return int(text) if text.isdigit() and int(text) <= 127 else 96
 
 
 class FreeswitchAdapter(CallBook):
@@ -303,7 +312,13 @@ class FreeswitchAdapter(CallBook):
             # the relay at the address FreeSWITCH advertised
             media_address=advertised if self.relay.serves(advertised) else "",
             port=_port(headers.get("variable_local_media_port", "")),
-            details=(("rtp_adv_audio_ip", advertised),),
+            # a video call: its own port (pre-bound range too), and PT for priming
+            video_port=_port(headers.get("variable_local_video_port", "")),
+            video_payload_type=_video_pt(headers.get("variable_rtp_video_recv_pt", "")),
+            details=(
+                ("rtp_adv_audio_ip", advertised),
+                ("rtp_adv_video_ip", headers.get("variable_rtp_adv_video_ip", "")),
+            ),
         )
 
     # ------------------------------------------------------------------ CallBook hooks
@@ -334,6 +349,23 @@ class FreeswitchAdapter(CallBook):
         with contextlib.suppress(EslError):
             return _port(await self.esl.get_var(call.channel, "local_media_port"))
         return None
+
+    async def _find_video_port(self, call: PbxCall, announced: Announcement) -> int | None:
+        """local_video_port of a video call; its phone must have been told the relay
+        for video too (rtp_adv_video_ip), or its video would bypass the relay."""
+        port = announced.video_port
+        advertised = announced.detail("rtp_adv_video_ip")
+        if (
+            port is not None
+            and self.config.require_advertised_relay
+            and call.policy is not Policy.OFF
+            and not self.relay.serves(advertised)
+        ):
+            raise PbxError(
+                f"rtp_adv_video_ip is {advertised or 'unset'}, not the relay address"
+                f" {self.relay.relay_host}: set it before answer on a video call"
+            )
+        return port
 
     def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
         """A ZRTP call whose phone was not told the relay's address would bypass it."""
@@ -429,7 +461,9 @@ class FreeswitchAdapter(CallBook):
             "pbx_zrtp_policy",
             "zrtp_secure_media",
             "local_media_port",
+            "local_video_port",
             "rtp_adv_audio_ip",
+            "rtp_adv_video_ip",
             "destination_number",
             "call_uuid",
             "pbx_zrtp_enroll",
@@ -447,7 +481,9 @@ class FreeswitchAdapter(CallBook):
             "variable_pbx_zrtp_policy": found["pbx_zrtp_policy"],
             "variable_zrtp_secure_media": found["zrtp_secure_media"],
             "variable_local_media_port": found["local_media_port"],
+            "variable_local_video_port": found["local_video_port"],
             "variable_rtp_adv_audio_ip": found["rtp_adv_audio_ip"],
+            "variable_rtp_adv_video_ip": found["rtp_adv_video_ip"],
             "Caller-Destination-Number": found["destination_number"],
             "Channel-Call-UUID": found["call_uuid"] or uuid,
             "variable_pbx_zrtp_enroll": found["pbx_zrtp_enroll"],

@@ -83,6 +83,9 @@ class Announcement:
     group: str = ""  # the relay group the dialplan chose
     media_address: str = ""  # the relay address the PBX advertised to the phone
     port: int | None = None  # the PBX's RTP port, when the announcement carries it
+    #: The PBX's video RTP port (a video call), and its payload type for priming.
+    video_port: int | None = None
+    video_payload_type: int = 96
     #: The dialplan's own words, for the PBX's hooks (e.g. FreeSWITCH's rtp_adv_audio_ip).
     details: tuple[tuple[str, str], ...] = ()
 
@@ -169,6 +172,11 @@ class CallBook(ABC):
     async def _phone_hint(self, call: PbxCall) -> Address | None:
         """Hook: accept the phone's media only from this address (host, 0)."""
         return None
+
+    async def _find_video_port(self, call: PbxCall, announced: Announcement) -> int | None:
+        """Hook: the PBX's video RTP port of the call (None: no video stream);
+        PbxError when the PBX cannot say (a ``required`` call then fails)."""
+        return announced.video_port
 
     @abstractmethod
     async def _tell(self, call: PbxCall, before: dict[str, str], changed: bool) -> None:
@@ -289,6 +297,10 @@ class CallBook(ABC):
             if key not in self.calls:  # hung up while the relay was binding
                 await self.relay.delete(call.call_id, "hangup")
                 return
+            video = await self._add_video(call, announced, hint)
+            if video is None:
+                return
+            report = video if isinstance(video, CallReport) else report
             log.info(
                 "call %s (%s -> %s) on port %d, policy %s",
                 call.channel,
@@ -298,6 +310,39 @@ class CallBook(ABC):
                 call.policy.value,
             )
             await self._write(call, report)
+
+    async def _add_video(
+        self, call: PbxCall, announced: Announcement, hint: Address | None
+    ) -> CallReport | bool | None:
+        """Mirror the call's video stream too (the PBX advertised the relay for it
+        as for audio): the call's report with it, False when the call has no video,
+        None when the call failed (a ``required`` call whose video cannot be
+        mirrored: the PBX would send it clear, straight to the phone)."""
+        try:
+            port = await self._find_video_port(call, announced)
+            if port is None:
+                return False
+            return await self.relay.create(
+                CallRequest(
+                    call.call_id,
+                    port,
+                    call.policy,
+                    self_uri=announced.target,
+                    peer_uri=announced.peer,
+                    phone_hint=hint,
+                    payload_type=announced.video_payload_type,
+                    stream="video",
+                )
+            )
+        except (RelayError, PbxError) as exc:
+            if call.policy is not Policy.REQUIRED:
+                log.warning("call %s: video stream not mirrored: %s", call.channel, exc)
+                return False
+            # The audio mirror goes too: its later reports (secure) must not
+            # overwrite the failure the dialplan is about to read.
+            await self.relay.delete(call.call_id, f"video stream: {exc}")
+            await self._write_failure(call, f"relay: video stream: {exc}")
+            return None
 
     def _on_relay_state(self, report: CallReport) -> None:
         call_id = report.call_id

@@ -48,6 +48,10 @@ class CallView:
     sas_relay: str
     #: Secure, but key continuity was not saved (disk full, database down).
     cache_error: str
+    #: The call's video stream (Multistream): "" without one, else its state.
+    video_secure: bool
+    video_fail_reason: str
+    video_state: str
     state: str
     #: The SAS split as FreeSWITCH's removed built-in ZRTP showed it.
     sas1: str
@@ -60,6 +64,8 @@ class CallView:
         sas_type = report.sas_type if secure else ""
         sas1, sas2 = legacy_sas(sas, sas_type)
         failed = report.state in (CallState.FAILED, CallState.CLEAR)
+        video = report.stream("video")
+        video_failed = video is not None and video.state in (CallState.FAILED, CallState.CLEAR)
         return cls(
             policy=policy.value,
             secure=secure,
@@ -79,6 +85,9 @@ class CallView:
             displayed_sas=report.displayed_sas if secure else "",
             sas_relay=report.sas_relay if secure else "",
             cache_error=report.cache_error,
+            video_secure=video is not None and video.secure,
+            video_fail_reason=video.reason if video is not None and video_failed else "",
+            video_state=video.state.value if video is not None else "",
             state=report.state.value,
             sas1=sas1,
             sas2=sas2,

@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -49,6 +50,8 @@ TRAFFIC = (
     "pbx_out_bytes",
 )
 
+#: A further stream's name (the SDP media type, "video"): lower case, short.
+STREAM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 #: Events a slow subscriber may fall behind by before it is disconnected.
 SUBSCRIBER_QUEUE = 1000
 #: At shutdown, how long the calls' last cache writes may take to land.
@@ -239,7 +242,18 @@ class Relay:
     # ------------------------------------------------------------------ calls
 
     async def admit(self, request: CallRequest) -> CallReport:
-        """``create`` for a request an adapter or the control API built."""
+        """``create`` for a request an adapter or the control API built (a further
+        stream of an existing call when it names one)."""
+        if request.stream:
+            return await self.add_stream(
+                request.call_id,
+                request.stream,
+                request.port,
+                pbx_host=request.pbx_host,
+                pbx_port=request.pbx_port,
+                payload_type=request.payload_type,
+                phone_hint=request.phone_hint,
+            )
         return await self.create(
             request.call_id,
             request.port,
@@ -323,6 +337,86 @@ class Relay:
         mirror.attach(identity)
         return mirror.report()
 
+    async def add_stream(
+        self,
+        call_id: str,
+        name: str,
+        port: int,
+        *,
+        pbx_host: str | None = None,
+        pbx_port: int | None = None,
+        payload_type: int = 0,
+        phone_hint: Address | None = None,
+    ) -> CallReport:
+        """Mirror the PBX's port ``port`` as the further stream ``name`` (video) of
+        the call ``call_id``: RTP and RTCP like the first stream, its own latch and
+        SRTP state, keyed by Multistream from the first stream's session toward its
+        peer ZID only, under the call's policy. Returns the call's report."""
+        if self.draining:
+            raise RelayError("the relay is stopping: no new streams")
+        first = self._mirror(call_id)
+        if first.identity is None or first.port in self._unclaimed:
+            raise BadRequest(f"call {call_id!r} is not named yet")
+        if not STREAM_NAME.fullmatch(name):
+            raise BadRequest(
+                f"stream {name[:20]!r}: a stream name is 1-16 lower-case letters,"
+                " digits, '-' or '_' (e.g. video)"
+            )
+        if name in first.streams:
+            raise BadRequest(
+                f"call {call_id!r} already has a {name} stream on port {first.streams[name].port}"
+            )
+        if not 0 <= payload_type <= 127:
+            raise BadRequest("payload_type must be 0-127")
+        if pbx_host is not None:
+            try:
+                pbx_host = str(ipaddress.ip_address(pbx_host))
+            except ValueError:
+                raise BadRequest(f"pbx_host {pbx_host!r} is not an IP address") from None
+        if pbx_port is not None and not 1 <= pbx_port <= 65534:
+            raise BadRequest("pbx_port must be 1-65534 (RTCP uses the next port)")
+        self.layout.check_port(port)
+        mirror = self._by_port.get(port)
+        if mirror is not None:
+            if port not in self._prebound:
+                owner = mirror.identity.call_id if mirror.identity else "?"
+                raise BadRequest(f"port {port} is already mirrored for call {owner!r}")
+            if mirror.identity is not None and port not in self._unclaimed:
+                raise BadRequest(
+                    f"pre-bound port {port} already carries call {mirror.identity.call_id!r}"
+                )
+            if mirror.identity is not None:  # nobody vouched for it: none of it carries over
+                self._release_unclaimed(
+                    mirror, f"unclaimed traffic set aside: the port was given to call {call_id!r}"
+                )
+        else:
+            mirror = await self._open_mirror(port, pbx_host or first.pbx[0], pbx_port)
+        identity = first.identity
+        mirror.join(first, name)
+        mirror.attach(
+            CallIdentity(
+                call_id,
+                identity.policy,
+                identity.self_uri,
+                identity.peer_uri,
+                payload_type,
+                phone_hint,
+                identity.bridge,
+            )
+        )
+        log.info("%s %s stream added on port %d", first.tag(), name, port)
+        return first.report()
+
+    def _end_streams(self, first: Mirror, reason: str) -> None:
+        """End the further streams of a call whose first stream ends (the first's
+        final report still lists them, ended)."""
+        for stream in list(first.streams.values()):
+            final = stream.end(reason)
+            self._account(final, counted=False)
+            if stream.port not in self._prebound:
+                self._by_port.pop(stream.port, None)
+                stream.close_sockets()
+
     def _on_unclaimed(self, mirror: Mirror) -> None:
         """Media on a pre-bound port before the adapter named the call: hold it
         under the prebind policy as ``port-P`` until a call is named there or the
@@ -394,6 +488,8 @@ class Relay:
         if policy is not None:
             try:
                 mirror.set_policy(policy)
+                for stream in list(mirror.streams.values()):
+                    stream.set_policy(policy)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
         return mirror.report()
@@ -404,6 +500,7 @@ class Relay:
             raise NoSuchCall(f"no call {call_id!r}")
         unclaimed = mirror.port in self._unclaimed
         self._forget_unclaimed(mirror.port)
+        self._end_streams(mirror, reason)
         final = mirror.end(reason)
         self._account(final, "unclaimed" if unclaimed else None)
         if mirror.port not in self._prebound:
@@ -560,6 +657,9 @@ class Relay:
         self._listeners.append(listener)
 
     def _changed(self, mirror: Mirror) -> None:
+        if mirror.first is not None:  # a further stream: its call's report says it
+            self._changed(mirror.first)
+            return
         report = mirror.report()
         if not report.call_id:
             return
@@ -576,10 +676,14 @@ class Relay:
             except Exception:  # a listener bug must never reach the packet path
                 log.exception("state listener failed")
 
-    def _account(self, final: CallReport, label: str | None = None) -> None:
-        """Add an ended call to the totals, under ``label`` or the state it reached."""
+    def _account(
+        self, final: CallReport, label: str | None = None, *, counted: bool = True
+    ) -> None:
+        """Add an ended call to the totals, under ``label`` or the state it reached
+        (``counted`` False: a further stream, whose traffic only is added)."""
         totals = self.totals
-        totals.calls[label or final.last_state or final.state] += 1
+        if counted:
+            totals.calls[label or final.last_state or final.state] += 1
         counters: Mapping[str, Any] = final.counters
         for key in TRAFFIC:
             totals.packets[key] += int(counters.get(key, 0))

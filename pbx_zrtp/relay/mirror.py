@@ -39,6 +39,7 @@ from pbx_zrtp.calls import (
     CallReport,
     CallState,
     Policy,
+    StreamReport,
     TrafficCounters,
     no_traffic,
 )
@@ -73,6 +74,10 @@ PRIMING_INTERVAL = 0.020
 PRIMING_LIMIT = 60.0
 #: Silence payloads for the codecs a PBX offers first (160 samples = 20 ms).
 SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
+#: A further stream (video) primes in its own payload type with an empty payload:
+#: the PBX latches on the header; a decoder behind it ignores an empty packet.
+#: Its timestamp steps one 30 fps frame of the 90 kHz video clock.
+STREAM_PRIMING_STEP = 3000
 
 
 @dataclass
@@ -292,6 +297,14 @@ class Mirror:
         self._guard: _AmplificationGuard | None = None
         #: Datagrams received from the phone side or from the PBX (the relay's idle check).
         self._heard = 0
+        #: A further stream (video) of a call: the call's first stream, whose ZRTP
+        #: session keys this one by Multistream, and this stream's name.
+        self.first: Mirror | None = None
+        self.stream_name = ""
+        #: On a call's first stream: its further streams, by name.
+        self.streams: dict[str, Mirror] = {}
+        #: A further stream's report as it ended (for its call's final report).
+        self.ended_stream: StreamReport | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -339,6 +352,7 @@ class Mirror:
         if identity.phone_hint is not None and self.phone is None:
             self.phone = identity.phone_hint
         self.reason = ""
+        self.ended_stream = None
         self._guard = _AmplificationGuard() if unclaimed else None
         self._apply_policy(identity.policy)
 
@@ -392,6 +406,9 @@ class Mirror:
             self._set_state(CallState.CLEAR, self.reason)
             return
         self._set_state(CallState.PENDING)
+        if self.first is not None and not self._first_keyed():
+            self._first_changed()  # the timer starts once the first stream is secure
+            return
         timeout = (
             self.settings.required_timeout
             if policy is Policy.REQUIRED
@@ -400,6 +417,53 @@ class Mirror:
         self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
         if self.phone is not None and self._guard is None:
             self._start_engine()
+
+    def join(self, first: Mirror, name: str) -> None:
+        """Make this mirror the further stream ``name`` of ``first``'s call."""
+        self.first, self.stream_name = first, name
+        first.streams[name] = self
+
+    def _first_keyed(self) -> bool:
+        """The call's first stream is secure with a session to key this one from."""
+        first = self.first
+        engine = first._engine if first is not None else None
+        return bool(
+            first is not None
+            and first.state is CallState.SECURE
+            and engine is not None
+            and engine.session is not None
+        )
+
+    def _first_changed(self) -> None:
+        """The call's first stream changed state: a pending further stream starts
+        its Multistream exchange once the first is secure (its policy timer from
+        then on), and cannot be keyed at all once the first failed or went clear:
+        under ``required`` it fails (nothing clear ever flows on it), otherwise
+        it is clear like the call."""
+        first, identity = self.first, self.identity
+        if first is None or identity is None or identity.policy is Policy.OFF:
+            return
+        if self.state is not CallState.PENDING:
+            return
+        if self._first_keyed():
+            if self._policy_timer is None and self._host is None:
+                timeout = (
+                    self.settings.required_timeout
+                    if identity.policy is Policy.REQUIRED
+                    else self.settings.optional_timeout
+                )
+                self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
+                if self.phone is not None:
+                    self._start_engine()
+            return
+        if first.state in (CallState.FAILED, CallState.CLEAR, CallState.OFF, CallState.ENDED):
+            self._cancel_policy_timer()
+            self._stop_engine()
+            why = f"the call's first stream is {first.state.value}: no Multistream key"
+            if identity.policy is Policy.REQUIRED:
+                self._set_state(CallState.FAILED, why)
+            else:
+                self._set_state(CallState.CLEAR, why)
 
     def _policy_timeout(self) -> None:
         self._policy_timer = None
@@ -499,6 +563,26 @@ class Mirror:
             sas_relay=relay,
             cache_error=self._engine.cache_error if self._engine else self._cache_error,
             counters=self.live_counters(),
+            streams=tuple(
+                stream.ended_stream or stream.stream_report() for stream in self.streams.values()
+            ),
+        )
+
+    def stream_report(self) -> StreamReport:
+        """This further stream's part of its call's report."""
+        secured = self._secured
+        return StreamReport(
+            name=self.stream_name,
+            port=self.port,
+            state=self.state,
+            reason=self.reason,
+            key_agreement=secured.key_agreement if secured else "",
+            cipher=secured.cipher if secured else "",
+            auth_tag=secured.auth_tag if secured else "",
+            sas=secured.sas if secured else "",
+            phone=format_address(self.phone) if self.phone else "",
+            handshake_ms=self._handshake_ms,
+            counters=self.live_counters(),
         )
 
     def live_counters(self) -> TrafficCounters:
@@ -579,6 +663,8 @@ class Mirror:
         self._last_state = self.state.value
         self._set_state(CallState.ENDED, reason)  # subscribers' `ended` carries it too
         final = self.report()
+        if self.first is not None:  # a further stream: its part of the call's final report
+            self.ended_stream = self.stream_report()
         self._last_state = ""
         self.identity = None
         self.phone = self.phone_rtcp = None
@@ -599,6 +685,7 @@ class Mirror:
         self._prime_ssrc = int.from_bytes(os.urandom(4), "big")
         self._guard = None
         self._heard = 0
+        self.first, self.stream_name, self.streams = None, "", {}
         self.counters = Counters()
         self.state = CallState.IDLE
         self.reason = ""
@@ -627,6 +714,8 @@ class Mirror:
             log.warning("%s failed: %s", self.tag(), reason)
         else:
             log.info("%s %s", self.tag(), f"{state.value} {reason}".rstrip())
+        for stream in list(self.streams.values()):
+            stream._first_changed()
         self.on_change(self)
 
     def _call_id(self) -> str:
@@ -634,7 +723,8 @@ class Mirror:
 
     def tag(self) -> str:
         """``[CALLID port N]``, which starts every log line about this call."""
-        return call_tag(self._call_id(), self.port)
+        tag = call_tag(self._call_id(), self.port)
+        return f"{tag} {self.stream_name}" if self.stream_name else tag
 
     def _cancel_policy_timer(self) -> None:
         if self._policy_timer is not None:
@@ -669,7 +759,8 @@ class Mirror:
             self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
             return
         pt = self.identity.payload_type if self.identity else 0
-        silence = SILENCE.get(pt, SILENCE[0])
+        further = self.first is not None
+        silence = b"" if further else SILENCE.get(pt, SILENCE[0])
         guard = self._guard
         if guard is not None:
             if guard.primed + 12 + len(silence) > guard.port_in:
@@ -677,7 +768,7 @@ class Mirror:
                 return  # unclaimed: no more silence than the port received
             guard.primed += 12 + len(silence)
         self._prime_seq = (self._prime_seq + 1) & 0xFFFF
-        self._prime_ts = (self._prime_ts + 160) & 0xFFFFFFFF
+        self._prime_ts = (self._prime_ts + (STREAM_PRIMING_STEP if further else 160)) & 0xFFFFFFFF
         header = struct.pack(
             "!BBHII", 0x80, pt & 0x7F, self._prime_seq, self._prime_ts, self._prime_ssrc
         )
@@ -701,6 +792,9 @@ class Mirror:
         if self._host is not None or self.identity is None or self._closed:
             return
         configuration = self.settings.zrtp(self.identity.self_uri, self.identity.peer_uri)
+        if self.first is not None:
+            self._start_stream_engine(configuration)
+            return
         if self.identity.enroll:  # E implies a MiTM and excludes A (§7.3.1)
             configuration = replace(configuration, mitm=True, enrollment=True, allow_clear=False)
         self._host = EngineHost(
@@ -713,6 +807,27 @@ class Mirror:
             store=self.settings.store,
             write_failed=self._store_write_failed,
             label=f"call {self._call_id()}",
+        )
+        self._engine_started_at = self._host.start()
+
+    def _start_stream_engine(self, configuration: ZrtpConfiguration) -> None:
+        """A further stream: Multistream from the first stream's session, toward
+        its peer ZID only (§4.4.3), never a DH exchange of its own; no store (a
+        Multistream exchange reads and writes no retained secret)."""
+        first = self.first
+        engine = first._engine if first is not None else None
+        session = engine.session if engine is not None else None
+        if not self._first_keyed() or session is None:
+            return  # started by _first_changed once the first stream is secure
+        self._host = EngineHost(
+            replace(configuration, multistream=True, enrollment=False, allow_clear=False),
+            loop=self._loop,
+            ssrc=int.from_bytes(os.urandom(4), "big"),
+            send=self._to_phone,
+            on_event=self._on_engine_event,
+            label=f"call {self._call_id()} {self.stream_name}",
+            session=session,
+            multistream_only=True,
         )
         self._engine_started_at = self._host.start()
 
@@ -928,7 +1043,9 @@ class Mirror:
             self._start_engine()
         host = self._host
         if host is None:
-            counters.drops["zrtp_no_engine"] += 1
+            # A further stream's ZRTP waits for the first stream's session; the
+            # phone repeats its Hello (Linphone starts video's only after audio's).
+            counters.drops["zrtp_before_first" if self.first else "zrtp_no_engine"] += 1
             return
         engine = host.engine
         ignored = _engine_ignored(engine)

@@ -230,7 +230,8 @@ class RelayPool(Listeners):
         try:
             report = await member.handle.create(request)
         except RelayError as exc:
-            self._forget(call_id)
+            if not request.stream:  # a refused further stream leaves its call in place
+                self._forget(call_id)
             raise type(exc)(f"{member.entry.name}: {exc}") from None
         log.info("call %s placed on relay %s", call_id, member.entry.name)
         return report

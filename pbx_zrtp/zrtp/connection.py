@@ -230,6 +230,7 @@ class ZrtpConnection:
         cache: SecretCache | None = None,
         session: ZrtpSession | None = None,
         host_cache: bool = False,
+        multistream_only: bool = False,
     ) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError("ssrc must be a 32-bit unsigned integer")
@@ -250,6 +251,12 @@ class ZrtpConnection:
         self._commit_after_lookup = False  # a forced responder's fallback Commit waits
         self._closed = False
         self._session_in = session
+        #: A further stream of a call (video): keyed by Multistream from ``session``
+        #: only, never by a DH exchange of its own, whose peer nothing ties to the
+        #: first stream's (§4.4.3); a peer that cannot do Mult fails the stream.
+        self._multistream_only = multistream_only
+        if multistream_only and session is None:
+            raise ValueError("multistream_only needs the first stream's session")
         self._state = State.IDLE
         self._events: deque[Event] = deque()
         self._outgoing: list[bytes] = []
@@ -934,6 +941,12 @@ class ZrtpConnection:
             self._commit_after_lookup = self._commit_after_lookup or fallback
             return
         self._commit_wait_deadline = None
+        if self._multistream_only and not multistream:
+            raise ZrtpProtocolError(
+                "this stream is keyed only by Multistream (a further stream of the call,"
+                " RFC 6189 §4.4.3) and the peer's Hello offers no Mult",
+                ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
+            )
         if multistream:
             assert self._session_in is not None
             self._check_session_peer(self._session_in, peer)
@@ -1074,6 +1087,12 @@ class ZrtpConnection:
                 return  # §4.2: the lower Commit is discarded; the peer becomes responder
             self.stats["commit_contention_lost"] += 1
             self._retransmission = None
+        if self._multistream_only and not commit.is_multistream:
+            raise ZrtpProtocolError(
+                "a DH Commit on a stream keyed only by Multistream (a further stream"
+                " of the call, RFC 6189 §4.4.3) is refused",
+                ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
+            )
         if self._lookup_key is not None and not commit.is_multistream:
             # DHPart1 names our retained secrets: answer once the store has.
             self._held_commit = (packet, raw)

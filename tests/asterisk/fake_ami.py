@@ -282,6 +282,9 @@ class FakeChannel:
         self.media_active = False
         self.in_use = False
         self.rtcp_rxcount = 0
+        #: A video call: chan_pjsip's video RTP port and codec (None: audio only).
+        self.video_port: int | None = None
+        self.video_format = "vp8"
         self.created = time.monotonic()
         self._changed = asyncio.Event()
 
@@ -326,6 +329,14 @@ class FakeChannel:
         """``CHANNEL(args)`` as chan_pjsip / the core answer it ('' = read failed)."""
         parts = [p.strip().lower() for p in args.split(",")]
         key = ",".join(parts[:2])
+        if key in ("rtp,src", "rtp,dest") and len(parts) > 2 and parts[2] != "audio":
+            # chan_pjsip: "Channel %s has no video media/RTP session" -> read fails
+            if parts[2] != "video" or self.video_port is None or not self.media_active:
+                return ""
+            ip = self.rtp_src_ip if key == "rtp,src" else self.rtp_dest_ip
+            return f"{ip}:{self.video_port}"
+        if key == "videonativeformat":
+            return self.video_format if self.video_port is not None else ""
         media = {
             "rtp,src": f"{self.rtp_src_ip}:{self.rtp_port}",
             "rtp,dest": f"{self.rtp_dest_ip}:{self.rtp_port}",

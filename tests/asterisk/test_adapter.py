@@ -17,6 +17,7 @@ from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.handle import LocalRelay
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.asterisk.fake_ami import FakeAmi, FakeChannel
+from tests.interop.multistream import run_two_streams
 from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay
 
 SETTLED: Callable[[str | None], bool] = lambda v: v not in (None, "", "pending")  # noqa: E731
@@ -38,6 +39,7 @@ class Lab:
         rtp_src: bool = True,
         linkedid: str | None = None,
         enroll: bool = False,
+        video: bool = False,
     ) -> tuple[FakeChannel, int]:
         """What [pbx-zrtp] does: Set(PBX_ZRTP_POLICY), Progress(), UserEvent(PbxZrtp,...)."""
         port = free_even_port()
@@ -45,6 +47,11 @@ class Lab:
         await pbx.start()
         self.pbxs.append(pbx)
         channel = self.fake.new_call(rtp_port=port, exten=exten, linkedid=linkedid)
+        if video:  # a video call: chan_pjsip's second RTP instance
+            channel.video_port = free_even_port()
+            video_pbx = EchoPbx(channel.video_port)
+            await video_pbx.start()
+            self.pbxs.append(video_pbx)
         if enroll:
             await channel.set_var("PBX_ZRTP_ENROLL", "offer")
         await channel.set_var("PBX_ZRTP_POLICY", policy)
@@ -92,6 +99,83 @@ def phone(port: int, zid: bytes = b"A" * 12, srtp: int = 10) -> Any:
 
 def run(coro: Any) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_a_video_call_secures_its_video_by_multistream_and_says_so() -> None:
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            channel, port = await t.call("required", video=True)
+            video_port = channel.video_port
+            assert video_port is not None
+            loop = asyncio.get_running_loop()
+            run = loop.run_in_executor(
+                None,
+                lambda: run_two_streams(
+                    (port, video_port), srtp=10, host=RELAY_HOST, bind=PHONE_HOST, timeout=15
+                ),
+            )
+            (first, second, received), _ = await asyncio.gather(
+                run, channel.wait_for_var("ZRTP_VIDEO_STATE", SETTLED, 15)
+            )
+            v = channel.variables
+            assert v["ZRTP_STATE"] == "secure" and v["ZRTP_SAS"] == first.sas == second.sas
+            assert v["ZRTP_VIDEO_STATE"] == "secure" and v["ZRTP_VIDEO_SECURE"] == "1"
+            assert v["ZRTP_VIDEO_FAIL_REASON"] == "" and received == 10
+            video = t.relay.get(f"ast-{channel.uniqueid}").stream("video")
+            assert video is not None and video.port == video_port
+            assert video.key_agreement == "Mult"
+
+    run(scenario())
+
+
+def test_a_video_stream_the_relay_cannot_mirror_fails_a_required_call_only() -> None:
+    """Unmirrored, Asterisk's video would go to the phone directly, clear: under
+    required the call fails; under optional it goes on without video in the relay."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            for policy, expected in (("required", "failed"), ("optional", "pending")):
+                channel = t.fake.new_call(rtp_port=free_even_port())
+                channel.video_port = channel.rtp_port  # taken by the call's own audio
+                await channel.set_var("PBX_ZRTP_POLICY", policy)
+                await channel.progress()
+                await channel.user_event(
+                    "PbxZrtp",
+                    Policy=policy,
+                    Target="600",
+                    Endpoint=channel.endpoint,
+                    RtpSrc=f"127.0.0.1:{channel.rtp_port}",
+                )
+                state = await channel.wait_for_var("ZRTP_STATE", lambda v: bool(v), 10)
+                assert state == expected, (policy, channel.variables)
+                if expected == "failed":
+                    reason = channel.variables["ZRTP_FAIL_REASON"]
+                    assert reason.startswith("relay: video stream:"), reason
+                    # no audio mirror left whose later "secure" could overwrite it
+                    assert f"ast-{channel.uniqueid}" not in [c.call_id for c in t.relay.calls()]
+                else:
+                    report = t.relay.get(f"ast-{channel.uniqueid}")
+                    assert report.streams == ()
+
+    run(scenario())
+
+
+def test_an_audio_call_has_no_video_variables_and_no_video_read() -> None:
+    """chan_pjsip logs a warning for each CHANNEL(rtp,src,video) of an audio-only
+    call: the adapter asks only when CHANNEL(videonativeformat) says there is video."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(phone(port), channel.wait_for_var("ZRTP_STATE", SETTLED, 10))
+            v = channel.variables
+            assert v["ZRTP_STATE"] == "secure"
+            assert v["ZRTP_VIDEO_STATE"] == "" and v["ZRTP_VIDEO_SECURE"] == "0"
+            reads = [a.get("Variable", "") for a in t.fake.actions if a.get("Action") == "Getvar"]
+            assert "CHANNEL(videonativeformat)" in reads
+            assert not [r for r in reads if "video)" in r]
+
+    run(scenario())
 
 
 def test_secure_call_sets_every_variable_and_tells_ami_consumers() -> None:

@@ -19,6 +19,7 @@ from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.handle import LocalRelay
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from tests.freeswitch.fake_esl import FakeEsl, FakeFsChannel
+from tests.interop.multistream import run_two_streams
 from tests.relay.helpers import PHONE_HOST, RELAY_HOST, EchoPbx, free_even_port, make_relay
 
 SETTLED: Callable[[str | None], bool] = lambda v: v not in (None, "", "pending")  # noqa: E731
@@ -145,6 +146,72 @@ def test_secure_call_sets_new_and_legacy_variables_and_fires_call_secure() -> No
             await channel.hangup()
             await _until(lambda: not t.relay.calls())
             assert port in {m.port for m in t.relay.mirrors()}  # pre-bound port stays bound
+
+    run(scenario())
+
+
+def test_a_video_call_on_prebound_ports_sets_the_video_variables_old_and_new() -> None:
+    """local_video_port (from the pre-bound range, as FreeSWITCH's RTP range is)
+    is mirrored as the call's video stream: secured by Multistream; the legacy
+    zrtp_secure_media_confirmed_video says so as FreeSWITCH's removed ZRTP did."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            video_port = t.free_ports.pop()
+            video_pbx = EchoPbx(video_port)
+            await video_pbx.start()
+            t.pbxs.append(video_pbx)
+            port = t.free_ports.pop()
+            pbx = EchoPbx(port)
+            await pbx.start()
+            t.pbxs.append(pbx)
+            channel = t.fake.new_call(local_media_port=port)
+            await channel.set_var("pbx_zrtp_policy", "required")
+            await channel.set_var("rtp_adv_audio_ip", RELAY_HOST)
+            await channel.set_var("rtp_adv_video_ip", RELAY_HOST)
+            await channel.set_var("local_video_port", str(video_port))
+            await channel.set_var("rtp_video_recv_pt", "103")
+            await channel.answer()
+            await _until(lambda: channel.variables.get("pbx_zrtp_state_video") == "pending")
+            loop = asyncio.get_running_loop()
+            _first, second, received = await loop.run_in_executor(
+                None,
+                lambda: run_two_streams(
+                    (port, video_port), srtp=10, host=RELAY_HOST, bind=PHONE_HOST, timeout=15
+                ),
+            )
+            await channel.wait_for_var("pbx_zrtp_state_video", SETTLED, 10)
+            v = channel.variables
+            assert v["pbx_zrtp_state"] == "secure" and v["pbx_zrtp_sas"] == second.sas
+            assert v["pbx_zrtp_state_video"] == "secure" and v["pbx_zrtp_secure_video"] == "true"
+            assert v["zrtp_secure_media_confirmed_video"] == "true" and received == 10
+            assert v.get("pbx_zrtp_fail_reason_video", "") == ""  # empty: unset in FreeSWITCH
+            mirror = next(m for m in t.relay.mirrors() if m.port == video_port)
+            assert mirror.identity is not None and mirror.identity.payload_type == 103
+            await channel.hangup()
+            await _until(lambda: not t.relay.calls())
+            # both pre-bound ports stay bound, idle, for the next call
+            assert {port, video_port} <= {m.port for m in t.relay.mirrors()}
+            assert mirror.first is None and mirror.identity is None
+
+    run(scenario())
+
+
+def test_a_required_video_call_whose_video_bypasses_the_relay_fails() -> None:
+    """rtp_adv_video_ip not the relay: the phone would send its video to FreeSWITCH
+    and FreeSWITCH its video, clear, to the phone. Under required the call fails."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            video_port = t.free_ports.pop()
+            channel = t.fake.new_call(local_media_port=t.free_ports.pop())
+            await channel.set_var("pbx_zrtp_policy", "required")
+            await channel.set_var("rtp_adv_audio_ip", RELAY_HOST)
+            await channel.set_var("local_video_port", str(video_port))
+            await channel.answer()
+            state = await channel.wait_for_var("pbx_zrtp_state", SETTLED, 10)
+            assert state == "failed"
+            assert "rtp_adv_video_ip" in channel.variables["pbx_zrtp_fail_reason"]
 
     run(scenario())
 

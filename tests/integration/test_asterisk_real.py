@@ -217,6 +217,7 @@ MODULES = (
     "bridge_simple.so",  # Dial() bridges the two legs
     "app_playback.so",  # early media (extension 620)
     "format_wav.so",
+    "res_format_attr_vp8.so",  # a video call (VP8, linphonec's static picture)
 )
 
 
@@ -278,6 +279,8 @@ documentation_language = en_US
     pjsip = (SAMPLES / "pjsip_pbx_zrtp.conf").read_text()
     assert "192.0.2.1:5060" in pjsip and "media_address = 192.0.2.2" in pjsip
     pjsip = pjsip.replace("192.0.2.1", A).replace("192.0.2.2", R)
+    # video calls (issue 15): VP8 too; the other tests' phones offer no video
+    pjsip = pjsip.replace("allow = ulaw,alaw\n", "allow = ulaw,alaw,vp8\n")
     # carol: a second ZRTP phone that Asterisk calls (static contact, media via the relay).
     pjsip += f"""
 [carol]
@@ -406,6 +409,11 @@ def _free_rtp_port(host: str) -> int:
 
 
 NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMediaEncryptionNone\n"
+#: A video call from linphonec: its static-picture camera, no display (headless).
+VIDEO = (
+    "enabled=1\ncapture=1\ndisplay=0\nautomatically_initiate=1\nautomatically_accept=1\n"
+    "device=StaticImage: Static picture\nsize=qvga\n"
+)
 
 
 def write_linphonerc(
@@ -416,6 +424,7 @@ def write_linphonerc(
     address: str = PHONE,
     sip_port: int = -1,
     ciphers: str = "",
+    video: bool = False,
 ) -> Path:
     (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
     encryption = "zrtp" if zrtp else "none"
@@ -444,7 +453,7 @@ bind_address={address}
 echocancellation=0
 
 [video]
-enabled=0
+{VIDEO if video else "enabled=0"}
 
 [auth_info_0]
 username=alice
@@ -502,7 +511,9 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "") -> Proc:
+    def phone(
+        self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "", video: bool = False
+    ) -> Proc:
         """alice (calls out), or carol (called by Asterisk at CAROL, auto-answers)."""
         home = self.base / name
         home.mkdir()
@@ -511,9 +522,11 @@ class Lab:
                 home, zrtp=zrtp, user="carol", address=CAROL, sip_port=self.carol_port
             )
         else:
-            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers)
+            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers, video=video)
         env = {**os.environ, "HOME": str(home)}
         command = [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")]
+        if video:
+            command.append("-C")  # video capture only: no display
         if carol:
             command.append("-a")  # auto-answer
         proc = Proc(
@@ -699,6 +712,102 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab, cipher: str) -
             "ended_counters": ended.get("counters"),
         }
         print("REAL CALL:", json.dumps(summary))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
+def test_video_call_secures_audio_and_video_through_asterisk(lab: Lab) -> None:
+    """linphonec sends video from its static-picture camera (VP8): the relay mirrors
+    the video port Asterisk answered with, the phone keys it by Multistream."""
+    phone = lab.phone("phone-video", zrtp=True, video=True)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:600@{A}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        seen = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and float(e["_time"]) >= started
+            ),
+            20,
+            "UserEvent ZrtpSeen",
+        )
+        assert seen["State"] == "secure" and seen["SAS"] == phone_sas, seen
+        channel, uniqueid = seen["Channel"], seen["Uniqueid"]
+        call_id = f"ast-{uniqueid}"
+        deadline = time.monotonic() + 20
+        report = lab.ctl("show", call_id)
+        while time.monotonic() < deadline:
+            report = lab.ctl("show", call_id)
+            video = next((s for s in report.get("streams", []) if s["name"] == "video"), None)
+            if video is not None and video["state"] != "pending":
+                break
+            time.sleep(0.2)
+        video = next((s for s in report.get("streams", []) if s["name"] == "video"), None)
+        assert video is not None, report
+        assert video["state"] == "secure" and video["key_agreement"] == "Mult", video
+        assert video["sas"] == phone_sas, video
+        time.sleep(4)  # the static picture, echoed by Echo()
+        report = lab.ctl("show", call_id)
+        video = next(s for s in report["streams"] if s["name"] == "video")
+        counters = video["counters"]
+        assert counters["phone_in"] > 0 and counters["pbx_out"] > 0, counters
+        assert counters["pbx_in"] > 0 and counters["phone_out"] > 0, counters
+        assert counters["drops"].get("srtp_auth", 0) == 0, counters
+        variables = {
+            name: lab.ami.action("Getvar", Channel=channel, Variable=name).get("Value", "")
+            for name in ("ZRTP_VIDEO_STATE", "ZRTP_VIDEO_SECURE", "ZRTP_STATE")
+        }
+        assert variables == {
+            "ZRTP_VIDEO_STATE": "secure",
+            "ZRTP_VIDEO_SECURE": "1",
+            "ZRTP_STATE": "secure",
+        }, variables
+        dest = lab.ami.action("Getvar", Channel=channel, Variable="CHANNEL(rtp,dest,video)")
+        assert dest.get("Value", "").startswith(f"{R}:"), dest
+        # Every video packet Asterisk sent so far reached the relay, none the phone
+        # directly (chan_pjsip sets no RTPVIDEOQOS at hangup: read its count live,
+        # then the relay's, which may have heard a few more since).
+        tx = lab.ami.action("Getvar", Channel=channel, Variable="CHANNEL(rtcp,txcount,video)")
+        asterisk_video_sent = int(tx.get("Value") or -1)
+        relay_heard = next(s for s in lab.ctl("show", call_id)["streams"] if s["name"] == "video")[
+            "counters"
+        ]["pbx_in"]
+        assert 0 < asterisk_video_sent <= relay_heard <= asterisk_video_sent + 20, (
+            tx,
+            relay_heard,
+        )
+        hangup_phone(phone)
+        lab.ami.wait_event(
+            lambda e: e.get("Event") == "Hangup" and e.get("Uniqueid") == uniqueid,
+            15,
+            f"Hangup of {channel}",
+        )
+        deadline = time.monotonic() + 10
+        while lab.ctl("list") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        events = lab.relay_events(call_id)
+        ended = events[-1]
+        assert ended["state"] == "ended", ended
+        ended_video = next(s for s in ended["streams"] if s["name"] == "video")
+
+        summary = {
+            "sas": phone_sas,
+            "audio": [report.get(k) for k in ("key_agreement", "cipher", "auth_tag")],
+            "audio_counters": {k: v for k, v in report["counters"].items() if k != "drops"},
+            "video": [video.get(k) for k in ("state", "key_agreement", "cipher", "auth_tag")],
+            "video_handshake_ms": video.get("handshake_ms"),
+            "video_counters_at_4s": {k: v for k, v in counters.items()},
+            "video_ended_counters": ended_video["counters"],
+            "asterisk_video_dest": dest.get("Value"),
+            "asterisk_video_txcount": asterisk_video_sent,
+            "relay_video_pbx_in_then": relay_heard,
+        }
+        print("REAL VIDEO CALL:", json.dumps(summary))
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:

@@ -329,8 +329,9 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         "dialplan": "XML",
         "auth-calls": "false",
         "accept-blind-reg": "true",
-        "inbound-codec-prefs": "PCMU,PCMA",
-        "outbound-codec-prefs": "PCMU,PCMA",
+        # H264 (mod_h26x, passed through) for video calls; other phones offer no video
+        "inbound-codec-prefs": "PCMU,PCMA,H264",
+        "outbound-codec-prefs": "PCMU,PCMA,H264",
         "inbound-late-negotiation": "false",
         "rtp-timer-name": "soft",
         "manage-presence": "false",
@@ -349,6 +350,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         "mod_dialplan_xml",
         "mod_sndfile",
         "mod_lua",
+        "mod_h26x",
     )
     loads = "".join(f'        <load module="{m}"/>\n' for m in modules)
     # The sample's pbx_zrtp_two_phones dial string, to carol instead of a directory user.
@@ -436,6 +438,17 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
           <action application="bridge" data="{unsafe_to_carol}"/>
         </condition>
       </extension>
+      <!-- A video call (issue 15): the relay advertised for video too, echoed. -->
+      <extension name="video_test">
+        <condition field="destination_number" expression="^9702$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="set" data="rtp_adv_video_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="answer"/>
+          <action application="lua" data="pbx_zrtp_wait.lua 12"/>
+          <action application="echo"/>
+        </condition>
+      </extension>
       <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
     </context>
   </section>
@@ -481,8 +494,21 @@ policy_file = "{base / "freeswitch-policies.json"}"
 NO_ZRTP = "support_capability_negotiations=1\nsupported_encryptions=LinphoneMediaEncryptionNone\n"
 
 
+#: A video call from linphonec: its static-picture camera in H264, no display.
+VIDEO = (
+    "enabled=1\ncapture=1\ndisplay=0\nautomatically_initiate=1\nautomatically_accept=1\n"
+    "device=StaticImage: Static picture\nsize=qvga\n"
+)
+
+
 def write_linphonerc(
-    home: Path, phone: str, *, zrtp: bool, user: str = "alice", sip_port: int = -1
+    home: Path,
+    phone: str,
+    *,
+    zrtp: bool,
+    user: str = "alice",
+    sip_port: int = -1,
+    video: bool = False,
 ) -> Path:
     (home / ".local/share/linphone").mkdir(parents=True, exist_ok=True)
     encryption = "zrtp" if zrtp else "none"
@@ -509,7 +535,7 @@ bind_address={phone}
 echocancellation=0
 
 [video]
-enabled=0
+{VIDEO if video else "enabled=0"}
 """,
     )
 
@@ -572,7 +598,7 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool, carol: bool = False) -> Proc:
+    def phone(self, name: str, *, zrtp: bool, carol: bool = False, video: bool = False) -> Proc:
         """alice (calls out), or carol (called by FreeSWITCH, auto-answers)."""
         assert IP is not None and LINPHONEC is not None
         home = self.base / name
@@ -582,7 +608,7 @@ class Lab:
                 home, self.net.phone, zrtp=zrtp, user="carol", sip_port=self.carol_port
             )
         else:
-            rc = write_linphonerc(home, self.net.phone, zrtp=zrtp)
+            rc = write_linphonerc(home, self.net.phone, zrtp=zrtp, video=video)
         env = {**os.environ, "HOME": str(home)}
         proc = Proc(
             name,
@@ -599,6 +625,7 @@ class Lab:
                 "-l",
                 str(home / "linphone-debug.log"),
                 *(["-a"] if carol else []),  # carol auto-answers
+                *(["-C"] if video else []),  # video capture only: no display
             ],
             self.base / f"{name}.log",
             env=env,
@@ -907,6 +934,96 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
             ],
         }
         print("REAL CALL:", json.dumps(summary))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
+def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None:
+    """linphonec's static picture in H264 (mod_h26x passes it through): the video
+    port FreeSWITCH answered with, pre-bound, secured by Multistream; FreeSWITCH's
+    video latched onto the relay (its priming), none of it went to the phone."""
+    phone = lab.phone("phone-video", zrtp=True, video=True)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:9702@{lab.net.a}")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        answer = lab.esl.wait_event(
+            lambda e: e.get("Event-Name") == "CHANNEL_ANSWER" and float(e["_time"]) >= started,
+            10,
+            "CHANNEL_ANSWER",
+        )
+        uuid = answer["Unique-ID"]
+        call_id = f"fs-{uuid}"
+        video_port = answer.get("variable_local_video_port", "")
+        assert video_port, {k: v for k, v in answer.items() if "video" in k}
+        deadline = time.monotonic() + 20
+        video: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            report = lab.ctl("show", call_id)
+            video = next((s for s in report.get("streams", []) if s["name"] == "video"), None)
+            if video is not None and video["state"] != "pending":
+                break
+            time.sleep(0.2)
+        assert video is not None and video["port"] == int(video_port), lab.ctl("show", call_id)
+        assert video["state"] == "secure" and video["key_agreement"] == "Mult", video
+        assert video["sas"] == phone_sas, video
+        time.sleep(4)
+        report = lab.ctl("show", call_id)
+        video = next(s for s in report["streams"] if s["name"] == "video")
+        counters = video["counters"]
+        # The phone's video reached FreeSWITCH (decrypted by the relay). FreeSWITCH
+        # 1.10.12's echo sent no video back here (its video thread logs "Echo is
+        # off"; H264 passed through by mod_h26x): pbx_in is recorded, not required.
+        assert counters["phone_in"] > 0 and counters["pbx_out"] > 0, counters
+        assert counters["drops"].get("srtp_auth", 0) == 0, counters
+        names = (
+            "pbx_zrtp_state",
+            "pbx_zrtp_state_video",
+            "pbx_zrtp_secure_video",
+            "zrtp_secure_media_confirmed_video",
+            "remote_video_ip",
+        )
+        values = {name: lab.esl.getvar(uuid, name) for name in names}
+        assert values == {
+            "pbx_zrtp_state": "secure",
+            "pbx_zrtp_state_video": "secure",
+            "pbx_zrtp_secure_video": "true",
+            "zrtp_secure_media_confirmed_video": "true",
+            "remote_video_ip": lab.net.r,
+        }, values
+        hangup_phone(phone)
+        hangup = lab.esl.wait_event(
+            lambda e: (
+                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
+            ),
+            15,
+            "CHANNEL_HANGUP_COMPLETE",
+        )
+        freeswitch_sent = int(hangup.get("variable_rtp_video_out_packet_count", "0") or 0)
+        deadline = time.monotonic() + 10
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ended = lab.relay_events(call_id)[-1]
+        ended_video = next(s for s in ended["streams"] if s["name"] == "video")
+        relay_heard = ended_video["counters"]["pbx_in"]
+        summary = {
+            "sas": phone_sas,
+            "audio": [report.get(k) for k in ("key_agreement", "cipher", "auth_tag")],
+            "video": [video.get(k) for k in ("state", "key_agreement", "cipher", "auth_tag")],
+            "video_port": video_port,
+            "video_handshake_ms": video.get("handshake_ms"),
+            "video_counters_at_4s": counters,
+            "video_ended_counters": ended_video["counters"],
+            "freeswitch_video_out": freeswitch_sent,
+            "relay_video_pbx_in": relay_heard,
+            "variables": values,
+        }
+        print("REAL VIDEO CALL:", json.dumps(summary))
+        # Packets FreeSWITCH sent before auto-adjust latched went straight to the phone.
+        assert 0 <= freeswitch_sent - relay_heard <= 5, (freeswitch_sent, relay_heard)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:

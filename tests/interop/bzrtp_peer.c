@@ -7,7 +7,14 @@
  *   bzrtp_peer --bind HOST:PORT [--peer HOST:PORT]
  *      [--key-agreement LIST] [--hash LIST] [--cipher LIST] [--auth-tag LIST] [--sas LIST]
  *      [--cache PATH --self-uri URI --peer-uri URI] [--mark-verified]
+ *      [--ms-bind HOST:PORT [--ms-peer HOST:PORT] [--ms-port-file PATH] [--ms-pt PT]]
  *      [--srtp N] [--timeout SECONDS] [--port-file PATH] [--linger-ms MS] [--verbose]
+ *
+ * --ms-bind adds a second channel (a video stream, as Linphone does) on its own
+ * socket once the first is secure: bzrtp_addChannel, which bzrtp runs in
+ * Multistream mode (RFC 6189 §4.4.3). Its SRTP (--srtp N packets, payload type
+ * --ms-pt, default 96) and result go in the report's "multistream" object.
+ * Without --ms-peer the first ZRTP datagram on that socket names its peer.
  *
  * LISTs are comma separated ZRTP type names in preference order (X255,DH3k /
  * S256,S384 / AES1,AES3 / HS32,HS80 / B32,B256). bzrtp re-adds its mandatory
@@ -124,6 +131,28 @@ typedef struct {
 
 static peer_t G;
 
+/* the second channel (--ms-bind): Multistream, started once the first is secure */
+typedef struct {
+	const char *bind_str, *peer_str, *port_file;
+	int pt;
+	int sock;
+	struct sockaddr_storage peer_addr;
+	socklen_t peer_addr_len;
+	int peer_known, started, secure, failed;
+	uint32_t ssrc;
+	char last_sent[9], last_recv[9], sas_raw[128];
+	uint8_t key_agreement_algo, cipher_algo, auth_tag_algo;
+	uint8_t self_key[64], self_salt[32], peer_key[64], peer_salt[32];
+	int self_key_len, self_salt_len, peer_key_len, peer_salt_len;
+	srtp_t srtp_tx, srtp_rx;
+	int srtp_sent, srtp_received_ok, srtp_received_bad;
+	uint16_t rtp_seq;
+	uint32_t rtp_ts;
+	double last_srtp_send_ms;
+} ms_t;
+
+static ms_t MS;
+
 /* ------------------------------------------------------------------------- */
 /* helpers */
 
@@ -164,7 +193,11 @@ static void hex_str(char *out, const uint8_t *in, int n) {
 }
 
 static void cleanup(void) {
+	if (G.ctx && MS.started) bzrtp_destroyBzrtpContext(G.ctx, MS.ssrc);
 	if (G.ctx) { bzrtp_destroyBzrtpContext(G.ctx, G.ssrc); G.ctx = NULL; }
+	if (MS.srtp_tx) { srtp_dealloc(MS.srtp_tx); MS.srtp_tx = NULL; }
+	if (MS.srtp_rx) { srtp_dealloc(MS.srtp_rx); MS.srtp_rx = NULL; }
+	if (MS.sock >= 0) { close(MS.sock); MS.sock = -1; }
 	if (G.srtp_tx) { srtp_dealloc(G.srtp_tx); G.srtp_tx = NULL; }
 	if (G.srtp_rx) { srtp_dealloc(G.srtp_rx); G.srtp_rx = NULL; }
 	if (G.db) { sqlite3_close(G.db); G.db = NULL; }
@@ -402,6 +435,83 @@ static void send_one_srtp(void) {
 	G.last_srtp_send_ms = now_ms();
 }
 
+/* the second channel's media: SRTP with its own keys, payload type --ms-pt */
+
+static void ms_send_raw(const uint8_t *p, size_t n) {
+	if (!MS.peer_known) return;
+	if (sendto(MS.sock, p, n, 0, (const struct sockaddr *)&MS.peer_addr, MS.peer_addr_len) < 0)
+		vlog("ms sendto failed: %s", strerror(errno));
+}
+
+static void ms_send_one_srtp(void) {
+	uint8_t pkt[12 + RTP_PAYLOAD_LEN + SRTP_MAX_TRAILER_LEN + 16];
+	MS.rtp_seq++;
+	MS.rtp_ts += 3000; /* 90 kHz video clock, 30 frames a second */
+	pkt[0] = 0x80;
+	pkt[1] = (uint8_t)(MS.pt & 0x7f);
+	pkt[2] = (uint8_t)(MS.rtp_seq >> 8); pkt[3] = (uint8_t)MS.rtp_seq;
+	pkt[4] = (uint8_t)(MS.rtp_ts >> 24); pkt[5] = (uint8_t)(MS.rtp_ts >> 16);
+	pkt[6] = (uint8_t)(MS.rtp_ts >> 8); pkt[7] = (uint8_t)MS.rtp_ts;
+	pkt[8] = (uint8_t)(MS.ssrc >> 24); pkt[9] = (uint8_t)(MS.ssrc >> 16);
+	pkt[10] = (uint8_t)(MS.ssrc >> 8); pkt[11] = (uint8_t)MS.ssrc;
+	memset(pkt + 12, 0x5A, RTP_PAYLOAD_LEN);
+	int len = 12 + RTP_PAYLOAD_LEN;
+	srtp_err_status_t e = srtp_protect(MS.srtp_tx, pkt, &len);
+	if (e != srtp_err_status_ok) fail("ms srtp_protect failed: %d", (int)e);
+	ms_send_raw(pkt, (size_t)len);
+	MS.srtp_sent++;
+	MS.last_srtp_send_ms = now_ms();
+}
+
+static void ms_handle_media(const uint8_t *p, size_t n) {
+	uint8_t buf[RECV_BUF_SIZE];
+	if (!MS.srtp_rx || n < 12 || n > sizeof buf) { MS.srtp_received_bad++; return; }
+	memcpy(buf, p, n);
+	int len = (int)n;
+	if (srtp_unprotect(MS.srtp_rx, buf, &len) == srtp_err_status_ok) MS.srtp_received_ok++;
+	else MS.srtp_received_bad++;
+}
+
+static void ms_copy_secrets(const bzrtpSrtpSecrets_t *s) {
+	if (s->selfSrtpKey && s->selfSrtpKeyLength <= sizeof MS.self_key && s->selfSrtpSalt &&
+			s->selfSrtpSaltLength <= sizeof MS.self_salt) {
+		memcpy(MS.self_key, s->selfSrtpKey, s->selfSrtpKeyLength); MS.self_key_len = s->selfSrtpKeyLength;
+		memcpy(MS.self_salt, s->selfSrtpSalt, s->selfSrtpSaltLength); MS.self_salt_len = s->selfSrtpSaltLength;
+	}
+	if (s->peerSrtpKey && s->peerSrtpKeyLength <= sizeof MS.peer_key && s->peerSrtpSalt &&
+			s->peerSrtpSaltLength <= sizeof MS.peer_salt) {
+		memcpy(MS.peer_key, s->peerSrtpKey, s->peerSrtpKeyLength); MS.peer_key_len = s->peerSrtpKeyLength;
+		memcpy(MS.peer_salt, s->peerSrtpSalt, s->peerSrtpSaltLength); MS.peer_salt_len = s->peerSrtpSaltLength;
+	}
+	MS.cipher_algo = s->cipherAlgo;
+	MS.auth_tag_algo = s->authTagAlgo;
+}
+
+static int ms_send(const uint8_t *p, uint16_t n) {
+	char t[9];
+	msg_type(p, n, t);
+	memcpy(MS.last_sent, t, sizeof t);
+	vlog("ms send %s (%u bytes)%s", t, n, MS.peer_known ? "" : " [dropped: peer unknown]");
+	ms_send_raw(p, n);
+	return 0;
+}
+
+static int ms_secure(const bzrtpSrtpSecrets_t *s) {
+	ms_copy_secrets(s);
+	if (s->sas) snprintf(MS.sas_raw, sizeof MS.sas_raw, "%s", s->sas);
+	MS.key_agreement_algo = s->keyAgreementAlgo;
+	MS.secure = 1;
+	vlog("ms secure: key agreement %s", algo_name(MS.key_agreement_algo));
+	if (G.srtp_count > 0) {
+		if (!MS.srtp_tx)
+			MS.srtp_tx = make_srtp(1, MS.cipher_algo, MS.auth_tag_algo, MS.self_key, MS.self_key_len, MS.self_salt, MS.self_salt_len);
+		if (!MS.srtp_rx)
+			MS.srtp_rx = make_srtp(0, MS.cipher_algo, MS.auth_tag_algo, MS.peer_key, MS.peer_key_len, MS.peer_salt, MS.peer_salt_len);
+		if (!MS.srtp_tx || !MS.srtp_rx) fail("ms: secure but SRTP session setup failed");
+	}
+	return 0;
+}
+
 /* ------------------------------------------------------------------------- */
 /* bzrtp callbacks */
 
@@ -413,7 +523,7 @@ static int cb_status(void *cd, const uint8_t level, const uint8_t id, const char
 }
 
 static int cb_send(void *cd, const uint8_t *p, uint16_t n) {
-	(void)cd;
+	if (cd == &MS) return ms_send(p, n);
 	char t[9];
 	msg_type(p, n, t);
 	memcpy(G.last_sent, t, sizeof t);
@@ -448,7 +558,7 @@ static void copy_secrets(const bzrtpSrtpSecrets_t *s, int self_part, int peer_pa
 }
 
 static int cb_secrets(void *cd, const bzrtpSrtpSecrets_t *s, uint8_t part) {
-	(void)cd;
+	if (cd == &MS) { ms_copy_secrets(s); return 0; }
 	int self_part = (part & ZRTP_SRTP_SECRETS_FOR_SENDER) != 0;
 	int peer_part = (part & ZRTP_SRTP_SECRETS_FOR_RECEIVER) != 0;
 	vlog("srtpSecretsAvailable part=%u", part);
@@ -463,7 +573,7 @@ static int cb_secrets(void *cd, const bzrtpSrtpSecrets_t *s, uint8_t part) {
 }
 
 static int cb_start_srtp(void *cd, const bzrtpSrtpSecrets_t *s, int32_t verified) {
-	(void)cd;
+	if (cd == &MS) return ms_secure(s);
 	copy_secrets(s, 1, 1);
 	if (s->sas) {
 		size_t l = strnlen(s->sas, sizeof G.sas_raw - 1);
@@ -536,7 +646,28 @@ static void print_success(void) {
 			(G.cache_mismatch_flag || G.cache_mismatch_msg) ? "true" : "false", G.verified_arg ? "true" : "false");
 	fprintf(f, ", \"srtp\": {\"sent\": %d, \"received_ok\": %d, \"received_bad\": %d}", G.srtp_sent, G.srtp_received_ok,
 			G.srtp_received_bad);
-	fprintf(f, ", \"elapsed_ms\": %.3f}\n", G.secure_elapsed_ms);
+	fprintf(f, ", \"elapsed_ms\": %.3f", G.secure_elapsed_ms);
+	if (MS.bind_str) {
+		if (MS.secure) {
+			char msk[129], mss[65], mpk[129], mps[65];
+			hex_str(msk, MS.self_key, MS.self_key_len);
+			hex_str(mss, MS.self_salt, MS.self_salt_len);
+			hex_str(mpk, MS.peer_key, MS.peer_key_len);
+			hex_str(mps, MS.peer_salt, MS.peer_salt_len);
+			fprintf(f, ", \"multistream\": {\"ok\": true, \"key_agreement\": \"%s\", \"cipher\": \"%s\", \"auth_tag\": \"%s\"",
+					algo_name(MS.key_agreement_algo), algo_name(MS.cipher_algo), algo_name(MS.auth_tag_algo));
+			fputs(", \"sas\": ", f); json_str(f, MS.sas_raw);
+			fprintf(f, ", \"srtp_self_key\": \"%s\", \"srtp_self_salt\": \"%s\", \"srtp_peer_key\": \"%s\", \"srtp_peer_salt\": \"%s\"",
+					msk, mss, mpk, mps);
+			fprintf(f, ", \"srtp\": {\"sent\": %d, \"received_ok\": %d, \"received_bad\": %d}}", MS.srtp_sent,
+					MS.srtp_received_ok, MS.srtp_received_bad);
+		} else {
+			int st = MS.started ? bzrtp_getChannelStatus(G.ctx, MS.ssrc) : 0;
+			fprintf(f, ", \"multistream\": {\"ok\": false, \"error\": \"channel %s, started %d, last sent %s, last received %s\"}",
+					channel_status_name(st), MS.started, MS.last_sent, MS.last_recv);
+		}
+	}
+	fputs("}\n", f);
 	fflush(f);
 }
 
@@ -571,6 +702,14 @@ static void parse_args(int argc, char **argv) {
 			if (*end || v < 0 || v > 60000) usage_fail("--linger-ms MS (0..60000)");
 			G.linger_ms = (int)v;
 		} else if (!strcmp(a, "--port-file")) G.port_file = NEXT();
+		else if (!strcmp(a, "--ms-bind")) MS.bind_str = NEXT();
+		else if (!strcmp(a, "--ms-peer")) MS.peer_str = NEXT();
+		else if (!strcmp(a, "--ms-port-file")) MS.port_file = NEXT();
+		else if (!strcmp(a, "--ms-pt")) {
+			char *end; long v = strtol(NEXT(), &end, 10);
+			if (*end || v < 0 || v > 127) usage_fail("--ms-pt PT (0..127)");
+			MS.pt = (int)v;
+		}
 		else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) G.verbose = 1;
 		else { char m[300]; snprintf(m, sizeof m, "unknown argument '%s'", a); usage_fail(m); }
 #undef NEXT
@@ -578,22 +717,77 @@ static void parse_args(int argc, char **argv) {
 	if (!G.bind_str) usage_fail("--bind HOST:PORT is required");
 	if (G.cache_path && (!G.self_uri || !G.peer_uri)) usage_fail("--cache needs --self-uri and --peer-uri");
 	if (G.mark_verified && !G.cache_path) usage_fail("--mark-verified needs --cache");
+	if ((MS.peer_str || MS.port_file) && !MS.bind_str) usage_fail("--ms-peer and --ms-port-file need --ms-bind");
 }
 
-static void write_port_file(void) {
+static void write_port_file_of(int sock, const char *path) {
 	struct sockaddr_storage ss;
 	socklen_t l = sizeof ss;
-	if (getsockname(G.sock, (struct sockaddr *)&ss, &l) < 0) fail("getsockname: %s", strerror(errno));
+	if (getsockname(sock, (struct sockaddr *)&ss, &l) < 0) fail("getsockname: %s", strerror(errno));
 	int port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
 	                                    : ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	char tmp[4200];
-	if (strlen(G.port_file) > 4096) fail("--port-file path too long");
-	snprintf(tmp, sizeof tmp, "%s.tmp", G.port_file);
+	if (strlen(path) > 4096) fail("--port-file path too long");
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
 	FILE *f = fopen(tmp, "w");
 	if (!f) fail("cannot write %s: %s", tmp, strerror(errno));
 	fprintf(f, "%d\n", port);
 	if (fclose(f) != 0) fail("cannot write %s", tmp);
-	if (rename(tmp, G.port_file) < 0) fail("cannot rename %s: %s", tmp, strerror(errno));
+	if (rename(tmp, path) < 0) fail("cannot rename %s: %s", tmp, strerror(errno));
+}
+
+static void write_port_file(void) { write_port_file_of(G.sock, G.port_file); }
+
+/* The second channel's datagrams (its own socket and peer). */
+static void ms_process_datagram(const uint8_t *buf, size_t n, const struct sockaddr_storage *from, socklen_t fromlen) {
+	if (!MS.peer_known) {
+		if (!is_zrtp(buf, n)) return;
+		memcpy(&MS.peer_addr, from, fromlen);
+		MS.peer_addr_len = fromlen;
+		MS.peer_known = 1;
+		if (MS.started) {
+			bzrtp_resetRetransmissionTimer(G.ctx, MS.ssrc);
+			bzrtp_iterate(G.ctx, MS.ssrc, (uint64_t)now_ms());
+		}
+	} else if (!same_addr(from, &MS.peer_addr)) {
+		return;
+	}
+	if (is_zrtp(buf, n)) {
+		char t[9];
+		msg_type(buf, n, t);
+		memcpy(MS.last_recv, t, sizeof t);
+		vlog("ms recv %s (%zu bytes)%s", t, n, MS.started ? "" : " [channel not started yet: dropped]");
+		if (!MS.started) return; /* the peer retransmits: taken once our channel runs */
+		uint8_t copy[RECV_BUF_SIZE];
+		memcpy(copy, buf, n);
+		int r = bzrtp_processMessage(G.ctx, MS.ssrc, copy, (uint16_t)n);
+		if (r != 0) vlog("ms bzrtp_processMessage(%s) returned 0x%x", t, r);
+	} else {
+		ms_handle_media(buf, n);
+	}
+}
+
+/* Once the first channel is secure: the second channel joins the context (Mult). */
+static void ms_start(void) {
+	int r = bzrtp_addChannel(G.ctx, MS.ssrc);
+	if (r != 0) fail("bzrtp_addChannel failed: 0x%x", r);
+	if (bzrtp_setClientData(G.ctx, MS.ssrc, &MS) != 0) fail("bzrtp_setClientData (ms) failed");
+	MS.started = 1;
+	r = bzrtp_startChannelEngine(G.ctx, MS.ssrc);
+	if (r != 0) fail("bzrtp_startChannelEngine (ms) failed: 0x%x", r);
+	vlog("ms channel started");
+}
+
+/* Whether the second channel (if any) has done its part. */
+static int ms_done(double now) {
+	if (!MS.bind_str) return 1;
+	if (!MS.secure) return 0;
+	if (G.srtp_count <= 0) return 1;
+	if (MS.srtp_sent < G.srtp_count &&
+			(MS.srtp_sent == 0 || now - MS.last_srtp_send_ms >= SRTP_SEND_INTERVAL_MS))
+		ms_send_one_srtp();
+	return MS.srtp_sent >= G.srtp_count &&
+		(MS.srtp_received_ok >= G.srtp_count || now - MS.last_srtp_send_ms >= SRTP_DRAIN_MS);
 }
 
 static void process_datagram(const uint8_t *buf, size_t n, const struct sockaddr_storage *from, socklen_t fromlen) {
@@ -633,7 +827,12 @@ static void process_datagram(const uint8_t *buf, size_t n, const struct sockaddr
 
 int main(int argc, char **argv) {
 	memset(&G, 0, sizeof G);
+	memset(&MS, 0, sizeof MS);
 	G.sock = -1;
+	MS.sock = -1;
+	MS.pt = 96;
+	strcpy(MS.last_sent, "-");
+	strcpy(MS.last_recv, "-");
 	G.first_commit_from_peer = -1;
 	strcpy(G.last_sent, "-");
 	strcpy(G.last_recv, "-");
@@ -655,9 +854,25 @@ int main(int argc, char **argv) {
 	fcntl(G.sock, F_SETFL, fcntl(G.sock, F_GETFL) | O_NONBLOCK);
 	G.t0_ms = now_ms();
 	if (G.port_file) write_port_file();
+	if (MS.bind_str) {
+		struct sockaddr_storage ms_addr;
+		socklen_t ms_len;
+		if (parse_hostport(MS.bind_str, &ms_addr, &ms_len, 1) < 0) fail("bad --ms-bind address '%s'", MS.bind_str);
+		if (MS.peer_str) {
+			if (parse_hostport(MS.peer_str, &MS.peer_addr, &MS.peer_addr_len, 0) < 0) fail("bad --ms-peer address '%s'", MS.peer_str);
+			MS.peer_known = 1;
+		}
+		MS.sock = socket(ms_addr.ss_family, SOCK_DGRAM, 0);
+		if (MS.sock < 0) fail("socket: %s", strerror(errno));
+		if (bind(MS.sock, (struct sockaddr *)&ms_addr, ms_len) < 0) fail("bind %s: %s", MS.bind_str, strerror(errno));
+		fcntl(MS.sock, F_SETFL, fcntl(MS.sock, F_GETFL) | O_NONBLOCK);
+		if (MS.port_file) write_port_file_of(MS.sock, MS.port_file);
+	}
 
 	if (getrandom(&G.ssrc, sizeof G.ssrc, 0) != sizeof G.ssrc) G.ssrc = (uint32_t)getpid() * 2654435761u ^ (uint32_t)G.t0_ms;
 	if (G.ssrc == 0) G.ssrc = 1;
+	MS.ssrc = G.ssrc ^ 0x5a5a5a5au;
+	if (MS.ssrc == 0 || MS.ssrc == G.ssrc) MS.ssrc = G.ssrc + 1;
 
 	if (srtp_init() != srtp_err_status_ok) fail("srtp_init failed");
 
@@ -700,10 +915,10 @@ int main(int argc, char **argv) {
 		if (now >= deadline) break;
 
 		/* wait for input at most ~10 ms */
-		struct pollfd pfd = {.fd = G.sock, .events = POLLIN};
+		struct pollfd pfd[2] = {{.fd = G.sock, .events = POLLIN}, {.fd = MS.sock, .events = POLLIN}};
 		int wait = 10;
 		if (deadline - now < wait) wait = (int)(deadline - now) + 1;
-		int pr = poll(&pfd, 1, wait);
+		int pr = poll(pfd, MS.sock >= 0 ? 2 : 1, wait);
 		if (pr < 0 && errno != EINTR) fail("poll: %s", strerror(errno));
 
 		/* drain the socket */
@@ -715,11 +930,22 @@ int main(int argc, char **argv) {
 			if (n == 0 || (size_t)n > sizeof buf || n > 65535) continue; /* empty or truncated: drop */
 			process_datagram(buf, (size_t)n, &from, fromlen);
 		}
+		for (int k = 0; MS.sock >= 0 && k < 256; k++) {
+			struct sockaddr_storage from;
+			socklen_t fromlen = sizeof from;
+			ssize_t n = recvfrom(MS.sock, buf, sizeof buf, MSG_TRUNC, (struct sockaddr *)&from, &fromlen);
+			if (n < 0) break;
+			if (n == 0 || (size_t)n > sizeof buf || n > 65535) continue;
+			ms_process_datagram(buf, (size_t)n, &from, fromlen);
+		}
 
 		bzrtp_iterate(G.ctx, G.ssrc, (uint64_t)now_ms());
+		if (MS.started) bzrtp_iterate(G.ctx, MS.ssrc, (uint64_t)now_ms());
 
 		if (!G.secure) continue;
 		now = now_ms();
+		if (MS.bind_str && !MS.started) ms_start();
+		int second_done = ms_done(now);
 
 		if (G.mark_verified && !verified_marked) {
 			bzrtp_SASVerified(G.ctx);
@@ -732,11 +958,11 @@ int main(int argc, char **argv) {
 					(G.srtp_sent == 0 || now - G.last_srtp_send_ms >= SRTP_SEND_INTERVAL_MS))
 				send_one_srtp();
 			if (G.srtp_sent >= G.srtp_count &&
-					(G.srtp_received_ok >= G.srtp_count || now - G.last_srtp_send_ms >= SRTP_DRAIN_MS)) {
+					(G.srtp_received_ok >= G.srtp_count || now - G.last_srtp_send_ms >= SRTP_DRAIN_MS) && second_done) {
 				if (!printed) { print_success(); printed = 1; }
 				if (done_at < 0) done_at = now + G.linger_ms;
 			}
-		} else {
+		} else if (second_done) {
 			if (!printed) { print_success(); printed = 1; }
 			if (done_at < 0) done_at = now + G.linger_ms;
 		}

@@ -41,16 +41,22 @@ class _Stream:
 
 
 def run_two_streams(
-    peer_ports: tuple[int, int], *, srtp: int = 10, timeout: float = 20.0, **config: object
+    peer_ports: tuple[int, int],
+    *,
+    srtp: int = 10,
+    timeout: float = 20.0,
+    host: str = "127.0.0.1",
+    bind: str = "127.0.0.1",
+    **config: object,
 ) -> tuple[Secured, Secured, int]:
-    """Secure stream 1 (DH) then stream 2 (Mult) with the peer on 127.0.0.1;
-    returns both Secured events and how many SRTP packets stream 2 received."""
+    """Secure stream 1 (DH) then stream 2 (Mult) from ``bind`` with the peer on
+    ``host``; returns both Secured events and how many SRTP packets stream 2 received."""
     configuration = ZrtpConfiguration(zid=os.urandom(12), **config)  # type: ignore[arg-type]
     streams = []
     for port in peer_ports:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        streams.append(_Stream(sock, ("127.0.0.1", port)))
+        sock.bind((bind, 0))
+        streams.append(_Stream(sock, (host, port)))
     first, second = streams
     start = time.monotonic()
     first.conn = ZrtpConnection(configuration, ssrc=int.from_bytes(os.urandom(4), "big"))

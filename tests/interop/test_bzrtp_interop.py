@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from .bzrtp_build import finish, run_bzrtp_peer, wait_port_file
+from .multistream import two_streams_with_peer
 
 pytestmark = pytest.mark.interop
 
@@ -159,6 +160,14 @@ def test_a_phone_preferring_aes3_gets_it_from_our_default_offer(
     )
     assert_interop(ours, theirs)
     assert ours["cipher"] == "AES3" and ours["role"] == "responder"
+
+
+def test_multistream_second_channel(bzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """bzrtp's second channel (bzrtp_addChannel, as Linphone keys video) against our
+    engine: Multistream from the first stream's session, SRTP both ways on it."""
+    first, second, ms, _ = two_streams_with_peer(bzrtp_peer_bin, tmp_path, srtp=N_SRTP)
+    assert second.keys.remote_key.hex() == ms["srtp_self_key"]
+    assert second.keys.local_key != first.keys.local_key
 
 
 def test_default_offers_agree(bzrtp_peer_bin: pathlib.Path, tmp_path: pathlib.Path) -> None:

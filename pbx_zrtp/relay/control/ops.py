@@ -147,6 +147,7 @@ async def _create(session: Session, args: Request) -> object:
     phone_port = args.take("phone_port", integer(1, 65535), None)
     bridge = args.take("bridge", text(max_length=200, control_characters=False), "")
     enroll = args.take("enroll", flag(), False)
+    stream = args.take("stream", text(max_length=16, control_characters=False), "")
     args.finish()
     if (phone_host is None) != (phone_port is None):
         raise BadRequest("fields 'phone_host' and 'phone_port' go together: give both or none")
@@ -165,6 +166,7 @@ async def _create(session: Session, args: Request) -> object:
         pbx_host=pbx_host,
         pbx_port=pbx_port,
         payload_type=payload_type,
+        stream=stream,
     )
     return _report(await relay.admit(request))
 
