@@ -385,12 +385,25 @@ class CallBook(ABC):
 
     def left_bridge(self, key: str) -> None:
         """The PBX took the channel out of its bridge (a transfer, a park, a hangup):
-        it talks to no one, so its SAS relay link is undone (``follow_bridge``)."""
+        it talks to no one, so its SAS relay link is undone (``bridged``)."""
+        self._spawn(self._after_earlier_events(self._left_bridge, key))
+
+    def bridged(self, name: str, members: list[str]) -> None:
+        """The PBX's bridge ``name`` now holds these channels (keys; ours or not): see
+        ``_bridged``. Applied after the tasks of earlier events (an announcement that
+        came just before, e.g. a callee answered then bridged), in event order."""
+        self._spawn(self._after_earlier_events(self._bridged, name, list(members)))
+
+    @staticmethod
+    async def _after_earlier_events(step: Any, *args: Any) -> None:
+        step(*args)  # a task started after those of earlier events: they ran to their first await
+
+    def _left_bridge(self, key: str) -> None:
         call = self.calls.get(key)
         if call is not None and call.bridge:
             self._move(call, "")
 
-    def bridged(self, name: str, members: list[str]) -> None:
+    def _bridged(self, name: str, members: list[str]) -> None:
         """The PBX's bridge ``name`` now holds these channels (keys; ours or not).
 
         Two of our legs alone in it share one bridge id, which the relay links
