@@ -326,3 +326,35 @@ def test_attended_transfer_by_the_phone(lab: Lab) -> None:
     finally:
         for proc in (alice, carol, dave):
             proc.stop()
+
+
+def test_hold_and_resume(lab: Lab) -> None:
+    """alice puts carol on hold (re-INVITE sendonly) and resumes: both legs keep their
+    ZRTP session and link; media flows again as SRTP after the resume, and no packet
+    reached a phone in the clear (its SRTP never failed)."""
+    carol, alice = phone(lab, "carol"), phone(lab, "alice")
+    try:
+        since = len(lab.esl.events)
+        a, c, carol_sas = first_call(lab, alice, carol)
+        before = ours(lab)
+        alice.send("pause 1")
+        alice.wait_for(r"Call 1 .* is now paused", 10)
+        time.sleep(1)
+        alice.send("resume 1")
+        alice.wait_for(r"Resuming call 1", 10)
+        time.sleep(1)
+        figures = {cid: flowing(lab, cid) for cid in (a, c)}
+        after = ours(lab)
+        for cid in (a, c):
+            assert after[cid]["sas"] == before[cid]["sas"], (before[cid], after[cid])
+        assert after[a]["bridge"] == after[c]["bridge"] != "", after
+        assert after[c]["sas"] == carol_sas
+        assert srtp_failures(alice) == srtp_failures(carol) == 0
+        path = save_events(lab, "hold-resume", since)
+        print("FS HOLD/RESUME:", json.dumps({"flow_2s": figures, "events": str(path)}))
+        finish(lab, alice, carol)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        for proc in (alice, carol):
+            proc.stop()
