@@ -140,3 +140,15 @@ def test_a_leg_that_leaves_its_bridge_is_unlinked_and_a_third_member_unlinks_bot
             await _until(lambda: bridges() == ["", "bridge:b1"])
 
     run(scenario())
+
+
+def test_the_documented_call_change_extensions_are_the_samples_the_real_pbx_ran() -> None:
+    """docs/asterisk.md's [pbx-zrtp-call-changes] block is the sample file's context,
+    word for word, and the real-Asterisk lab includes that context from the sample."""
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "asterisk.md").read_text()
+    block = doc.split("```\n[pbx-zrtp-call-changes]\n", 1)[1].split("```", 1)[0]
+    sample = (root / "dialplan" / "asterisk" / "extensions_pbx_zrtp.conf").read_text()
+    assert "[pbx-zrtp-call-changes]\n" + block in sample
+    lab = (root / "tests" / "integration" / "test_asterisk_call_changes_real.py").read_text()
+    assert "include => pbx-zrtp-call-changes" in lab
