@@ -358,3 +358,43 @@ def test_hold_and_resume(lab: Lab) -> None:
     finally:
         for proc in (alice, carol):
             proc.stop()
+
+
+def test_codec_change_by_re_invite(lab: Lab) -> None:
+    """alice's phone drops PCMU and re-INVITEs (pause/resume: liblinphone offers only
+    the codecs still enabled): FreeSWITCH switches alice's leg to PCMA. The relay
+    follows (it forwards whatever payload type the leg carries): the same ZRTP
+    session, media flowing as SRTP, no packet failing SRTP at a phone."""
+    carol, alice = phone(lab, "carol"), phone(lab, "alice")
+    try:
+        a, c, _carol_sas = first_call(lab, alice, carol)
+        uuid = a.removeprefix("fs-")
+        assert lab.esl.getvar(uuid, "read_codec") == "PCMU"  # the call starts in PCMU
+        before = ours(lab)
+        alice.send("codec list")
+        match, _ = alice.wait_for(r"^\s*(\d+): PCMU \(8000\) enabled", 10)
+        alice.send(f"codec disable {match.group(1)}")
+        alice.send("pause 1")
+        alice.wait_for(r"Call 1 .* is now paused", 10)
+        alice.send("resume 1")
+        alice.wait_for(r"Resuming call 1", 10)
+        deadline = time.monotonic() + 10
+        while not any(
+            "Set Codec" in line and " PCMA/8000" in line for line in lab.channel_log(uuid)
+        ):  # FreeSWITCH's log; its read_codec variable keeps the call's first codec
+            assert time.monotonic() < deadline, "FreeSWITCH did not switch alice's leg to PCMA"
+            time.sleep(0.2)
+        time.sleep(1)
+        figures = {cid: flowing(lab, cid) for cid in (a, c)}
+        after = ours(lab)
+        for cid in (a, c):
+            assert after[cid]["sas"] == before[cid]["sas"], (before[cid], after[cid])
+        assert after[a]["bridge"] == after[c]["bridge"] != ""
+        assert srtp_failures(alice) == srtp_failures(carol) == 0
+        print("FS CODEC CHANGE:", json.dumps({"codec": "PCMU->PCMA", "flow_2s": figures}))
+        finish(lab, alice, carol)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        for proc in (alice, carol):
+            proc.stop()
