@@ -75,9 +75,30 @@ def _add_dave(conf: Path, phone: str, dave_port: int) -> None:
         </condition>
       </extension>
 """
+    # Valet parking: 9702 parks the caller in space 7001; 9703 asks for ZRTP on the
+    # retriever's own leg, then takes the call out of that space.
+    extension += """      <extension name="park_test">
+        <condition field="destination_number" expression="^9702$">
+          <action application="set" data="valet_hold_music=silence_stream://-1"/>
+          <action application="valet_park" data="zrtplot 7001"/>
+        </condition>
+      </extension>
+      <extension name="retrieve_test">
+        <condition field="destination_number" expression="^9703$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${pbx_zrtp_relay_ip}"/>
+          <action application="answer"/>
+          <action application="lua" data="pbx_zrtp_wait.lua 12"/>
+          <action application="valet_park" data="zrtplot 7001"/>
+        </condition>
+      </extension>
+"""
     marker = '      <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>'
     assert marker in text
-    write(path, text.replace(marker, extension + marker))
+    text = text.replace(marker, extension + marker)
+    module = '<load module="mod_lua"/>'
+    assert module in text
+    write(path, text.replace(module, module + '<load module="mod_valet_parking"/>'))
 
 
 @pytest.fixture(scope="module")
@@ -397,4 +418,28 @@ def test_codec_change_by_re_invite(lab: Lab) -> None:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
         for proc in (alice, carol):
+            proc.stop()
+
+
+def test_park_and_retrieve(lab: Lab) -> None:
+    """alice talks to carol; carol is parked (``uuid_transfer`` to 9702, valet_park
+    space 7001: driven from the PBX side, as an operator console would) and alice's
+    leg ends; dave calls 9703, is secured, and valet_park bridges him with carol,
+    whose ZRTP session never stopped."""
+    carol, dave, alice = phone(lab, "carol"), phone(lab, "dave"), phone(lab, "alice")
+    try:
+        since = len(lab.esl.events)
+        a, c, carol_sas = first_call(lab, alice, carol)
+        reply = lab.esl.api(f"uuid_transfer {c.removeprefix('fs-')} 9702 XML default")
+        assert reply.startswith("+OK"), reply
+        wait_calls(lab, lambda x: a not in x and x[c]["sas_relay"] == "", 15, "carol parked")
+        dave.send(f"call sip:9703@{lab.net.a}")
+        figures = check_transferred(lab, a, c, carol_sas, dave, carol)
+        path = save_events(lab, "park-retrieve", since)
+        print("FS PARK/RETRIEVE:", json.dumps({**figures, "events": str(path)}))
+        finish(lab, carol, dave)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        for proc in (alice, carol, dave):
             proc.stop()
