@@ -1,4 +1,4 @@
-"""Blind and attended transfer, park and retrieve: the FreeSWITCH adapter follows the real PBX's bridges.
+"""Transfers, park and retrieve, pickup: the FreeSWITCH adapter follows the real PBX's bridges.
 
 Each fixture in ``fixtures/`` is the ESL event stream a real FreeSWITCH 1.10.12 sent
 during one transfer by REFER (captured by
@@ -36,7 +36,9 @@ def events(name: str) -> list[dict[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("change", ["blind-transfer", "attended-transfer", "park-retrieve"])
+@pytest.mark.parametrize(
+    "change", ["blind-transfer", "attended-transfer", "park-retrieve", "pickup"]
+)
 def test_the_legs_of_the_new_bridge_share_a_bridge_id(change: str) -> None:
     stream = events(change)
     last = max(i for i, e in enumerate(stream) if e["Event-Name"] == "CHANNEL_BRIDGE")

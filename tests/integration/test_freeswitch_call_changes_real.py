@@ -56,7 +56,7 @@ SECURE = r"fully encrypted and auth token is (\S+?)\.?\s*$"
 EVENTS = "CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE CHANNEL_HANGUP_COMPLETE"
 
 
-def _add_dave(conf: Path, phone: str, dave_port: int) -> None:
+def _add_dave(conf: Path, phone: str, dave_port: int, erin_port: int) -> None:
     """Extension 9701: the transfer target, dave, through the relay, as 9700 does carol
     (the caller's own leg asks for ZRTP first: a transferred leg already has it)."""
     path = conf / "freeswitch.xml"
@@ -77,6 +77,32 @@ def _add_dave(conf: Path, phone: str, dave_port: int) -> None:
 """
     # Valet parking: 9702 parks the caller in space 7001; 9703 asks for ZRTP on the
     # retriever's own leg, then takes the call out of that space.
+    ringing = (
+        "{pbx_zrtp_policy=required,rtp_adv_audio_ip=${pbx_zrtp_relay_ip}}"
+        f"sofia/pbxzrtp/erin@{phone}:{erin_port}"
+    )
+    # Pickup: 9704 rings erin (who does not answer) and names the caller's leg; 9705
+    # asks for ZRTP on the picker's own leg, then intercepts that call.
+    extension += f"""      <extension name="ring_erin_test">
+        <condition field="destination_number" expression="^9704$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="answer"/>
+          <action application="lua" data="pbx_zrtp_wait.lua 12"/>
+          <action application="set_global" data="zrtp_pickup=${{uuid}}"/>
+          <action application="bridge" data="{ringing}"/>
+        </condition>
+      </extension>
+      <extension name="pickup_test">
+        <condition field="destination_number" expression="^9705$">
+          <action application="set" data="pbx_zrtp_policy=required"/>
+          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
+          <action application="answer"/>
+          <action application="lua" data="pbx_zrtp_wait.lua 12"/>
+          <action application="intercept" data="${{zrtp_pickup}}"/>
+        </condition>
+      </extension>
+"""
     extension += """      <extension name="park_test">
         <condition field="destination_number" expression="^9702$">
           <action application="set" data="valet_hold_music=silence_stream://-1"/>
@@ -112,9 +138,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     esl: EslClient | None = None
     with network() as net:
         try:
-            carol_port, dave_port = random.sample(range(41000, 42000), 2)
+            carol_port, dave_port, erin_port = random.sample(range(41000, 42000), 3)
             write_freeswitch_config(base, net, esl_port, carol_port)
-            _add_dave(base / "conf", net.phone, dave_port)
+            _add_dave(base / "conf", net.phone, dave_port, erin_port)
             relay_conf = write_relay_config(base, net, esl_port)
             args = [FREESWITCH, "-nonat", "-nf", "-nc"]
             for flag, name in (
@@ -159,6 +185,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             started.append(watch)
             the_lab = Lab(base, net, freeswitch, relay, esl, watch, tone, carol_port)
             the_lab.dave_port = dave_port  # type: ignore[attr-defined]
+            the_lab.erin_port = erin_port  # type: ignore[attr-defined]
             deadline = time.monotonic() + 30
             while not the_lab.relay_events("probe"):
                 assert time.monotonic() < deadline, f"ctl watch saw no event:\n{watch.tail()}"
@@ -173,18 +200,26 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 proc.stop()
 
 
-def phone(lab: Lab, name: str) -> Proc:
+def phone(lab: Lab, name: str, *, answer: bool = True) -> Proc:
     """alice (calls out), carol and dave (FreeSWITCH calls them; they auto-answer)."""
     assert IP is not None and LINPHONEC is not None
     home = lab.base / f"{name}-{os.urandom(2).hex()}"
     home.mkdir()
-    ports = {"carol": lab.carol_port, "dave": lab.dave_port}  # type: ignore[attr-defined]
+    ports = {
+        "carol": lab.carol_port,
+        "dave": lab.dave_port,  # type: ignore[attr-defined]
+        "erin": lab.erin_port,  # type: ignore[attr-defined]
+    }
     if name == "alice":
         rc = write_linphonerc(home, lab.net.phone, zrtp=True)
     else:
         rc = write_linphonerc(home, lab.net.phone, zrtp=True, user=name, sip_port=ports[name])
     command = [IP, "netns", "exec", lab.net.namespace, LINPHONEC, "-c", str(rc), "-d", "6"]
-    command += ["-l", str(home / "linphone-debug.log"), *(["-a"] if name != "alice" else [])]
+    command += [
+        "-l",
+        str(home / "linphone-debug.log"),
+        *(["-a"] if name != "alice" and answer else []),
+    ]
     proc = Proc(
         name,
         command,
@@ -442,4 +477,53 @@ def test_park_and_retrieve(lab: Lab) -> None:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
         for proc in (alice, carol, dave):
+            proc.stop()
+
+
+def test_call_pickup(lab: Lab) -> None:
+    """alice calls 9704, which rings erin (who does not answer); dave calls 9705, is
+    secured, and ``intercept`` bridges him with alice, whose ZRTP session (secured
+    before the ringing) goes on; erin's ringing leg never carried media."""
+    erin, dave, alice = phone(lab, "erin", answer=False), phone(lab, "dave"), phone(lab, "alice")
+    try:
+        since = len(lab.esl.events)
+        alice.send(f"call sip:9704@{lab.net.a}")
+        match, _ = alice.wait_for(SECURE, 30)
+        alice_sas = match.group(1)
+        erin.wait_for(r"Receiving new incoming call", 20)
+        calls = wait_calls(lab, lambda x: len(x) == 1, 10, "alice's leg")
+        a = next(iter(calls))
+        dave.send(f"call sip:9705@{lab.net.a}")
+        match, _ = dave.wait_for(SECURE, 30)
+        dave_sas = match.group(1)
+
+        def ready(calls: dict[str, dict[str, Any]]) -> bool:
+            others = [cid for cid in calls if cid != a]
+            return (
+                a in calls
+                and len(others) == 1
+                and calls[a]["bridge"] == calls[others[0]]["bridge"] != ""
+                and calls[a]["sas_relay"] == calls[others[0]]["sas_relay"] == "none"
+            )
+
+        calls = wait_calls(lab, ready, 20, "alice picked up by dave")
+        d = next(cid for cid in calls if cid != a)
+        assert calls[a]["sas"] == alice_sas and calls[d]["sas"] == dave_sas, calls
+        figures = {cid: flowing(lab, cid) for cid in (a, d)}
+        for cid, sas in ((a, alice_sas), (d, dave_sas)):
+            uuid = cid.removeprefix("fs-")
+            assert lab.esl.getvar(uuid, "pbx_zrtp_state") == "secure"
+            assert lab.esl.getvar(uuid, "pbx_zrtp_sas_relay") == "none"
+            assert lab.esl.getvar(uuid, "pbx_zrtp_displayed_sas") == sas
+        assert srtp_failures(alice) == srtp_failures(dave) == 0
+        path = save_events(lab, "pickup", since)
+        print(
+            "FS PICKUP:",
+            json.dumps({"bridge": calls[a]["bridge"], "flow_2s": figures, "events": str(path)}),
+        )
+        finish(lab, alice, dave)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        for proc in (alice, erin, dave):
             proc.stop()
