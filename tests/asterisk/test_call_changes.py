@@ -152,3 +152,24 @@ def test_the_documented_call_change_extensions_are_the_samples_the_real_pbx_ran(
     assert "[pbx-zrtp-call-changes]\n" + block in sample
     lab = (root / "tests" / "integration" / "test_asterisk_call_changes_real.py").read_text()
     assert "include => pbx-zrtp-call-changes" in lab
+
+
+def test_a_masquerade_rename_moves_the_adapters_actions_to_the_new_name() -> None:
+    """AMI Rename (a masquerade): variables and hangups then address the new name."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, _port = await t.call("optional")
+            await _until(lambda: channel.uniqueid in t.adapter.calls)
+            t.fake.emit(
+                "Rename",
+                "call",
+                [
+                    ("Channel", channel.name),
+                    ("Newname", "PJSIP/zalice-renamed"),
+                    ("Uniqueid", channel.uniqueid),
+                ],
+            )
+            await _until(lambda: t.adapter.calls[channel.uniqueid].channel.endswith("renamed"))
+
+    run(scenario())
