@@ -14,9 +14,12 @@ import asyncio
 import os
 from typing import Any
 
+import pytest
+
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.calls import Policy
 from pbx_zrtp.relay.core import Relay
+from pbx_zrtp.relay.fastpath import available
 from tests.relay.helpers import EchoPbx, Recorder, create_call, make_relay
 from tests.relay.test_trusted_mitm import Phone, enroll
 
@@ -56,14 +59,18 @@ class Legs:
             pbx.close()
 
 
-def test_a_transferred_enrolled_phone_is_shown_the_new_far_ends_sas() -> None:
+@pytest.mark.parametrize(
+    "fastpath",
+    [False, pytest.param(True, marks=pytest.mark.skipif(bool(available()), reason="no fast path"))],
+)
+def test_a_transferred_enrolled_phone_is_shown_the_new_far_ends_sas(fastpath: bool) -> None:
     """Bob (enrolled) talks to Alice and reads her SAS; Alice transfers him to Carol
     (blind or attended, the PBX's bridge events end the same way): Alice's leg leaves,
     Bob's and Carol's legs share a new bridge. Bob's phone then shows Carol's SAS,
     and Alice's leg no longer claims an end-to-end SAS."""
 
     async def scenario() -> None:
-        relay = make_relay(cache=MemorySecretCache())
+        relay = make_relay(cache=MemorySecretCache(), fastpath=fastpath)
         await relay.start()
         recorder = Recorder(relay)
         alice, bob, carol = Phone(ALICE), Phone(BOB), Phone(CAROL)
