@@ -440,6 +440,10 @@ class RelayHandle(Protocol):
 
     async def update(self, call_id: str, policy: Policy) -> CallReport: ...
 
+    async def rebridge(self, call_id: str, bridge: str) -> CallReport:
+        """The call's leg now shares bridge id ``bridge`` with the leg it talks to
+        ("" for none): the relay re-links the SAS relay (transfer, pickup, park)."""
+
     async def delete(self, call_id: str, reason: str) -> CallReport | None:
         """The final report; None if the relay has no such call or cannot be
         reached (a mirror left behind is deleted by the next resync)."""

@@ -111,6 +111,9 @@ class AsteriskAdapter(CallBook):
             on_event=self._on_event,
             on_connect=self._on_connect,
         )
+        #: Asterisk's bridges (BridgeUniqueid) -> the channels (Uniqueid) in them, and back.
+        self._bridges: dict[str, list[str]] = {}
+        self._bridge_of: dict[str, str] = {}
         super().__init__(
             relay,
             self.ami,
@@ -145,7 +148,49 @@ class AsteriskAdapter(CallBook):
             elif name == f"{self.config.event}Admin":
                 self._spawn(self._admin(event))
         elif kind == "Hangup":
+            self._bridge_event("BridgeLeave", event)
             self.hung_up(event.get("Uniqueid", ""), "hangup")
+        elif kind in ("BridgeEnter", "BridgeLeave", "BridgeDestroy"):
+            self._bridge_event(kind, event)
+        elif kind == "Rename":
+            self._renamed(event.get("Uniqueid", ""), event.get("Newname", ""))
+
+    def _bridge_event(self, kind: str, event: AmiEvent) -> None:
+        """Follow which channels each Asterisk bridge holds (a transfer, a pickup, a
+        park and retrieve move channels between bridges; Local channels come and go
+        in them): the calls' SAS relay follows (``CallBook.bridged``)."""
+        uniqueid = event.get("Uniqueid", "")
+        if kind == "BridgeDestroy":
+            for key in self._bridges.pop(event.get("BridgeUniqueid", ""), []):
+                self._bridge_of.pop(key, None)
+            return
+        if kind == "BridgeLeave":
+            name = self._bridge_of.pop(uniqueid, "")
+            members = self._bridges.get(name)
+            if members is not None and uniqueid in members:
+                members.remove(uniqueid)
+            self.left_bridge(uniqueid)
+            if members:
+                self.bridged(name, list(members))
+            return
+        name = event.get("BridgeUniqueid", "")
+        if not name or not uniqueid:
+            return
+        previous = self._bridge_of.get(uniqueid)
+        if previous is not None and previous != name:  # a move without a BridgeLeave
+            with contextlib.suppress(ValueError):
+                self._bridges.get(previous, []).remove(uniqueid)
+        self._bridge_of[uniqueid] = name
+        members = self._bridges.setdefault(name, [])
+        if uniqueid not in members:
+            members.append(uniqueid)
+        self.bridged(name, list(members))
+
+    def _renamed(self, uniqueid: str, name: str) -> None:
+        """A masquerade renamed the channel: actions must address its new name."""
+        call = self.calls.get(uniqueid)
+        if call is not None and name:
+            call.channel = name
 
     async def _announced(self, event: AmiEvent) -> None:
         uniqueid = event.get("Uniqueid", "")

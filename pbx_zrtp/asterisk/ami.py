@@ -132,6 +132,8 @@ class Ami:
         self._manager.register_event("Hangup", self._event)
         self._manager.register_event("Newchannel", self._event)
         self._manager.register_event("Shutdown", self._event)
+        for name in ("BridgeEnter", "BridgeLeave", "BridgeDestroy", "Rename"):  # call changes
+            self._manager.register_event(name, self._event)
         self.address = f"{host}:{port}"
 
     @property

@@ -235,8 +235,24 @@ class FreeswitchAdapter(CallBook):
                 self._spawn(self._audit_then_end(uuid, headers))
             else:
                 self.hung_up(uuid, headers.get("Hangup-Cause", "hangup"))
+        elif name in ("CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE"):
+            self._bridge_event(name, headers)
         elif name == "API":
             self._spawn(self._api_event(headers))
+
+    def _bridge_event(self, name: str, headers: EslEvent) -> None:
+        """A FreeSWITCH bridge joins two channels (bridge, uuid_bridge, intercept,
+        a transfer's new leg, a valet parking retrieval) or parts them (uuid_transfer,
+        park, hangup): the calls' SAS relay follows (``CallBook.bridged``)."""
+        a = headers.get("Bridge-A-Unique-ID", "") or headers.get("Unique-ID", "")
+        b = headers.get("Bridge-B-Unique-ID", "") or headers.get("Other-Leg-Unique-ID", "")
+        if not a or not b:
+            return
+        if name == "CHANNEL_UNBRIDGE":
+            self.left_bridge(a)
+            self.left_bridge(b)
+        else:
+            self.bridged(f"{a}+{b}", [a, b])
 
     # ------------------------------------------------------------------ the direct path
 

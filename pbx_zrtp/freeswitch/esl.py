@@ -33,7 +33,7 @@ EslEvent = dict[str, str]
 #: Events the adapter needs. CUSTOM subclasses are added by name.
 EVENTS = (
     "CHANNEL_CREATE CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE "
-    "API BACKGROUND_JOB"
+    "CHANNEL_BRIDGE CHANNEL_UNBRIDGE API BACKGROUND_JOB"
 )
 
 

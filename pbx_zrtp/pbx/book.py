@@ -66,6 +66,9 @@ class PbxCall:
     written: dict[str, str] = field(default_factory=dict)  # variables as last written
     hangup_task: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The bridge id the relay links this leg by (``follow_bridge``): the announced
+    #: one (Linkedid, Channel-Call-UUID) until the PBX bridges the leg elsewhere.
+    bridge: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,7 @@ class CallBook(ABC):
         if key in self.calls or key in self._gone:
             return  # a repeated announcement, or a channel that is already gone
         call = PbxCall(key, Policy.REQUIRED, self.prefix + key, channel=announced.channel)
+        call.bridge = announced.bridge
         self.calls[key] = call  # from here a hangup finds it
         async with call.lock:
             call.policy = await self.resolve_policy(announced.requested, announced.target)
@@ -435,6 +439,72 @@ class CallBook(ABC):
         log.info("call %s ended (%s); reached %s", key, reason, final.last_state if final else "-")
         with contextlib.suppress(PbxError):
             await self._ended(call)
+
+    # ------------------------------------------------------------------ call changes
+
+    def left_bridge(self, key: str) -> None:
+        """The PBX took the channel out of its bridge (a transfer, a park, a hangup):
+        it talks to no one, so its SAS relay link is undone (``bridged``)."""
+        self._spawn(self._after_earlier_events(self._left_bridge, key))
+
+    def bridged(self, name: str, members: list[str]) -> None:
+        """The PBX's bridge ``name`` now holds these channels (keys; ours or not): see
+        ``_bridged``. Applied after the tasks of earlier events (an announcement that
+        came just before, e.g. a callee answered then bridged), in event order."""
+        self._spawn(self._after_earlier_events(self._bridged, name, list(members)))
+
+    @staticmethod
+    async def _after_earlier_events(step: Any, *args: Any) -> None:
+        step(*args)  # a task started after those of earlier events: they ran to their first await
+
+    def _left_bridge(self, key: str) -> None:
+        call = self.calls.get(key)
+        if call is not None and call.bridge:
+            self._move(call, "")
+
+    def _bridged(self, name: str, members: list[str]) -> None:
+        """The PBX's bridge ``name`` now holds these channels (keys; ours or not).
+
+        Two of our legs alone in it share one bridge id, which the relay links
+        (§7.3): their announced one when only they hold it (the call as dialled, no
+        needless SASrelay), else ``bridge:<name>``. Any other mix (one of our legs
+        with a clear phone, a Local channel, a conference of three) gives each of
+        our legs an id of its own: the relay relays no SAS it cannot attribute to
+        exactly one far end. A bridge of one (being built, or a parking lot) changes
+        nothing."""
+        ours = [self.calls[key] for key in members if key in self.calls]
+        if len(members) < 2 or not ours:
+            return
+        if len(members) == 2 and len(ours) == 2:
+            a, b = ours
+            shared = a.bridge == b.bridge != "" and not any(
+                c.bridge == a.bridge for c in self.calls.values() if c is not a and c is not b
+            )
+            if not shared:
+                for call in ours:
+                    self._move(call, f"bridge:{name}")
+            return
+        for call in ours:
+            self._move(call, f"bridge:{name}/{call.key}")
+
+    def _move(self, call: PbxCall, bridge: str) -> None:
+        """Decide now (later events see it), tell the relay in event order (the lock)."""
+        if call.bridge == bridge:
+            return
+        log.info("call %s: now in bridge %r (was %r)", call.channel, bridge, call.bridge)
+        call.bridge = bridge
+        self._spawn(self._rebridge(call, bridge))
+
+    async def _rebridge(self, call: PbxCall, bridge: str) -> None:
+        async with call.lock:
+            if call.key not in self.calls:
+                return
+            try:
+                report = await self.relay.rebridge(call.call_id, bridge)
+            except RelayError as exc:  # e.g. set-up failed: the call has no mirror
+                log.info("call %s: bridge change not applied: %s", call.channel, exc)
+                return
+            await self._write(call, report)
 
     # ------------------------------------------------------------------ relays' status
 

@@ -335,6 +335,11 @@ class Relay:
             mirror = await self._open_mirror(port, pbx_host or self.layout.pbx_host, pbx_port)
         self._by_call[call_id] = mirror
         mirror.attach(identity)
+        if bridge and any(
+            m.partner is not None and m.identity is not None and m.identity.bridge == bridge
+            for m in self._by_call.values()
+        ):  # a third leg: the two linked legs no longer talk to one far end only
+            self._relink(())
         return mirror.report()
 
     async def add_stream(
@@ -500,8 +505,11 @@ class Relay:
             raise NoSuchCall(f"no call {call_id!r}")
         unclaimed = mirror.port in self._unclaimed
         self._forget_unclaimed(mirror.port)
+        partner = mirror.partner
         self._end_streams(mirror, reason)
         final = mirror.end(reason)
+        if partner is not None:  # the far end is gone: its leg reads its own SAS again
+            self._relink(())
         self._account(final, "unclaimed" if unclaimed else None)
         if mirror.port not in self._prebound:
             self._by_port.pop(mirror.port, None)
@@ -642,6 +650,46 @@ class Relay:
             log.warning("bridge %s: SAS relay not possible: %s", identity.bridge, exc)
         self._changed(a)
         self._changed(b)
+
+    def rebridge(self, call_id: str, bridge: str) -> CallReport:
+        """The PBX moved the call's leg into another bridge (a transfer, a pickup, a
+        park and retrieve): ``bridge`` is the id it now shares with the leg it talks
+        to ("" when it talks to no leg of this relay). The old link is undone (a phone
+        shown the old far end's SAS gets its own back) and the §7.3 rules run again
+        for the new bridge once both of its legs are secure."""
+        if len(bridge) > 200:
+            raise BadRequest("bridge must be at most 200 characters")
+        mirror = self._mirror(call_id)
+        identity = mirror.identity
+        if identity is None or identity.bridge == bridge:
+            return mirror.report()
+        log.info("%s moved from bridge %r to %r", mirror.tag(), identity.bridge, bridge)
+        identity.bridge = bridge
+        self._relink((bridge,))
+        return mirror.report()
+
+    def _relink(self, bridges: Iterable[str]) -> None:
+        """Undo every SAS relay link whose two legs no longer are the only legs of one
+        bridge id, then publish those legs and the legs of ``bridges`` (``_changed``
+        links a bridge of exactly two secure legs)."""
+        members: dict[str, list[Mirror]] = {}
+        for m in self._by_call.values():
+            if m.identity is not None and m.identity.bridge:
+                members.setdefault(m.identity.bridge, []).append(m)
+        touched: dict[int, Mirror] = {}
+        for m in list(self._by_call.values()):
+            if m.partner is None and not m.relay_role:
+                continue
+            legs = members.get(m.identity.bridge, []) if m.identity is not None else []
+            if m.partner is not None and len(legs) == 2 and m.partner in legs and m in legs:
+                continue
+            m.unlink()
+            touched[id(m)] = m
+        for bridge in bridges:
+            for m in members.get(bridge, []):
+                touched[id(m)] = m
+        for m in touched.values():
+            self._changed(m)
 
     def mirrors(self) -> Iterable[Mirror]:
         return self._by_port.values()

@@ -119,6 +119,13 @@ def _update_arguments(update: argparse.ArgumentParser) -> None:
     update.add_argument("--policy", required=True, choices=_POLICIES)
 
 
+def _rebridge_arguments(rebridge: argparse.ArgumentParser) -> None:
+    _call_id(rebridge)
+    rebridge.add_argument(
+        "--bridge", required=True, help='the new bridge id ("" : bridged with no leg of ours)'
+    )
+
+
 def _delete_arguments(delete: argparse.ArgumentParser) -> None:
     _call_id(delete)
     delete.add_argument("--reason", default="deleted by pbx-zrtp ctl")
@@ -166,6 +173,11 @@ COMMANDS: dict[str, Command] = {
         "change a call's policy",
         lambda args: ("update", {"call_id": args.call_id, "policy": args.policy}),
         _update_arguments,
+    ),
+    "rebridge": Command(
+        "move a call's leg to another bridge id (re-links the SAS relay)",
+        lambda args: ("rebridge", {"call_id": args.call_id, "bridge": args.bridge}),
+        _rebridge_arguments,
     ),
     "delete": Command(
         "end a call's mirror",

@@ -98,6 +98,9 @@ class LocalRelay(_OneRelay):
     async def update(self, call_id: str, policy: Policy) -> CallReport:
         return self.relay.update(call_id, policy=policy)
 
+    async def rebridge(self, call_id: str, bridge: str) -> CallReport:
+        return self.relay.rebridge(call_id, bridge)
+
     async def delete(self, call_id: str, reason: str) -> CallReport | None:
         try:
             return self.relay.delete(call_id, reason)
@@ -218,6 +221,9 @@ class RemoteRelay(_OneRelay):
 
     async def update(self, call_id: str, policy: Policy) -> CallReport:
         return await self._report("update", call_id=call_id, policy=policy.value)
+
+    async def rebridge(self, call_id: str, bridge: str) -> CallReport:
+        return await self._report("rebridge", call_id=call_id, bridge=bridge)
 
     async def delete(self, call_id: str, reason: str) -> CallReport | None:
         try:

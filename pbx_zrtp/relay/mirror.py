@@ -652,6 +652,32 @@ class Mirror:
         self.relay_status = "pending"
         self._pump()
 
+    def unlink(self) -> None:
+        """This leg is no longer bridged with its partner (a transfer, a pickup, a
+        park, the far end hung up): forget the link. A phone that was shown the far
+        end's SAS (``target``) is sent its own leg's SAS back, so it never goes on
+        showing the words of a party it no longer talks to."""
+        was_target = self.relay_role == "target"
+        self.partner = None
+        self.relay_role = self.relay_status = ""
+        secured, engine = self._secured, self._engine
+        if not was_target or secured is None or engine is None:
+            return
+        if self.state is not CallState.SECURE:
+            return
+        try:
+            engine.send_sas_relay(
+                self._loop.time(),
+                sas_hash=secured.sas_hash,
+                sas_type=secured.sas_type,
+                far_end_verified=self._sas_verified,
+            )
+        except ValueError as exc:  # the stream is no longer secure: nothing is shown
+            log.warning("%s own SAS not restored: %s", self.tag(), exc)
+            return
+        log.info("%s unlinked: the phone is shown its own leg's SAS again", self.tag())
+        self._pump()
+
     def end(self, reason: str = "hangup") -> CallReport:
         """The call is over: report ``ended`` and go back to idle (sockets stay bound)."""
         if self._engine is not None:
@@ -885,6 +911,9 @@ class Mirror:
             self.counters.drops["zrtp_false_packet"] += 1
         elif isinstance(event, SasRelayAcknowledged | SasRelayUnacknowledged):
             ok = isinstance(event, SasRelayAcknowledged)
+            if not self.relay_role:  # the SASrelay that gave the phone its own SAS back
+                log.info("%s own SAS %sacknowledged", self.tag(), "" if ok else "un")
+                return
             self.relay_status = "acknowledged" if ok else "unacknowledged"
             log.info("%s SASrelay %s", self.tag(), self.relay_status)
             self.on_change(self)

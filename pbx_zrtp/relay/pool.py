@@ -239,6 +239,14 @@ class RelayPool(Listeners):
     async def update(self, call_id: str, policy: Policy) -> CallReport:
         return await self._holding(call_id).handle.update(call_id, policy)
 
+    async def rebridge(self, call_id: str, bridge: str) -> CallReport:
+        """Re-link on the relay that holds the call; legs on two relays stay unlinked."""
+        if bridge:
+            self._bridges[call_id] = bridge
+        else:
+            self._bridges.pop(call_id, None)
+        return await self._holding(call_id).handle.rebridge(call_id, bridge)
+
     async def verify(self, call_id: str, verified: bool) -> CallReport:
         return await self._holding(call_id).handle.verify(call_id, verified)
 

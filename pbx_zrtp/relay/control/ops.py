@@ -188,6 +188,14 @@ async def _update(session: Session, args: Request) -> object:
     return _report(session.relay.update(call_id, policy=wanted))
 
 
+@op("rebridge")
+async def _rebridge(session: Session, args: Request) -> object:
+    call_id = args.call_id()
+    bridge = args.take("bridge", text(max_length=200, control_characters=False), "", missing="")
+    args.finish()
+    return _report(session.relay.rebridge(call_id, bridge))
+
+
 @op("delete")
 async def _delete(session: Session, args: Request) -> object:
     call_id = args.call_id()
