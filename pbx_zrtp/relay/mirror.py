@@ -743,6 +743,9 @@ class Mirror:
             if self._srtp_keys(event) is None:
                 return
             self._secured = event
+            # Verified from the start only by continuity: both V flags and a retained
+            # secret that matched in this exchange (the engine's previously_verified).
+            self._sas_verified = event.previously_verified
             self._protect_out = True
             self._guard = None  # the source completed ZRTP: it receives what we send
             # From our first Hello (the phone's first packet) to secure.

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -217,6 +218,9 @@ MODULES = (
     "bridge_simple.so",  # Dial() bridges the two legs
     "app_playback.so",  # early media (extension 620)
     "format_wav.so",
+    "res_clioriginate.so",  # the admin's `channel originate` CLI lines (docs/asterisk.md)
+    "res_clialiases.so",  # cli_aliases_pbx_zrtp.conf
+    "func_db.so",  # DB() in the admin context
 )
 
 
@@ -317,6 +321,7 @@ writeprotect = yes
 #include extensions_pbx_zrtp.conf
 
 [from-phones]
+include => pbx-zrtp-examples
 exten => 600,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Answer()
  same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
@@ -474,6 +479,29 @@ class Lab:
 
     def ctl(self, *args: str) -> Any:
         return ctl_json(self.control, *args)
+
+    def cli(self, line: str) -> str:
+        """One Asterisk CLI line, as an admin types it: ``asterisk -rx '<line>'``."""
+        conf = self.base / "etc" / "asterisk.conf"
+        done = subprocess.run(
+            [ASTERISK, "-C", str(conf), "-rx", line],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        return done.stdout + done.stderr
+
+    def wait_calls(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> Any:
+        """The relay's calls (``pbx-zrtp ctl list``) once ``predicate`` holds."""
+        deadline = time.monotonic() + timeout
+        calls: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            calls = [c for c in self.ctl("list") if c["call_id"].startswith("ast-")]
+            if predicate(calls):
+                return calls
+            time.sleep(0.1)
+        raise AssertionError(f"the relay's calls did not get there in {timeout} s: {calls}")
 
     def asterisk_log(self) -> str:
         path = self.base / "log" / "full"
@@ -920,4 +948,56 @@ def test_early_media_in_the_183_reaches_the_phone_only_through_the_relay(lab: La
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
+        phone.stop()
+
+
+def test_sample_701_takes_its_known_branch_after_both_sides_verified(lab: Lab) -> None:
+    """Issue 13 defect 4: call 701, both sides mark the SAS verified (linphonec's
+    zrtp-set-verified, the admin's CLI verify line), hang up, call again: the relay
+    reports previously_verified, ZRTP_SAS_VERIFIED is 1 and the sample skips its
+    'compare the SAS' prompt (Playback(vm-sorry)), which the first call played."""
+    phone = lab.phone("phone-701", zrtp=True)
+    try:
+        seen: list[dict[str, Any]] = []
+        for attempt in (1, 2):
+            start = len(phone.lines)  # zrtp-set-verified prints the last SAS again
+            phone.send(f"call sip:701@{A}")
+            match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30, start)
+            sas = match.group(1)
+            calls = lab.wait_calls(lambda c: len(c) == 1 and c[0]["state"] == "secure", 10)
+            call = calls[0]
+            assert call["sas"] == sas, (call, sas)
+            uniqueid = call["call_id"].removeprefix("ast-")
+            name = lab.ami.action("Getvar", Variable="CHANNEL(name)", Channel=uniqueid)["Value"]
+            got = lab.ami.action("Getvar", Channel=name, Variable="ZRTP_SAS_VERIFIED")
+            verified = got.get("Value")
+            seen.append({"sas": sas, "verified": verified, **call})
+            if attempt == 1:
+                assert verified == "0" and not call["previously_verified"], call
+                phone.send("zrtp-set-verified")
+                out = lab.cli(
+                    "channel originate Local/s@pbx-zrtp-admin application UserEvent"
+                    f' "PbxZrtpAdmin,Command: verify,Call: {uniqueid}"'
+                )
+                lab.wait_calls(lambda c: bool(c) and c[0]["sas_verified"], 10)
+                assert "unknown" not in out.lower(), out
+            else:
+                assert call["previously_verified"] and call["sas_verified"], call
+                assert verified == "1", got
+            time.sleep(1.5)  # the sample's branch runs
+            log = lab.channel_log(name)
+            prompted = any("Playback(" in line and "vm-sorry" in line for line in log)
+            assert prompted == (attempt == 1), (attempt, [ln for ln in log if "701@" in ln])
+            phone.send("terminate all")
+            lab.wait_calls(lambda c: c == [], 15)
+        print(
+            "SAMPLE 701:",
+            json.dumps(
+                [{k: c[k] for k in ("sas", "verified", "previously_verified")} for c in seen]
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
         phone.stop()

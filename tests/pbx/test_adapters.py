@@ -16,6 +16,7 @@ import pytest
 
 from pbx_zrtp.asterisk.adapter import AsteriskAdapter
 from pbx_zrtp.asterisk.config import AsteriskConfig
+from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
@@ -411,5 +412,45 @@ def test_a_stored_policy_that_is_no_policy_is_treated_as_required(kind: str) -> 
             placed = await t.call("auto", target="601")
             await until(lambda: placed.channel.variables.get(t.book.variables.state) is not None)
             assert t.var(placed, "policy") == "required"
+
+    run(scenario())
+
+
+def test_continuity_shows_the_sas_verified_on_the_next_call_until_unverified(kind: str) -> None:
+    """Issue 13 defect 4: after both sides verified, the next call's variable says
+    verified (the relay's previously_verified: V flags on both sides and a retained
+    secret that matched); an unverify during that call takes it back."""
+
+    async def scenario() -> None:
+        phone_cache = MemorySecretCache()
+        zid = b"V" * 12
+
+        def verified_phone(port: int) -> Any:
+            return run_endpoint(
+                ZrtpConfiguration(zid=zid),
+                EndpointOptions(
+                    bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), timeout=10, mark_verified=True
+                ),
+                cache=phone_cache,
+            )
+
+        async with lab(kind) as t:
+            first = await t.call("required")
+            await asyncio.gather(verified_phone(first.port), t.settled(first))
+            assert t.var(first, "sas_verified") != t.true  # nobody compared it yet
+            await t.pbx.verify(first, t.book)
+            await until(lambda: t.var(first, "sas_verified") == t.true)
+            await first.channel.hangup()
+            await until(lambda: first.key not in t.book.calls)
+
+            second = await t.call("required")
+            results = await asyncio.gather(verified_phone(second.port), t.settled(second))
+            assert results[0]["previously_verified"] is True  # the phone says so too
+            assert t.var(second, "state") == "secure"
+            assert t.var(second, "sas_verified") == t.true
+            assert t.relay.get(t.book.prefix + second.key).previously_verified
+
+            await t.book.verify(t.book.calls[second.key], second.key, False)
+            await until(lambda: t.var(second, "sas_verified") != t.true)
 
     run(scenario())
