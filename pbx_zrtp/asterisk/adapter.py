@@ -45,6 +45,8 @@ CALL_PREFIX = "ast-"
 FAILED_CAUSE = 58
 #: How long to keep asking for CHANNEL(rtp,src) when the event did not carry it.
 PORT_WAIT = 1.0
+#: The subroutine's MediaAddress for an endpoint without media_address.
+NO_MEDIA_ADDRESS = "none"
 
 #: The dialplan's variables (docs/asterisk.md), in the order they are set.
 VARIABLES = VariableTable(
@@ -133,6 +135,8 @@ class AsteriskAdapter(CallBook):
             log.warning("ignoring %s event without Channel/Uniqueid", self.config.event)
             return
         endpoint = event.get("Endpoint", "")
+        # the endpoint's media_address; "none": it has none (the phone bypasses the relay)
+        media = event.get("MediaAddress", "").strip()
         await self.announce(
             Announcement(
                 uniqueid,
@@ -144,8 +148,9 @@ class AsteriskAdapter(CallBook):
                 bridge=event.get("Linkedid", ""),
                 enroll=event.get("Enroll", "").strip().lower() in ENROLL_OFFER,
                 group=event.get("Group", ""),
-                media_address=event.get("MediaAddress", ""),  # the endpoint's media_address
+                media_address="" if media == NO_MEDIA_ADDRESS else media,
                 port=parse_port(event.get("RtpSrc", "")),
+                details=(("media_address", media),),
             )
         )
 
@@ -156,6 +161,18 @@ class AsteriskAdapter(CallBook):
 
     def _matched_policy(self, target: str) -> Policy | None:
         return match_policy(self.config, target)
+
+    def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
+        """A `required` call whose phone was not told the relay's address: its media
+        goes straight to Asterisk, so it can never be secured (issue 13, defect 6)."""
+        if call.policy is Policy.REQUIRED and announced.detail("media_address") == NO_MEDIA_ADDRESS:
+            return (
+                f"endpoint of {call.channel} has no media_address: its media would go"
+                " straight to Asterisk and not through the relay (set media_address ="
+                f" {self.relay.relay_host} on the endpoint in pjsip.conf, or do not require"
+                " ZRTP for it)"
+            )
+        return None
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         port = announced.port
@@ -249,6 +266,7 @@ class AsteriskAdapter(CallBook):
             peer=channel.name,
             group=found["PBX_ZRTP_GROUP"],
             media_address=found["PBX_ZRTP_RELAY"],
+            details=(("media_address", found["PBX_ZRTP_RELAY"] or NO_MEDIA_ADDRESS),),
         )
 
     # ------------------------------------------------------------------ administration

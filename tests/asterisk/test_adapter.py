@@ -37,6 +37,7 @@ class Lab:
         progress: bool = True,
         rtp_src: bool = True,
         linkedid: str | None = None,
+        media: str | None = None,
         enroll: bool = False,
     ) -> tuple[FakeChannel, int]:
         """What [pbx-zrtp] does: Set(PBX_ZRTP_POLICY), Progress(), UserEvent(PbxZrtp,...)."""
@@ -54,6 +55,8 @@ class Lab:
         headers = {"Policy": policy, "Target": exten, "Endpoint": channel.endpoint}
         if rtp_src:
             headers["RtpSrc"] = f"127.0.0.1:{port}" if progress else ""
+        if media is not None:  # the subroutine's MediaAddress ("none": no media_address)
+            headers["MediaAddress"] = media
         headers["Enroll"] = "offer" if enroll else ""
         await channel.user_event("PbxZrtp", **headers)
         return channel, port
@@ -241,6 +244,36 @@ def test_missing_progress_gives_a_clear_failure_reason() -> None:
             assert not t.relay.calls()
             # other AMI consumers are told too
             await _until(lambda: any(a.get("UserEvent") == "ZrtpFailed" for a in t.fake.actions))
+
+    run(scenario())
+
+
+def test_a_required_call_whose_media_bypasses_the_relay_is_refused_at_once() -> None:
+    """Issue 13 defect 6: an endpoint without media_address (a plain phone) sends its
+    media straight to Asterisk. A call that resolves to `required` is failed with the
+    reason before any mirror exists (it used to fail after the relay's 10 s, while its
+    clear RTP flowed); `optional` is left to the relay as before."""
+
+    async def scenario() -> None:
+        async with lab(policies=[("_6XX", Policy.REQUIRED)]) as t:
+            for policy in ("required", "auto"):
+                channel, _ = await t.call(policy, exten="601", media="none")
+                state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+                assert state == "failed" and channel.variables["ZRTP_POLICY"] == "required"
+                reason = channel.variables["ZRTP_FAIL_REASON"]
+                assert "has no media_address" in reason and RELAY_HOST in reason, reason
+                assert not t.relay.calls()  # refused before the relay was asked
+                await channel.hangup()
+            optional, port = await t.call("optional", exten="601", media="none")
+            await _until(lambda: optional.variables.get("ZRTP_STATE") == "pending")
+            assert [c.port for c in t.relay.calls()] == [port]
+            await optional.hangup()
+            # the relay's own address: mirrored as before
+            served, port = await t.call("required", exten="601", media=RELAY_HOST)
+            await _until(lambda: served.variables.get("ZRTP_STATE") == "pending")
+            assert [c.port for c in t.relay.calls()] == [port]
+            await served.hangup()
+            await _until(lambda: not t.relay.calls())
 
     run(scenario())
 

@@ -176,3 +176,42 @@ def test_a_secure_call_whose_media_never_reaches_the_relay(policy: str, goes_on:
                 assert outcome.log[0].endswith("hanging up")
 
     run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("required", True), ("optional", False)])
+def test_a_required_call_from_an_endpoint_without_media_address_is_refused_before_progress(
+    policy: str, refused: bool
+) -> None:
+    """Issue 13 defect 6: a plain endpoint (no media_address) sends its media straight
+    to Asterisk. `required`: refused before Progress() (no 183, no media, nothing
+    answered), the reason in ZRTP_FAIL_REASON and a WARNING, cause 58; pbx-zrtp is not
+    even asked. Other policies announce the call with "MediaAddress: none"."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            channel = t.fake.new_call(rtp_port=free_even_port(), exten="600")
+            sent: list[dict[str, str]] = []
+            raise_event = channel.user_event
+
+            async def user_event(name: str, **headers: str) -> None:
+                sent.append({"UserEvent": name, **headers})
+                await raise_event(name, **headers)
+
+            channel.user_event = user_event  # type: ignore[method-assign]
+            runner = Runner(channel, [policy, "", "0.3"], media_address="")
+            outcome = await runner.run()
+            if refused:
+                assert outcome.cause == 58 and not channel.alive
+                assert not channel.media_active  # Progress() never ran
+                assert channel.variables["ZRTP_STATE"] == "failed"
+                reason = channel.variables["ZRTP_FAIL_REASON"]
+                assert reason.startswith(f"endpoint {channel.endpoint} has no media_address")
+                assert len(outcome.log) == 1 and outcome.log[0].startswith("WARNING,")
+                assert outcome.log[0].endswith("hanging up before answer"), outcome.log
+                assert not t.relay.calls() and sent == []
+            else:
+                assert channel.media_active
+                assert [e.get("MediaAddress") for e in sent] == ["none"], sent
+                await channel.hangup()
+
+    run(scenario())

@@ -530,7 +530,9 @@ class Lab:
                 events.append({**call, "_time": stamp})
         return events
 
-    def phone(self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "") -> Proc:
+    def phone(
+        self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "", user: str = ""
+    ) -> Proc:
         """alice (calls out), or carol (called by Asterisk at CAROL, auto-answers)."""
         home = self.base / name
         home.mkdir()
@@ -539,7 +541,7 @@ class Lab:
                 home, zrtp=zrtp, user="carol", address=CAROL, sip_port=self.carol_port
             )
         else:
-            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers)
+            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers, user=user or "alice")
         env = {**os.environ, "HOME": str(home)}
         command = [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")]
         if carol:
@@ -994,6 +996,64 @@ def test_sample_701_takes_its_known_branch_after_both_sides_verified(lab: Lab) -
             "SAMPLE 701:",
             json.dumps(
                 [{k: c[k] for k in ("sas", "verified", "previously_verified")} for c in seen]
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+@pytest.mark.parametrize("exten", ["600", "610"])  # 610: auto, resolved to required
+def test_a_required_call_from_a_plain_endpoint_is_refused_before_answer(
+    lab: Lab, exten: str
+) -> None:
+    """Issue 13 defect 6: bob's endpoint has no media_address (the sample's phone
+    without ZRTP): its media would go straight to Asterisk. `required` (600): refused
+    by the subroutine before Progress(); `auto` resolved to required (610): refused by
+    pbx-zrtp as soon as it resolved the policy. Both at once (not after the relay's
+    time-out), never answered, cause 58, the reason in the WARNING line."""
+    phone = lab.phone(f"bob-plain-{exten}", zrtp=False, user="bob")
+    try:
+        started = time.monotonic()
+        count = len(lab.ami.events)
+        phone.send(f"call sip:{exten}@{A}")
+        hangup = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "Hangup"
+                and e.get("Channel", "").startswith("PJSIP/bob-")
+                and float(e["_time"]) >= started
+            ),
+            20,
+            "Hangup of bob's call",
+        )
+        after = time.monotonic() - started
+        assert hangup.get("Cause") == "58", hangup
+        channel, uniqueid = hangup["Channel"], hangup["Uniqueid"]
+        mine = [e for e in lab.ami.events[count:] if e.get("Uniqueid") == uniqueid]
+        assert not any(e.get("ChannelStateDesc") == "Up" for e in mine), "answered"
+        reason = "has no media_address: its media would go straight to Asterisk"
+        call_log = lab.channel_log(channel)
+        warnings = [line for line in call_log if re.search(r"\] WARNING\[", line)]
+        assert len(warnings) == 1 and reason in warnings[0], warnings
+        progressed = [line for line in call_log if "Progress(" in line]
+        events = lab.relay_events(f"ast-{uniqueid}")
+        if exten == "600":
+            assert progressed == [], progressed  # no 183, no media at all
+            assert events == [], events  # pbx-zrtp was not even asked
+        else:
+            assert [e["state"] for e in events] == [], events  # refused before the relay
+        assert after < 3.0, f"refused after {after:.2f} s"
+        print(
+            "PLAIN ENDPOINT:",
+            json.dumps(
+                {
+                    "exten": exten,
+                    "refused_after_s": round(after, 3),
+                    "cause": hangup.get("Cause"),
+                    "warning": warnings[0].split("] ", 1)[-1],
+                }
             ),
         )
     except AssertionError as exc:
