@@ -69,6 +69,7 @@ VARIABLES = VariableTable(
         ("displayed_sas", "ZRTP_DISPLAYED_SAS"),
         ("sas_relay", "ZRTP_SAS_RELAY"),
         ("cache_error", "ZRTP_CACHE_ERROR"),
+        ("timeout", "ZRTP_TIMEOUT"),
         ("state", "ZRTP_STATE"),
     ),
     true="1",
@@ -266,7 +267,6 @@ class AsteriskAdapter(CallBook):
             peer=channel.name,
             group=found["PBX_ZRTP_GROUP"],
             media_address=found["PBX_ZRTP_RELAY"],
-            details=(("media_address", found["PBX_ZRTP_RELAY"] or NO_MEDIA_ADDRESS),),
         )
 
     # ------------------------------------------------------------------ administration

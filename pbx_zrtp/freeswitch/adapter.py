@@ -49,6 +49,7 @@ SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll")
 VARIABLES = VariableTable(
     (
         ("policy", "pbx_zrtp_active_policy"),
+        ("timeout", "pbx_zrtp_timeout"),  # pending: hold the call this many seconds at most
         ("secure", "pbx_zrtp_secure"),
         ("sas", "pbx_zrtp_sas"),
         ("sas_type", "pbx_zrtp_sas_type"),

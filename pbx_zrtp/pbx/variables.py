@@ -8,6 +8,7 @@ with that PBX's spelling of true and false.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from pbx_zrtp.calls import CallReport, CallState, Policy
@@ -48,6 +49,9 @@ class CallView:
     sas_relay: str
     #: Secure, but key continuity was not saved (disk full, database down).
     cache_error: str
+    #: Pending: whole seconds the dialplan should hold the call for the relay's decision
+    #: (the relay's time-out left, plus 1 s for the write); "" once decided.
+    timeout: str
     state: str
     #: The SAS split as FreeSWITCH's removed built-in ZRTP showed it.
     sas1: str
@@ -79,10 +83,17 @@ class CallView:
             displayed_sas=report.displayed_sas if secure else "",
             sas_relay=report.sas_relay if secure else "",
             cache_error=report.cache_error,
+            timeout=_timeout(report),
             state=report.state.value,
             sas1=sas1,
             sas2=sas2,
         )
+
+
+def _timeout(report: CallReport) -> str:
+    if report.state is not CallState.PENDING or report.decides_in is None:
+        return ""
+    return str(math.ceil(report.decides_in) + 1)
 
 
 _VIEW_FIELDS = frozenset(f.name for f in fields(CallView))

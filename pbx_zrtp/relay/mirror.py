@@ -391,13 +391,14 @@ class Mirror:
         if self.state is CallState.FAILED and policy is Policy.OPTIONAL:
             self._set_state(CallState.CLEAR, self.reason)
             return
-        self._set_state(CallState.PENDING)
         timeout = (
             self.settings.required_timeout
             if policy is Policy.REQUIRED
             else self.settings.optional_timeout
         )
+        # armed first: the `pending` report carries the time it leaves (decides_in)
         self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
+        self._set_state(CallState.PENDING)
         if self.phone is not None and self._guard is None:
             self._start_engine()
 
@@ -489,6 +490,7 @@ class Mirror:
             cache_mismatch=secured.cache_mismatch if secured else False,
             previously_verified=secured.previously_verified if secured else False,
             handshake_ms=self._handshake_ms,
+            decides_in=self._decides_in(),
             phone=format_address(self.phone) if self.phone else "",
             last_state=self._last_state,
             bridge=identity.bridge if identity else "",
@@ -500,6 +502,13 @@ class Mirror:
             cache_error=self._engine.cache_error if self._engine else self._cache_error,
             counters=self.live_counters(),
         )
+
+    def _decides_in(self) -> float | None:
+        """A pending call: seconds until the policy time-out decides it at the latest."""
+        timer = self._policy_timer
+        if self.state is not CallState.PENDING or timer is None:
+            return None
+        return round(max(0.0, timer.when() - self._loop.time()), 1)
 
     def live_counters(self) -> TrafficCounters:
         """This call's counters now, the native worker's included while it forwards."""

@@ -215,3 +215,36 @@ def test_a_required_call_from_an_endpoint_without_media_address_is_refused_befor
                 await channel.hangup()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "decided"), [("optional", "clear"), ("auto", "failed")])
+def test_the_wait_lasts_as_long_as_the_relay_takes_to_decide(policy: str, decided: str) -> None:
+    """Issue 13 defect 9: the subroutine waited 3 s for an optional call while the
+    relay decided `clear` later (its [timeouts] optional), so the dialplan after it
+    saw `pending`. pbx-zrtp now writes the relay's time left as ZRTP_TIMEOUT with the
+    pending state, and the subroutine waits that long: it returns (or refuses) on the
+    relay's decision, for `auto` resolved to required as well (phone silent)."""
+
+    async def scenario() -> None:
+        async with lab(
+            policies=[("_6XX", Policy.REQUIRED)], optional_timeout=3.5, required_timeout=3.5
+        ) as t:
+            channel = t.fake.new_call(rtp_port=free_even_port(), exten="600")
+            timeouts: list[str] = []
+            store = channel._store
+
+            def spy(name: str, value: str) -> None:
+                if name == "ZRTP_TIMEOUT":
+                    timeouts.append(value)
+                store(name, value)
+
+            channel._store = spy  # type: ignore[method-assign]
+            outcome = await Runner(channel, [policy], media_address=RELAY).run()
+            assert channel.variables["ZRTP_STATE"] == decided, channel.variables
+            # ceil(3.5) + 1 s for the write, with every pending write; "" once decided
+            assert timeouts == ["5", ""], timeouts
+            assert outcome.returned is (decided == "clear"), outcome
+            if outcome.returned:
+                await channel.hangup()
+
+    run(scenario())

@@ -347,6 +347,14 @@ Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
  same => n,Echo()
  same => n,Hangup()
 
+; Optional (issue 13 defect 9): the Gosub returns on the relay's decision, never pending.
+exten => 630,1,Gosub(pbx-zrtp,s,1(optional))
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},Wait: ${PBX_ZRTP_WAIT},\
+Reason: ${ZRTP_FAIL_REASON})
+ same => n,Answer()
+ same => n,Echo()
+ same => n,Hangup()
+
 ; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
 exten => 702,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^required^702))
@@ -1053,6 +1061,46 @@ def test_a_required_call_from_a_plain_endpoint_is_refused_before_answer(
                     "refused_after_s": round(after, 3),
                     "cause": hangup.get("Cause"),
                     "warning": warnings[0].split("] ", 1)[-1],
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+def test_an_optional_call_returns_from_the_gosub_on_the_relays_decision(lab: Lab) -> None:
+    """Issue 13 defect 9: a phone without ZRTP calls an `optional` extension. The
+    subroutine used to wait 3 s while the relay decided `clear` after about 4 s, so
+    the dialplan after it saw `pending`. It now waits ZRTP_TIMEOUT (the relay's
+    optional time-out, 5 s, plus 1) and sees `clear`."""
+    phone = lab.phone("phone-optional", zrtp=False)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:630@{A}")
+        seen = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and float(e["_time"]) >= started
+            ),
+            20,
+            "UserEvent ZrtpSeen",
+        )
+        after = float(seen["_time"]) - started
+        assert seen["State"] == "clear" and seen["Wait"] == "6", seen
+        events = lab.relay_events(f"ast-{seen['Uniqueid']}")
+        assert [e["state"] for e in events][:2] == ["pending", "clear"], events
+        print(
+            "OPTIONAL:",
+            json.dumps(
+                {
+                    "state_after_gosub": seen["State"],
+                    "zrtp_timeout": seen["Wait"],
+                    "returned_after_s": round(after, 3),
+                    "reason": seen["Reason"],
                 }
             ),
         )
