@@ -47,6 +47,15 @@ FAILED_CAUSE = 58
 PORT_WAIT = 1.0
 #: The subroutine's MediaAddress for an endpoint without media_address.
 NO_MEDIA_ADDRESS = "none"
+#: Asterisk CLI lines (cli_aliases_pbx_zrtp.conf): ``zrtp verify <id>`` is
+#: ``dialplan set global PBX_ZRTP_CLI_VERIFY <id>``, which AMI shows as a VarSet with
+#: ``Channel: none``. The outcome goes to AstDB pbx_zrtp/result (``zrtp show result``).
+CLI_COMMANDS = {
+    "PBX_ZRTP_CLI_VERIFY": "verify",
+    "PBX_ZRTP_CLI_UNVERIFY": "unverify",
+    "PBX_ZRTP_CLI_ENROLL": "enroll",
+    "PBX_ZRTP_CLI_UNENROLL": "unenroll",
+}
 
 #: The dialplan's variables (docs/asterisk.md), in the order they are set.
 VARIABLES = VariableTable(
@@ -128,6 +137,11 @@ class AsteriskAdapter(CallBook):
                 self._spawn(self._admin(event))
         elif kind == "Hangup":
             self.hung_up(event.get("Uniqueid", ""), "hangup")
+        elif kind == "VarSet" and event.get("Channel") == "none":  # a global variable
+            command = CLI_COMMANDS.get(event.get("Variable", ""))
+            ref = event.get("Value", "").strip()
+            if command is not None and ref:
+                self._spawn(self._cli(command, ref))
 
     async def _announced(self, event: AmiEvent) -> None:
         uniqueid = event.get("Uniqueid", "")
@@ -228,7 +242,8 @@ class AsteriskAdapter(CallBook):
             f"{state} policy={call.policy.value} sas={values['ZRTP_SAS'] or '-'}"
             f" verified={verified}"
         )
-        await self.ami.db_put("pbx_zrtp/calls", call.key, f"{call.channel} {summary}")
+        # the id first: what `zrtp show call`, `zrtp verify` … take
+        await self.ami.db_put("pbx_zrtp/calls", call.key, f"{call.key} {call.channel} {summary}")
 
     async def _ended(self, call: PbxCall) -> None:
         await self.ami.db_del("pbx_zrtp/calls", call.key)
@@ -299,6 +314,27 @@ class AsteriskAdapter(CallBook):
             log.warning("admin: %s", exc)
             with contextlib.suppress(AmiError):
                 await self.ami.notify("ZrtpAdminError", {"Message": str(exc)[:200]})
+
+    async def _cli(self, command: str, ref: str) -> None:
+        """``zrtp verify|unverify|enroll|unenroll <id>`` typed at the Asterisk CLI: do
+        it, and leave the outcome in AstDB pbx_zrtp/result for ``zrtp show result``."""
+        call = self._find(ref)
+        if command in ("enroll", "unenroll"):
+            result = await self.change_enrollment(call, command == "enroll", repr(ref))
+            if call is not None and not result.startswith("failed"):
+                result = f"done: {call.channel} {result}"
+        else:
+            try:
+                await self.verify(call, ref, command == "verify")
+            except RelayError as exc:
+                log.warning("admin: %s %s: %s", command, ref, exc)
+                result = f"failed: {exc}"
+            else:
+                assert call is not None
+                marked = "verified" if command == "verify" else "unverified"
+                result = f"done: SAS of {call.channel} marked {marked}"
+        with contextlib.suppress(AmiError):
+            await self.ami.db_put("pbx_zrtp/result", command, f"{ref}: {result}"[:200])
 
     async def _enrollment(self, command: str, ref: str) -> None:
         """enroll: the user confirmed the SAS on an enrollment call; unenroll: forget

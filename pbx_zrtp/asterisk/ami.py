@@ -132,6 +132,7 @@ class Ami:
         self._manager.register_event("Hangup", self._event)
         self._manager.register_event("Newchannel", self._event)
         self._manager.register_event("Shutdown", self._event)
+        self._manager.register_event("VarSet", self._event)  # globals: the zrtp CLI lines
         self.address = f"{host}:{port}"
 
     @property

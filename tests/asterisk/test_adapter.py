@@ -134,7 +134,7 @@ def test_secure_call_sets_every_variable_and_tells_ami_consumers() -> None:
                 lambda: "secure" in t.fake.astdb.get(("pbx_zrtp/calls", channel.uniqueid), "")
             )
             assert t.fake.astdb.get(("pbx_zrtp/calls", channel.uniqueid), "").startswith(
-                channel.name
+                f"{channel.uniqueid} {channel.name} "  # the id first (`zrtp show calls`)
             )
             await channel.hangup()
             await _until(lambda: not t.relay.calls())
@@ -274,6 +274,51 @@ def test_a_required_call_whose_media_bypasses_the_relay_is_refused_at_once() -> 
             assert [c.port for c in t.relay.calls()] == [port]
             await served.hangup()
             await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
+def test_zrtp_cli_lines_act_and_leave_their_outcome_in_astdb() -> None:
+    """Issue 13 (the admin's day): `zrtp verify <id>` is `dialplan set global
+    PBX_ZRTP_CLI_VERIFY <id>`, which AMI shows as a VarSet with Channel: none (seen on
+    Asterisk 22.10.1). The adapter acts and writes the outcome to AstDB
+    pbx_zrtp/result (`zrtp show result`); `zrtp show calls` lines start with the id."""
+
+    def typed(t: Lab, variable: str, value: str) -> None:
+        t.fake.emit(
+            "VarSet",
+            "dialplan",
+            [("Channel", "none"), ("Uniqueid", "none"), ("Variable", variable), ("Value", value)],
+        )
+
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            uid = channel.uniqueid
+            line = t.fake.astdb[("pbx_zrtp/calls", uid)]
+            assert line.split()[:2] == [uid, channel.name], line
+            typed(t, "PBX_ZRTP_CLI_VERIFY", uid)
+            await _until(lambda: channel.variables.get("ZRTP_SAS_VERIFIED") == "1")
+            await _until(lambda: ("pbx_zrtp/result", "verify") in t.fake.astdb)
+            result = t.fake.astdb[("pbx_zrtp/result", "verify")]
+            assert result == f"{uid}: done: SAS of {channel.name} marked verified", result
+            typed(t, "PBX_ZRTP_CLI_UNVERIFY", uid)
+            await _until(lambda: channel.variables.get("ZRTP_SAS_VERIFIED") == "0")
+            typed(t, "PBX_ZRTP_CLI_VERIFY", "no.such")
+            await _until(lambda: t.fake.astdb[("pbx_zrtp/result", "verify")].startswith("no."))
+            assert t.fake.astdb[("pbx_zrtp/result", "verify")] == (
+                "no.such: failed: no ZRTP call 'no.such'"
+            )
+            typed(t, "PBX_ZRTP_CLI_ENROLL", uid)  # *77 was not dialled: nothing offered
+            await _until(lambda: ("pbx_zrtp/result", "enroll") in t.fake.astdb)
+            assert (
+                "failed: enrollment was not offered" in t.fake.astdb[("pbx_zrtp/result", "enroll")]
+            )
+            typed(t, "SOMETHING_ELSE", uid)  # other globals are none of our business
+            await channel.hangup()
 
     run(scenario())
 

@@ -5,6 +5,8 @@ fake Asterisk with the real adapter and relay: a call whose policy is or resolve
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +250,34 @@ def test_the_wait_lasts_as_long_as_the_relay_takes_to_decide(policy: str, decide
                 await channel.hangup()
 
     run(scenario())
+
+
+def test_the_admin_lines_in_the_docs_are_the_aliases_and_quoted_originates() -> None:
+    """Issue 13: the docs' `channel originate … UserEvent …` lines lost everything after
+    the first space (the CLI splits on spaces): the application data must be quoted.
+    cli_aliases_pbx_zrtp.conf had its own [general], so appended to the stock file its
+    aliases were not loaded: it adds to the stock [general] with [general](+). Every
+    `zrtp …` line in docs/asterisk.md is one of its aliases (checked on Asterisk 22.10.1
+    by tests/integration/test_asterisk_real.py)."""
+    root = Path(__file__).resolve().parents[2]
+    aliases_text = (root / "dialplan/asterisk/cli_aliases_pbx_zrtp.conf").read_text()
+    sections = re.findall(r"(?m)^\[([^\]]*)\](\S*)", aliases_text)
+    assert sections == [("general", "(+)"), ("pbx_zrtp", "")], sections
+    aliases = {
+        key.strip(): value.strip()
+        for key, _, value in (
+            line.partition("=")
+            for line in aliases_text.splitlines()
+            if line.startswith("zrtp ") and "=" in line
+        )
+    }
+    docs = (root / "docs/asterisk.md").read_text()
+    typed = set(re.findall(r"`(zrtp [^`…]+)`", docs))
+    assert typed, "no zrtp lines in docs/asterisk.md"
+    for line in typed:
+        words = line.split()
+        assert any(words[: len(a.split())] == a.split() for a in aliases), line
+    originates = re.findall(r"`(channel originate [^`]+)`", docs)
+    assert originates
+    for line in originates:
+        assert re.fullmatch(r'channel originate \S+ application UserEvent "[^"]+"', line), line

@@ -189,6 +189,22 @@ def _asterisk_prefix(binary: str) -> Path:
     return Path(binary).resolve().parent.parent
 
 
+#: The start of Asterisk 22's configs/samples/cli_aliases.conf.sample.
+STOCK_CLI_ALIASES = """;
+; CLI Aliases configuration
+;
+[general]
+template = friendly		; By default, include friendly aliases
+;template = asterisk_1dot2	; Asterisk 1.2 style syntax
+
+[friendly]
+hangup request=channel request hangup
+originate=channel originate
+help=core show help
+reload=module reload
+
+"""
+
 MODULES = (
     "res_pjproject.so",
     "res_sorcery_config.so",
@@ -312,6 +328,12 @@ contact = sip:carol@{CAROL}:{carol_port}
     )
     write(etc / "manager.conf", manager, 0o600)
     shutil.copy(SAMPLES / "extensions_pbx_zrtp.conf", etc / "extensions_pbx_zrtp.conf")
+    # cli_aliases.conf as Asterisk's sample starts (its [general] and [friendly]), with
+    # the project's file appended as docs/asterisk.md says.
+    write(
+        etc / "cli_aliases.conf",
+        STOCK_CLI_ALIASES + (SAMPLES / "cli_aliases_pbx_zrtp.conf").read_text(),
+    )
     write(
         etc / "extensions.conf",
         """[general]
@@ -1104,6 +1126,70 @@ def test_an_optional_call_returns_from_the_gosub_on_the_relays_decision(lab: Lab
                 }
             ),
         )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+def test_the_zrtp_console_lines_answer_in_the_asterisk_cli(lab: Lab) -> None:
+    """Issue 13 (the admin's day): every `zrtp …` line of docs/asterisk.md typed as
+    `asterisk -rx '…'` on the real Asterisk, with cli_aliases_pbx_zrtp.conf appended
+    to a stock cli_aliases.conf; the quoted `channel originate` line too."""
+    aliases = lab.cli("cli show aliases")
+    assert "originate" in aliases and "zrtp show calls" in aliases, aliases  # both loaded
+    phone = lab.phone("phone-cli", zrtp=True)
+    seen: dict[str, str] = {}
+
+    def result(command: str, ref: str) -> str:
+        deadline = time.monotonic() + 10
+        out = ""
+        while time.monotonic() < deadline:
+            out = lab.cli("zrtp show result")
+            line = next((ln for ln in out.splitlines() if f"/result/{command} " in ln), "")
+            if f": {ref}: " in line:
+                return line.split(" : ", 1)[1].strip()
+            time.sleep(0.1)
+        raise AssertionError(f"no result for {command} {ref}: {out}")
+
+    try:
+        phone.send(f"call sip:600@{A}")
+        phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        calls = lab.wait_calls(lambda c: len(c) == 1 and c[0]["state"] == "secure", 10)
+        uid = calls[0]["call_id"].removeprefix("ast-")
+        listing = lab.cli("zrtp show calls")
+        assert f": {uid} PJSIP/alice-" in listing and "secure" in listing, listing
+        assert "1 results found" in lab.cli(f"zrtp show call {uid}")
+        out = lab.cli(f"zrtp verify {uid}")
+        assert f"'PBX_ZRTP_CLI_VERIFY' set to '{uid}'" in out, out
+        seen["verify"] = result("verify", uid)
+        assert seen["verify"].endswith("marked verified"), seen
+        assert "verified=yes" in lab.cli(f"zrtp show call {uid}")
+        lab.cli(f"zrtp unverify {uid}")
+        seen["unverify"] = result("unverify", uid)
+        assert "verified=no" in lab.cli(f"zrtp show call {uid}")
+        lab.cli(f"zrtp enroll {uid}")
+        seen["enroll"] = result("enroll", uid)
+        assert "failed: enrollment was not offered" in seen["enroll"], seen
+        lab.cli("zrtp verify no.such")
+        seen["unknown"] = result("verify", "no.such")
+        assert seen["unknown"] == "no.such: failed: no ZRTP call 'no.such'", seen
+        # the admin table's quoted originate line (policy of the live call)
+        lab.cli(
+            "channel originate Local/s@pbx-zrtp-admin application UserEvent"
+            f' "PbxZrtpAdmin,Command: policy,Policy: optional,Call: {uid}"'
+        )
+        lab.wait_calls(lambda c: bool(c) and c[0]["policy"] == "optional", 10)
+        assert "unknown admin command" not in "\n".join(lab.relay.lines)
+        # stored policies
+        assert "Updated database successfully" in lab.cli("zrtp policy 640 required")
+        assert "Updated database successfully" in lab.cli("zrtp phone policy bob optional")
+        assert "/pbx_zrtp/policy/640" in lab.cli("zrtp show policies")
+        assert "/pbx_zrtp/endpoint/bob" in lab.cli("zrtp show phones")
+        assert "removed" in lab.cli("zrtp del policy 640")
+        assert "removed" in lab.cli("zrtp del phone policy bob")
+        print("CLI:", json.dumps(seen))
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
