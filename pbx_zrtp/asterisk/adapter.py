@@ -105,6 +105,7 @@ class AsteriskAdapter(CallBook):
     prefix = CALL_PREFIX
     variables = VARIABLES
     stored_policy_name = "AstDB pbx_zrtp/policy/{target}"
+    stored_phone_policy_name = "AstDB pbx_zrtp/endpoint/{target}"
     no_port_reason = "no RTP port: the dialplan must run Progress() before the Gosub"
 
     def __init__(self, config: AsteriskConfig, relay: RelayHandle) -> None:
@@ -159,6 +160,7 @@ class AsteriskAdapter(CallBook):
                 event.get("Policy", ""),
                 target=event.get("Target", "") or event.get("Exten", ""),
                 peer=endpoint or channel,
+                endpoint=endpoint,
                 # Legs of one call share Asterisk's Linkedid: the relay relays the SAS.
                 bridge=event.get("Linkedid", ""),
                 enroll=event.get("Enroll", "").strip().lower() in ENROLL_OFFER,
@@ -176,6 +178,12 @@ class AsteriskAdapter(CallBook):
 
     def _matched_policy(self, target: str) -> Policy | None:
         return match_policy(self.config, target)
+
+    async def _stored_phone_policy(self, endpoint: str) -> str | None:
+        return await self.ami.db_get("pbx_zrtp/endpoint", endpoint)
+
+    def _matched_phone_policy(self, endpoint: str) -> Policy | None:
+        return match_policy(self.config, endpoint, self.config.phone_policies)
 
     def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
         """A `required` call whose phone was not told the relay's address: its media

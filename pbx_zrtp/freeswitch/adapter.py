@@ -106,6 +106,7 @@ class FreeswitchAdapter(CallBook):
     prefix = CALL_PREFIX
     variables = VARIABLES
     stored_policy_name = "global variable pbx_zrtp_policy_{target}"
+    stored_phone_policy_name = "global variable pbx_zrtp_phone_policy_{target}"
     no_port_reason = "no local_media_port yet: announce the call after pre_answer or answer"
 
     def __init__(self, config: FreeswitchConfig, relay: RelayHandle) -> None:
@@ -154,6 +155,7 @@ class FreeswitchAdapter(CallBook):
             requested_policy(headers) or headers.get("policy", "").strip().lower(),
             target=headers.get("Caller-Destination-Number", ""),
             peer=headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", ""),
+            endpoint=_phone(headers),
             # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
             bridge=headers.get("Channel-Call-UUID", ""),
             enroll=headers.get("variable_pbx_zrtp_enroll", "").strip().lower() in ENROLL_OFFER,
@@ -168,6 +170,9 @@ class FreeswitchAdapter(CallBook):
 
     async def _stored_policy(self, target: str) -> str | None:
         return await self.esl.global_getvar(f"pbx_zrtp_policy_{target}")
+
+    async def _stored_phone_policy(self, endpoint: str) -> str | None:
+        return await self.esl.global_getvar(f"pbx_zrtp_phone_policy_{endpoint}")
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         if announced.port is not None:
@@ -329,6 +334,18 @@ class FreeswitchAdapter(CallBook):
             log.warning("enrollment of %s: %s", uuid, result)
         with contextlib.suppress(EslError):
             await self.esl.set_var(uuid, "pbx_zrtp_enroll_result", result[:200])
+
+
+def _phone(headers: EslEvent) -> str:
+    """This leg's phone (its per-phone policy key): pbx_zrtp_phone if the dialplan set
+    it; else the registered user that placed an inbound leg, or the user an outbound
+    leg (a bridge's callee) was dialled to."""
+    chosen = headers.get("variable_pbx_zrtp_phone", "")
+    if chosen:
+        return chosen
+    if headers.get("Call-Direction") == "outbound":
+        return headers.get("variable_dialed_user", "")
+    return headers.get("Caller-Username", "")
 
 
 #: What the registry (pbx_zrtp.pbx.registry) starts for a [section].

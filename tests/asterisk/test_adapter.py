@@ -392,3 +392,34 @@ def test_adapter_in_its_own_process_role_against_a_remote_relay(tmp_path: Any) -
             await fake.close()
 
     run(scenario())
+
+
+def test_phone_policies_from_the_configuration() -> None:
+    """[asterisk.phone_policies]: endpoint names or patterns -> the policy of calls
+    from and to that phone; a bad value names the key and the fix."""
+    from pbx_zrtp.asterisk.config import parse_asterisk
+    from pbx_zrtp.config.fields import ConfigError
+
+    config = parse_asterisk(
+        {"secret": "s", "phone_policies": {"_10XX": "required", "zalice": "optional"}}
+    )
+    assert config.phone_policies == [("_10XX", Policy.REQUIRED), ("zalice", Policy.OPTIONAL)]
+    try:
+        parse_asterisk({"secret": "s", "phone_policies": {"1001": "yes"}})
+    except ConfigError as exc:
+        assert "asterisk.phone_policies.1001" in str(exc) and "off, optional" in str(exc)
+    else:
+        raise AssertionError("a phone policy that is no policy was accepted")
+
+    async def scenario() -> None:
+        async with lab(phone_policies=config.phone_policies, default_policy=Policy.OFF) as t:
+            channel, _ = await t.call("auto", exten="600")  # from endpoint zalice
+            await _until(lambda: channel.variables.get("ZRTP_STATE") is not None)
+            assert channel.variables["ZRTP_POLICY"] == "optional"  # not the default off
+            await channel.hangup()
+            channel, _ = await t.call("auto", exten="1002")  # to phone 1002
+            await _until(lambda: channel.variables.get("ZRTP_STATE") is not None)
+            assert channel.variables["ZRTP_POLICY"] == "required"
+            await channel.hangup()
+
+    run(scenario())

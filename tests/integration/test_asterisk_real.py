@@ -377,6 +377,16 @@ Reason: ${ZRTP_FAIL_REASON})
  same => n,Echo()
  same => n,Hangup()
 
+; Per-phone policy (issue 13): auto takes the strongest of number, caller and callee phone.
+exten => 640,1,Gosub(pbx-zrtp,s,1(auto))
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},Policy: ${ZRTP_POLICY})
+ same => n,Answer()
+ same => n,Echo()
+ same => n,Hangup()
+exten => 641,1,Gosub(pbx-zrtp,s,1(auto))
+ same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^auto^641))
+ same => n,Hangup()
+
 ; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
 exten => 702,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^required^702))
@@ -1195,3 +1205,83 @@ def test_the_zrtp_console_lines_answer_in_the_asterisk_cli(lab: Lab) -> None:
     finally:
         hangup_phone(phone)
         phone.stop()
+
+
+def test_a_phone_policy_set_from_the_console_covers_calls_from_and_to_it(lab: Lab) -> None:
+    """Issue 13 (per-phone policy), on the real Asterisk: `zrtp phone policy alice
+    required` makes alice's `auto` call required (the default is optional); `zrtp phone
+    policy carol required` makes the leg to carol required (Dial's U() runs the
+    subroutine on it) while alice's leg keeps the number's policy."""
+    seen: dict[str, Any] = {}
+    phone = lab.phone("phone-policy", zrtp=True)
+    carol = None
+    try:
+        for label, stored in (("default", None), ("phone alice", "required")):
+            if stored:
+                assert "Updated" in lab.cli(f"zrtp phone policy alice {stored}")
+            started = time.monotonic()
+            phone.send(f"call sip:640@{A}")
+            event = lab.ami.wait_event(
+                lambda e, t0=started: (
+                    e.get("Event") == "UserEvent"
+                    and e.get("UserEvent") == "ZrtpSeen"
+                    and float(e["_time"]) >= t0
+                ),
+                20,
+                "UserEvent ZrtpSeen",
+            )
+            seen[label] = event["Policy"]
+            phone.send("terminate all")
+            lab.wait_calls(lambda c: c == [], 15)
+        assert seen == {"default": "optional", "phone alice": "required"}, seen
+        assert "removed" in lab.cli("zrtp del phone policy alice")
+        assert "Updated" in lab.cli("zrtp phone policy carol required")
+        carol = lab.phone("carol-policy", zrtp=True, carol=True)
+        phone.send(f"call sip:641@{A}")
+        calls = lab.wait_calls(lambda c: len(c) == 2 and all(x["state"] == "secure" for x in c), 30)
+        policies = sorted(c["policy"] for c in calls)
+        seen["alice -> carol legs"] = policies
+        assert policies == ["optional", "required"], calls
+        print("PHONE POLICY:", json.dumps(seen))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        lab.cli("zrtp del phone policy carol")
+        hangup_phone(phone)
+        phone.stop()
+        if carol is not None:
+            carol.stop()
+
+
+def test_console_policies_survive_an_asterisk_restart(tmp_path: Path) -> None:
+    """`zrtp policy` / `zrtp phone policy` are AstDB keys: an Asterisk restart keeps them."""
+    ami_port = free_tcp_port("127.0.0.1")
+    conf = write_asterisk_config(tmp_path, ami_port, _free_udp_port(CAROL))
+
+    def cli(line: str) -> str:
+        done = subprocess.run(
+            [ASTERISK, "-C", str(conf), "-rx", line], capture_output=True, text=True, timeout=20
+        )
+        return done.stdout + done.stderr
+
+    shown = []
+    for run in (1, 2):
+        asterisk = Proc(
+            "asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], tmp_path / f"a{run}.out"
+        )
+        try:
+            wait_port("127.0.0.1", ami_port, 30, asterisk)
+            deadline = time.monotonic() + 20
+            while "zrtp show policies" not in cli("cli show aliases"):
+                assert time.monotonic() < deadline, "the zrtp aliases never loaded"
+                time.sleep(0.2)
+            if run == 1:
+                assert "Updated" in cli("zrtp policy 640 required")
+                assert "Updated" in cli("zrtp phone policy alice optional")
+            shown.append(cli("zrtp show policies") + cli("zrtp show phones"))
+        finally:
+            asterisk.stop()
+    for text in shown:
+        assert re.search(r"/pbx_zrtp/policy/640\s+: required", text), text
+        assert re.search(r"/pbx_zrtp/endpoint/alice\s+: optional", text), text
+    print("RESTART:", json.dumps(shown[1].split("\n")))
