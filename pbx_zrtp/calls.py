@@ -290,6 +290,9 @@ class CallReport:
     cache_mismatch: bool = False
     previously_verified: bool = False
     handshake_ms: float | None = None
+    #: A pending call: seconds from this report until the relay's time-out decides it
+    #: (``clear`` or ``failed``) at the latest; None once decided (or from an older relay).
+    decides_in: float | None = None
     phone: str = ""
     #: In an ``ended`` report: the state the call had reached before it ended.
     last_state: str = ""
@@ -369,10 +372,10 @@ class CallReport:
                 if not isinstance(value, list):
                     raise ValueError("streams must be a list")
                 values["streams"] = tuple(StreamReport.from_wire(item) for item in value)
-            elif spec.name == "handshake_ms":
+            elif spec.name in ("handshake_ms", "decides_in"):
                 if value is not None and not isinstance(value, int | float):
-                    raise ValueError("handshake_ms must be a number or null")
-                values["handshake_ms"] = None if value is None else float(value)
+                    raise ValueError(f"{spec.name} must be a number or null")
+                values[spec.name] = None if value is None else float(value)
             elif spec.name == "port":
                 if type(value) is not int:
                     raise ValueError("port must be an integer")

@@ -47,6 +47,17 @@ FAILED_CAUSE = 58
 PORT_WAIT = 1.0
 #: The [asterisk] settings of the AMI session itself: a change applies on a restart.
 LINK_SETTINGS = ("host", "port", "username", "secret")
+#: The subroutine's MediaAddress for an endpoint without media_address.
+NO_MEDIA_ADDRESS = "none"
+#: Asterisk CLI lines (cli_aliases_pbx_zrtp.conf): ``zrtp verify <id>`` is
+#: ``dialplan set global PBX_ZRTP_CLI_VERIFY <id>``, which AMI shows as a VarSet with
+#: ``Channel: none``. The outcome goes to AstDB pbx_zrtp/result (``zrtp show result``).
+CLI_COMMANDS = {
+    "PBX_ZRTP_CLI_VERIFY": "verify",
+    "PBX_ZRTP_CLI_UNVERIFY": "unverify",
+    "PBX_ZRTP_CLI_ENROLL": "enroll",
+    "PBX_ZRTP_CLI_UNENROLL": "unenroll",
+}
 
 #: The dialplan's variables (docs/asterisk.md), in the order they are set.
 VARIABLES = VariableTable(
@@ -72,6 +83,7 @@ VARIABLES = VariableTable(
         ("video_secure", "ZRTP_VIDEO_SECURE"),
         ("video_fail_reason", "ZRTP_VIDEO_FAIL_REASON"),
         ("video_state", "ZRTP_VIDEO_STATE"),
+        ("timeout", "ZRTP_TIMEOUT"),
         ("state", "ZRTP_STATE"),
     ),
     true="1",
@@ -98,6 +110,7 @@ class AsteriskAdapter(CallBook):
     prefix = CALL_PREFIX
     variables = VARIABLES
     stored_policy_name = "AstDB pbx_zrtp/policy/{target}"
+    stored_phone_policy_name = "AstDB pbx_zrtp/endpoint/{target}"
     no_port_reason = "no RTP port: the dialplan must run Progress() before the Gosub"
 
     def __init__(self, config: AsteriskConfig, relay: RelayHandle) -> None:
@@ -154,6 +167,11 @@ class AsteriskAdapter(CallBook):
             self._bridge_event(kind, event)
         elif kind == "Rename":
             self._renamed(event.get("Uniqueid", ""), event.get("Newname", ""))
+        elif kind == "VarSet" and event.get("Channel") == "none":  # a global variable
+            command = CLI_COMMANDS.get(event.get("Variable", ""))
+            ref = event.get("Value", "").strip()
+            if command is not None and ref:
+                self._spawn(self._cli(command, ref))
 
     def _bridge_event(self, kind: str, event: AmiEvent) -> None:
         """Follow which channels each Asterisk bridge holds (a transfer, a pickup, a
@@ -199,6 +217,8 @@ class AsteriskAdapter(CallBook):
             log.warning("ignoring %s event without Channel/Uniqueid", self.config.event)
             return
         endpoint = event.get("Endpoint", "")
+        # the endpoint's media_address; "none": it has none (the phone bypasses the relay)
+        media = event.get("MediaAddress", "").strip()
         await self.announce(
             Announcement(
                 uniqueid,
@@ -206,13 +226,15 @@ class AsteriskAdapter(CallBook):
                 event.get("Policy", ""),
                 target=event.get("Target", "") or event.get("Exten", ""),
                 peer=endpoint or channel,
+                endpoint=endpoint,
                 # Legs of one call share Asterisk's Linkedid: the relay relays the SAS.
                 bridge=event.get("Linkedid", ""),
                 enroll=event.get("Enroll", "").strip().lower() in ENROLL_OFFER,
                 group=event.get("Group", ""),
-                media_address=event.get("MediaAddress", ""),  # the endpoint's media_address
+                media_address="" if media == NO_MEDIA_ADDRESS else media,
                 port=parse_port(event.get("RtpSrc", "")),
                 video_port=parse_port(event.get("RtpSrcVideo", "")),
+                details=(("media_address", media),),
             )
         )
 
@@ -223,6 +245,24 @@ class AsteriskAdapter(CallBook):
 
     def _matched_policy(self, target: str) -> Policy | None:
         return match_policy(self.config, target)
+
+    async def _stored_phone_policy(self, endpoint: str) -> str | None:
+        return await self.ami.db_get("pbx_zrtp/endpoint", endpoint)
+
+    def _matched_phone_policy(self, endpoint: str) -> Policy | None:
+        return match_policy(self.config, endpoint, self.config.phone_policies)
+
+    def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
+        """A `required` call whose phone was not told the relay's address: its media
+        goes straight to Asterisk, so it can never be secured (issue 13, defect 6)."""
+        if call.policy is Policy.REQUIRED and announced.detail("media_address") == NO_MEDIA_ADDRESS:
+            return (
+                f"endpoint of {call.channel} has no media_address: its media would go"
+                " straight to Asterisk and not through the relay (set media_address ="
+                f" {self.relay.relay_host} on the endpoint in pjsip.conf, or do not require"
+                " ZRTP for it)"
+            )
+        return None
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         port = announced.port
@@ -288,7 +328,8 @@ class AsteriskAdapter(CallBook):
             f"{state} policy={call.policy.value} sas={values['ZRTP_SAS'] or '-'}"
             f" verified={verified}"
         )
-        await self.ami.db_put("pbx_zrtp/calls", call.key, f"{call.channel} {summary}")
+        # the id first: what `zrtp show call`, `zrtp verify` … take
+        await self.ami.db_put("pbx_zrtp/calls", call.key, f"{call.key} {call.channel} {summary}")
 
     async def _ended(self, call: PbxCall) -> None:
         await self.ami.db_del("pbx_zrtp/calls", call.key)
@@ -359,6 +400,27 @@ class AsteriskAdapter(CallBook):
             log.warning("admin: %s", exc)
             with contextlib.suppress(AmiError):
                 await self.ami.notify("ZrtpAdminError", {"Message": str(exc)[:200]})
+
+    async def _cli(self, command: str, ref: str) -> None:
+        """``zrtp verify|unverify|enroll|unenroll <id>`` typed at the Asterisk CLI: do
+        it, and leave the outcome in AstDB pbx_zrtp/result for ``zrtp show result``."""
+        call = self._find(ref)
+        if command in ("enroll", "unenroll"):
+            result = await self.change_enrollment(call, command == "enroll", repr(ref))
+            if call is not None and not result.startswith("failed"):
+                result = f"done: {call.channel} {result}"
+        else:
+            try:
+                await self.verify(call, ref, command == "verify")
+            except RelayError as exc:
+                log.warning("admin: %s %s: %s", command, ref, exc)
+                result = f"failed: {exc}"
+            else:
+                assert call is not None
+                marked = "verified" if command == "verify" else "unverified"
+                result = f"done: SAS of {call.channel} marked {marked}"
+        with contextlib.suppress(AmiError):
+            await self.ami.db_put("pbx_zrtp/result", command, f"{ref}: {result}"[:200])
 
     async def _enrollment(self, command: str, ref: str) -> None:
         """enroll: the user confirmed the SAS on an enrollment call; unenroll: forget

@@ -134,6 +134,7 @@ class Ami:
         self._manager.register_event("Shutdown", self._event)
         for name in ("BridgeEnter", "BridgeLeave", "BridgeDestroy", "Rename"):  # call changes
             self._manager.register_event(name, self._event)
+        self._manager.register_event("VarSet", self._event)  # globals: the zrtp CLI lines
         self.address = f"{host}:{port}"
 
     @property

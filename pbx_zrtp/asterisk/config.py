@@ -31,6 +31,9 @@ class AsteriskConfig:
     default_policy: Policy = Policy.OPTIONAL
     #: Extension patterns (Asterisk syntax, first match wins) -> policy.
     policies: list[tuple[str, Policy]] = field(default_factory=list)
+    #: ``[asterisk.phone_policies]``: endpoint names or patterns -> the policy of calls
+    #: from and to that phone (an `auto` call takes the strongest that applies).
+    phone_policies: list[tuple[str, Policy]] = field(default_factory=list)
     #: Safety net: hang up a `required` call still up this long after it failed.
     hangup_failed_after: float = 3.0
     #: The UserEvent name the dialplan raises (extensions_pbx_zrtp.conf).
@@ -69,6 +72,7 @@ def read(table: FieldReader) -> AsteriskConfig:
         secret=secret,
         default_policy=table.take("default_policy", _policy, d.default_policy),
         policies=_read_policies(table),
+        phone_policies=_read_policies(table, "phone_policies"),
         hangup_failed_after=table.take(
             "hangup_failed_after",
             number(0, 60),
@@ -109,13 +113,14 @@ def _policy(value: object) -> Policy:
         raise Invalid(f"{value!r} is not one of off, optional, required") from None
 
 
-def _read_policies(table: FieldReader) -> list[tuple[str, Policy]]:
-    """``[asterisk.policies]``: "pattern" = "policy", first match wins."""
-    value = table.raw("policies")
+def _read_policies(table: FieldReader, key: str = "policies") -> list[tuple[str, Policy]]:
+    """``[asterisk.policies]`` (or ``.phone_policies``): "pattern" = "policy", first
+    match wins."""
+    value = table.raw(key)
     if value is None:
         return []
     if not isinstance(value, dict):
-        table.problem("policies", 'a table of "pattern" = "policy"')
+        table.problem(key, 'a table of "pattern" = "policy"')
         return []
     policies = []
     for pattern, wanted in value.items():
@@ -123,7 +128,7 @@ def _read_policies(table: FieldReader) -> list[tuple[str, Policy]]:
             compile_pattern(pattern)
             policies.append((pattern, _policy(wanted)))
         except ValueError as exc:
-            table.problem(f"policies.{pattern}", str(exc))
+            table.problem(f"{key}.{pattern}", str(exc))
     return policies
 
 
@@ -167,8 +172,10 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def match_policy(config: AsteriskConfig, extension: str) -> Policy | None:
-    for pattern, policy in config.policies:
+def match_policy(
+    config: AsteriskConfig, extension: str, table: list[tuple[str, Policy]] | None = None
+) -> Policy | None:
+    for pattern, policy in config.policies if table is None else table:
         if compile_pattern(pattern).fullmatch(extension):
             return policy
     return None

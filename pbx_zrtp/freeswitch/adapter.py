@@ -64,6 +64,7 @@ SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll", console.REQUEST)
 VARIABLES = VariableTable(
     (
         ("policy", "pbx_zrtp_active_policy"),
+        ("timeout", "pbx_zrtp_timeout"),  # pending: hold the call this many seconds at most
         ("secure", "pbx_zrtp_secure"),
         ("sas", "pbx_zrtp_sas"),
         ("sas_type", "pbx_zrtp_sas_type"),
@@ -173,6 +174,7 @@ class FreeswitchAdapter(CallBook):
     prefix = CALL_PREFIX
     variables = VARIABLES
     stored_policy_name = "global variable pbx_zrtp_policy_{target}"
+    stored_phone_policy_name = "global variable pbx_zrtp_phone_policy_{target}"
     no_port_reason = "no local_media_port yet: announce the call after pre_answer or answer"
 
     def __init__(self, config: FreeswitchConfig, relay: RelayHandle) -> None:
@@ -321,6 +323,7 @@ class FreeswitchAdapter(CallBook):
             requested_policy(headers) or headers.get("policy", "").strip().lower(),
             target=headers.get("Caller-Destination-Number", ""),
             peer=headers.get("Caller-Caller-ID-Number", "") or headers.get("Caller-Username", ""),
+            endpoint=_phone(headers),
             # Both legs of a bridge carry the A leg's uuid as Channel-Call-UUID.
             bridge=headers.get("Channel-Call-UUID", ""),
             enroll=enroll,
@@ -358,6 +361,9 @@ class FreeswitchAdapter(CallBook):
             except EslError as exc:
                 log.warning("could not write back the stored policy of %s: %s", extension, exc)
                 return
+
+    async def _stored_phone_policy(self, endpoint: str) -> str | None:
+        return await self.esl.global_getvar(f"pbx_zrtp_phone_policy_{endpoint}")
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
         if announced.port is not None:
@@ -632,6 +638,18 @@ class FreeswitchAdapter(CallBook):
             if values:
                 await self.esl.set_vars(uuid, values)
             await self.esl.set_var(uuid, "pbx_zrtp_enroll_result", result[:200])
+
+
+def _phone(headers: EslEvent) -> str:
+    """This leg's phone (its per-phone policy key): pbx_zrtp_phone if the dialplan set
+    it; else the registered user that placed an inbound leg, or the user an outbound
+    leg (a bridge's callee) was dialled to."""
+    chosen = headers.get("variable_pbx_zrtp_phone", "")
+    if chosen:
+        return chosen
+    if headers.get("Call-Direction") == "outbound":
+        return headers.get("variable_dialed_user", "")
+    return headers.get("Caller-Username", "")
 
 
 #: What the registry (pbx_zrtp.pbx.registry) starts for a [section].

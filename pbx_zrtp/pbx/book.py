@@ -25,7 +25,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,6 +54,8 @@ YES = frozenset({"true", "yes", "1"})
 NO = frozenset({"false", "no", "0"})
 #: A call invites its phone to enroll with this PBX (PBX_ZRTP_ENROLL, pbx_zrtp_enroll).
 ENROLL_OFFER = YES | {"offer"}
+#: off < optional < required: an `auto` call takes the strongest policy that applies.
+STRENGTH = {Policy.OFF: 0, Policy.OPTIONAL: 1, Policy.REQUIRED: 2}
 
 
 @dataclass
@@ -80,6 +82,9 @@ class Announcement:
     requested: str  # off | optional | required | auto (or "": the configured default)
     target: str = ""  # the extension the phone talks to (policy lookup, cache key)
     peer: str = ""  # the phone (cache key)
+    #: The PBX's name of this leg's phone (Asterisk endpoint, FreeSWITCH user): the key
+    #: of its per-phone policy, which covers calls from it and to it.
+    endpoint: str = ""
     #: Legs of one bridged call share it (Asterisk Linkedid, FreeSWITCH Channel-Call-UUID).
     bridge: str = ""
     enroll: bool = False
@@ -107,6 +112,8 @@ class CallBook(ABC):
     no_port_reason: ClassVar[str]
     #: Where ``_stored_policy`` looks, for log lines ("AstDB pbx_zrtp/policy/{target}").
     stored_policy_name: ClassVar[str] = "the stored policy of {target}"
+    #: Where ``_stored_phone_policy`` looks ("AstDB pbx_zrtp/endpoint/{target}").
+    stored_phone_policy_name: ClassVar[str] = "the stored policy of phone {target}"
 
     def __init__(
         self,
@@ -162,6 +169,15 @@ class CallBook(ABC):
 
     def _matched_policy(self, target: str) -> Policy | None:
         """Hook: the policy configured patterns give ``target``."""
+        return None
+
+    async def _stored_phone_policy(self, endpoint: str) -> str | None:
+        """Hook: the policy an admin stored for the phone ``endpoint`` (calls from it
+        and to it); None or "" when none; PbxError when it cannot be read."""
+        return None
+
+    def _matched_phone_policy(self, endpoint: str) -> Policy | None:
+        """Hook: the policy the configured phone patterns give ``endpoint``."""
         return None
 
     async def _find_port(self, call: PbxCall, announced: Announcement) -> int | None:
@@ -220,34 +236,67 @@ class CallBook(ABC):
         while len(self._gone) > GONE_MEMORY:
             self._gone.popitem(last=False)
 
-    async def resolve_policy(self, requested: str, target: str) -> Policy:
-        """The dialplan's word; for ``auto`` (or nothing): the policy stored for the
-        target in the PBX, then the configured patterns, then the default.
+    async def resolve_policy(
+        self, requested: str, target: str, phones: tuple[str, ...] = ()
+    ) -> Policy:
+        """The dialplan's word; for ``auto`` (or nothing) the strongest of: the dialled
+        number's policy (stored for the target in the PBX, then the configured patterns,
+        then the default) and the per-phone policies of ``phones`` (this leg's phone and
+        the dialled one: stored, then the configured phone patterns; a phone without
+        one adds nothing).
 
         A stored policy that cannot be read (PBX time-out) or holds no policy may be
         meant as ``required``: the call is then treated as ``required`` (fail closed)."""
         requested = requested.strip().lower()
         if requested in ("off", "optional", "required"):
             return Policy(requested)
+        policy = await self._number_policy(target)
+        for phone in dict.fromkeys(p for p in phones if p):
+            if policy is Policy.REQUIRED:
+                break
+            found = await self._phone_policy(phone)
+            if found is not None and STRENGTH[found] > STRENGTH[policy]:
+                policy = found
+        return policy
+
+    async def _number_policy(self, target: str) -> Policy:
         if target:
-            try:
-                stored = await self._stored_policy(target)
-            except PbxError as exc:
-                log.warning("policy of %s unknown (%s): treating the call as required", target, exc)
-                return Policy.REQUIRED
-            if stored:
-                try:
-                    return Policy(stored.strip().lower())
-                except ValueError:
-                    log.warning(
-                        "%s is not off, optional or required: treating the call as required",
-                        self.stored_policy_name.format(target=target),
-                    )
-                    return Policy.REQUIRED
+            stored = await self._read_stored(self._stored_policy, target, self.stored_policy_name)
+            if stored is not None:
+                return stored
             matched = self._matched_policy(target)
             if matched is not None:
                 return matched
         return self.default_policy
+
+    async def _phone_policy(self, phone: str) -> Policy | None:
+        stored = await self._read_stored(
+            self._stored_phone_policy, phone, self.stored_phone_policy_name
+        )
+        return stored if stored is not None else self._matched_phone_policy(phone)
+
+    async def _read_stored(
+        self, read: Callable[[str], Awaitable[str | None]], key: str, name: str
+    ) -> Policy | None:
+        """A stored policy; None when none is stored; REQUIRED when it cannot be read
+        or is no policy (it may have meant required)."""
+        try:
+            stored = await read(key)
+        except PbxError as exc:
+            log.warning(
+                "%s unknown (%s): treating the call as required", name.format(target=key), exc
+            )
+            return Policy.REQUIRED
+        if not stored:
+            return None
+        try:
+            return Policy(stored.strip().lower())
+        except ValueError:
+            log.warning(
+                "%s is not off, optional or required: treating the call as required",
+                name.format(target=key),
+            )
+            return Policy.REQUIRED
 
     async def announce(self, announced: Announcement) -> None:
         """A channel asks for ZRTP: have the relay mirror its port, write the state."""
@@ -262,7 +311,13 @@ class CallBook(ABC):
         call.bridge = announced.bridge
         self.calls[key] = call  # from here a hangup finds it
         async with call.lock:
-            call.policy = await self.resolve_policy(announced.requested, announced.target)
+            call.policy = await self.resolve_policy(
+                announced.requested,
+                announced.target,
+                # this leg's phone (calls from it, or to it on a callee leg) and the
+                # dialled one (calls to it)
+                (announced.endpoint, announced.target),
+            )
             if key not in self.calls:
                 return
             port = await self._find_port(call, announced)

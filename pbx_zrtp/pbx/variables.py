@@ -8,6 +8,7 @@ with that PBX's spelling of true and false.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from pbx_zrtp.calls import CallReport, CallState, Policy
@@ -52,6 +53,9 @@ class CallView:
     video_secure: bool
     video_fail_reason: str
     video_state: str
+    #: Pending: whole seconds the dialplan should hold the call for the relay's decision
+    #: (the relay's time-out left, plus 1 s for the write); "" once decided.
+    timeout: str
     state: str
     #: The SAS split as FreeSWITCH's removed built-in ZRTP showed it.
     sas1: str
@@ -88,10 +92,17 @@ class CallView:
             video_secure=video is not None and video.secure,
             video_fail_reason=video.reason if video is not None and video_failed else "",
             video_state=video.state.value if video is not None else "",
+            timeout=_timeout(report),
             state=report.state.value,
             sas1=sas1,
             sas2=sas2,
         )
+
+
+def _timeout(report: CallReport) -> str:
+    if report.state is not CallState.PENDING or report.decides_in is None:
+        return ""
+    return str(math.ceil(report.decides_in) + 1)
 
 
 _VIEW_FIELDS = frozenset(f.name for f in fields(CallView))

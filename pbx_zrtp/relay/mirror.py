@@ -405,8 +405,8 @@ class Mirror:
         if self.state is CallState.FAILED and policy is Policy.OPTIONAL:
             self._set_state(CallState.CLEAR, self.reason)
             return
-        self._set_state(CallState.PENDING)
         if self.first is not None and not self._first_keyed():
+            self._set_state(CallState.PENDING)
             self._first_changed()  # the timer starts once the first stream is secure
             return
         timeout = (
@@ -414,7 +414,9 @@ class Mirror:
             if policy is Policy.REQUIRED
             else self.settings.optional_timeout
         )
+        # armed first: the `pending` report carries the time it leaves (decides_in)
         self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
+        self._set_state(CallState.PENDING)
         if self.phone is not None and self._guard is None:
             self._start_engine()
 
@@ -553,6 +555,7 @@ class Mirror:
             cache_mismatch=secured.cache_mismatch if secured else False,
             previously_verified=secured.previously_verified if secured else False,
             handshake_ms=self._handshake_ms,
+            decides_in=self._decides_in(),
             phone=format_address(self.phone) if self.phone else "",
             last_state=self._last_state,
             bridge=identity.bridge if identity else "",
@@ -584,6 +587,13 @@ class Mirror:
             handshake_ms=self._handshake_ms,
             counters=self.live_counters(),
         )
+
+    def _decides_in(self) -> float | None:
+        """A pending call: seconds until the policy time-out decides it at the latest."""
+        timer = self._policy_timer
+        if self.state is not CallState.PENDING or timer is None:
+            return None
+        return round(max(0.0, timer.when() - self._loop.time()), 1)
 
     def live_counters(self) -> TrafficCounters:
         """This call's counters now, the native worker's included while it forwards."""
@@ -884,6 +894,9 @@ class Mirror:
             if self._srtp_keys(event) is None:
                 return
             self._secured = event
+            # Verified from the start only by continuity: both V flags and a retained
+            # secret that matched in this exchange (the engine's previously_verified).
+            self._sas_verified = event.previously_verified
             self._protect_out = True
             self._guard = None  # the source completed ZRTP: it receives what we send
             # From our first Hello (the phone's first packet) to secure.

@@ -38,6 +38,7 @@ class Lab:
         progress: bool = True,
         rtp_src: bool = True,
         linkedid: str | None = None,
+        media: str | None = None,
         enroll: bool = False,
         video: bool = False,
     ) -> tuple[FakeChannel, int]:
@@ -61,6 +62,8 @@ class Lab:
         headers = {"Policy": policy, "Target": exten, "Endpoint": channel.endpoint}
         if rtp_src:
             headers["RtpSrc"] = f"127.0.0.1:{port}" if progress else ""
+        if media is not None:  # the subroutine's MediaAddress ("none": no media_address)
+            headers["MediaAddress"] = media
         headers["Enroll"] = "offer" if enroll else ""
         await channel.user_event("PbxZrtp", **headers)
         return channel, port
@@ -215,7 +218,7 @@ def test_secure_call_sets_every_variable_and_tells_ami_consumers() -> None:
                 lambda: "secure" in t.fake.astdb.get(("pbx_zrtp/calls", channel.uniqueid), "")
             )
             assert t.fake.astdb.get(("pbx_zrtp/calls", channel.uniqueid), "").startswith(
-                channel.name
+                f"{channel.uniqueid} {channel.name} "  # the id first (`zrtp show calls`)
             )
             await channel.hangup()
             await _until(lambda: not t.relay.calls())
@@ -329,6 +332,81 @@ def test_missing_progress_gives_a_clear_failure_reason() -> None:
     run(scenario())
 
 
+def test_a_required_call_whose_media_bypasses_the_relay_is_refused_at_once() -> None:
+    """Issue 13 defect 6: an endpoint without media_address (a plain phone) sends its
+    media straight to Asterisk. A call that resolves to `required` is failed with the
+    reason before any mirror exists (it used to fail after the relay's 10 s, while its
+    clear RTP flowed); `optional` is left to the relay as before."""
+
+    async def scenario() -> None:
+        async with lab(policies=[("_6XX", Policy.REQUIRED)]) as t:
+            for policy in ("required", "auto"):
+                channel, _ = await t.call(policy, exten="601", media="none")
+                state = await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+                assert state == "failed" and channel.variables["ZRTP_POLICY"] == "required"
+                reason = channel.variables["ZRTP_FAIL_REASON"]
+                assert "has no media_address" in reason and RELAY_HOST in reason, reason
+                assert not t.relay.calls()  # refused before the relay was asked
+                await channel.hangup()
+            optional, port = await t.call("optional", exten="601", media="none")
+            await _until(lambda: optional.variables.get("ZRTP_STATE") == "pending")
+            assert [c.port for c in t.relay.calls()] == [port]
+            await optional.hangup()
+            # the relay's own address: mirrored as before
+            served, port = await t.call("required", exten="601", media=RELAY_HOST)
+            await _until(lambda: served.variables.get("ZRTP_STATE") == "pending")
+            assert [c.port for c in t.relay.calls()] == [port]
+            await served.hangup()
+            await _until(lambda: not t.relay.calls())
+
+    run(scenario())
+
+
+def test_zrtp_cli_lines_act_and_leave_their_outcome_in_astdb() -> None:
+    """Issue 13 (the admin's day): `zrtp verify <id>` is `dialplan set global
+    PBX_ZRTP_CLI_VERIFY <id>`, which AMI shows as a VarSet with Channel: none (seen on
+    Asterisk 22.10.1). The adapter acts and writes the outcome to AstDB
+    pbx_zrtp/result (`zrtp show result`); `zrtp show calls` lines start with the id."""
+
+    def typed(t: Lab, variable: str, value: str) -> None:
+        t.fake.emit(
+            "VarSet",
+            "dialplan",
+            [("Channel", "none"), ("Uniqueid", "none"), ("Variable", variable), ("Value", value)],
+        )
+
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(
+                phone(port, srtp=0), channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            )
+            uid = channel.uniqueid
+            line = t.fake.astdb[("pbx_zrtp/calls", uid)]
+            assert line.split()[:2] == [uid, channel.name], line
+            typed(t, "PBX_ZRTP_CLI_VERIFY", uid)
+            await _until(lambda: channel.variables.get("ZRTP_SAS_VERIFIED") == "1")
+            await _until(lambda: ("pbx_zrtp/result", "verify") in t.fake.astdb)
+            result = t.fake.astdb[("pbx_zrtp/result", "verify")]
+            assert result == f"{uid}: done: SAS of {channel.name} marked verified", result
+            typed(t, "PBX_ZRTP_CLI_UNVERIFY", uid)
+            await _until(lambda: channel.variables.get("ZRTP_SAS_VERIFIED") == "0")
+            typed(t, "PBX_ZRTP_CLI_VERIFY", "no.such")
+            await _until(lambda: t.fake.astdb[("pbx_zrtp/result", "verify")].startswith("no."))
+            assert t.fake.astdb[("pbx_zrtp/result", "verify")] == (
+                "no.such: failed: no ZRTP call 'no.such'"
+            )
+            typed(t, "PBX_ZRTP_CLI_ENROLL", uid)  # *77 was not dialled: nothing offered
+            await _until(lambda: ("pbx_zrtp/result", "enroll") in t.fake.astdb)
+            assert (
+                "failed: enrollment was not offered" in t.fake.astdb[("pbx_zrtp/result", "enroll")]
+            )
+            typed(t, "SOMETHING_ELSE", uid)  # other globals are none of our business
+            await channel.hangup()
+
+    run(scenario())
+
+
 def test_cli_admin_marks_the_sas_verified() -> None:
     async def scenario() -> None:
         async with lab() as t:
@@ -396,5 +474,36 @@ def test_adapter_in_its_own_process_role_against_a_remote_relay(tmp_path: Any) -
             for pbx in t.pbxs:
                 pbx.close()
             await fake.close()
+
+    run(scenario())
+
+
+def test_phone_policies_from_the_configuration() -> None:
+    """[asterisk.phone_policies]: endpoint names or patterns -> the policy of calls
+    from and to that phone; a bad value names the key and the fix."""
+    from pbx_zrtp.asterisk.config import parse_asterisk
+    from pbx_zrtp.config.fields import ConfigError
+
+    config = parse_asterisk(
+        {"secret": "s", "phone_policies": {"_10XX": "required", "zalice": "optional"}}
+    )
+    assert config.phone_policies == [("_10XX", Policy.REQUIRED), ("zalice", Policy.OPTIONAL)]
+    try:
+        parse_asterisk({"secret": "s", "phone_policies": {"1001": "yes"}})
+    except ConfigError as exc:
+        assert "asterisk.phone_policies.1001" in str(exc) and "off, optional" in str(exc)
+    else:
+        raise AssertionError("a phone policy that is no policy was accepted")
+
+    async def scenario() -> None:
+        async with lab(phone_policies=config.phone_policies, default_policy=Policy.OFF) as t:
+            channel, _ = await t.call("auto", exten="600")  # from endpoint zalice
+            await _until(lambda: channel.variables.get("ZRTP_STATE") is not None)
+            assert channel.variables["ZRTP_POLICY"] == "optional"  # not the default off
+            await channel.hangup()
+            channel, _ = await t.call("auto", exten="1002")  # to phone 1002
+            await _until(lambda: channel.variables.get("ZRTP_STATE") is not None)
+            assert channel.variables["ZRTP_POLICY"] == "required"
+            await channel.hangup()
 
     run(scenario())

@@ -5,6 +5,8 @@ fake Asterisk with the real adapter and relay: a call whose policy is or resolve
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +178,106 @@ def test_a_secure_call_whose_media_never_reaches_the_relay(policy: str, goes_on:
                 assert outcome.log[0].endswith("hanging up")
 
     run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("required", True), ("optional", False)])
+def test_a_required_call_from_an_endpoint_without_media_address_is_refused_before_progress(
+    policy: str, refused: bool
+) -> None:
+    """Issue 13 defect 6: a plain endpoint (no media_address) sends its media straight
+    to Asterisk. `required`: refused before Progress() (no 183, no media, nothing
+    answered), the reason in ZRTP_FAIL_REASON and a WARNING, cause 58; pbx-zrtp is not
+    even asked. Other policies announce the call with "MediaAddress: none"."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            channel = t.fake.new_call(rtp_port=free_even_port(), exten="600")
+            sent: list[dict[str, str]] = []
+            raise_event = channel.user_event
+
+            async def user_event(name: str, **headers: str) -> None:
+                sent.append({"UserEvent": name, **headers})
+                await raise_event(name, **headers)
+
+            channel.user_event = user_event  # type: ignore[method-assign]
+            runner = Runner(channel, [policy, "", "0.3"], media_address="")
+            outcome = await runner.run()
+            if refused:
+                assert outcome.cause == 58 and not channel.alive
+                assert not channel.media_active  # Progress() never ran
+                assert channel.variables["ZRTP_STATE"] == "failed"
+                reason = channel.variables["ZRTP_FAIL_REASON"]
+                assert reason.startswith(f"endpoint {channel.endpoint} has no media_address")
+                assert len(outcome.log) == 1 and outcome.log[0].startswith("WARNING,")
+                assert outcome.log[0].endswith("hanging up before answer"), outcome.log
+                assert not t.relay.calls() and sent == []
+            else:
+                assert channel.media_active
+                assert [e.get("MediaAddress") for e in sent] == ["none"], sent
+                await channel.hangup()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "decided"), [("optional", "clear"), ("auto", "failed")])
+def test_the_wait_lasts_as_long_as_the_relay_takes_to_decide(policy: str, decided: str) -> None:
+    """Issue 13 defect 9: the subroutine waited 3 s for an optional call while the
+    relay decided `clear` later (its [timeouts] optional), so the dialplan after it
+    saw `pending`. pbx-zrtp now writes the relay's time left as ZRTP_TIMEOUT with the
+    pending state, and the subroutine waits that long: it returns (or refuses) on the
+    relay's decision, for `auto` resolved to required as well (phone silent)."""
+
+    async def scenario() -> None:
+        async with lab(
+            policies=[("_6XX", Policy.REQUIRED)], optional_timeout=3.5, required_timeout=3.5
+        ) as t:
+            channel = t.fake.new_call(rtp_port=free_even_port(), exten="600")
+            timeouts: list[str] = []
+            store = channel._store
+
+            def spy(name: str, value: str) -> None:
+                if name == "ZRTP_TIMEOUT":
+                    timeouts.append(value)
+                store(name, value)
+
+            channel._store = spy  # type: ignore[method-assign]
+            outcome = await Runner(channel, [policy], media_address=RELAY).run()
+            assert channel.variables["ZRTP_STATE"] == decided, channel.variables
+            # ceil(3.5) + 1 s for the write, with every pending write; "" once decided
+            assert timeouts == ["5", ""], timeouts
+            assert outcome.returned is (decided == "clear"), outcome
+            if outcome.returned:
+                await channel.hangup()
+
+    run(scenario())
+
+
+def test_the_admin_lines_in_the_docs_are_the_aliases_and_quoted_originates() -> None:
+    """Issue 13: the docs' `channel originate … UserEvent …` lines lost everything after
+    the first space (the CLI splits on spaces): the application data must be quoted.
+    cli_aliases_pbx_zrtp.conf had its own [general], so appended to the stock file its
+    aliases were not loaded: it adds to the stock [general] with [general](+). Every
+    `zrtp …` line in docs/asterisk.md is one of its aliases (checked on Asterisk 22.10.1
+    by tests/integration/test_asterisk_real.py)."""
+    root = Path(__file__).resolve().parents[2]
+    aliases_text = (root / "dialplan/asterisk/cli_aliases_pbx_zrtp.conf").read_text()
+    sections = re.findall(r"(?m)^\[([^\]]*)\](\S*)", aliases_text)
+    assert sections == [("general", "(+)"), ("pbx_zrtp", "")], sections
+    aliases = {
+        key.strip(): value.strip()
+        for key, _, value in (
+            line.partition("=")
+            for line in aliases_text.splitlines()
+            if line.startswith("zrtp ") and "=" in line
+        )
+    }
+    docs = (root / "docs/asterisk.md").read_text()
+    typed = set(re.findall(r"`(zrtp [^`…]+)`", docs))
+    assert typed, "no zrtp lines in docs/asterisk.md"
+    for line in typed:
+        words = line.split()
+        assert any(words[: len(a.split())] == a.split() for a in aliases), line
+    originates = re.findall(r"`(channel originate [^`]+)`", docs)
+    assert originates
+    for line in originates:
+        assert re.fullmatch(r'channel originate \S+ application UserEvent "[^"]+"', line), line

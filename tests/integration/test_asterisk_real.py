@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -188,6 +189,22 @@ def _asterisk_prefix(binary: str) -> Path:
     return Path(binary).resolve().parent.parent
 
 
+#: The start of Asterisk 22's configs/samples/cli_aliases.conf.sample.
+STOCK_CLI_ALIASES = """;
+; CLI Aliases configuration
+;
+[general]
+template = friendly		; By default, include friendly aliases
+;template = asterisk_1dot2	; Asterisk 1.2 style syntax
+
+[friendly]
+hangup request=channel request hangup
+originate=channel originate
+help=core show help
+reload=module reload
+
+"""
+
 MODULES = (
     "res_pjproject.so",
     "res_sorcery_config.so",
@@ -218,6 +235,9 @@ MODULES = (
     "app_playback.so",  # early media (extension 620)
     "format_wav.so",
     "res_format_attr_vp8.so",  # a video call (VP8, linphonec's static picture)
+    "res_clioriginate.so",  # the admin's `channel originate` CLI lines (docs/asterisk.md)
+    "res_clialiases.so",  # cli_aliases_pbx_zrtp.conf
+    "func_db.so",  # DB() in the admin context
 )
 
 
@@ -311,6 +331,12 @@ contact = sip:carol@{CAROL}:{carol_port}
     )
     write(etc / "manager.conf", manager, 0o600)
     shutil.copy(SAMPLES / "extensions_pbx_zrtp.conf", etc / "extensions_pbx_zrtp.conf")
+    # cli_aliases.conf as Asterisk's sample starts (its [general] and [friendly]), with
+    # the project's file appended as docs/asterisk.md says.
+    write(
+        etc / "cli_aliases.conf",
+        STOCK_CLI_ALIASES + (SAMPLES / "cli_aliases_pbx_zrtp.conf").read_text(),
+    )
     write(
         etc / "extensions.conf",
         """[general]
@@ -320,6 +346,7 @@ writeprotect = yes
 #include extensions_pbx_zrtp.conf
 
 [from-phones]
+include => pbx-zrtp-examples
 exten => 600,1,Gosub(pbx-zrtp,s,1(required))
  same => n,Answer()
  same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},SAS: ${ZRTP_SAS},Secure: ${ZRTP_SECURE},\
@@ -343,6 +370,24 @@ exten => 620,1,Gosub(pbx-zrtp,s,1(required))
 Policy: ${ZRTP_POLICY},Cipher: ${ZRTP_CIPHER},RtpDest: ${CHANNEL(rtp,dest)})
  same => n,Answer()
  same => n,Echo()
+ same => n,Hangup()
+
+; Optional (issue 13 defect 9): the Gosub returns on the relay's decision, never pending.
+exten => 630,1,Gosub(pbx-zrtp,s,1(optional))
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},Wait: ${PBX_ZRTP_WAIT},\
+Reason: ${ZRTP_FAIL_REASON})
+ same => n,Answer()
+ same => n,Echo()
+ same => n,Hangup()
+
+; Per-phone policy (issue 13): auto takes the strongest of number, caller and callee phone.
+exten => 640,1,Gosub(pbx-zrtp,s,1(auto))
+ same => n,UserEvent(ZrtpSeen,State: ${ZRTP_STATE},Policy: ${ZRTP_POLICY})
+ same => n,Answer()
+ same => n,Echo()
+ same => n,Hangup()
+exten => 641,1,Gosub(pbx-zrtp,s,1(auto))
+ same => n,Dial(PJSIP/carol,20,U(pbx-zrtp^auto^641))
  same => n,Hangup()
 
 ; Two ZRTP phones, both legs through the relay (as extension 702 of the samples).
@@ -484,6 +529,29 @@ class Lab:
     def ctl(self, *args: str) -> Any:
         return ctl_json(self.control, *args)
 
+    def cli(self, line: str) -> str:
+        """One Asterisk CLI line, as an admin types it: ``asterisk -rx '<line>'``."""
+        conf = self.base / "etc" / "asterisk.conf"
+        done = subprocess.run(
+            [ASTERISK, "-C", str(conf), "-rx", line],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        return done.stdout + done.stderr
+
+    def wait_calls(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> Any:
+        """The relay's calls (``pbx-zrtp ctl list``) once ``predicate`` holds."""
+        deadline = time.monotonic() + timeout
+        calls: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            calls = [c for c in self.ctl("list") if c["call_id"].startswith("ast-")]
+            if predicate(calls):
+                return calls
+            time.sleep(0.1)
+        raise AssertionError(f"the relay's calls did not get there in {timeout} s: {calls}")
+
     def asterisk_log(self) -> str:
         path = self.base / "log" / "full"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -512,7 +580,14 @@ class Lab:
         return events
 
     def phone(
-        self, name: str, *, zrtp: bool, carol: bool = False, ciphers: str = "", video: bool = False
+        self,
+        name: str,
+        *,
+        zrtp: bool,
+        carol: bool = False,
+        ciphers: str = "",
+        video: bool = False,
+        user: str = "",
     ) -> Proc:
         """alice (calls out), or carol (called by Asterisk at CAROL, auto-answers)."""
         home = self.base / name
@@ -522,7 +597,9 @@ class Lab:
                 home, zrtp=zrtp, user="carol", address=CAROL, sip_port=self.carol_port
             )
         else:
-            rc = write_linphonerc(home, zrtp=zrtp, ciphers=ciphers, video=video)
+            rc = write_linphonerc(
+                home, zrtp=zrtp, ciphers=ciphers, video=video, user=user or "alice"
+            )
         env = {**os.environ, "HOME": str(home)}
         command = [str(LINPHONEC), "-c", str(rc), "-d", "6", "-l", str(home / "linphone-debug.log")]
         if video:
@@ -1030,3 +1107,297 @@ def test_early_media_in_the_183_reaches_the_phone_only_through_the_relay(lab: La
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
         phone.stop()
+
+
+def test_sample_701_takes_its_known_branch_after_both_sides_verified(lab: Lab) -> None:
+    """Issue 13 defect 4: call 701, both sides mark the SAS verified (linphonec's
+    zrtp-set-verified, the admin's CLI verify line), hang up, call again: the relay
+    reports previously_verified, ZRTP_SAS_VERIFIED is 1 and the sample skips its
+    'compare the SAS' prompt (Playback(vm-sorry)), which the first call played."""
+    phone = lab.phone("phone-701", zrtp=True)
+    try:
+        seen: list[dict[str, Any]] = []
+        for attempt in (1, 2):
+            start = len(phone.lines)  # zrtp-set-verified prints the last SAS again
+            phone.send(f"call sip:701@{A}")
+            match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30, start)
+            sas = match.group(1)
+            calls = lab.wait_calls(lambda c: len(c) == 1 and c[0]["state"] == "secure", 10)
+            call = calls[0]
+            assert call["sas"] == sas, (call, sas)
+            uniqueid = call["call_id"].removeprefix("ast-")
+            name = lab.ami.action("Getvar", Variable="CHANNEL(name)", Channel=uniqueid)["Value"]
+            got = lab.ami.action("Getvar", Channel=name, Variable="ZRTP_SAS_VERIFIED")
+            verified = got.get("Value")
+            seen.append({"sas": sas, "verified": verified, **call})
+            if attempt == 1:
+                assert verified == "0" and not call["previously_verified"], call
+                phone.send("zrtp-set-verified")
+                out = lab.cli(
+                    "channel originate Local/s@pbx-zrtp-admin application UserEvent"
+                    f' "PbxZrtpAdmin,Command: verify,Call: {uniqueid}"'
+                )
+                lab.wait_calls(lambda c: bool(c) and c[0]["sas_verified"], 10)
+                assert "unknown" not in out.lower(), out
+            else:
+                assert call["previously_verified"] and call["sas_verified"], call
+                assert verified == "1", got
+            time.sleep(1.5)  # the sample's branch runs
+            log = lab.channel_log(name)
+            prompted = any("Playback(" in line and "vm-sorry" in line for line in log)
+            assert prompted == (attempt == 1), (attempt, [ln for ln in log if "701@" in ln])
+            phone.send("terminate all")
+            lab.wait_calls(lambda c: c == [], 15)
+        print(
+            "SAMPLE 701:",
+            json.dumps(
+                [{k: c[k] for k in ("sas", "verified", "previously_verified")} for c in seen]
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+@pytest.mark.parametrize("exten", ["600", "610"])  # 610: auto, resolved to required
+def test_a_required_call_from_a_plain_endpoint_is_refused_before_answer(
+    lab: Lab, exten: str
+) -> None:
+    """Issue 13 defect 6: bob's endpoint has no media_address (the sample's phone
+    without ZRTP): its media would go straight to Asterisk. `required` (600): refused
+    by the subroutine before Progress(); `auto` resolved to required (610): refused by
+    pbx-zrtp as soon as it resolved the policy. Both at once (not after the relay's
+    time-out), never answered, cause 58, the reason in the WARNING line."""
+    phone = lab.phone(f"bob-plain-{exten}", zrtp=False, user="bob")
+    try:
+        started = time.monotonic()
+        count = len(lab.ami.events)
+        phone.send(f"call sip:{exten}@{A}")
+        hangup = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "Hangup"
+                and e.get("Channel", "").startswith("PJSIP/bob-")
+                and float(e["_time"]) >= started
+            ),
+            20,
+            "Hangup of bob's call",
+        )
+        after = time.monotonic() - started
+        assert hangup.get("Cause") == "58", hangup
+        channel, uniqueid = hangup["Channel"], hangup["Uniqueid"]
+        mine = [e for e in lab.ami.events[count:] if e.get("Uniqueid") == uniqueid]
+        assert not any(e.get("ChannelStateDesc") == "Up" for e in mine), "answered"
+        reason = "has no media_address: its media would go straight to Asterisk"
+        call_log = lab.channel_log(channel)
+        warnings = [line for line in call_log if re.search(r"\] WARNING\[", line)]
+        assert len(warnings) == 1 and reason in warnings[0], warnings
+        progressed = [line for line in call_log if "Progress(" in line]
+        events = lab.relay_events(f"ast-{uniqueid}")
+        if exten == "600":
+            assert progressed == [], progressed  # no 183, no media at all
+            assert events == [], events  # pbx-zrtp was not even asked
+        else:
+            assert [e["state"] for e in events] == [], events  # refused before the relay
+        assert after < 3.0, f"refused after {after:.2f} s"
+        print(
+            "PLAIN ENDPOINT:",
+            json.dumps(
+                {
+                    "exten": exten,
+                    "refused_after_s": round(after, 3),
+                    "cause": hangup.get("Cause"),
+                    "warning": warnings[0].split("] ", 1)[-1],
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+def test_an_optional_call_returns_from_the_gosub_on_the_relays_decision(lab: Lab) -> None:
+    """Issue 13 defect 9: a phone without ZRTP calls an `optional` extension. The
+    subroutine used to wait 3 s while the relay decided `clear` after about 4 s, so
+    the dialplan after it saw `pending`. It now waits ZRTP_TIMEOUT (the relay's
+    optional time-out, 5 s, plus 1) and sees `clear`."""
+    phone = lab.phone("phone-optional", zrtp=False)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:630@{A}")
+        seen = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and float(e["_time"]) >= started
+            ),
+            20,
+            "UserEvent ZrtpSeen",
+        )
+        after = float(seen["_time"]) - started
+        assert seen["State"] == "clear" and seen["Wait"] == "6", seen
+        events = lab.relay_events(f"ast-{seen['Uniqueid']}")
+        assert [e["state"] for e in events][:2] == ["pending", "clear"], events
+        print(
+            "OPTIONAL:",
+            json.dumps(
+                {
+                    "state_after_gosub": seen["State"],
+                    "zrtp_timeout": seen["Wait"],
+                    "returned_after_s": round(after, 3),
+                    "reason": seen["Reason"],
+                }
+            ),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+def test_the_zrtp_console_lines_answer_in_the_asterisk_cli(lab: Lab) -> None:
+    """Issue 13 (the admin's day): every `zrtp …` line of docs/asterisk.md typed as
+    `asterisk -rx '…'` on the real Asterisk, with cli_aliases_pbx_zrtp.conf appended
+    to a stock cli_aliases.conf; the quoted `channel originate` line too."""
+    aliases = lab.cli("cli show aliases")
+    assert "originate" in aliases and "zrtp show calls" in aliases, aliases  # both loaded
+    phone = lab.phone("phone-cli", zrtp=True)
+    seen: dict[str, str] = {}
+
+    def result(command: str, ref: str) -> str:
+        deadline = time.monotonic() + 10
+        out = ""
+        while time.monotonic() < deadline:
+            out = lab.cli("zrtp show result")
+            line = next((ln for ln in out.splitlines() if f"/result/{command} " in ln), "")
+            if f": {ref}: " in line:
+                return line.split(" : ", 1)[1].strip()
+            time.sleep(0.1)
+        raise AssertionError(f"no result for {command} {ref}: {out}")
+
+    try:
+        phone.send(f"call sip:600@{A}")
+        phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        calls = lab.wait_calls(lambda c: len(c) == 1 and c[0]["state"] == "secure", 10)
+        uid = calls[0]["call_id"].removeprefix("ast-")
+        listing = lab.cli("zrtp show calls")
+        assert f": {uid} PJSIP/alice-" in listing and "secure" in listing, listing
+        assert "1 results found" in lab.cli(f"zrtp show call {uid}")
+        out = lab.cli(f"zrtp verify {uid}")
+        assert f"'PBX_ZRTP_CLI_VERIFY' set to '{uid}'" in out, out
+        seen["verify"] = result("verify", uid)
+        assert seen["verify"].endswith("marked verified"), seen
+        assert "verified=yes" in lab.cli(f"zrtp show call {uid}")
+        lab.cli(f"zrtp unverify {uid}")
+        seen["unverify"] = result("unverify", uid)
+        assert "verified=no" in lab.cli(f"zrtp show call {uid}")
+        lab.cli(f"zrtp enroll {uid}")
+        seen["enroll"] = result("enroll", uid)
+        assert "failed: enrollment was not offered" in seen["enroll"], seen
+        lab.cli("zrtp verify no.such")
+        seen["unknown"] = result("verify", "no.such")
+        assert seen["unknown"] == "no.such: failed: no ZRTP call 'no.such'", seen
+        # the admin table's quoted originate line (policy of the live call)
+        lab.cli(
+            "channel originate Local/s@pbx-zrtp-admin application UserEvent"
+            f' "PbxZrtpAdmin,Command: policy,Policy: optional,Call: {uid}"'
+        )
+        lab.wait_calls(lambda c: bool(c) and c[0]["policy"] == "optional", 10)
+        assert "unknown admin command" not in "\n".join(lab.relay.lines)
+        # stored policies
+        assert "Updated database successfully" in lab.cli("zrtp policy 640 required")
+        assert "Updated database successfully" in lab.cli("zrtp phone policy bob optional")
+        assert "/pbx_zrtp/policy/640" in lab.cli("zrtp show policies")
+        assert "/pbx_zrtp/endpoint/bob" in lab.cli("zrtp show phones")
+        assert "removed" in lab.cli("zrtp del policy 640")
+        assert "removed" in lab.cli("zrtp del phone policy bob")
+        print("CLI:", json.dumps(seen))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        hangup_phone(phone)
+        phone.stop()
+
+
+def test_a_phone_policy_set_from_the_console_covers_calls_from_and_to_it(lab: Lab) -> None:
+    """Issue 13 (per-phone policy), on the real Asterisk: `zrtp phone policy alice
+    required` makes alice's `auto` call required (the default is optional); `zrtp phone
+    policy carol required` makes the leg to carol required (Dial's U() runs the
+    subroutine on it) while alice's leg keeps the number's policy."""
+    seen: dict[str, Any] = {}
+    phone = lab.phone("phone-policy", zrtp=True)
+    carol = None
+    try:
+        for label, stored in (("default", None), ("phone alice", "required")):
+            if stored:
+                assert "Updated" in lab.cli(f"zrtp phone policy alice {stored}")
+            started = time.monotonic()
+            phone.send(f"call sip:640@{A}")
+            event = lab.ami.wait_event(
+                lambda e, t0=started: (
+                    e.get("Event") == "UserEvent"
+                    and e.get("UserEvent") == "ZrtpSeen"
+                    and float(e["_time"]) >= t0
+                ),
+                20,
+                "UserEvent ZrtpSeen",
+            )
+            seen[label] = event["Policy"]
+            phone.send("terminate all")
+            lab.wait_calls(lambda c: c == [], 15)
+        assert seen == {"default": "optional", "phone alice": "required"}, seen
+        assert "removed" in lab.cli("zrtp del phone policy alice")
+        assert "Updated" in lab.cli("zrtp phone policy carol required")
+        carol = lab.phone("carol-policy", zrtp=True, carol=True)
+        phone.send(f"call sip:641@{A}")
+        calls = lab.wait_calls(lambda c: len(c) == 2 and all(x["state"] == "secure" for x in c), 30)
+        policies = sorted(c["policy"] for c in calls)
+        seen["alice -> carol legs"] = policies
+        assert policies == ["optional", "required"], calls
+        print("PHONE POLICY:", json.dumps(seen))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        lab.cli("zrtp del phone policy carol")
+        hangup_phone(phone)
+        phone.stop()
+        if carol is not None:
+            carol.stop()
+
+
+def test_console_policies_survive_an_asterisk_restart(tmp_path: Path) -> None:
+    """`zrtp policy` / `zrtp phone policy` are AstDB keys: an Asterisk restart keeps them."""
+    ami_port = free_tcp_port("127.0.0.1")
+    conf = write_asterisk_config(tmp_path, ami_port, _free_udp_port(CAROL))
+
+    def cli(line: str) -> str:
+        done = subprocess.run(
+            [ASTERISK, "-C", str(conf), "-rx", line], capture_output=True, text=True, timeout=20
+        )
+        return done.stdout + done.stderr
+
+    shown = []
+    for run in (1, 2):
+        asterisk = Proc(
+            "asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], tmp_path / f"a{run}.out"
+        )
+        try:
+            wait_port("127.0.0.1", ami_port, 30, asterisk)
+            deadline = time.monotonic() + 20
+            while "zrtp show policies" not in cli("cli show aliases"):
+                assert time.monotonic() < deadline, "the zrtp aliases never loaded"
+                time.sleep(0.2)
+            if run == 1:
+                assert "Updated" in cli("zrtp policy 640 required")
+                assert "Updated" in cli("zrtp phone policy alice optional")
+            shown.append(cli("zrtp show policies") + cli("zrtp show phones"))
+        finally:
+            asterisk.stop()
+    for text in shown:
+        assert re.search(r"/pbx_zrtp/policy/640\s+: required", text), text
+        assert re.search(r"/pbx_zrtp/endpoint/alice\s+: optional", text), text
+    print("RESTART:", json.dumps(shown[1].split("\n")))

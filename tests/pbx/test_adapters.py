@@ -16,6 +16,7 @@ import pytest
 
 from pbx_zrtp.asterisk.adapter import AsteriskAdapter
 from pbx_zrtp.asterisk.config import AsteriskConfig
+from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.calls import Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.freeswitch.adapter import FreeswitchAdapter
@@ -66,6 +67,11 @@ class Pbx(Protocol):
 
     def store_policy(self, target: str, policy: str) -> None: ...
 
+    #: The calling phone's name in the PBX (its per-phone policy key).
+    phone: str
+
+    def store_phone_policy(self, phone: str, policy: str) -> None: ...
+
     async def verify(self, placed: Placed, book: CallBook) -> None: ...
 
     async def drop(self) -> None: ...
@@ -113,6 +119,12 @@ class AsteriskPbx:
     def store_policy(self, target: str, policy: str) -> None:
         self.fake.astdb[("pbx_zrtp/policy", target)] = policy
 
+    phone = "zalice"  # the fake's endpoint: CHANNEL(endpoint), the event's Endpoint
+
+    def store_phone_policy(self, phone: str, policy: str) -> None:
+        # zrtp phone policy <endpoint> <policy> = database put pbx_zrtp/endpoint …
+        self.fake.astdb[("pbx_zrtp/endpoint", phone)] = policy
+
     async def verify(self, placed: Placed, book: CallBook) -> None:
         # channel originate Local/s@pbx-zrtp-admin application UserEvent \
         #     PbxZrtpAdmin,Command: verify,Call: <uniqueid>
@@ -157,6 +169,11 @@ class FreeswitchPbx:
 
     def store_policy(self, target: str, policy: str) -> None:
         self.fake.global_vars[f"pbx_zrtp_policy_{target}"] = policy
+
+    phone = "1001"  # the fake's caller: Caller-Username of the inbound leg
+
+    def store_phone_policy(self, phone: str, policy: str) -> None:
+        self.fake.global_vars[f"pbx_zrtp_phone_policy_{phone}"] = policy
 
     async def verify(self, placed: Placed, book: CallBook) -> None:
         # fs_cli> uuid_setvar <uuid> pbx_zrtp_verified true
@@ -411,5 +428,90 @@ def test_a_stored_policy_that_is_no_policy_is_treated_as_required(kind: str) -> 
             placed = await t.call("auto", target="601")
             await until(lambda: placed.channel.variables.get(t.book.variables.state) is not None)
             assert t.var(placed, "policy") == "required"
+
+    run(scenario())
+
+
+def test_continuity_shows_the_sas_verified_on_the_next_call_until_unverified(kind: str) -> None:
+    """Issue 13 defect 4: after both sides verified, the next call's variable says
+    verified (the relay's previously_verified: V flags on both sides and a retained
+    secret that matched); an unverify during that call takes it back."""
+
+    async def scenario() -> None:
+        phone_cache = MemorySecretCache()
+        zid = b"V" * 12
+
+        def verified_phone(port: int) -> Any:
+            return run_endpoint(
+                ZrtpConfiguration(zid=zid),
+                EndpointOptions(
+                    bind=(PHONE_HOST, 0), peer=(RELAY_HOST, port), timeout=10, mark_verified=True
+                ),
+                cache=phone_cache,
+            )
+
+        async def claimed(placed: Placed) -> None:
+            # The retained secrets are keyed with the call's URIs: on FreeSWITCH's
+            # pre-bound ports a phone that starts before the adapter claimed the port
+            # runs ZRTP under the unclaimed call's empty URIs (2 runs in 6 failed so).
+            await until(
+                lambda: any(c.call_id == t.book.prefix + placed.key for c in t.relay.calls())
+            )
+
+        async with lab(kind) as t:
+            first = await t.call("required")
+            await claimed(first)
+            await asyncio.gather(verified_phone(first.port), t.settled(first))
+            assert t.var(first, "sas_verified") != t.true  # nobody compared it yet
+            await t.pbx.verify(first, t.book)
+            await until(lambda: t.var(first, "sas_verified") == t.true)
+            await first.channel.hangup()
+            await until(lambda: first.key not in t.book.calls)
+
+            second = await t.call("required")
+            await claimed(second)
+            results = await asyncio.gather(verified_phone(second.port), t.settled(second))
+            assert results[0]["previously_verified"] is True  # the phone says so too
+            assert t.var(second, "state") == "secure"
+            assert t.var(second, "sas_verified") == t.true
+            assert t.relay.get(t.book.prefix + second.key).previously_verified
+
+            await t.book.verify(t.book.calls[second.key], second.key, False)
+            await until(lambda: t.var(second, "sas_verified") != t.true)
+
+    run(scenario())
+
+
+def test_an_auto_call_takes_the_strongest_of_its_phones_and_the_dialled_number(
+    kind: str,
+) -> None:
+    """Issue 13 (per-phone policy): "ZRTP for phone 1001" means calls from and to it.
+    An `auto` call takes the strongest of the dialled number's policy (stored, patterns,
+    default), this leg's phone's and the dialled phone's (stored per phone); a phone
+    policy only strengthens, and one that is no policy counts as required."""
+
+    async def policy_of(t: Lab, target: str) -> str:
+        placed = await t.call("auto", target=target)
+        await until(lambda: placed.channel.variables.get(t.book.variables.state) is not None)
+        policy = t.var(placed, "policy")
+        await placed.channel.hangup()
+        return policy
+
+    async def scenario() -> None:
+        async with lab(kind, calls=8, default_policy=Policy.OFF) as t:
+            assert await policy_of(t, "650") == "off"  # nothing stored: the default
+            t.pbx.store_phone_policy(t.pbx.phone, "optional")  # the calling phone
+            assert await policy_of(t, "650") == "optional"
+            t.pbx.store_policy("651", "required")  # the number is stronger
+            assert await policy_of(t, "651") == "required"
+            t.pbx.store_policy("652", "off")  # a number cannot weaken the phone's
+            assert await policy_of(t, "652") == "optional"
+            t.pbx.store_phone_policy("653", "required")  # calls to phone 653
+            assert await policy_of(t, "653") == "required"
+            t.pbx.store_phone_policy(t.pbx.phone, "requried")  # a typo: fail closed
+            assert await policy_of(t, "650") == "required"
+            placed = await t.call("off", target="653")  # the dialplan's own word wins
+            await until(lambda: placed.channel.variables.get(t.book.variables.state) is not None)
+            assert t.var(placed, "policy") == "off"
 
     run(scenario())

@@ -127,3 +127,28 @@ def test_prebound_port_carries_media_before_the_adapter_names_the_call() -> None
             await relay.close()
 
     asyncio.run(scenario())
+
+
+def test_every_pending_report_says_when_the_relay_decides() -> None:
+    """Issue 13 defect 9: the adapters write ``decides_in`` as the dialplan's wait
+    (ZRTP_TIMEOUT). The first `pending` report, pushed to listeners as the state
+    changes, carried none (the time-out was armed after it), and the Asterisk
+    adapter wrote ZRTP_TIMEOUT="" right after "6" on real Asterisk. Every pending
+    report carries it, a policy change re-arms it, and a decided call has none."""
+
+    async def scenario() -> None:
+        relay = make_relay(optional_timeout=4.0, required_timeout=9.0)
+        await relay.start()
+        recorder = Recorder(relay)
+        port = await create_call(relay, "c1", Policy.OPTIONAL)
+        relay.update("c1", policy=Policy.REQUIRED)
+        pending = [e for e in recorder.events if e.call_id == "c1" and e.state == "pending"]
+        assert len(pending) == 2, recorder.events
+        assert pending[0].decides_in is not None and 0 < pending[0].decides_in <= 4.0
+        assert pending[1].decides_in is not None and 4.0 < pending[1].decides_in <= 9.0
+        assert relay.get("c1").decides_in is not None
+        off = await create_call(relay, "c2", Policy.OFF)
+        assert off != port and relay.get("c2").decides_in is None
+        await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
