@@ -430,7 +430,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
         </condition>
       </extension>
       <extension name="two_phones_unsafe">
-        <condition field="destination_number" expression="^9701$">
+        <condition field="destination_number" expression="^9711$">
           <action application="set" data="pbx_zrtp_policy=required"/>
           <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
           <action application="set" data="rtp_auto_adjust_threshold=10"/>
@@ -440,7 +440,7 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
       </extension>
       <!-- A video call (issue 15): the relay advertised for video too, echoed. -->
       <extension name="video_test">
-        <condition field="destination_number" expression="^9702$">
+        <condition field="destination_number" expression="^9712$">
           <action application="set" data="pbx_zrtp_policy=required"/>
           <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
           <action application="set" data="rtp_adv_video_ip=${{pbx_zrtp_relay_ip}}"/>
@@ -947,7 +947,7 @@ def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None
     phone = lab.phone("phone-video", zrtp=True, video=True)
     try:
         started = time.monotonic()
-        phone.send(f"call sip:9702@{lab.net.a}")
+        phone.send(f"call sip:9712@{lab.net.a}")
         match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
         phone_sas = match.group(1)
         answer = lab.esl.wait_event(
@@ -1308,14 +1308,14 @@ def test_strays_on_prebound_ports_neither_amplify_nor_poison_the_next_call(lab: 
 def test_unsafe_settings_send_clear_rtp_to_the_phone_and_pbx_zrtp_warns(lab: Lab) -> None:
     """The positive control of the zero counts above (issue 13, defect 8): with
     FreeSWITCH's default auto-adjust threshold (10) and no wait before the bridge
-    (extension 9701), the sniffer sees FreeSWITCH's RTP reach the phones directly, and
+    (extension 9711), the sniffer sees FreeSWITCH's RTP reach the phones directly, and
     pbx-zrtp says so in its log, for the call's settings and at hangup in figures."""
     carol = lab.phone(f"carol-unsafe-{len(lab.procs)}", zrtp=True, carol=True)
     alice = lab.phone(f"alice-unsafe-{len(lab.procs)}", zrtp=True)
     try:
         sniffer = lab.sniffer()
         logged = len(lab.relay.lines)
-        alice.send(f"call sip:9701@{lab.net.a}")
+        alice.send(f"call sip:9711@{lab.net.a}")
         alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
         carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
         deadline = time.monotonic() + 10
