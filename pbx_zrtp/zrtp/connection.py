@@ -626,6 +626,11 @@ class ZrtpConnection:
         key = self._cache_key()
         if not self._has_cache or key is None:
             return
+        if self._awaiting_name:
+            raise ValueError(
+                "the call is not named: its retained secrets have no key to be"
+                " stored under (verify the call the PBX named)"
+            )
         self._write(SasVerifiedWrite(key, verified))
         if verified and self._pending_cache_update:
             self._pending_cache_update = False
@@ -1688,6 +1693,12 @@ class ZrtpConnection:
         A failure is recorded in ``cache_error``; with ``strict`` (an explicit user
         action on a directly called store) it raises ValueError instead.
         """
+        if self._awaiting_name:  # no key yet: the empty URIs are no call's
+            if strict:
+                raise ValueError(f"{write.failure}: the call is not named")
+            self.cache_error = f"{write.failure}: the call is not named"
+            self.stats["cache_errors"] += 1
+            return
         if self._host_cache:
             self._events.append(CacheWriteNeeded(write))
             return

@@ -21,7 +21,7 @@ import pytest
 from pbx_zrtp.cache.base import CacheKey, SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.cache.sqlite import SqliteSecretCache
-from pbx_zrtp.calls import Policy
+from pbx_zrtp.calls import BadRequest, Policy
 from pbx_zrtp.endpoint import EndpointOptions, run_endpoint
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
@@ -173,6 +173,8 @@ def test_a_call_never_named_goes_on_without_continuity_and_writes_nothing() -> N
             report = relay.get(f"port-{stray_port}")
             assert report.state == "secure" and report.sas == phone["sas"]
             assert "not named" in report.cache_error
+            with pytest.raises(BadRequest, match="not named"):  # no key to store a V flag
+                relay.verify(f"port-{stray_port}", True)
             assert cache.lookup(key).rs1 == rs1
             assert cache.lookup(CacheKey(relay_zid, PHONE_ZID, "", "")).rs1 is None
 
