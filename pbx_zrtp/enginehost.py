@@ -40,13 +40,16 @@ class EngineHost:
         label: str = "",
         session: ZrtpSession | None = None,
         multistream_only: bool = False,
+        await_name: bool = False,
     ) -> None:
         """``store``: the worker threads that run ``cache`` when it blocks (SQLite,
         PostgreSQL); the engine then only asks, and ``cache`` is not touched here.
         Without it, the engine calls ``cache`` inline (in memory, or none).
         ``loop``: the owner's loop, whose clock and timers the engine runs on.
         ``session``, ``multistream_only``: a further stream of a call, keyed by
-        Multistream from its first stream's session (ZrtpConnection)."""
+        Multistream from its first stream's session (ZrtpConnection).
+        ``await_name``: the call is named later (:meth:`name_call`); its retained
+        secrets are not looked up before (ZrtpConnection)."""
         self._loop = loop
         self._send = send
         self._on_event = on_event
@@ -61,6 +64,7 @@ class EngineHost:
                 host_cache=True,
                 session=session,
                 multistream_only=multistream_only,
+                await_name=await_name,
             )
             self._store = EngineStore(
                 store,
@@ -77,6 +81,7 @@ class EngineHost:
                 cache=cache,
                 session=session,
                 multistream_only=multistream_only,
+                await_name=await_name,
             )
 
     def now(self) -> float:
@@ -95,6 +100,14 @@ class EngineHost:
         if self.closed:
             return
         self.engine.receive_datagram(data, self._loop.time())
+        self.pump()
+
+    def name_call(self, self_uri: str, peer_uri: str) -> None:
+        """The call is named: its URIs key the retained secrets (a lookup held for
+        the name goes out now)."""
+        if self.closed:
+            return
+        self.engine.name_call(self_uri, peer_uri, self._loop.time())
         self.pump()
 
     def srtp_authenticated(self) -> None:

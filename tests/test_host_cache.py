@@ -233,3 +233,102 @@ def test_a_forced_responders_fallback_commit_waits_for_the_store_not_longer() ->
     )
     assert a.stats["responder_fallback_commit"] == 1
     assert 2.5 <= first_commit < 2.8
+
+
+# A pre-bound port's engine (the relay's unclaimed call): the phone's Hello may come
+# before the call is named, and the secrets are keyed with the named call's URIs.
+NAMED_BA = CacheKey(ZID_B, ZID_A, "sip:pbx", "sip:1000")
+
+
+def _awaiting_name(store: MemorySecretCache | None, *, seed: int) -> ZrtpConnection:
+    configuration = ZrtpConfiguration(zid=ZID_B, role="responder")
+    if store is None:  # the store served by a host (SQLite, PostgreSQL)
+        return ZrtpConnection(
+            configuration,
+            ssrc=0x2222,
+            random=random.Random(seed).randbytes,
+            host_cache=True,
+            await_name=True,
+        )
+    return ZrtpConnection(  # an in-memory store, called inline
+        configuration,
+        ssrc=0x2222,
+        random=random.Random(seed).randbytes,
+        cache=store,
+        await_name=True,
+    )
+
+
+def _named_first_call(store_a: MemorySecretCache, store_b: MemorySecretCache) -> None:
+    a = make_connection(
+        ZID_A, seed=1, ssrc=0x1111, cache=store_a, role="initiator", self_uri="sip:1000",
+        peer_uri="sip:pbx",
+    )  # fmt: skip
+    b = make_connection(
+        ZID_B, seed=2, ssrc=0x2222, cache=store_b, role="responder", self_uri="sip:pbx",
+        peer_uri="sip:1000",
+    )  # fmt: skip
+    net = Network(a, b)
+    net.run()
+    net.secured()
+    assert store_b.lookup(NAMED_BA).rs1 is not None
+
+
+@pytest.mark.parametrize("hosted_store", [False, True], ids=["inline", "host"])
+def test_an_unnamed_call_looks_its_secrets_up_under_the_name_it_is_given(
+    hosted_store: bool,
+) -> None:
+    store_a, store_b = MemorySecretCache(), MemorySecretCache()
+    _named_first_call(store_a, store_b)
+    a = make_connection(
+        ZID_A, seed=3, ssrc=0x1111, cache=store_a, role="initiator", self_uri="sip:1000",
+        peer_uri="sip:pbx",
+    )  # fmt: skip
+    b = _awaiting_name(None if hosted_store else store_b, seed=4)
+    net = HostedNetwork(a, b)
+    host = Host(store_b)
+    if hosted_store:
+        net.serve(b, host)
+    net.run(until=1.0)  # the Hello and Commit are in, the call has no name yet
+    assert b.stats["commit_held_for_cache"] >= 1
+    assert p.DHPart1 not in sent_types(net, "b->a")  # nothing keyed before the name
+    assert not host.lookups  # and nothing looked up under no name
+    b.name_call("sip:pbx", "sip:1000", net.now)
+    net._drain_events()
+    if hosted_store:
+        assert [key for _, key in host.lookups] == [NAMED_BA]
+    net.run(until=30)
+    sa, sb = net.secured()
+    assert not sa.cache_mismatch and not sb.cache_mismatch and not sb.cache_error
+    assert store_b.lookup(CacheKey(ZID_B, ZID_A)).rs1 is None  # nothing under no name
+
+
+@pytest.mark.parametrize("hosted_store", [False, True], ids=["inline", "host"])
+def test_a_call_never_named_goes_on_without_continuity_and_stores_nothing(
+    hosted_store: bool,
+) -> None:
+    store_a, store_b = MemorySecretCache(), MemorySecretCache()
+    _named_first_call(store_a, store_b)
+    rs1 = store_b.lookup(NAMED_BA).rs1
+    a = make_connection(
+        ZID_A, seed=5, ssrc=0x1111, cache=store_a, role="initiator", self_uri="sip:1000",
+        peer_uri="sip:pbx",
+    )  # fmt: skip
+    b = _awaiting_name(None if hosted_store else store_b, seed=6)
+    net = HostedNetwork(a, b)
+    host = Host(store_b)
+    if hosted_store:
+        net.serve(b, host)
+    net.run(until=30)
+    sa, sb = net.secured()
+    assert sb.cache_error == (
+        "key continuity not saved: retained secrets could not be read:"
+        " the call was not named within 3 s"
+    )
+    assert sa.cache_mismatch  # as before: the relay had no secret under empty URIs
+    with pytest.raises(ValueError, match="not named"):
+        b.set_sas_verified(True)
+    assert not host.lookups and not host.writes
+    assert store_b.lookup(NAMED_BA).rs1 == rs1
+    unnamed = store_b.lookup(CacheKey(ZID_B, ZID_A))
+    assert unnamed.rs1 is None and not unnamed.sas_verified

@@ -364,6 +364,8 @@ class Mirror:
         if identity.phone_hint is not None and self.phone is None:
             self.phone = identity.phone_hint
         self._guard = None
+        if self._host is not None:  # the retained secrets: under this call's key
+            self._host.name_call(identity.self_uri, identity.peer_uri)
         self._apply_policy(identity.policy)
         if self.state in (CallState.PENDING, CallState.SECURE):
             self._start_priming()
@@ -843,6 +845,8 @@ class Mirror:
             store=self.settings.store,
             write_failed=self._store_write_failed,
             label=f"call {self._call_id()}",
+            # Unclaimed: the secrets are keyed with the URIs of the call named here.
+            await_name=self._guard is not None,
         )
         self._engine_started_at = self._host.start()
 

@@ -231,6 +231,7 @@ class ZrtpConnection:
         session: ZrtpSession | None = None,
         host_cache: bool = False,
         multistream_only: bool = False,
+        await_name: bool = False,
     ) -> None:
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError("ssrc must be a 32-bit unsigned integer")
@@ -245,6 +246,10 @@ class ZrtpConnection:
         self._has_cache = cache is not None or host_cache
         self._lookup_key: CacheKey | None = None  # host_cache: lookup awaiting its answer
         self._lookup_deadline: float | None = None
+        #: The host names the call later (``name_call``): the retained secrets are
+        #: keyed with its URIs, so a Hello adopted before then waits for the name
+        #: (at most ``cache_timeout``) before its secrets are looked up.
+        self._awaiting_name = await_name
         #: A DH Commit that arrived while the lookup was outstanding (§4.3: DHPart1
         #: names our retained secrets, so it cannot be built before the answer).
         self._held_commit: tuple[p.ZrtpPacket, bytes] | None = None
@@ -478,7 +483,9 @@ class ZrtpConnection:
         if self._lookup_deadline is not None and now >= self._lookup_deadline:
             self._lookup_answered(
                 None,
-                f"the store did not answer within {self._config.cache_timeout:g} s",
+                f"the call was not named within {self._config.cache_timeout:g} s"
+                if self._awaiting_name
+                else f"the store did not answer within {self._config.cache_timeout:g} s",
                 now,
             )
         if self._inactivity_deadline is not None and now >= self._inactivity_deadline:
@@ -585,6 +592,23 @@ class ZrtpConnection:
             return
         self._lookup_answered(entry, error or "the store gave no answer", now)
 
+    def name_call(self, self_uri: str, peer_uri: str, now: float) -> None:
+        """The host named the call (``await_name``): its URIs key the retained
+        secrets from now on, and a lookup held for the name is made now, under the
+        named call's key. Named after ``cache_timeout``, the exchange went on
+        without continuity and writes no retained secret."""
+        self._config = replace(self._config, self_uri=self_uri, peer_uri=peer_uri)
+        if not self._awaiting_name:
+            return
+        self._awaiting_name = False
+        key = self._cache_key()
+        if self._closed or self._lookup_key is None or key is None:
+            return
+        self._lookup_key = self._lookup_deadline = None
+        self._lookup(key, now)
+        if not self._host_cache:  # looked up inline: the held exchange goes on now
+            self._resume_after_lookup(now)
+
     def cache_write_failed(self, write: CacheWrite, error: str) -> None:
         """The host could not apply a ``CacheWriteNeeded``: the call stays secure,
         ``cache_error`` says what was not saved."""
@@ -602,6 +626,11 @@ class ZrtpConnection:
         key = self._cache_key()
         if not self._has_cache or key is None:
             return
+        if self._awaiting_name:
+            raise ValueError(
+                "the call is not named: its retained secrets have no key to be"
+                " stored under (verify the call the PBX named)"
+            )
         self._write(SasVerifiedWrite(key, verified))
         if verified and self._pending_cache_update:
             self._pending_cache_update = False
@@ -874,6 +903,16 @@ class ZrtpConnection:
         self._cached = CacheEntry()
         if key is None:
             return
+        if self._awaiting_name and self._has_cache:
+            # Keyed with the call's URIs, not known yet: held like a lookup in
+            # flight (no DHPart before it) until name_call or cache_timeout.
+            self._lookup_key = key
+            self._lookup_deadline = now + self._config.cache_timeout
+            return
+        self._lookup(key, now)
+
+    def _lookup(self, key: CacheKey, now: float) -> None:
+        """Look the peer's retained secrets up (or ask the host to)."""
         if self._host_cache:
             # Fetched off the host's loop; needed only once we build a DHPart.
             self._lookup_key = key
@@ -897,6 +936,11 @@ class ZrtpConnection:
             self.stats["cache_errors"] += 1
         else:
             self._cached = entry
+        self._resume_after_lookup(now)
+
+    def _resume_after_lookup(self, now: float) -> None:
+        """Build what waited for the retained secrets: the held Commit's answer,
+        or our own Commit."""
         held, self._held_commit = self._held_commit, None
         if held is not None and self._state is State.DISCOVERY:
             packet, raw = held
@@ -1649,6 +1693,12 @@ class ZrtpConnection:
         A failure is recorded in ``cache_error``; with ``strict`` (an explicit user
         action on a directly called store) it raises ValueError instead.
         """
+        if self._awaiting_name:  # no key yet: the empty URIs are no call's
+            if strict:
+                raise ValueError(f"{write.failure}: the call is not named")
+            self.cache_error = f"{write.failure}: the call is not named"
+            self.stats["cache_errors"] += 1
+            return
         if self._host_cache:
             self._events.append(CacheWriteNeeded(write))
             return

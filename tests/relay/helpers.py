@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pbx_zrtp.cache.base import SecretCache
 from pbx_zrtp.cache.memory import MemorySecretCache
 from pbx_zrtp.calls import CallReport, Policy
 from pbx_zrtp.relay.core import Relay, RelayError, RelayLayout
@@ -55,7 +56,7 @@ def make_relay(
     prebind: tuple[int, ...] = (),
     optional_timeout: float = 2.0,
     required_timeout: float = 3.0,
-    cache: MemorySecretCache | None = None,
+    cache: SecretCache | None = None,
     prebind_policy: Policy = Policy.REQUIRED,
     fastpath: bool | int = False,
     relay_host: str = RELAY_HOST,
