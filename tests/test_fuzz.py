@@ -9,6 +9,7 @@ and Hypothesis checks the parser round trip and the relay datagram path.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,21 @@ PROPERTIES = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _logging_as_found() -> Iterator[None]:
+    """The fuzz targets' trap turns ``pbx_zrtp``'s propagation off and the root's
+    level to CRITICAL for the whole process: undone after this module, or a later
+    test reading log lines (the call tags) sees none."""
+    names = ("pbx_zrtp", "panoramisk", "asyncio", "")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    ours = logging.getLogger("pbx_zrtp")
+    propagate, handlers = ours.propagate, list(ours.handlers)
+    yield
+    ours.propagate, ours.handlers[:] = propagate, handlers
+    for logger, level in saved:
+        logger.setLevel(level)  # setLevel clears the loggers' cached levels
 
 
 @pytest.mark.filterwarnings("ignore:The 'warn' function is deprecated:DeprecationWarning")

@@ -167,7 +167,7 @@ def test_every_line_about_a_call_carries_its_tag_in_the_adapter_and_the_relay() 
     tag = f"[ast-{uniqueid} port {port}] "
     about = [line for line in lines if uniqueid in line or "PJSIP/" in line]
     assert len(about) >= 4, lines
-    assert all(line.startswith(tag) for line in about), about
+    assert all(line.startswith(tag) for line in about), [x for x in about if not x.startswith(tag)]
     assert any(line.startswith(f"{tag}call PJSIP/") and "policy required" in line for line in about)
     assert f"{tag}secure" in about
     assert any(line.startswith(f"{tag}call {uniqueid} ended (hangup)") for line in about)

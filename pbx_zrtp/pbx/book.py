@@ -546,9 +546,10 @@ class CallBook(ABC):
         """Decide now (later events see it), tell the relay in event order (the lock)."""
         if call.bridge == bridge:
             return
-        log.info("call %s: now in bridge %r (was %r)", call.channel, bridge, call.bridge)
-        call.bridge = bridge
-        self._spawn(self._rebridge(call, bridge))
+        with logs.tagged(call.call_id, call.port):  # the task it starts is tagged too
+            log.info("call %s: now in bridge %r (was %r)", call.channel, bridge, call.bridge)
+            call.bridge = bridge
+            self._spawn(self._rebridge(call, bridge))
 
     async def _rebridge(self, call: PbxCall, bridge: str) -> None:
         async with call.lock:
