@@ -63,8 +63,10 @@ def make_relay(
     pbx_host: str = PBX_HOST,
     ciphers: tuple[bytes, ...] = DEFAULT_CIPHERS,
     auth_tags: tuple[bytes, ...] = (b"HS32", b"HS80"),
+    cache_timeout: float | None = None,
 ) -> Relay:
     cache = cache or MemorySecretCache()
+    waits: dict[str, float] = {} if cache_timeout is None else {"cache_timeout": cache_timeout}
     zid = cache.local_zid(lambda: os.urandom(12))
 
     def zrtp(self_uri: str, peer_uri: str) -> ZrtpConfiguration:
@@ -75,6 +77,7 @@ def make_relay(
             peer_uri=peer_uri,
             cipher_types=ciphers,
             auth_tag_types=auth_tags,
+            **waits,
         )
 
     settings = MirrorSettings(

@@ -102,7 +102,9 @@ def test_secured_call_runs_natively_srtp_rtcp_and_teardown(net: Net, cipher: str
 
 def test_many_fast_calls_and_a_zrtp_retransmission_is_punted_to_the_engine() -> None:
     async def scenario() -> None:
-        relay = make_relay(fastpath=True)
+        # Eight handshakes in this one process: the relay waits as long as the phones
+        # (its 3 s default failed one call in CI's run before its phone's Hello came).
+        relay = make_relay(fastpath=True, required_timeout=15.0)
         await relay.start()
         ports = [await create_call(relay, f"f{i}", Policy.REQUIRED) for i in range(8)]
         pbxs = [EchoPbx(p) for p in ports]
