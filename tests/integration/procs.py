@@ -168,6 +168,33 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
 
 
+def start_relay(
+    base: Path, relay_conf: Path, linked: str, started: list[Proc]
+) -> tuple[Proc, Proc]:
+    """A lab's ``pbx-zrtp run`` (its config in ``base``), once its log says ``linked``
+    (the PBX link is up) and its control socket exists, and a ``ctl watch --json`` on
+    that socket; both appended to ``started``, which the lab stops."""
+    relay = Proc(
+        "pbx-zrtp",
+        [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
+        base / "pbx-zrtp.log",
+        cwd=ROOT,
+    )
+    started.append(relay)
+    relay.wait_for(linked, 20)
+    deadline = time.monotonic() + 10
+    while not (base / "control.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    watch = Proc(
+        "ctl-watch",
+        [*CTL, "--control", f"unix:{base / 'control.sock'}", "watch", "--json"],
+        base / "ctl-watch.log",
+        cwd=ROOT,
+    )
+    started.append(watch)
+    return relay, watch
+
+
 def ctl_json(control: str, *args: str) -> Any:
     """`pbx-zrtp ctl --json …` against a relay's control socket, parsed."""
     result = subprocess.run(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +32,10 @@ from typing import Any
 import pytest
 
 from tests.integration.procs import (
-    CTL,
-    ROOT,
     Proc,
     free_tcp_port,
     hangup_phone,
+    start_relay,
     wait_port,
     write,
     write_tone,
@@ -153,24 +151,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         wait_port("127.0.0.1", ami_port, 30, asterisk)
         ami = AmiClient("127.0.0.1", ami_port, TEST_AMI_USER, TEST_AMI_SECRET, 10)
         ami.wait_event(lambda e: e.get("Event") == "FullyBooted", 30, "FullyBooted")
-        relay = Proc(
-            "pbx-zrtp",
-            [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
-            base / "pbx-zrtp.log",
-            cwd=ROOT,
-        )
-        started.append(relay)
-        relay.wait_for(r"AMI logged in at", 20)
-        deadline = time.monotonic() + 10
-        while not (base / "control.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        watch = Proc(
-            "ctl-watch",
-            [*CTL, "--control", f"unix:{base / 'control.sock'}", "watch", "--json"],
-            base / "ctl-watch.log",
-            cwd=ROOT,
-        )
-        started.append(watch)
+        relay, watch = start_relay(base, relay_conf, r"AMI logged in at", started)
         the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port)
         the_lab.ports = ports  # type: ignore[attr-defined]
         # Every RTP packet Asterisk sends is logged with its destination: a packet to

@@ -26,7 +26,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from tests.integration.procs import (
     ctl_json,
     free_tcp_port,
     hangup_phone,
+    start_relay,
     wait_port,
     write,
     write_tone,
@@ -643,33 +643,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         wait_port("127.0.0.1", ami_port, 30, asterisk)
         ami = AmiClient("127.0.0.1", ami_port, TEST_AMI_USER, TEST_AMI_SECRET, 10)
         ami.wait_event(lambda e: e.get("Event") == "FullyBooted", 30, "FullyBooted")
-        relay = Proc(
-            "pbx-zrtp",
-            [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
-            base / "pbx-zrtp.log",
-            cwd=ROOT,
-        )
-        started.append(relay)
-        relay.wait_for(r"AMI logged in at", 20)
-        deadline = time.monotonic() + 10
-        while not (base / "control.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        watch = Proc(
-            "ctl-watch",
-            [
-                sys.executable,
-                "-m",
-                "pbx_zrtp.cli",
-                "ctl",
-                "--control",
-                f"unix:{base / 'control.sock'}",
-                "watch",
-                "--json",
-            ],
-            base / "ctl-watch.log",
-            cwd=ROOT,
-        )
-        started.append(watch)
+        relay, watch = start_relay(base, relay_conf, r"AMI logged in at", started)
         the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port)
         # The watcher is subscribed once it reports a probe mirror (no call is running yet).
         probe = str((RTP_PORTS[1] - 2) & ~1)  # P and P+1 inside the range

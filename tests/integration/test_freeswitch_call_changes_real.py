@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +26,10 @@ from typing import Any
 import pytest
 
 from tests.integration.procs import (
-    CTL,
-    ROOT,
     Proc,
     free_tcp_port,
     hangup_phone,
+    start_relay,
     wait_port,
     write,
     write_tone,
@@ -165,24 +163,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             while not re.search(r"pbxzrtp\s+profile\s.*RUNNING", esl.api("sofia status")):
                 assert time.monotonic() < deadline, esl.api("sofia status")
                 time.sleep(0.2)
-            relay = Proc(
-                "pbx-zrtp",
-                [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
-                base / "pbx-zrtp.log",
-                cwd=ROOT,
-            )
-            started.append(relay)
-            relay.wait_for(r"ESL connected to", 20)
-            deadline = time.monotonic() + 10
-            while not (base / "control.sock").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            watch = Proc(
-                "ctl-watch",
-                [*CTL, "--control", f"unix:{base / 'control.sock'}", "watch", "--json"],
-                base / "ctl-watch.log",
-                cwd=ROOT,
-            )
-            started.append(watch)
+            relay, watch = start_relay(base, relay_conf, r"ESL connected to", started)
             the_lab = Lab(base, net, freeswitch, relay, esl, watch, tone, carol_port)
             the_lab.dave_port = dave_port  # type: ignore[attr-defined]
             the_lab.erin_port = erin_port  # type: ignore[attr-defined]

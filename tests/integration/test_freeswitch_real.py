@@ -50,12 +50,12 @@ from urllib.parse import unquote
 import pytest
 
 from tests.integration.procs import (
-    CTL,
     ROOT,
     Proc,
     ctl_json,
     free_tcp_port,
     hangup_phone,
+    start_relay,
     wait_port,
     write,
     write_tone,
@@ -736,24 +736,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 time.sleep(0.2)
             # SIP messages in freeswitch.log: what FreeSWITCH sent each phone (sip_sent).
             assert "+OK" in esl.api("sofia global siptrace on")
-            relay = Proc(
-                "pbx-zrtp",
-                [sys.executable, "-m", "pbx_zrtp.cli", "run", "--config", str(relay_conf)],
-                base / "pbx-zrtp.log",
-                cwd=ROOT,
-            )
-            started.append(relay)
-            relay.wait_for(r"ESL connected to", 20)
-            deadline = time.monotonic() + 10
-            while not (base / "control.sock").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            watch = Proc(
-                "ctl-watch",
-                [*CTL, "--control", f"unix:{base / 'control.sock'}", "watch", "--json"],
-                base / "ctl-watch.log",
-                cwd=ROOT,
-            )
-            started.append(watch)
+            relay, watch = start_relay(base, relay_conf, r"ESL connected to", started)
             the_lab = Lab(base, net, freeswitch, relay, esl, watch, tone, carol_port)
             # The watcher is subscribed once it reports a probe mirror (outside the
             # pre-bound range; no call is running yet).
