@@ -38,12 +38,12 @@ from pbx_zrtp.freeswitch.config import FreeswitchConfig
 from pbx_zrtp.freeswitch.esl import Esl, EslError, EslEvent
 from pbx_zrtp.pbx.book import (
     ENROLL_OFFER,
-    GONE_MEMORY,
     NO,
     YES,
     Announcement,
     CallBook,
     PbxCall,
+    remember,
 )
 from pbx_zrtp.pbx.link import LiveChannel, PbxError
 from pbx_zrtp.pbx.variables import CallView, VariableTable
@@ -265,9 +265,7 @@ class FreeswitchAdapter(CallBook):
         by default: ~100-200 ms of clear audio to the phone at call start)."""
         if uuid in self._direct_checked:
             return
-        self._direct_checked[uuid] = None
-        while len(self._direct_checked) > GONE_MEMORY:
-            self._direct_checked.popitem(last=False)
+        remember(self._direct_checked, uuid)
         global_threshold = ""
         if not headers.get("variable_rtp_auto_adjust_threshold", "").strip():
             with contextlib.suppress(EslError):  # vars.xml's, if the dialplan set none
@@ -314,9 +312,7 @@ class FreeswitchAdapter(CallBook):
         # FreeSWITCH <= 1.10.8: zrtp_enrollment=true started the stream in registration mode
         enroll = enroll or headers.get("variable_zrtp_enrollment", "").strip().lower() in YES
         if enroll:
-            self._enroll_offered[uuid] = None
-            while len(self._enroll_offered) > GONE_MEMORY:
-                self._enroll_offered.popitem(last=False)
+            remember(self._enroll_offered, uuid)
         return Announcement(
             uuid,
             uuid,

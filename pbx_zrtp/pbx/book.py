@@ -49,6 +49,14 @@ log = logging.getLogger("pbx_zrtp")
 #: How many hung-up channel ids to remember (late events about them are ignored).
 GONE_MEMORY = 4096
 
+
+def remember(memory: OrderedDict[str, None], key: str) -> None:
+    """Add ``key`` to a bounded memory of channels: the oldest go past GONE_MEMORY."""
+    memory[key] = None
+    while len(memory) > GONE_MEMORY:
+        memory.popitem(last=False)
+
+
 #: What the PBXs' dialplans and consoles accept as "yes" (both adapters always did).
 YES = frozenset({"true", "yes", "1"})
 NO = frozenset({"false", "no", "0"})
@@ -232,9 +240,7 @@ class CallBook(ABC):
             self._spawn(self._end(key, reason))
 
     def _mark_gone(self, key: str) -> None:
-        self._gone[key] = None
-        while len(self._gone) > GONE_MEMORY:
-            self._gone.popitem(last=False)
+        remember(self._gone, key)
 
     async def resolve_policy(
         self, requested: str, target: str, phones: tuple[str, ...] = ()
@@ -307,8 +313,13 @@ class CallBook(ABC):
         key = announced.key
         if key in self.calls or key in self._gone:
             return  # a repeated announcement, or a channel that is already gone
-        call = PbxCall(key, Policy.REQUIRED, self.prefix + key, channel=announced.channel)
-        call.bridge = announced.bridge
+        call = PbxCall(
+            key,
+            Policy.REQUIRED,
+            self.prefix + key,
+            channel=announced.channel,
+            bridge=announced.bridge,
+        )
         self.calls[key] = call  # from here a hangup finds it
         async with call.lock:
             call.policy = await self.resolve_policy(
@@ -509,7 +520,7 @@ class CallBook(ABC):
         self._spawn(self._after_earlier_events(self._bridged, name, list(members)))
 
     @staticmethod
-    async def _after_earlier_events(step: Any, *args: Any) -> None:
+    async def _after_earlier_events(step: Callable[..., None], *args: Any) -> None:
         step(*args)  # a task started after those of earlier events: they ran to their first await
 
     def _left_bridge(self, key: str) -> None:
