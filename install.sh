@@ -14,7 +14,7 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 pkgs=(python3 python3-venv python3-dev build-essential pkg-config libsrtp2-dev)
-[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql iproute2 clang libclang-rt-14-dev
+[ "$dev" = 1 ] && pkgs+=(libbzrtp-dev libsqlite3-dev postgresql iproute2 nftables clang libclang-rt-14-dev
                           debhelper dh-virtualenv lintian)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -19,6 +19,7 @@ from pbx_zrtp.calls import Address, RelayError
 from pbx_zrtp.config import ConfigError
 from pbx_zrtp.pbx.registry import BY_NAME, KINDS
 from pbx_zrtp.relay.ctl import add_ctl_arguments, control_address, run_ctl
+from pbx_zrtp.relay.guard import TABLE, EgressGuard, GuardError
 from pbx_zrtp.zrtp.config import ZrtpConfiguration, parse_algorithm_list
 
 if TYPE_CHECKING:
@@ -250,6 +251,50 @@ def _config_errors(exc: ConfigError) -> int:
     return 2
 
 
+def _guard_parser(sub: Any) -> None:
+    text = (
+        "print the PBX host's nftables egress guard: the PBX's RTP on relay.pbx_address,"
+        " ports relay.ports, talks to the relays only (pipe it into `nft -f -` as root)"
+    )
+    cmd = sub.add_parser("guard", help=text, description=text)
+    cmd.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in)")
+    cmd.add_argument(
+        "--pbx-address",
+        metavar="A",
+        help="the PBX's RTP address (default: relay.pbx_address; give it where the"
+        " file only names remote [[…relays]])",
+    )
+    cmd.add_argument(
+        "--table", default=TABLE, help=f"the nftables table it owns (default: {TABLE})"
+    )
+
+
+def _guard_main(args: argparse.Namespace) -> int:
+    """The guard for this configuration's PBX address, relays and port range: every
+    relay it may steer calls to (relay.address and each [[…relays]] address)."""
+    try:
+        settings = app.load_settings(args.config)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    config = settings.relay
+    pbxs = settings.pbxs.values()
+    # the in-process relay serves every PBX section without [[…relays]] of its own
+    relays = [config.relay_address] if not pbxs or any(not p.relays for p in pbxs) else []
+    relays += [entry.address for pbx in pbxs for entry in pbx.relays]
+    try:
+        guard = EgressGuard.build(
+            args.pbx_address or config.pbx_address,
+            relays,
+            (config.port_min, config.port_max),
+            table=args.table,
+        )
+    except GuardError as exc:
+        sys.stderr.write(f"pbx-zrtp: configuration error: {exc}\n")
+        return 2
+    sys.stdout.write(guard.nft_ruleset())
+    return 0
+
+
 def _relay_main(args: argparse.Namespace) -> int:
     try:
         settings = app.load_settings(args.config)  # every section, as `run` reads them
@@ -427,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a ZRTP exchange and SRTP between two local endpoints")
     demo.add_argument("--srtp", type=int, default=50, metavar="N")
     _samples_parser(sub)
+    _guard_parser(sub)
     return parser
 
 
@@ -442,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_ctl(args)
     if args.command == "samples":
         return _samples_main(args)
+    if args.command == "guard":
+        return _guard_main(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

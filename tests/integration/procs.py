@@ -166,6 +166,7 @@ def hangup_phone(phone: Proc) -> None:
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CTL = (sys.executable, "-m", "pbx_zrtp.cli", "ctl")
+GUARD = (sys.executable, "-m", "pbx_zrtp.cli", "guard")
 
 
 def start_relay(
@@ -207,3 +208,53 @@ def ctl_json(control: str, *args: str) -> Any:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def guard_unavailable() -> str | None:
+    """Why this host cannot load the PBX egress guard (``pbx-zrtp guard``), or None."""
+    import os
+    import shutil
+
+    if shutil.which("nft") is None:
+        return "needs nft (Debian's nftables) for the PBX egress guard"
+    if os.geteuid() != 0:
+        return "needs root to load the PBX egress guard"
+    return None
+
+
+class EgressGuard:
+    """The lab's PBX egress guard: ``pbx-zrtp guard --config … --table …`` loaded with
+    ``nft -f -`` into this host's ruleset, exactly as docs/asterisk.md has the admin do
+    it. Its rules only match the lab's own PBX address, so other labs are untouched; the
+    table is deleted when the lab ends."""
+
+    def __init__(self, relay_conf: Path, table: str) -> None:
+        self.table = table
+        rules = subprocess.run(
+            [*GUARD, "--config", str(relay_conf), "--table", table],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+
+    def dropped(self) -> dict[str, int]:
+        """Packets each rule dropped so far: ``egress`` (the PBX's RTP that would have
+        gone past the relay) and ``ingress`` (RTP to the PBX not from the relay)."""
+        listing = subprocess.run(
+            ["nft", "list", "table", "inet", self.table], capture_output=True, text=True, check=True
+        ).stdout
+        counts: dict[str, int] = {}
+        chain = ""
+        for line in listing.splitlines():
+            found = re.match(r"\s*chain (\w+)", line)
+            if found:
+                chain = found.group(1)
+            packets = re.search(r"counter packets (\d+)", line)
+            if packets:
+                counts[chain] = counts.get(chain, 0) + int(packets.group(1))
+        return counts
+
+    def remove(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], check=False)
