@@ -155,13 +155,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ami = AmiClient("127.0.0.1", ami_port, TEST_AMI_USER, TEST_AMI_SECRET, 10)
         ami.wait_event(lambda e: e.get("Event") == "FullyBooted", 30, "FullyBooted")
         relay, watch = start_relay(base, relay_conf, r"AMI logged in at", started)
-        the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port)
-        the_lab.ports = ports  # type: ignore[attr-defined]
         # The PBX host's egress guard, as docs/asterisk.md has the admin load it: a
         # re-INVITE makes Asterisk send to the phone's own address until it relatches.
         if guard_unavailable() is None:
             guard = EgressGuard(relay_conf, f"pbx_zrtp_guard_lab{os.getpid()}")
-        the_lab.guard = guard  # type: ignore[attr-defined]
+        the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port, guard=guard)
+        the_lab.ports = ports  # type: ignore[attr-defined]
         # Every RTP packet Asterisk sends is logged with its destination: a packet to
         # a phone's own address would reach it without the relay (in the clear).
         reply = ami.action("Command", Command="rtp set debug on")
@@ -186,10 +185,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def guarded(lab: Lab) -> EgressGuard:
     """The lab's egress guard; the test is skipped where this host cannot load one (a
     re-INVITE then lets Asterisk send 1-2 packets to the phone in the clear)."""
-    guard: EgressGuard | None = lab.guard  # type: ignore[attr-defined]
-    if guard is None:
+    if lab.guard is None:
         pytest.skip(guard_unavailable() or "no egress guard")
-    return guard
+    return lab.guard
 
 
 def phone(lab: Lab, name: str, *, answer: bool = True) -> Proc:
@@ -250,10 +248,9 @@ def refused_to_phones(lab: Lab, mark: int) -> list[str]:
 def guard_figures(lab: Lab, mark: int) -> dict[str, Any]:
     """What the egress guard stopped: Asterisk's sends to a phone's own address that
     the kernel refused since ``mark``, and the guard's drop counters since the lab began."""
-    guard: EgressGuard | None = lab.guard  # type: ignore[attr-defined]
     return {
         "refused_sends_to_phones": len(refused_to_phones(lab, mark)),
-        "dropped_since_start": guard.dropped() if guard else None,
+        "dropped_since_start": lab.guard.dropped() if lab.guard else None,
     }
 
 

@@ -37,9 +37,11 @@ import pytest
 
 from tests.integration.procs import (
     ROOT,
+    EgressGuard,
     Proc,
     ctl_json,
     free_tcp_port,
+    guard_unavailable,
     hangup_phone,
     start_relay,
     wait_port,
@@ -521,6 +523,8 @@ class Lab:
     tone: Path
     carol_port: int
     procs: list[Proc] = field(default_factory=list)
+    #: The host's egress guard for A (docs/asterisk.md), where this host can load one.
+    guard: EgressGuard | None = None
 
     @property
     def control(self) -> str:
@@ -637,6 +641,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tone = write_tone(base / "tone.wav")
     started: list[Proc] = []
     ami: AmiClient | None = None
+    guard: EgressGuard | None = None
     try:
         asterisk = Proc("asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], base / "asterisk.out")
         started.append(asterisk)
@@ -644,7 +649,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ami = AmiClient("127.0.0.1", ami_port, TEST_AMI_USER, TEST_AMI_SECRET, 10)
         ami.wait_event(lambda e: e.get("Event") == "FullyBooted", 30, "FullyBooted")
         relay, watch = start_relay(base, relay_conf, r"AMI logged in at", started)
-        the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port)
+        # the documented set-up: the host's egress guard for A (docs/asterisk.md)
+        if guard_unavailable() is None:
+            guard = EgressGuard(relay_conf, f"pbx_zrtp_guard_lab{os.getpid()}")
+        the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port, guard=guard)
         # The watcher is subscribed once it reports a probe mirror (no call is running yet).
         probe = str((RTP_PORTS[1] - 2) & ~1)  # P and P+1 inside the range
         deadline = time.monotonic() + 30
@@ -659,6 +667,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             ami.close()
         for proc in reversed(started):
             proc.stop()
+        if guard is not None:
+            guard.remove()
 
 
 # ---------------------------------------------------------------------- the tests
