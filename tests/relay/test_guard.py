@@ -8,13 +8,11 @@ namespace of the test's own, with real sockets standing in for Asterisk (A:P), t
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,47 +126,49 @@ def test_a_wrong_setting_is_one_line_naming_it(
 # ---------------------------------------------------------------- in the kernel
 
 
-def _netns_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to make a network namespace"
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (install.sh --dev installs iproute2 and nftables)"
-    return None
+def _in_netns(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``argv`` in a new user and network namespace of its own (``unshare -rn``: no
+    privileges needed), its loopback up; nothing outside sees its ruleset or traffic."""
+    return subprocess.run(
+        ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    reason = _netns_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"pbxzrtp-guard-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        probe = subprocess.run(
-            ["ip", "netns", "exec", name, "nft", "list", "ruleset"], capture_output=True, text=True
-        )
-        if probe.returncode != 0:
-            pytest.skip(f"this kernel has no nftables: {probe.stderr.strip()}")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+def netns() -> None:
+    for tool in ("unshare", "ip", "nft"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (install.sh --dev installs iproute2 and nftables)")
+    probe = _in_netns("nft", "list", "ruleset")
+    if probe.returncode != 0:
+        pytest.skip(f"no nftables in a namespace here: {probe.stderr.strip()}")
 
 
 #: Runs inside the namespace: Asterisk on A=127.0.10.1:20002, the relay on R=127.0.10.2
-#: (R:20002 toward the phone, an ephemeral port toward Asterisk), the phone on .3.
-SOCKETS = """
-import json, socket
+#: (R:20002 toward the phone, an ephemeral port toward Asterisk), the phone on .3. It
+#: exchanges packets, loads the rules (argv[1]) twice (a reload replaces them),
+#: exchanges again, and prints both results and the table's listing.
+KERNEL = """
+import json, socket, subprocess, sys
+
 def bound(host, port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((host, port)); s.settimeout(0.5); return s
+    s.bind((host, port))
+    s.settimeout(0.5)
+    return s
+
 asterisk = bound("127.0.10.1", 20002)
 asterisk_rtcp = bound("127.0.10.1", 20003)
 asterisk_other = bound("127.0.10.1", 30000)  # outside the relayed range
 relay_phone = bound("127.0.10.2", 20002)
 relay_pbx = bound("127.0.10.2", 0)
 phone = bound("127.0.10.3", 7078)
+
 def passes(sender, receiver, data):
     try:
         sender.sendto(data, receiver.getsockname())
@@ -178,48 +178,44 @@ def passes(sender, receiver, data):
         return receiver.recv(100) == data
     except socket.timeout:
         return False
-print(json.dumps({
-    "asterisk to relay": passes(asterisk, relay_pbx, b"rtp"),
-    "relay to asterisk": passes(relay_pbx, asterisk, b"rtp"),
-    "relay to phone": passes(relay_phone, phone, b"srtp"),
-    "asterisk to phone": passes(asterisk, phone, b"clear"),
-    "asterisk rtcp to phone": passes(asterisk_rtcp, phone, b"clear rtcp"),
-    "phone to asterisk": passes(phone, asterisk, b"injected"),
-    "asterisk outside the range to phone": passes(asterisk_other, phone, b"not relayed"),
-}))
+
+def exchange():
+    return {
+        "asterisk to relay": passes(asterisk, relay_pbx, b"rtp"),
+        "relay to asterisk": passes(relay_pbx, asterisk, b"rtp"),
+        "relay to phone": passes(relay_phone, phone, b"srtp"),
+        "asterisk to phone": passes(asterisk, phone, b"clear"),
+        "asterisk rtcp to phone": passes(asterisk_rtcp, phone, b"clear rtcp"),
+        "phone to asterisk": passes(phone, asterisk, b"injected"),
+        "asterisk outside the range to phone": passes(asterisk_other, phone, b"not relayed"),
+    }
+
+before = exchange()
+for _ in range(2):
+    subprocess.run(["nft", "-f", sys.argv[1]], check=True)
+after = exchange()
+listing = subprocess.run(
+    ["nft", "list", "table", "inet", "pbx_zrtp_guard"], capture_output=True, text=True, check=True
+).stdout
+print(json.dumps({"before": before, "after": after, "listing": listing}))
 """
 
 
-def _exchange(netns: str) -> dict[str, bool]:
-    import json
-
-    out = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", SOCKETS],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result: dict[str, bool] = json.loads(out)
-    return result
-
-
 def test_loaded_into_the_kernel_the_guard_drops_only_what_bypasses_the_relay(
-    netns: str, tmp_path: Path
+    netns: None, tmp_path: Path
 ) -> None:
-    before = _exchange(netns)
-    assert all(before.values()), before  # without the guard, everything passes
     rules = subprocess.run(
         [sys.executable, "-m", "pbx_zrtp.cli", "guard", "--config", _config(tmp_path, RELAY)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    for _ in range(2):  # loading it twice replaces it (a reload, a restart)
-        subprocess.run(
-            ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=rules, text=True, check=True
-        )
-    after = _exchange(netns)
-    assert after == {
+    (tmp_path / "guard.nft").write_text(rules)
+    done = _in_netns(sys.executable, "-c", KERNEL, str(tmp_path / "guard.nft"))
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert all(found["before"].values()), found["before"]  # without the guard: all pass
+    assert found["after"] == {
         "asterisk to relay": True,
         "relay to asterisk": True,
         "relay to phone": True,
@@ -228,11 +224,45 @@ def test_loaded_into_the_kernel_the_guard_drops_only_what_bypasses_the_relay(
         "phone to asterisk": False,
         "asterisk outside the range to phone": True,
     }
-    listing = subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", "list", "table", "inet", "pbx_zrtp_guard"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listing = found["listing"]
     assert listing.count("counter packets 2 ") == 1  # RTP and RTCP to the phone
     assert listing.count("counter packets 1 ") == 1  # the injected packet
+
+
+# ---------------------------------------------------------------- the docs, as typed
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "asterisk.md"
+
+
+def _guard_blocks() -> list[str]:
+    text = DOCS.read_text()
+    section = text[text.index("## The egress guard") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = section.split("```sh\n")[1:]
+    return [block[: block.index("```")] for block in blocks]
+
+
+def test_the_docs_commands_load_the_guard_as_typed(netns: None, tmp_path: Path) -> None:
+    """docs/asterisk.md's lines, with /etc/pbx-zrtp in a temporary directory and
+    pbx-zrtp this tree's: they write the file, load it and list the table."""
+    load, boot = _guard_blocks()
+    etc = tmp_path / "etc-pbx-zrtp"
+    etc.mkdir()
+    (etc / "relay.toml").write_text(textwrap.dedent(RELAY))
+    lines = [line for line in load.splitlines() if line.strip()]
+    assert lines[0].startswith("pbx-zrtp guard --config /etc/pbx-zrtp/relay.toml")
+    script = "set -e\n" + "\n".join(lines).replace("/etc/pbx-zrtp", str(etc)).replace(
+        "pbx-zrtp guard", f"{sys.executable} -m pbx_zrtp.cli guard"
+    )
+    done = _in_netns("sh", "-c", script)
+    assert done.returncode == 0, (script, done.stderr)
+    assert "table inet pbx_zrtp_guard" in done.stdout and "ip saddr 127.0.10.1" in done.stdout
+    # at boot: the include line appended to Debian's stock /etc/nftables.conf parses
+    include = next(line for line in boot.splitlines() if line.startswith("echo "))
+    conf = tmp_path / "nftables.conf"
+    conf.write_text("#!/usr/sbin/nft -f\n\nflush ruleset\n\ntable inet filter {\n}\n")
+    line = include.replace("/etc/pbx-zrtp", str(etc)).replace("/etc/nftables.conf", str(conf))
+    subprocess.run(["sh", "-c", line], check=True)
+    assert f'include "{etc}/guard.nft"' in conf.read_text()
+    check = _in_netns("nft", "-c", "-f", str(conf))
+    assert check.returncode == 0, check.stderr
