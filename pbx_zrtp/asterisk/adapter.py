@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 
+from pbx_zrtp import logs
 from pbx_zrtp.asterisk.ami import Ami, AmiError, AmiEvent
 from pbx_zrtp.asterisk.config import AsteriskConfig, match_policy
 from pbx_zrtp.calls import Address, CallReport, Policy, RelayDirectory, RelayError, RelayHandle
@@ -49,6 +50,8 @@ PORT_WAIT = 1.0
 LINK_SETTINGS = ("host", "port", "username", "secret")
 #: The subroutine's MediaAddress for an endpoint without media_address.
 NO_MEDIA_ADDRESS = "none"
+#: What Getvar CHANNEL(videonativeformat) answers for a call without video.
+NO_FORMAT = frozenset({"", "(nothing)"})
 #: Asterisk CLI lines (cli_aliases_pbx_zrtp.conf): ``zrtp verify <id>`` is
 #: ``dialplan set global PBX_ZRTP_CLI_VERIFY <id>``, which AMI shows as a VarSet with
 #: ``Channel: none``. The outcome goes to AstDB pbx_zrtp/result (``zrtp show result``).
@@ -127,6 +130,9 @@ class AsteriskAdapter(CallBook):
         #: Asterisk's bridges (BridgeUniqueid) -> the channels (Uniqueid) in them, and back.
         self._bridges: dict[str, list[str]] = {}
         self._bridge_of: dict[str, str] = {}
+        #: Mirrored calls without a video stream (Uniqueid -> their announcement): a
+        #: re-INVITE may add one (``video_watch``).
+        self._audio_only: dict[str, Announcement] = {}
         super().__init__(
             relay,
             self.ami,
@@ -134,6 +140,10 @@ class AsteriskAdapter(CallBook):
             hangup_failed_after=config.hangup_failed_after,
             failed_cause=str(FAILED_CAUSE),
         )
+
+    async def start(self) -> bool:
+        self._spawn(self._watch_video())
+        return await super().start()
 
     def reconfigure(self, config: object) -> list[str]:
         """SIGHUP: the re-read [asterisk] section applies to calls from now on (policies,
@@ -285,9 +295,45 @@ class AsteriskAdapter(CallBook):
         read of a stream the call does not have."""
         if announced.video_port is not None:
             return announced.video_port
-        if not await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)"):
+        if await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)") in NO_FORMAT:
+            self._audio_only[call.key] = announced  # until a re-INVITE adds video
             return None
+        self._audio_only.pop(call.key, None)
         return parse_port(await self.ami.get_var(call.channel, "CHANNEL(rtp,src,video)"))
+
+    async def _watch_video(self) -> None:
+        """Mirror a video stream that a re-INVITE added to an audio call (the phone
+        turned its camera on). AMI tells nothing of a re-INVITE, so each audio-only
+        call's CHANNEL(videonativeformat) is read every ``video_watch`` seconds. Until
+        the stream is mirrored no video flows: the phone's goes to R:P, where nothing
+        listens, and Asterisk's to the phone's own address, which the egress guard
+        drops (docs/asterisk.md)."""
+        while True:
+            await asyncio.sleep(self.config.video_watch or 5.0)
+            if not self.config.video_watch or not self.ami.connected:
+                continue
+            for key, announced in list(self._audio_only.items()):
+                call = self.calls.get(key)
+                if call is None or call.port is None:
+                    self._audio_only.pop(key, None)
+                    continue
+                try:
+                    await self._video_added(call, announced)
+                except (AmiError, PbxError) as exc:
+                    log.warning("call %s: looking for video: %s", call.channel, exc)
+
+    async def _video_added(self, call: PbxCall, announced: Announcement) -> None:
+        async with call.lock:
+            if call.key not in self.calls or call.key not in self._audio_only:
+                return
+            if await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)") in NO_FORMAT:
+                return
+            with logs.tagged(call.call_id, call.port):
+                log.info("call %s: a re-INVITE added video: mirroring it", call.channel)
+                video = await self._add_video(call, announced, await self._phone_hint(call))
+                self._audio_only.pop(call.key, None)
+                if isinstance(video, CallReport):
+                    await self._write(call, video)
 
     async def _phone_hint(self, call: PbxCall) -> Address | None:
         if not self.config.restrict_phone_to_sip_address:

@@ -40,6 +40,9 @@ class AsteriskConfig:
     event: str = "PbxZrtp"
     #: Accept the phone's media only from the IP of its SIP signalling.
     restrict_phone_to_sip_address: bool = False
+    #: Seconds between two looks (one AMI Getvar per audio-only call) for a video stream
+    #: a re-INVITE added to a call (AMI has no event for it); 0: never look.
+    video_watch: float = 2.0
 
     #: Several relays (``[[asterisk.relays]]``); empty: the one relay of ``pbx-zrtp run``
     #: or ``--relay``.
@@ -90,6 +93,12 @@ def read(table: FieldReader) -> AsteriskConfig:
             flag(),
             d.restrict_phone_to_sip_address,
             fix="true or false",
+        ),
+        video_watch=table.take(
+            "video_watch",
+            number(0, 60),
+            d.video_watch,
+            fix="seconds, 0-60 (0: video added by a re-INVITE is never mirrored)",
         ),
         relays=read_relays(table, "asterisk"),
         relay_grace=read_grace(table),

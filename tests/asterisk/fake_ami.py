@@ -335,8 +335,8 @@ class FakeChannel:
                 return ""
             ip = self.rtp_src_ip if key == "rtp,src" else self.rtp_dest_ip
             return f"{ip}:{self.video_port}"
-        if key == "videonativeformat":
-            return self.video_format if self.video_port is not None else ""
+        if key == "videonativeformat":  # Asterisk 22.10.1 on an audio-only call: "(nothing)"
+            return self.video_format if self.video_port is not None else "(nothing)"
         media = {
             "rtp,src": f"{self.rtp_src_ip}:{self.rtp_port}",
             "rtp,dest": f"{self.rtp_dest_ip}:{self.rtp_port}",

@@ -163,6 +163,56 @@ def test_a_video_stream_the_relay_cannot_mirror_fails_a_required_call_only() -> 
     run(scenario())
 
 
+def test_video_added_by_a_re_invite_is_mirrored_and_keyed_by_multistream() -> None:
+    """The phone turns its camera on mid-call: a re-INVITE gives the call a video
+    stream (AMI says nothing of it). The adapter finds it within ``video_watch``, the
+    relay mirrors it and the phone keys it by Multistream under the call's session."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0, video_watch=0.2) as t:
+            channel, port = await t.call("required")  # audio only
+            video_port = free_even_port()
+            video_pbx = EchoPbx(video_port)
+            await video_pbx.start()
+            t.pbxs.append(video_pbx)
+            loop = asyncio.get_running_loop()
+            run = loop.run_in_executor(
+                None,
+                lambda: run_two_streams(
+                    (port, video_port), srtp=10, host=RELAY_HOST, bind=PHONE_HOST, timeout=15
+                ),
+            )
+            await channel.wait_for_var("ZRTP_STATE", SETTLED, 10)
+            assert channel.variables["ZRTP_VIDEO_STATE"] == ""
+            assert t.relay.get(f"ast-{channel.uniqueid}").streams == ()
+            channel.video_port = video_port  # the re-INVITE
+            first, second, received = await run
+            state = await channel.wait_for_var("ZRTP_VIDEO_STATE", SETTLED, 10)
+            v = channel.variables
+            assert state == "secure" and v["ZRTP_VIDEO_SECURE"] == "1", v
+            assert v["ZRTP_STATE"] == "secure" and v["ZRTP_SAS"] == first.sas == second.sas
+            assert received == 10
+            video = t.relay.get(f"ast-{channel.uniqueid}").stream("video")
+            assert video is not None and video.port == video_port
+            assert video.key_agreement == "Mult"
+
+    run(scenario())
+
+
+def test_without_video_watch_video_added_later_is_not_mirrored() -> None:
+    async def scenario() -> None:
+        async with lab(video_watch=0.0) as t:
+            channel, port = await t.call("required")
+            await asyncio.gather(phone(port), channel.wait_for_var("ZRTP_STATE", SETTLED, 10))
+            channel.video_port = free_even_port()
+            await asyncio.sleep(0.5)
+            assert t.relay.get(f"ast-{channel.uniqueid}").streams == ()
+            reads = [a.get("Variable", "") for a in t.fake.actions if a.get("Action") == "Getvar"]
+            assert reads.count("CHANNEL(videonativeformat)") == 1  # at the call's start only
+
+    run(scenario())
+
+
 def test_an_audio_call_has_no_video_variables_and_no_video_read() -> None:
     """chan_pjsip logs a warning for each CHANNEL(rtp,src,video) of an audio-only
     call: the adapter asks only when CHANNEL(videonativeformat) says there is video."""

@@ -875,6 +875,91 @@ def test_video_call_secures_audio_and_video_through_asterisk(lab: Lab) -> None:
         phone.stop()
 
 
+def _video_stream(lab: Lab, call_id: str) -> dict[str, Any] | None:
+    report = lab.ctl("show", call_id)
+    return next((s for s in report.get("streams", []) if s["name"] == "video"), None)
+
+
+def test_video_added_by_a_re_invite_is_mirrored_and_keyed_by_multistream(lab: Lab) -> None:
+    """An audio-only call whose phone turns its camera on mid-call (linphonec ``camera
+    on``: a re-INVITE adding a video stream). Asterisk gives the video a port of its
+    own and answers with the endpoint's media_address: the adapter sees the new stream
+    (``[asterisk] video_watch``), the relay mirrors it and the phone keys it by
+    Multistream under the call's SAS. Until then no video flows either way: the phone
+    sends to R:P, where nothing listens yet, and Asterisk's video to the phone's own
+    address is stopped by the egress guard."""
+    phone = lab.phone("phone-late-video", zrtp=True, video=True)
+    try:
+        started = time.monotonic()
+        phone.send(f"call sip:600@{A} --audio-only")
+        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        phone_sas = match.group(1)
+        seen = lab.ami.wait_event(
+            lambda e: (
+                e.get("Event") == "UserEvent"
+                and e.get("UserEvent") == "ZrtpSeen"
+                and float(e["_time"]) >= started
+            ),
+            20,
+            "UserEvent ZrtpSeen",
+        )
+        channel, uniqueid = seen["Channel"], seen["Uniqueid"]
+        call_id = f"ast-{uniqueid}"
+        assert _video_stream(lab, call_id) is None
+        no_video = lab.ami.action("Getvar", Channel=channel, Variable="CHANNEL(videonativeformat)")
+        assert no_video.get("Value") == "(nothing)", no_video  # what Asterisk 22 answers
+        dropped = lab.guard.dropped() if lab.guard else {}
+        asked = time.monotonic()
+        phone.send("camera on")
+        phone.wait_for(r"Trying to bring up video stream", 10)
+        deadline = time.monotonic() + 20
+        video = _video_stream(lab, call_id)
+        while (video is None or video["state"] == "pending") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            video = _video_stream(lab, call_id)
+        assert video is not None, lab.ctl("show", call_id)
+        secured_after = time.monotonic() - asked
+        assert video["state"] == "secure" and video["key_agreement"] == "Mult", video
+        assert video["sas"] == phone_sas, video
+        time.sleep(4)  # the static picture, echoed by Echo()
+        video = _video_stream(lab, call_id)
+        assert video is not None
+        counters = video["counters"]
+        assert counters["phone_in"] > 0 and counters["pbx_out"] > 0, counters
+        assert counters["pbx_in"] > 0 and counters["phone_out"] > 0, counters
+        assert counters["drops"].get("srtp_auth", 0) == 0, counters
+        variables = {
+            name: lab.ami.action("Getvar", Channel=channel, Variable=name).get("Value", "")
+            for name in ("ZRTP_VIDEO_STATE", "ZRTP_VIDEO_SECURE", "ZRTP_STATE", "ZRTP_SAS")
+        }
+        assert variables == {
+            "ZRTP_VIDEO_STATE": "secure",
+            "ZRTP_VIDEO_SECURE": "1",
+            "ZRTP_STATE": "secure",
+            "ZRTP_SAS": phone_sas,
+        }, variables
+        dest = lab.ami.action("Getvar", Channel=channel, Variable="CHANNEL(rtp,dest,video)")
+        assert dest.get("Value", "").startswith(f"{R}:"), dest
+        log = lab.base / "phone-late-video" / "linphone-debug.log"
+        srtp_failed = log.read_text(errors="replace").count("srtp_unprotect() failed")
+        assert srtp_failed == 0
+        summary = {
+            "sas": phone_sas,
+            "video": [video.get(k) for k in ("state", "key_agreement", "cipher", "auth_tag")],
+            "secured_after_camera_on_s": round(secured_after, 2),
+            "video_counters_4s": counters,
+            "guard_dropped_before": dropped,
+            "guard_dropped_after": lab.guard.dropped() if lab.guard else None,
+            "asterisk_video_dest": dest.get("Value"),
+        }
+        print("VIDEO ADDED BY RE-INVITE:", json.dumps(summary))
+        hangup_phone(phone)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        phone.stop()
+
+
 @pytest.mark.parametrize("exten", ["600", "610"])  # 610: auto, resolved to required
 def test_required_call_without_zrtp_is_hung_up_by_the_dialplan(lab: Lab, exten: str) -> None:
     phone = lab.phone(f"phone-clear-{exten}", zrtp=False)
