@@ -687,15 +687,7 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab, cipher: str) -
         phone_sas = match.group(1)
         phone_secure_at = time.monotonic()
         # 2. The dialplan: the variables the adapter set, read after Answer().
-        seen = lab.ami.wait_event(
-            lambda e: (
-                e.get("Event") == "UserEvent"
-                and e.get("UserEvent") == "ZrtpSeen"
-                and float(e["_time"]) >= started  # this call's, not an earlier test's
-            ),
-            20,
-            "UserEvent ZrtpSeen",
-        )
+        seen = zrtp_seen(lab, started)
         assert seen["State"] == "secure", seen
         assert seen["Secure"] == "1", seen
         assert seen["Policy"] == "required", seen
@@ -779,36 +771,58 @@ def test_required_zrtp_call_is_secured_through_asterisk(lab: Lab, cipher: str) -
         phone.stop()
 
 
+def zrtp_seen(
+    lab: Lab, started: float, timeout: float = 20, what: str = "UserEvent ZrtpSeen"
+) -> dict[str, str]:
+    """The adapter's first ZrtpSeen UserEvent (the dialplan's decision) since ``started``."""
+    return lab.ami.wait_event(
+        lambda e: (
+            e.get("Event") == "UserEvent"
+            and e.get("UserEvent") == "ZrtpSeen"
+            and float(e["_time"]) >= started
+        ),
+        timeout,
+        what,
+    )
+
+
+def _secure_call_to_600(lab: Lab, phone: Proc, *options: str) -> tuple[str, dict[str, str]]:
+    """The phone calls 600 (``call`` ``options``): its SAS once secure, and the
+    adapter's ZrtpSeen event for the call (secure, the same SAS)."""
+    started = time.monotonic()
+    phone.send(" ".join((f"call sip:600@{A}", *options)))
+    match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+    phone_sas = match.group(1)
+    seen = zrtp_seen(lab, started)
+    assert seen["State"] == "secure" and seen["SAS"] == phone_sas, seen
+    return phone_sas, seen
+
+
+def _video_stream(lab: Lab, call_id: str) -> dict[str, Any] | None:
+    report = lab.ctl("show", call_id)
+    return next((s for s in report.get("streams", []) if s["name"] == "video"), None)
+
+
+def _settled_video(lab: Lab, call_id: str, timeout: float) -> dict[str, Any] | None:
+    """The call's video stream once it is no longer pending (None: it never came)."""
+    deadline = time.monotonic() + timeout
+    video = _video_stream(lab, call_id)
+    while (video is None or video["state"] == "pending") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        video = _video_stream(lab, call_id)
+    return video
+
+
 def test_video_call_secures_audio_and_video_through_asterisk(lab: Lab) -> None:
     """linphonec sends video from its static-picture camera (VP8): the relay mirrors
     the video port Asterisk answered with, the phone keys it by Multistream."""
     phone = lab.phone("phone-video", zrtp=True, video=True)
     try:
-        started = time.monotonic()
-        phone.send(f"call sip:600@{A}")
-        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
-        phone_sas = match.group(1)
-        seen = lab.ami.wait_event(
-            lambda e: (
-                e.get("Event") == "UserEvent"
-                and e.get("UserEvent") == "ZrtpSeen"
-                and float(e["_time"]) >= started
-            ),
-            20,
-            "UserEvent ZrtpSeen",
-        )
-        assert seen["State"] == "secure" and seen["SAS"] == phone_sas, seen
+        phone_sas, seen = _secure_call_to_600(lab, phone)
         channel, uniqueid = seen["Channel"], seen["Uniqueid"]
         call_id = f"ast-{uniqueid}"
-        deadline = time.monotonic() + 20
+        video = _settled_video(lab, call_id, 20)
         report = lab.ctl("show", call_id)
-        while time.monotonic() < deadline:
-            report = lab.ctl("show", call_id)
-            video = next((s for s in report.get("streams", []) if s["name"] == "video"), None)
-            if video is not None and video["state"] != "pending":
-                break
-            time.sleep(0.2)
-        video = next((s for s in report.get("streams", []) if s["name"] == "video"), None)
         assert video is not None, report
         assert video["state"] == "secure" and video["key_agreement"] == "Mult", video
         assert video["sas"] == phone_sas, video
@@ -875,11 +889,6 @@ def test_video_call_secures_audio_and_video_through_asterisk(lab: Lab) -> None:
         phone.stop()
 
 
-def _video_stream(lab: Lab, call_id: str) -> dict[str, Any] | None:
-    report = lab.ctl("show", call_id)
-    return next((s for s in report.get("streams", []) if s["name"] == "video"), None)
-
-
 def test_video_added_by_a_re_invite_is_mirrored_and_keyed_by_multistream(lab: Lab) -> None:
     """An audio-only call whose phone turns its camera on mid-call (linphonec ``camera
     on``: a re-INVITE adding a video stream). Asterisk gives the video a port of its
@@ -890,19 +899,7 @@ def test_video_added_by_a_re_invite_is_mirrored_and_keyed_by_multistream(lab: La
     address is stopped by the egress guard."""
     phone = lab.phone("phone-late-video", zrtp=True, video=True)
     try:
-        started = time.monotonic()
-        phone.send(f"call sip:600@{A} --audio-only")
-        match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
-        phone_sas = match.group(1)
-        seen = lab.ami.wait_event(
-            lambda e: (
-                e.get("Event") == "UserEvent"
-                and e.get("UserEvent") == "ZrtpSeen"
-                and float(e["_time"]) >= started
-            ),
-            20,
-            "UserEvent ZrtpSeen",
-        )
+        phone_sas, seen = _secure_call_to_600(lab, phone, "--audio-only")
         channel, uniqueid = seen["Channel"], seen["Uniqueid"]
         call_id = f"ast-{uniqueid}"
         assert _video_stream(lab, call_id) is None
@@ -912,11 +909,7 @@ def test_video_added_by_a_re_invite_is_mirrored_and_keyed_by_multistream(lab: La
         asked = time.monotonic()
         phone.send("camera on")
         phone.wait_for(r"Trying to bring up video stream", 10)
-        deadline = time.monotonic() + 20
-        video = _video_stream(lab, call_id)
-        while (video is None or video["state"] == "pending") and time.monotonic() < deadline:
-            time.sleep(0.2)
-            video = _video_stream(lab, call_id)
+        video = _settled_video(lab, call_id, 20)
         assert video is not None, lab.ctl("show", call_id)
         secured_after = time.monotonic() - asked
         assert video["state"] == "secure" and video["key_agreement"] == "Mult", video
@@ -1297,15 +1290,7 @@ def test_an_optional_call_returns_from_the_gosub_on_the_relays_decision(lab: Lab
     try:
         started = time.monotonic()
         phone.send(f"call sip:630@{A}")
-        seen = lab.ami.wait_event(
-            lambda e: (
-                e.get("Event") == "UserEvent"
-                and e.get("UserEvent") == "ZrtpSeen"
-                and float(e["_time"]) >= started
-            ),
-            20,
-            "UserEvent ZrtpSeen",
-        )
+        seen = zrtp_seen(lab, started)
         after = float(seen["_time"]) - started
         assert seen["State"] == "clear" and seen["Wait"] == "6", seen
         events = lab.relay_events(f"ast-{seen['Uniqueid']}")
