@@ -358,11 +358,17 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
     two_phones = re.search(r'<action application="bridge" data="(\{[^"]*\})user/10\$1"/>', sample)
     assert two_phones, "pbx_zrtp.xml's pbx_zrtp_two_phones changed shape"
     bridge_to_carol = f"{two_phones.group(1)}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
-    video_to_carol = bridge_to_carol.replace(
-        "rtp_adv_audio_ip=${pbx_zrtp_relay_ip},",
-        "rtp_adv_audio_ip=${pbx_zrtp_relay_ip},rtp_adv_video_ip=${pbx_zrtp_relay_ip},",
-    )
-    assert video_to_carol != bridge_to_carol, bridge_to_carol
+    # Two video phones: the sample's pbx_zrtp_two_phones as typed, calling carol.
+    extension = re.search(r'<extension name="pbx_zrtp_two_phones">.*?</extension>', sample, re.S)
+    assert extension, "pbx_zrtp.xml's pbx_zrtp_two_phones changed shape"
+    two_video_phones = extension.group(0)
+    for typed, here in (
+        ('name="pbx_zrtp_two_phones"', 'name="two_video_phones_test"'),
+        ('expression="^96([0-9][0-9])$"', 'expression="^9713$"'),
+        ("}user/10$1", f"}}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"),
+    ):
+        assert two_video_phones.count(typed) == 1, typed
+        two_video_phones = two_video_phones.replace(typed, here)
     # The unsafe settings (auto-adjust after 10 packets, no wait before the bridge): the
     # sniffer's real positive control, and what the adapter must warn about.
     unsafe_to_carol = (
@@ -454,19 +460,8 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
           <action application="echo"/>
         </condition>
       </extension>
-      <!-- Two video phones (issue 15): as two_phones_test, the relay advertised for
-           video too on both legs; FreeSWITCH bridges H264 between them. -->
-      <extension name="two_video_phones_test">
-        <condition field="destination_number" expression="^9713$">
-          <action application="set" data="pbx_zrtp_policy=required"/>
-          <action application="set" data="rtp_adv_audio_ip=${{pbx_zrtp_relay_ip}}"/>
-          <action application="set" data="rtp_adv_video_ip=${{pbx_zrtp_relay_ip}}"/>
-          <action application="set" data="rtp_auto_adjust_threshold=1"/>
-          <action application="pre_answer"/>
-          <action application="lua" data="pbx_zrtp_wait.lua 12"/>
-          <action application="bridge" data="{video_to_carol}"/>
-        </condition>
-      </extension>
+      <!-- Two video phones (issue 15): the sample's pbx_zrtp_two_phones to carol. -->
+      {two_video_phones}
       <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
     </context>
   </section>
@@ -1203,12 +1198,13 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
 
 
 def test_two_video_phones_bridged_through_freeswitch_send_video_both_ways(lab: Lab) -> None:
-    """alice -> 9713 -> bridge to carol, both linphonec phones sending their static
-    picture in H264, each leg `required` and through the relay: on each leg audio and
-    video are secure (video by Multistream, under that leg's SAS), and FreeSWITCH
-    bridges the video, so on each leg the relay counts video both ways (SRTP toward the
-    phone, none failing there); every video packet FreeSWITCH sent on a leg reached the
-    relay, and nothing from FreeSWITCH reached a phone directly."""
+    """alice -> 9713 (the sample's pbx_zrtp_two_phones, as typed) -> carol, both
+    linphonec phones sending their static picture in H264, each leg `required` and
+    through the relay: on each leg audio and video are secure (video by Multistream,
+    under that leg's SAS), and FreeSWITCH bridges the video, so on each leg the relay
+    counts video both ways (SRTP toward the phone, none failing there); every video
+    packet FreeSWITCH sent on a leg reached the relay, and nothing from FreeSWITCH
+    reached a phone directly."""
     carol = lab.phone(f"carol-video-{len(lab.procs)}", zrtp=True, carol=True, video=True)
     alice = lab.phone(f"alice-video-{len(lab.procs)}", zrtp=True, video=True)
     try:
