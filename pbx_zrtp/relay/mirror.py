@@ -791,13 +791,19 @@ class Mirror:
         if self._loop.time() > self._priming_until:
             self.counters.drops["priming_gave_up"] += 1
             return
+        further = self.first is not None
+        if further and self._last_forward >= 0:
+            # A further stream (video) comes in bursts, a frame then nothing for up to
+            # a second: priming in the gaps put a second SSRC into the phone's stream,
+            # and FreeSWITCH's video jitter buffer never completed a frame to bridge.
+            # The phone's packets, from this same socket, latch the PBX as priming did.
+            return
         if self._loop.time() - self._last_forward < 2 * PRIMING_INTERVAL:
             # The phone's own stream is flowing to A:P: one RTP stream at a time, or
             # the PBX's strict-RTP learning (sequential packets) never completes.
             self._priming = self._loop.call_later(PRIMING_INTERVAL, self._prime)
             return
         pt = self.identity.payload_type if self.identity else 0
-        further = self.first is not None
         silence = b"" if further else SILENCE.get(pt, SILENCE[0])
         guard = self._guard
         if guard is not None:

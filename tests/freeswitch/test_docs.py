@@ -43,6 +43,26 @@ def test_the_bridge_snippet_is_the_two_phones_dial_string() -> None:
     assert data.split("}")[0] == sample.split("}")[0]
 
 
+def test_every_sample_that_sends_audio_to_the_relay_sends_video_there_too() -> None:
+    """Issue 15: a `required` call from a video phone whose rtp_adv_video_ip is not the
+    relay fails (its video would bypass the relay). The samples set only the audio
+    address, so a video phone could not call any of them; now every leg that is told
+    the relay for audio (a `set` or a dial string's {...}) is told it for video too."""
+    address = re.compile(r"(rtp_adv_(?:audio|video)_ip)=(\$\{[^}]*\}|[^,}]+)")
+    legs = []
+    for name in re.findall(r'<extension name="([^"]+)">', SAMPLE):
+        actions = _extension(name)
+        sets = [d for a, d in actions if a == "set" and d.startswith("rtp_adv_")]
+        legs.append(dict(address.findall(",".join(sets))))  # the channel's own leg
+        legs += [dict(address.findall(d)) for a, d in actions if a == "bridge"]  # B legs
+    legs = [leg for leg in legs if "rtp_adv_audio_ip" in leg]
+    assert len(legs) == 8, legs  # seven extensions, and the B leg of pbx_zrtp_two_phones
+    for leg in legs:
+        assert leg.get("rtp_adv_video_ip") == leg["rtp_adv_audio_ip"], leg
+    (snippet,) = [b for b in _doc_blocks("xml") if "transfer" in b]
+    assert "rtp_adv_video_ip=${pbx_zrtp_relay_ip}" in snippet
+
+
 def test_the_relay_toml_snippet_checks_and_runs_alike(tmp_path: Path) -> None:
     """Issue 13: `ports = "16384-16584"` with `prebind = "16384-16584"` passed `--check`
     but `run` refused to pre-bind 16584 ("outside the relay's range"). Both now read

@@ -358,6 +358,17 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
     two_phones = re.search(r'<action application="bridge" data="(\{[^"]*\})user/10\$1"/>', sample)
     assert two_phones, "pbx_zrtp.xml's pbx_zrtp_two_phones changed shape"
     bridge_to_carol = f"{two_phones.group(1)}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"
+    # Two video phones: the sample's pbx_zrtp_two_phones as typed, calling carol.
+    extension = re.search(r'<extension name="pbx_zrtp_two_phones">.*?</extension>', sample, re.S)
+    assert extension, "pbx_zrtp.xml's pbx_zrtp_two_phones changed shape"
+    two_video_phones = extension.group(0)
+    for typed, here in (
+        ('name="pbx_zrtp_two_phones"', 'name="two_video_phones_test"'),
+        ('expression="^96([0-9][0-9])$"', 'expression="^9713$"'),
+        ("}user/10$1", f"}}sofia/pbxzrtp/carol@{net.phone}:{carol_port}"),
+    ):
+        assert two_video_phones.count(typed) == 1, typed
+        two_video_phones = two_video_phones.replace(typed, here)
     # The unsafe settings (auto-adjust after 10 packets, no wait before the bridge): the
     # sniffer's real positive control, and what the adapter must warn about.
     unsafe_to_carol = (
@@ -449,6 +460,8 @@ def write_freeswitch_config(base: Path, net: Net, esl_port: int, carol_port: int
           <action application="echo"/>
         </condition>
       </extension>
+      <!-- Two video phones (issue 15): the sample's pbx_zrtp_two_phones to carol. -->
+      {two_video_phones}
       <X-PRE-PROCESS cmd="include" data="pbx_zrtp.xml"/>
     </context>
   </section>
@@ -529,6 +542,7 @@ media_encryption_mandatory={1 if zrtp else 0}
 {no_zrtp}
 [rtp]
 audio_rtp_port={random.randrange(30000, 40000, 2)}
+video_rtp_port={random.randrange(44000, 46000, 2)}
 bind_address={phone}
 
 [sound]
@@ -605,7 +619,12 @@ class Lab:
         home.mkdir()
         if carol:
             rc = write_linphonerc(
-                home, self.net.phone, zrtp=zrtp, user="carol", sip_port=self.carol_port
+                home,
+                self.net.phone,
+                zrtp=zrtp,
+                user="carol",
+                sip_port=self.carol_port,
+                video=video,
             )
         else:
             rc = write_linphonerc(home, self.net.phone, zrtp=zrtp, video=video)
@@ -926,9 +945,11 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
 def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None:
     """linphonec's static picture in H264 (mod_h26x passes it through): the video
     port FreeSWITCH answered with, pre-bound, secured by Multistream; FreeSWITCH's
-    video latched onto the relay (its priming), none of it went to the phone."""
+    video latched onto the relay (its priming) and echoed the phone's video back
+    through it, none of it went to the phone directly."""
     phone = lab.phone("phone-video", zrtp=True, video=True)
     try:
+        sniffer = lab.sniffer()
         started = time.monotonic()
         phone.send(f"call sip:9712@{lab.net.a}")
         match, _ = phone.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
@@ -957,10 +978,11 @@ def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None
         report = lab.ctl("show", call_id)
         video = next(s for s in report["streams"] if s["name"] == "video")
         counters = video["counters"]
-        # The phone's video reached FreeSWITCH (decrypted by the relay). FreeSWITCH
-        # 1.10.12's echo sent no video back here (its video thread logs "Echo is
-        # off"; H264 passed through by mod_h26x): pbx_in is recorded, not required.
+        # The phone's video reached FreeSWITCH (decrypted by the relay), and echo sent
+        # it back (H264 passed through by mod_h26x) through the relay. (It sent none
+        # while the relay primed between the phone's frames: see the bridged test.)
         assert counters["phone_in"] > 0 and counters["pbx_out"] > 0, counters
+        assert counters["pbx_in"] > 0 and counters["phone_out"] > 0, counters
         assert counters["drops"].get("srtp_auth", 0) == 0, counters
         names = (
             "pbx_zrtp_state",
@@ -992,6 +1014,7 @@ def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None
         ended = lab.relay_events(call_id)[-1]
         ended_video = next(s for s in ended["streams"] if s["name"] == "video")
         relay_heard = ended_video["counters"]["pbx_in"]
+        direct = lab.direct_rtp(sniffer)
         summary = {
             "sas": phone_sas,
             "audio": [report.get(k) for k in ("key_agreement", "cipher", "auth_tag")],
@@ -1002,11 +1025,14 @@ def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None
             "video_ended_counters": ended_video["counters"],
             "freeswitch_video_out": freeswitch_sent,
             "relay_video_pbx_in": relay_heard,
+            "sniffed_from_freeswitch_to_phone": len(direct),
             "variables": values,
         }
         print("REAL VIDEO CALL:", json.dumps(summary))
-        # Packets FreeSWITCH sent before auto-adjust latched went straight to the phone.
-        assert 0 <= freeswitch_sent - relay_heard <= 5, (freeswitch_sent, relay_heard)
+        # Every video packet FreeSWITCH sent reached the relay; none reached the phone
+        # straight from FreeSWITCH (`required`: not one clear packet).
+        assert 0 < freeswitch_sent <= relay_heard, (freeswitch_sent, relay_heard)
+        assert direct == [], direct
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
@@ -1169,6 +1195,161 @@ def test_two_zrtp_phones_bridged_through_freeswitch_are_linked_legs(lab: Lab) ->
     finally:
         alice.stop()
         carol.stop()
+
+
+def test_two_video_phones_bridged_through_freeswitch_send_video_both_ways(lab: Lab) -> None:
+    """alice -> 9713 (the sample's pbx_zrtp_two_phones, as typed) -> carol, both
+    linphonec phones sending their static picture in H264, each leg `required` and
+    through the relay: on each leg audio and video are secure (video by Multistream,
+    under that leg's SAS), and FreeSWITCH bridges the video, so on each leg the relay
+    counts video both ways (SRTP toward the phone, none failing there); every video
+    packet FreeSWITCH sent on a leg reached the relay, and nothing from FreeSWITCH
+    reached a phone directly."""
+    carol = lab.phone(f"carol-video-{len(lab.procs)}", zrtp=True, carol=True, video=True)
+    alice = lab.phone(f"alice-video-{len(lab.procs)}", zrtp=True, video=True)
+    try:
+        sniffer = lab.sniffer()
+        alice.send(f"call sip:9713@{lab.net.a}")
+        match, _ = alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        alice_sas = match.group(1)
+        match, _ = carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)
+        carol_sas = match.group(1)
+        # Both legs' video settled (secure or failed, never left pending).
+        deadline = time.monotonic() + 20
+        calls: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            calls = lab.calls()
+            states = [
+                [s["state"] for s in c.get("streams", []) if s["name"] == "video"] for c in calls
+            ]
+            if len(calls) == 2 and all(s and s[0] != "pending" for s in states):
+                break
+            time.sleep(0.2)
+        assert len(calls) == 2, calls
+        assert {c["sas"] for c in calls} == {alice_sas, carol_sas}, (calls, alice_sas, carol_sas)
+        bridges = {c["bridge"] for c in calls}
+        assert len(bridges) == 1 and "" not in bridges, calls
+        caller = f"fs-{next(iter(bridges))}"
+        legs = {"alice" if c["call_id"] == caller else "carol": c["call_id"] for c in calls}
+        assert set(legs) == {"alice", "carol"}, calls
+        phones = {"alice": alice, "carol": carol}
+        variables = {}
+        for leg, call_id in legs.items():
+            call = next(c for c in calls if c["call_id"] == call_id)
+            video = next(s for s in call["streams"] if s["name"] == "video")
+            assert call["state"] == "secure", call
+            assert video["state"] == "secure" and video["key_agreement"] == "Mult", (leg, video)
+            assert video["sas"] == call["sas"] == (alice_sas if leg == "alice" else carol_sas)
+            uuid = call_id.removeprefix("fs-")
+            names = (
+                "pbx_zrtp_state",
+                "pbx_zrtp_state_video",
+                "pbx_zrtp_secure_video",
+                "zrtp_secure_media_confirmed_video",
+                "remote_video_ip",
+                "rtp_use_video_codec_name",
+                "local_video_port",
+            )
+            variables[leg] = {name: lab.esl.getvar(uuid, name) for name in names}
+            assert video["port"] == int(variables[leg]["local_video_port"]), (leg, video)
+        time.sleep(6)  # both pictures flow, each bridged to the other phone
+        during = {c["call_id"]: c for c in lab.calls()}
+        video_counters = {
+            leg: next(s for s in during[cid]["streams"] if s["name"] == "video")["counters"]
+            for leg, cid in legs.items()
+        }
+        audio_counters = {leg: during[cid]["counters"] for leg, cid in legs.items()}
+        uuids = {leg: cid.removeprefix("fs-") for leg, cid in legs.items()}
+        hangup_phone(alice)
+
+        def hung_up(uuid: str) -> Callable[[dict[str, str]], bool]:
+            return lambda e: (
+                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
+            )
+
+        hangups = {
+            leg: lab.esl.wait_event(hung_up(uuid), 15, f"CHANNEL_HANGUP_COMPLETE of {leg}")
+            for leg, uuid in uuids.items()
+        }
+        deadline = time.monotonic() + 10
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lab.calls() == []
+        summary: dict[str, Any] = {"alice_sas": alice_sas, "carol_sas": carol_sas, "legs": {}}
+        for leg, call_id in legs.items():
+            ended = lab.relay_events(call_id)[-1]
+            assert ended["state"] == "ended", ended
+            ended_video = next(s for s in ended["streams"] if s["name"] == "video")["counters"]
+            hangup = hangups[leg]
+            summary["legs"][leg] = {
+                "video": [
+                    next(s for s in during[call_id]["streams"] if s["name"] == "video").get(k)
+                    for k in ("state", "key_agreement", "cipher", "auth_tag", "handshake_ms")
+                ],
+                "audio": [during[call_id].get(k) for k in ("key_agreement", "cipher")],
+                "variables": variables[leg],
+                "audio_counters_at_6s": {
+                    k: v for k, v in audio_counters[leg].items() if k != "drops"
+                },
+                "video_counters_at_6s": video_counters[leg],
+                "video_ended_counters": ended_video,
+                "freeswitch_video_out": int(
+                    hangup.get("variable_rtp_video_out_packet_count", "0") or 0
+                ),
+                "freeswitch_video_in": int(
+                    hangup.get("variable_rtp_video_in_packet_count", "0") or 0
+                ),
+                "phone_srtp_failures": srtp_failures(lab.base / phones[leg].name),
+                "phone_video_received": video_received(lab.base / phones[leg].name),
+            }
+        direct = lab.direct_rtp(sniffer)
+        summary["sniffed_from_freeswitch_to_phones"] = len(direct)
+        print("TWO VIDEO PHONES:", json.dumps(summary))
+        for leg, got in summary["legs"].items():
+            assert got["variables"] == {
+                **got["variables"],
+                "pbx_zrtp_state": "secure",
+                "pbx_zrtp_state_video": "secure",
+                "pbx_zrtp_secure_video": "true",
+                "zrtp_secure_media_confirmed_video": "true",
+                "remote_video_ip": lab.net.r,
+            }, (leg, got)
+            counters = got["video_ended_counters"]
+            # Video both ways on this leg, through the relay: the phone's SRTP in and
+            # decrypted to FreeSWITCH, FreeSWITCH's bridged video in and SRTP to the phone.
+            assert counters["phone_in"] > 0 and counters["pbx_out"] > 0, (leg, counters)
+            assert counters["pbx_in"] > 0 and counters["phone_out"] > 0, (leg, counters)
+            assert counters["drops"].get("srtp_auth", 0) == 0, (leg, counters)
+            assert got["phone_srtp_failures"] == 0, (leg, got)
+            # ... and the phone took it: its oRTP counted that video as received.
+            assert 0 < got["phone_video_received"] <= counters["pbx_in"], (leg, got)
+            # Every video packet FreeSWITCH sent on this leg reached the relay.
+            assert 0 < got["freeswitch_video_out"] <= counters["pbx_in"], (leg, got)
+        assert direct == [], direct
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        alice.stop()
+        carol.stop()
+
+
+def video_received(home: Path, timeout: float = 10.0) -> int:
+    """The video RTP packets a linphonec phone received (its oRTP statistics, logged
+    when its call ends), after SRTP: what reached it and authenticated; -1: none."""
+    log = home / "linphone-debug.log"
+    stats = re.compile(r"VIDEO SESSION'S RTP STATISTICS.*?ortp-message-received\s+(\d+) ", re.S)
+    deadline = time.monotonic() + timeout
+    while not (found := stats.findall(log.read_text(errors="replace") if log.exists() else "")):
+        if time.monotonic() > deadline:
+            return -1
+        time.sleep(0.1)
+    return int(found[-1])
+
+
+def srtp_failures(home: Path) -> int:
+    """SRTP packets a linphonec phone rejected (clear or forged ones that reached it)."""
+    log = home / "linphone-debug.log"
+    return log.read_text(errors="replace").count("srtp_unprotect() failed") if log.exists() else 0
 
 
 def test_strays_on_prebound_ports_neither_amplify_nor_poison_the_next_call(lab: Lab) -> None:

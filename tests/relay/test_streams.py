@@ -92,6 +92,48 @@ def test_a_two_stream_phone_secures_audio_then_video_by_multistream() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("fastpath", [False, True])
+def test_video_priming_stops_for_good_once_the_phones_video_reaches_the_pbx(
+    fastpath: bool,
+) -> None:
+    """Video comes in bursts (a frame, then nothing for up to a second). Priming that
+    resumed in the gaps put the relay's SSRC between the phone's frames, and the real
+    FreeSWITCH 1.10.12 then bridged no video at all between two video phones (its
+    video jitter buffer never completed a frame). Once the phone's own video went to
+    the PBX (which latched onto this socket from it), the PBX sees only that stream."""
+
+    async def scenario() -> None:
+        relay = make_relay(required_timeout=10.0, fastpath=fastpath)
+        port, video_port = await _call_with_video(relay, "av-6", Policy.REQUIRED)
+        audio_pbx, video_pbx = EchoPbx(port), EchoPbx(video_port, echo=False)
+        for pbx in (audio_pbx, video_pbx):
+            await pbx.start()
+        try:
+            loop = asyncio.get_running_loop()
+            # 10 video packets, then 1.5 s of nothing (the PBX sends no video back)
+            _, second, _ = await loop.run_in_executor(
+                None,
+                lambda: run_two_streams(
+                    (port, video_port), srtp=10, host=RELAY_HOST, bind=PHONE_HOST, timeout=15
+                ),
+            )
+            assert second.multistream
+            ssrcs = [int.from_bytes(d[8:12], "big") for d in video_pbx.received if len(d) >= 12]
+            assert ssrcs.count(7) == 10, ssrcs  # the phone's video, decrypted
+            first = ssrcs.index(7)
+            assert first > 0 and 7 not in ssrcs[:first]  # primed until then ...
+            assert ssrcs[first:] == [7] * 10, ssrcs  # ... and never again
+            video = relay.get("av-6").stream("video")
+            # (the first priming packet went out before the PBX stand-in listened)
+            assert video is not None and video.counters["priming_sent"] <= first + 1
+        finally:
+            for pbx in (audio_pbx, video_pbx):
+                pbx.close()
+            await relay.close()
+
+    asyncio.run(scenario())
+
+
 def test_under_required_no_clear_video_either_way_before_the_stream_is_secure() -> None:
     async def scenario() -> None:
         relay = make_relay(required_timeout=10.0)
