@@ -51,9 +51,11 @@ import pytest
 
 from tests.integration.procs import (
     ROOT,
+    EgressGuard,
     Proc,
     ctl_json,
     free_tcp_port,
+    guard_unavailable,
     hangup_phone,
     start_relay,
     wait_port,
@@ -1516,6 +1518,61 @@ def test_unsafe_settings_send_clear_rtp_to_the_phone_and_pbx_zrtp_warns(lab: Lab
     finally:
         alice.stop()
         carol.stop()
+
+
+def test_the_egress_guard_keeps_even_the_unsafe_settings_clear_rtp_from_the_phones(
+    lab: Lab,
+) -> None:
+    """The same unsafe call (9711) with the PBX host's egress guard loaded as
+    docs/asterisk.md has it (``pbx-zrtp guard``, from the lab's own configuration: A,
+    R, the RTP range): FreeSWITCH still tries to send straight to the phones, the
+    kernel drops it (the guard's counter), and the sniffer on the phones' link sees
+    nothing from A. The guard is PBX-agnostic; FreeSWITCH's own fix stays the
+    samples' settings (the other tests)."""
+    reason = guard_unavailable()
+    if reason:
+        pytest.skip(reason)
+    guard = EgressGuard(lab.base / "pbx-zrtp.toml", f"pbx_zrtp_guard_fs{os.getpid()}")
+    carol = lab.phone(f"carol-guarded-{len(lab.procs)}", zrtp=True, carol=True)
+    alice = lab.phone(f"alice-guarded-{len(lab.procs)}", zrtp=True)
+    try:
+        sniffer = lab.sniffer()
+        alice.send(f"call sip:9711@{lab.net.a}")
+        a_sas = alice.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)[0]
+        c_sas = carol.wait_for(r"fully encrypted and auth token is (\S+?)\.?\s*$", 30)[0]
+        deadline = time.monotonic() + 10
+        while len(calls := lab.calls()) < 2 or any(c["state"] != "secure" for c in calls):
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.2)
+        time.sleep(1)
+        direct = lab.direct_rtp(sniffer)
+        dropped = guard.dropped()
+        counters = {c["call_id"]: c["counters"] for c in lab.calls()}
+        print(
+            "GUARDED UNSAFE SETTINGS:",
+            json.dumps(
+                {
+                    "sas": [a_sas.group(1), c_sas.group(1)],
+                    "sniffed_from_freeswitch_to_phone": len(direct),
+                    "guard_dropped": dropped,
+                    "relay_counters": counters,
+                }
+            ),
+        )
+        assert direct == [], direct[:5]
+        assert dropped["egress"] > 0, dropped  # what would have reached the phones
+        for call_id, counter in counters.items():  # the call itself goes on, secured
+            assert counter["phone_in"] > 0 and counter["phone_out"] > 0, (call_id, counter)
+        hangup_phone(alice)
+        deadline = time.monotonic() + 15
+        while lab.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        alice.stop()
+        carol.stop()
+        guard.remove()
 
 
 def test_the_secure_line_9401_is_reached_and_shows_the_sas(lab: Lab) -> None:
