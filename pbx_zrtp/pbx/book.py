@@ -196,6 +196,12 @@ class CallBook(ABC):
         """Hook: why this call must not be mirrored as announced (reported failed)."""
         return None
 
+    async def _live_bridges(self) -> dict[str, list[str]] | None:
+        """Hook: the PBX's bridges now (name -> the keys of the channels in it), read
+        at resync to re-learn the bridge changes made while the link was down; None
+        when the PBX cannot say (the calls keep the bridge ids they had)."""
+        return None
+
     async def _phone_hint(self, call: PbxCall) -> Address | None:
         """Hook: accept the phone's media only from this address (host, 0)."""
         return None
@@ -625,6 +631,26 @@ class CallBook(ABC):
             if announced is not None:
                 log.info("resync: picking up %s, which asked for ZRTP while away", channel.name)
                 await self.announce(announced)
+        await self._resync_bridges()
+
+    async def _resync_bridges(self) -> None:
+        """Bridge changes made while the link was down (a transfer, a pickup, a park):
+        each bridge the PBX holds now is applied as if it had just been announced, and
+        a leg we had moved (``bridge:…``) that is in no bridge now talks to no one."""
+        try:
+            bridges = await self._live_bridges()
+        except PbxError as exc:
+            log.warning("resync: bridges not re-learned: %s", exc)
+            return
+        if bridges is None:
+            return
+        inside: set[str] = set()
+        for name, members in bridges.items():
+            self._bridged(name, members)
+            inside.update(members)
+        for call in list(self.calls.values()):
+            if call.key not in inside and call.bridge.startswith("bridge:"):
+                self._move(call, "")
 
     async def _forget_vanished(
         self, live: set[str], known_before: set[str]
