@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +39,7 @@ from tests.integration.procs import (
     free_tcp_port,
     guard_unavailable,
     hangup_phone,
+    link_down,
     start_relay,
     wait_port,
     write,
@@ -663,37 +663,14 @@ def test_codec_change_by_re_invite(lab: Lab) -> None:
             proc.stop()
 
 
-@contextlib.contextmanager
-def adapter_ami_down(lab: Lab) -> Iterator[None]:
-    """Cut the adapter's AMI session (``ss -K``) and refuse its new ones (an nftables
-    rule on the AMI port, for new TCP connections only: the test's own session stays)
-    until the block ends; then wait for the adapter's next login (its resync)."""
+def adapter_ami_down(lab: Lab) -> contextlib.AbstractContextManager[None]:
+    """The adapter's AMI session cut and its logins refused for the block (procs.link_down)."""
     port = re.search(r"^port = (\d+)$", (lab.base / "pbx-zrtp.toml").read_text(), re.M)
     assert port is not None
-    ami_port, ours = port.group(1), str(lab.ami.sock.getsockname()[1])
-    table = f"pbx_zrtp_lab_ami{os.getpid()}"
-    rules = (
-        f"table inet {table} {{\n chain out {{\n  type filter hook output priority filter;\n"
-        f"  tcp dport {ami_port} tcp flags & (syn | ack) == syn drop\n }}\n}}\n"
+    ours = lab.ami.sock.getsockname()[1]
+    return link_down(
+        lab.relay, int(port.group(1)), ours, r"AMI connection to .* lost", "AMI logged in"
     )
-    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
-    logins = sum("AMI logged in" in line for line in lab.relay.lines)
-    try:
-        cut = subprocess.run(
-            ["ss", "-K", "-t", f"( dport = :{ami_port} and sport != :{ours} )"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert f":{ami_port}" in cut.stdout, cut.stdout  # the adapter's session was there
-        lab.relay.wait_for(r"AMI connection to .* lost", 10)
-        yield
-    finally:
-        subprocess.run(["nft", "delete", "table", "inet", table], check=False)
-    deadline = time.monotonic() + 20
-    while sum("AMI logged in" in line for line in lab.relay.lines) <= logins:
-        assert time.monotonic() < deadline, "the adapter did not log in to AMI again"
-        time.sleep(0.1)
 
 
 def bridges_now(lab: Lab) -> dict[str, Any]:
