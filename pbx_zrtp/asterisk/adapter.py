@@ -335,6 +335,16 @@ class AsteriskAdapter(CallBook):
                 if isinstance(video, CallReport):
                     await self._write(call, video)
 
+    async def _live_bridges(self) -> dict[str, list[str]] | None:
+        """Asterisk's bridges now; the adapter's own map of them starts again from it,
+        unless bridge events came in the meantime (they keep the map current)."""
+        asked_after = self.bridge_events
+        bridges = await self.ami.live_bridges()  # AmiError is a PbxError
+        if self.bridge_events == asked_after:
+            self._bridges = {name: list(members) for name, members in bridges.items()}
+            self._bridge_of = {key: name for name, members in bridges.items() for key in members}
+        return bridges
+
     async def _phone_hint(self, call: PbxCall) -> Address | None:
         if not self.config.restrict_phone_to_sip_address:
             return None

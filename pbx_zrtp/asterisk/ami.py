@@ -270,6 +270,25 @@ class Ami:
         """A UserEvent for other AMI consumers (and the dialplan's CLI aliases)."""
         await self.action(Action="UserEvent", UserEvent=name, **headers)
 
+    async def live_bridges(self) -> dict[str, list[str]]:
+        """Asterisk's bridges now (BridgeUniqueid -> its channels' Uniqueids): BridgeList,
+        then BridgeInfo for each (a bridge gone in between is left out)."""
+        bridges: dict[str, list[str]] = {}
+        for item in await self.action_list(Action="BridgeList"):
+            name = item.get("BridgeUniqueid", "")
+            if item.get("Event") != "BridgeListItem" or not name:
+                continue
+            try:
+                info = await self.action_list(Action="BridgeInfo", BridgeUniqueid=name)
+            except AmiRefused:  # destroyed since the list was made
+                continue
+            bridges[name] = [
+                m["Uniqueid"]
+                for m in info
+                if m.get("Event") == "BridgeInfoChannel" and m.get("Uniqueid")
+            ]
+        return bridges
+
     async def live_channels(self) -> list[LiveChannel]:
         messages = await self.action_list(Action="CoreShowChannels")
         return [

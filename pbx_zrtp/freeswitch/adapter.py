@@ -399,6 +399,9 @@ class FreeswitchAdapter(CallBook):
             )
         return None
 
+    async def _live_bridges(self) -> dict[str, list[str]] | None:
+        return await self.esl.live_bridges()  # EslError is a PbxError
+
     async def _tell(self, call: PbxCall, before: dict[str, str], changed: bool) -> None:
         """CUSTOM events (CALL_SECURE-style for old consumers); the fs_cli call list."""
         values = call.written

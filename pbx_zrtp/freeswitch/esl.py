@@ -188,6 +188,25 @@ class Esl:
         uuids = {str(row.get("uuid", "")) for row in rows if isinstance(row, dict)} - {""}
         return [LiveChannel(uuid, uuid) for uuid in sorted(uuids)]
 
+    async def live_bridges(self) -> dict[str, list[str]]:
+        """FreeSWITCH's bridged calls now (``show bridged_calls``: its calls table,
+        kept by CHANNEL_BRIDGE/UNBRIDGE), named as the adapter names a
+        CHANNEL_BRIDGE: ``<a-leg uuid>+<b-leg uuid>`` -> both uuids."""
+        body = await self.api("show bridged_calls as json")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise EslError("show bridged_calls as json: not JSON") from None
+        rows = data.get("rows", []) if isinstance(data, dict) else []
+        bridges: dict[str, list[str]] = {}
+        for row in rows:
+            if not isinstance(row, dict):
+                continue
+            a, b = str(row.get("uuid") or ""), str(row.get("b_uuid") or "")
+            if a and b:
+                bridges[f"{a}+{b}"] = [a, b]
+        return bridges
+
     async def notify(self, name: str, headers: Mapping[str, str]) -> None:
         """``sendevent CUSTOM`` of subclass ``name``; never with a Unique-ID header
         (FreeSWITCH would deliver it to that channel instead of broadcasting it)."""

@@ -139,6 +139,12 @@ class CallBook(ABC):
         self.failed_cause = failed_cause
         self.calls: dict[str, PbxCall] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
+        #: Bridge events so far, and the last one that named each channel: a snapshot
+        #: of the PBX's bridges read at resync never undoes a newer event.
+        self.bridge_events = 0
+        self._bridge_touched: dict[str, int] = {}
+        #: Resyncs finished (one after every (re)connection).
+        self.resyncs = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._published: dict[str, str] = {}  # relays' status as last written to the PBX
         self._publishing = False
@@ -194,6 +200,12 @@ class CallBook(ABC):
 
     def _refusal(self, call: PbxCall, announced: Announcement) -> str | None:
         """Hook: why this call must not be mirrored as announced (reported failed)."""
+        return None
+
+    async def _live_bridges(self) -> dict[str, list[str]] | None:
+        """Hook: the PBX's bridges now (name -> the keys of the channels in it), read
+        at resync to re-learn the bridge changes made while the link was down; None
+        when the PBX cannot say (the calls keep the bridge ids they had)."""
         return None
 
     async def _phone_hint(self, call: PbxCall) -> Address | None:
@@ -511,13 +523,20 @@ class CallBook(ABC):
     def left_bridge(self, key: str) -> None:
         """The PBX took the channel out of its bridge (a transfer, a park, a hangup):
         it talks to no one, so its SAS relay link is undone (``bridged``)."""
+        self._touch([key])
         self._spawn(self._after_earlier_events(self._left_bridge, key))
 
     def bridged(self, name: str, members: list[str]) -> None:
         """The PBX's bridge ``name`` now holds these channels (keys; ours or not): see
         ``_bridged``. Applied after the tasks of earlier events (an announcement that
         came just before, e.g. a callee answered then bridged), in event order."""
+        self._touch(members)
         self._spawn(self._after_earlier_events(self._bridged, name, list(members)))
+
+    def _touch(self, keys: list[str]) -> None:
+        self.bridge_events += 1
+        for key in keys:  # ours or not yet: an announcement may still be on its way
+            self._bridge_touched[key] = self.bridge_events
 
     @staticmethod
     async def _after_earlier_events(step: Callable[..., None], *args: Any) -> None:
@@ -625,6 +644,32 @@ class CallBook(ABC):
             if announced is not None:
                 log.info("resync: picking up %s, which asked for ZRTP while away", channel.name)
                 await self.announce(announced)
+        await self._resync_bridges()
+        self.resyncs += 1
+
+    async def _resync_bridges(self) -> None:
+        """Bridge changes made while the link was down (a transfer, a pickup, a park):
+        each bridge the PBX holds now is applied as if it had just been announced, and
+        a leg we had moved (``bridge:…``) that is in no bridge now talks to no one."""
+        asked_after = self.bridge_events
+        try:
+            bridges = await self._live_bridges()
+        except PbxError as exc:
+            log.warning("resync: bridges not re-learned: %s", exc)
+            return
+        if bridges is None:
+            return
+        # Channels a bridge event named while the PBX answered: the event is newer.
+        newer = {k for k, n in self._bridge_touched.items() if n > asked_after}
+        self._bridge_touched = {k: n for k, n in self._bridge_touched.items() if k in newer}
+        inside: set[str] = set()
+        for name, members in bridges.items():
+            inside.update(members)
+            if not newer.intersection(members):
+                self._bridged(name, members)
+        for call in list(self.calls.values()):
+            if call.key not in inside | newer and call.bridge.startswith("bridge:"):
+                self._move(call, "")
 
     async def _forget_vanished(
         self, live: set[str], known_before: set[str]

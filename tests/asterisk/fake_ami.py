@@ -502,6 +502,9 @@ class FakeAmi:
         self._tasks: set[asyncio.Task[None]] = set()
         self._live: dict[str, FakeChannel] = {}
         self._all: dict[str, FakeChannel] = {}
+        #: Asterisk's bridges (BridgeUniqueid -> the Uniqueids in it), for BridgeList and
+        #: BridgeInfo (fixtures/resync-bridges-ami.json: Asterisk 22.10.1's answers).
+        self.bridges: dict[str, list[str]] = {}
         self._devices: dict[str, str] = {}
         self._boot = time.time()
         self._login_event = asyncio.Event()
@@ -518,6 +521,8 @@ class FakeAmi:
             "dbput": self._dbput,
             "dbdel": self._dbdel,
             "coreshowchannels": self._coreshowchannels,
+            "bridgelist": self._bridgelist,
+            "bridgeinfo": self._bridgeinfo,
             "command": self._command,
         }
 
@@ -1065,6 +1070,49 @@ class FakeAmi:
                 )
             )
         s.write(self._list_complete(m, "CoreShowChannelsComplete", len(chans), end=True))
+        return True
+
+    @staticmethod
+    def _bridge_fields(name: str, members: list[str]) -> Fields:
+        return [
+            ("BridgeUniqueid", name),
+            ("BridgeType", "basic"),
+            ("BridgeTechnology", "simple_bridge"),
+            ("BridgeCreator", "<unknown>"),
+            ("BridgeName", "<unknown>"),
+            ("BridgeNumChannels", str(len(members))),
+            ("BridgeVideoSourceMode", "none"),
+        ]
+
+    async def _bridgelist(self, s: AmiSession, m: list[str]) -> bool:
+        s.write(self._response(m, "Success", "Bridge listing will follow", listflag="start"))
+        for name, members in self.bridges.items():
+            fields = [("Event", "BridgeListItem"), *self._action_id(m)]
+            s.write(format_message(fields + self._bridge_fields(name, members)))
+        s.write(self._list_complete(m, "BridgeListComplete", len(self.bridges), end=True))
+        return True
+
+    async def _bridgeinfo(self, s: AmiSession, m: list[str]) -> bool:
+        name = get_header(m, "BridgeUniqueid")
+        members = self.bridges.get(name)
+        if members is None:
+            s.write(self._response(m, "Error", f"Bridge {name} not found"))
+            return True
+        s.write(
+            self._response(m, "Success", "Bridge channel listing will follow", listflag="start")
+        )
+        for uniqueid in members:
+            chan = self._live.get(uniqueid)
+            if chan is not None:
+                fields = [("Event", "BridgeInfoChannel"), *self._action_id(m)]
+                s.write(format_message(fields + chan.state_fields()))
+        complete = [
+            ("Event", "BridgeInfoComplete"),
+            *self._action_id(m),
+            ("EventList", "Complete"),
+            ("ListItems", str(len(members))),
+        ]
+        s.write(format_message(complete + self._bridge_fields(name, members)))
         return True
 
     async def _command(self, s: AmiSession, m: list[str]) -> bool:

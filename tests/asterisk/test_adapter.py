@@ -82,6 +82,7 @@ async def lab(**config: Any) -> AsyncIterator[Lab]:
     )
     adapter = AsteriskAdapter(settings, LocalRelay(relay))
     assert await adapter.start()
+    await _until(lambda: adapter.resyncs > 0)  # its first snapshot of the PBX is taken
     the_lab = Lab(fake, relay, adapter)
     try:
         yield the_lab

@@ -173,3 +173,67 @@ def test_a_masquerade_rename_moves_the_adapters_actions_to_the_new_name() -> Non
             await _until(lambda: t.adapter.calls[channel.uniqueid].channel.endswith("renamed"))
 
     run(scenario())
+
+
+def test_bridges_changed_while_ami_was_down_are_relearned_at_resync() -> None:
+    """The transfer happened while the adapter's AMI session was down: no bridge event
+    reached it. At its next login it reads Asterisk's bridges (BridgeList, BridgeInfo:
+    the fake answers as Asterisk 22.10.1 did, fixtures/resync-bridges-ami.json) and
+    links the two legs now alone in one bridge; a leg it had moved before, now in no
+    bridge, talks to no one."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            carol, _ = await t.call("optional", linkedid="L1")
+            dave, _ = await t.call("optional", linkedid="L2")
+            erin, _ = await t.call("optional", linkedid="L3")
+            await _until(lambda: len(t.adapter.calls) == 3)
+            t.fake.emit(  # erin joins a bridge with a foreign channel, then AMI goes down
+                "BridgeEnter",
+                "call",
+                [("BridgeUniqueid", "old"), ("Channel", erin.name), ("Uniqueid", erin.uniqueid)],
+            )
+            t.fake.emit(
+                "BridgeEnter",
+                "call",
+                [("BridgeUniqueid", "old"), ("Channel", "Local/x"), ("Uniqueid", "9.9")],
+            )
+
+            def bridges() -> list[str]:
+                return [t.relay.get(f"ast-{c.uniqueid}").bridge for c in (carol, dave, erin)]
+
+            await _until(lambda: bridges() == ["L1", "L2", f"bridge:old/{erin.uniqueid}"])
+            t.fake.bridges = {"new": [carol.uniqueid, dave.uniqueid]}
+            await t.fake.drop_connections()
+            await _until(lambda: bridges() == ["bridge:new", "bridge:new", ""])
+            assert t.adapter._bridge_of == {carol.uniqueid: "new", dave.uniqueid: "new"}
+
+    run(scenario())
+
+
+def test_the_fake_answers_bridgelist_and_bridgeinfo_as_asterisk_did() -> None:
+    """The fields of the fake's BridgeList/BridgeInfo answers are those of the real
+    Asterisk 22.10.1 transcript (captured by the real-PBX resync test)."""
+    import json
+
+    real = json.loads((FIXTURES / "resync-bridges-ami.json").read_text())
+    info_key = next(k for k in real if k.startswith("BridgeInfo "))
+
+    async def scenario() -> None:
+        async with lab() as t:
+            channel, _ = await t.call("optional")
+            t.fake.bridges = {"b": [channel.uniqueid]}
+            listed = await t.adapter.ami.action_list(Action="BridgeList")
+            info = await t.adapter.ami.action_list(Action="BridgeInfo", BridgeUniqueid="b")
+            for ours, theirs in ((listed, real["BridgeList"]), (info, real[info_key])):
+
+                def kind(m: dict[str, str]) -> str:
+                    return m.get("Event") or m.get("Response", "")
+
+                fields = {kind(m): set(m) - {"_time"} for m in theirs}
+                # the same kinds in the same order (one item each here)
+                assert [kind(m) for m in ours] == list(dict.fromkeys(kind(m) for m in theirs))
+                for mine in ours:
+                    assert set(mine) == fields[kind(mine)], (set(mine) ^ fields[kind(mine)], mine)
+
+    run(scenario())

@@ -146,6 +146,52 @@ CHANNEL_COLUMNS = _words(
     "initial_cid_name initial_cid_num initial_ip_addr initial_dest initial_dialplan "
     "initial_context"
 )
+#: FreeSWITCH 1.10.12's basic_calls view (``show bridged_calls``), a leg's columns in
+#: order; then the bridged leg's, prefixed ``b_``; then the call's creation time.
+BASIC_CALL_COLUMNS = [
+    "uuid",
+    "direction",
+    "created",
+    "created_epoch",
+    "name",
+    "state",
+    "cid_name",
+    "cid_num",
+    "ip_addr",
+    "dest",
+    "presence_id",
+    "presence_data",
+    "accountcode",
+    "callstate",
+    "callee_name",
+    "callee_num",
+    "callee_direction",
+    "call_uuid",
+    "hostname",
+    "sent_callee_name",
+    "sent_callee_num",
+]
+BASIC_CALL_B_COLUMNS = [
+    "uuid",
+    "direction",
+    "created",
+    "created_epoch",
+    "name",
+    "state",
+    "cid_name",
+    "cid_num",
+    "ip_addr",
+    "dest",
+    "presence_id",
+    "presence_data",
+    "accountcode",
+    "callstate",
+    "callee_name",
+    "callee_num",
+    "callee_direction",
+    "sent_callee_name",
+    "sent_callee_num",
+]
 
 
 # --- FreeSWITCH string helpers -----------------------------------------------------------------
@@ -965,6 +1011,9 @@ class FakeEsl:
         self.global_vars: dict[str, str] = {}
         self.auth_timeout = AUTH_TIMEOUT
         self._channels: dict[str, FakeFsChannel] = {}
+        #: FreeSWITCH's bridged calls (a-leg uuid, b-leg uuid), for ``show bridged_calls``
+        #: (fixtures/resync-bridged-calls.json: FreeSWITCH 1.10.12's answer).
+        self.bridged_calls: list[tuple[str, str]] = []
         self._all_channels: dict[str, FakeFsChannel] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -1341,6 +1390,8 @@ class FakeEsl:
             return f"-USAGE: {SHOW_SYNTAX}\n"
         if command.lower().startswith("status"):
             return self._api_status(None)
+        if command.lower() == "bridged_calls" and argv[1].lower() == "as":
+            return self._bridged_calls_json() if argv[2].lower() == "json" else "\n0 total.\n"
         if command.lower() != "channels":
             return f"-USAGE: {SHOW_SYNTAX}\n"
         if argv[1].lower() == "count":
@@ -1365,6 +1416,36 @@ class FakeEsl:
                 {"row_count": count, "rows": rows}, separators=(",", ":"), ensure_ascii=False
             )
         return f"-ERR Cannot find format {as_}\n"
+
+    def _bridged_calls_json(self) -> str:
+        """``show bridged_calls as json``: the basic_calls view, a leg's columns and its
+        bridged leg's (``b_*``), for pairs whose two channels are up."""
+        rows = []
+        for a_uuid, b_uuid in self.bridged_calls:
+            a, b = self._channels.get(a_uuid), self._channels.get(b_uuid)
+            if a is None or b is None:
+                continue
+            ar, br = a._channel_row(), b._channel_row()
+            row = {key: ar.get(key, "") for key in BASIC_CALL_COLUMNS}
+            row.update({f"b_{key}": br.get(key, "") for key in BASIC_CALL_B_COLUMNS})
+            row.update(
+                callee_name=b.caller_name,
+                callee_num=b.caller,
+                callee_direction="SEND",
+                call_uuid=a.uuid,
+                sent_callee_name=b.caller_name,
+                sent_callee_num=b.caller,
+                b_callee_name=a.caller_name,
+                b_callee_num=a.caller,
+                b_callee_direction="SEND",
+                b_sent_callee_name=a.caller_name,
+                b_sent_callee_num=a.caller,
+                call_created_epoch=br["created_epoch"],
+            )
+            rows.append(row)
+        if not rows:
+            return '{"row_count": 0}\n'
+        return json.dumps({"row_count": len(rows), "rows": rows}, separators=(",", ":"))
 
     # the socket --------------------------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -75,6 +75,7 @@ async def lab(calls: int = 4, **config: Any) -> AsyncIterator[Lab]:
     settings = FreeswitchConfig(host="127.0.0.1", port=esl_port, password="ClueCon", **config)
     adapter = FreeswitchAdapter(settings, LocalRelay(relay))
     assert await adapter.start()
+    await _until(lambda: adapter.resyncs > 0)  # its first snapshot of the PBX is taken
     the_lab = Lab(fake, relay, adapter, ports)
     try:
         yield the_lab

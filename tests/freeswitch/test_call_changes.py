@@ -15,6 +15,7 @@ transferred leg kept the old call's id and the new one the A leg's Channel-Call-
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -69,5 +70,47 @@ def test_the_legs_of_the_new_bridge_share_a_bridge_id(change: str) -> None:
             bridge = reports[next(iter(legs))].bridge
             others = [r for cid, r in reports.items() if cid not in legs]
             assert all(r.bridge != bridge for r in others), (bridge, others)
+
+    run(scenario())
+
+
+def test_bridges_changed_while_esl_was_down_are_relearned_at_resync() -> None:
+    """The transfer happened while the adapter's event socket was down: no
+    CHANNEL_BRIDGE reached it. At its next connection it reads ``show bridged_calls``
+    (the fake answers as FreeSWITCH 1.10.12 did, fixtures/resync-bridged-calls.json)
+    and links the two legs FreeSWITCH now bridges."""
+
+    async def scenario() -> None:
+        async with lab() as t:
+            carol, _ = await t.call("optional")
+            dave, _ = await t.call("optional")
+            await _until(lambda: len(t.adapter.calls) == 2)
+
+            def bridges() -> list[str]:
+                return [t.relay.get(f"fs-{c.uuid}").bridge for c in (carol, dave)]
+
+            assert bridges()[0] != bridges()[1]
+            t.fake.bridged_calls = [(carol.uuid, dave.uuid)]
+            await t.fake.drop_connections()
+            name = f"bridge:{carol.uuid}+{dave.uuid}"
+            await _until(lambda: bridges() == [name, name])
+
+    run(scenario())
+
+
+def test_the_fake_answers_show_bridged_calls_as_freeswitch_did() -> None:
+    real = json.loads((FIXTURES / "resync-bridged-calls.json").read_text())
+
+    async def scenario() -> None:
+        async with lab() as t:
+            carol, _ = await t.call("optional")
+            dave, _ = await t.call("optional")
+            t.fake.bridged_calls = [(carol.uuid, dave.uuid)]
+            answer = json.loads(await t.adapter.esl.api("show bridged_calls as json"))
+            assert answer["row_count"] == 1
+            assert list(answer["rows"][0]) == list(real["rows"][0])  # the same columns
+            assert answer["rows"][0]["b_uuid"] == dave.uuid
+            t.fake.bridged_calls = []
+            assert await t.adapter.esl.api("show bridged_calls as json") == '{"row_count": 0}\n'
 
     run(scenario())

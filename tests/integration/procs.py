@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +260,35 @@ class EgressGuard:
 
     def remove(self) -> None:
         subprocess.run(["nft", "delete", "table", "inet", self.table], check=False)
+
+
+@contextmanager
+def link_down(relay: Proc, port: int, keep: int, lost: str, logged_in: str) -> Iterator[None]:
+    """Cut the adapter's TCP session to the PBX's control port ``port`` (AMI, ESL) with
+    ``ss -K``, and refuse its new ones (an nftables rule for new TCP connections to
+    ``port``: the test's own session, from local port ``keep``, stays up) until the
+    block ends; then wait for the adapter's next ``logged_in`` line (its resync).
+    ``lost`` is the adapter's log line for the cut."""
+    table = f"pbx_zrtp_lab_link{port}"
+    rules = (
+        f"table inet {table} {{\n chain out {{\n  type filter hook output priority filter;\n"
+        f"  tcp dport {port} tcp flags & (syn | ack) == syn drop\n }}\n}}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+    logins = sum(bool(re.search(logged_in, line)) for line in relay.lines)
+    try:
+        cut = subprocess.run(
+            ["ss", "-K", "-t", f"( dport = :{port} and sport != :{keep} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert f":{port}" in cut.stdout, cut.stdout  # the adapter's session was there
+        relay.wait_for(lost, 10)
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+    deadline = time.monotonic() + 20
+    while sum(bool(re.search(logged_in, line)) for line in relay.lines) <= logins:
+        assert time.monotonic() < deadline, f"the adapter did not log in again ({logged_in})"
+        time.sleep(0.1)

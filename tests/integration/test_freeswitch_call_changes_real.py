@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.integration.procs import (
     Proc,
     free_tcp_port,
     hangup_phone,
+    link_down,
     start_relay,
     wait_port,
     write,
@@ -357,6 +359,63 @@ def test_attended_transfer_by_the_phone(lab: Lab) -> None:
         figures = check_transferred(lab, a, c, carol_sas, dave, carol)
         path = save_events(lab, "attended-transfer", since)
         print("FS ATTENDED TRANSFER:", json.dumps({**figures, "events": str(path)}))
+        finish(lab, carol, dave)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
+    finally:
+        for proc in (alice, carol, dave):
+            proc.stop()
+
+
+def bridged_calls(lab: Lab) -> dict[str, Any]:
+    """``show bridged_calls as json`` now (what the adapter reads at resync)."""
+    answer: dict[str, Any] = json.loads(lab.esl.api("show bridged_calls as json"))
+    return answer
+
+
+def test_an_attended_transfer_while_esl_is_down_is_relearned_at_resync(lab: Lab) -> None:
+    """The adapter's event socket is cut just before alice joins carol and dave, and
+    comes back once FreeSWITCH has bridged them: their CHANNEL_BRIDGE was never seen.
+    At its next connection the adapter reads ``show bridged_calls`` and the relay
+    links carol's and dave's legs, as if it had followed the transfer live."""
+    if shutil.which("nft") is None or shutil.which("ss") is None:
+        pytest.skip("needs nft and ss to cut the adapter's event socket")
+    carol, dave, alice = phone(lab, "carol"), phone(lab, "dave"), phone(lab, "alice")
+    try:
+        a, c, carol_sas = first_call(lab, alice, carol)
+        alice.send("pause 1")
+        alice.wait_for(r"Call 1 .* is now paused", 10)
+        alice.send(f"call sip:9701@{lab.net.a}")
+        match, _ = dave.wait_for(SECURE, 30)
+        dave_sas = match.group(1)
+        alice.wait_for(r"Call 2 is fully encrypted", 30)
+        calls = wait_calls(lab, lambda x: len(x) == 4, 20, "the consultation call's two legs")
+        d = next(cid for cid, v in calls.items() if v["sas"] == dave_sas)
+        carol_uuid, dave_uuid = c.removeprefix("fs-"), d.removeprefix("fs-")
+        port = re.search(r"^port = (\d+)$", (lab.base / "pbx-zrtp.toml").read_text(), re.M)
+        assert port is not None
+        keep = lab.esl.sock.getsockname()[1]
+        with link_down(
+            lab.relay, int(port.group(1)), keep, r"ESL connection to .* lost", "ESL connected to"
+        ):
+            alice.send("transfer 1 --to-call 2")
+            alice.wait_for(r"Performing attended transfer of call 1 to call 2", 10)
+            deadline = time.monotonic() + 15
+            while True:  # FreeSWITCH bridged carol and dave (asked on the test's own socket)
+                answer = bridged_calls(lab)
+                pairs = [{r.get("uuid"), r.get("b_uuid")} for r in answer.get("rows", [])]
+                if {carol_uuid, dave_uuid} in pairs:
+                    break
+                assert time.monotonic() < deadline, answer
+                time.sleep(0.2)
+            time.sleep(1)
+            stale = ours_calls = wait_calls(lab, lambda x: True, 1, "the relay's calls")
+            assert not (stale[c]["bridge"] == stale.get(d, {}).get("bridge") != ""), (
+                ours_calls
+            )  # the adapter saw none of it
+        path = write(lab.base / "resync-bridged-calls.json", json.dumps(answer, indent=1))
+        figures = check_transferred(lab, a, c, carol_sas, dave, carol)
+        print("FS TRANSFER WHILE ESL DOWN:", json.dumps({**figures, "bridged_calls": str(path)}))
         finish(lab, carol, dave)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
