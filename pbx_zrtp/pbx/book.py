@@ -381,6 +381,34 @@ class CallBook(ABC):
             )
             await self._write(call, report)
 
+    async def video_added(self, key: str, announced: Announcement) -> None:
+        """The PBX gave a live call a video stream later (a re-INVITE that adds
+        video): mirror it as one announced with the call (``_add_video``: under
+        ``required`` a video that cannot be mirrored fails the call). A call that
+        already has its video, or whose ``announced.video_port`` is None, is left
+        as it is."""
+        call = self.calls.get(key)
+        if call is None or announced.video_port is None:
+            return
+        with logs.tagged(call.call_id, call.port):
+            async with call.lock:
+                if key not in self.calls:
+                    return
+                try:
+                    current = await self.relay.show(call.call_id)
+                except RelayError:
+                    current = None
+                if current is None or current.stream("video") is not None:
+                    return  # not mirrored (failed, or being set up), or video already is
+                log.info(
+                    "call %s: video added (port %d) during the call",
+                    call.channel,
+                    announced.video_port,
+                )
+                video = await self._add_video(call, announced, await self._phone_hint(call))
+                if isinstance(video, CallReport):
+                    await self._write(call, video)
+
     async def _add_video(
         self, call: PbxCall, announced: Announcement, hint: Address | None
     ) -> CallReport | bool | None:

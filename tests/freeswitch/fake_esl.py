@@ -924,6 +924,17 @@ class FakeFsChannel:
         self._custom(subclass, headers)
         await self._fs._drain()
 
+    async def reinvite_answered(self) -> None:
+        """mod_sofia answered the phone's re-INVITE (sofia.c, after its 200 OK): the
+        CUSTOM ``sofia::reinvite`` event, with the Unique-ID and no channel data
+        (as captured from FreeSWITCH 1.10.12: fixtures/video-reinvite-esl-events.txt)."""
+        ev = self._fs._new_event("CUSTOM", "sofia.c", "sofia_handle_sip_i_state", 8489)
+        ev.subclass = "sofia::reinvite"
+        ev.add("Event-Subclass", "sofia::reinvite")
+        ev.add("Unique-ID", self.uuid)
+        self._fs._fire(ev)
+        await self._fs._drain()
+
     async def wait_for_var(
         self, name: str, predicate: Callable[[str | None], bool], timeout: float
     ) -> str | None:
