@@ -51,7 +51,8 @@ from pbx_zrtp.pbx.variables import CallView, VariableTable
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
 CALL_PREFIX = "fs-"
-#: mod_sofia fires it (Unique-ID only, no channel data) after its 200 OK to a re-INVITE.
+#: mod_sofia fires it (Unique-ID only, no channel data) after its 200 OK to a phone's
+#: re-INVITE; a re-INVITE FreeSWITCH sends itself shows only as a CODEC event.
 REINVITE = "sofia::reinvite"
 #: The [freeswitch] settings of the ESL session itself: a change applies on a restart.
 LINK_SETTINGS = ("host", "port", "password")
@@ -238,6 +239,11 @@ class FreeswitchAdapter(CallBook):
         elif name == "CUSTOM" and headers.get("Event-Subclass") == REINVITE:
             if uuid:
                 self._spawn(self._reinvited(uuid))
+        elif name == "CODEC" and headers.get("channel-video-read-codec-name"):
+            # The channel's video codec was set: video began (at answer, or added by
+            # a re-INVITE FreeSWITCH sent itself, which fires no sofia::reinvite).
+            if uuid:
+                self._spawn(self._reinvited(uuid))
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if uuid in self.calls:
                 self._spawn(self._audit_then_end(uuid, headers))
@@ -343,11 +349,12 @@ class FreeswitchAdapter(CallBook):
         )
 
     async def _reinvited(self, uuid: str) -> None:
-        """A re-INVITE was answered: a call that had no video may have one now, on a
-        new ``local_video_port`` from the pre-bound range, whose phone starts its
-        Multistream exchange at once (the relay holds it until it is named here).
-        The event carries no channel data, so the variables are read (after the
-        call's announcement, spawned before, has registered it)."""
+        """A re-INVITE was answered (``sofia::reinvite``: the phone's; a CODEC event
+        setting a video codec: FreeSWITCH's own too): a call that had no video may
+        have one now, on a new ``local_video_port`` from the pre-bound range, whose
+        phone starts its Multistream exchange at once (the relay holds it until it
+        is named here). Neither event carries the channel's variables, so they are
+        read (after the call's announcement, spawned before, has registered it)."""
         if uuid not in self.calls:
             return  # a channel that asked for no ZRTP
         names = ("local_video_port", "rtp_adv_video_ip", "rtp_video_recv_pt")

@@ -17,6 +17,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from pbx_zrtp.calls import CallState
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
 from pbx_zrtp.zrtp.connection import ZrtpConnection
@@ -25,16 +27,30 @@ from tests.freeswitch.test_adapter import SETTLED, lab
 from tests.relay.helpers import RELAY_HOST, EchoPbx
 from tests.relay.test_prebound_video import _stream
 
-FIXTURE = Path(__file__).parent / "fixtures" / "video-reinvite-esl-events.txt"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _captured() -> list[dict[str, str]]:
+def _captured(name: str = "video-reinvite") -> list[dict[str, str]]:
     out = []
-    for block in FIXTURE.read_text().split("\n\n"):
+    for block in (FIXTURES / f"{name}-esl-events.txt").read_text().split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
         if fields:
             out.append(fields)
     return out
+
+
+def test_freeswitchs_own_re_invite_shows_only_as_codec_events() -> None:
+    """uuid_media_reneg adding H264 on FreeSWITCH 1.10.12: after the answer, CODEC
+    events setting the video codecs, without the channel's variables, and no
+    sofia::reinvite."""
+    events = _captured("video-reneg")
+    answered = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_ANSWER")
+    later = events[answered + 1 :]
+    video = [e for e in later if e.get("channel-video-read-codec-name")]
+    assert video and all(e["Event-Name"] == "CODEC" for e in video)
+    assert video[0]["channel-video-read-codec-name"] == "H264"
+    assert not any(k.startswith("variable_") for e in video for k in e)
+    assert not any(e.get("Event-Subclass") == "sofia::reinvite" for e in events)
 
 
 def test_the_captured_events_name_no_video_port() -> None:
@@ -45,11 +61,21 @@ def test_the_captured_events_name_no_video_port() -> None:
     reinvite = next(e for e in events if e.get("Event-Subclass") == "sofia::reinvite")
     assert "variable_local_video_port" not in answer
     assert answer["variable_rtp_adv_video_ip"] == answer["variable_rtp_adv_audio_ip"]
-    assert set(reinvite) == {"Event-Name", "Event-Subclass", "Unique-ID"}
+    assert reinvite["Event-Calling-Function"] == "sofia_handle_sip_i_state"
+    assert set(reinvite) == {"Event-Name", "Event-Subclass", "Unique-ID", "Event-Calling-Function"}
+    # The video codec's CODEC events came first, without variables either.
+    codecs = [e for e in events if e.get("channel-video-read-codec-name")]
+    assert codecs and events.index(codecs[0]) < events.index(reinvite)
+    assert not any(k.startswith("variable_") for k in codecs[0])
     assert reinvite["Unique-ID"] == answer["Unique-ID"]
 
 
-def test_video_added_by_re_invite_is_named_and_secured_by_multistream() -> None:
+@pytest.mark.parametrize("origin", ["phone", "freeswitch"])
+def test_video_added_by_re_invite_is_named_and_secured_by_multistream(origin: str) -> None:
+    """``phone``: the phone's re-INVITE, then ``sofia::reinvite``; ``freeswitch``:
+    FreeSWITCH's own (``uuid_media_reneg``), which fires no ``sofia::reinvite``, only
+    a CODEC event setting the video codec (fixtures/video-reneg-esl-events.txt)."""
+
     async def scenario() -> None:
         async with lab(required_timeout=10.0) as t:
             port, video_port = t.free_ports.pop(), t.free_ports.pop()
@@ -80,7 +106,10 @@ def test_video_added_by_re_invite_is_named_and_secured_by_multistream() -> None:
                 sent = len(video.sent)
                 await _until(lambda: mirror.heard() >= sent)
                 assert t.relay.get(call_id).stream("video") is None
-                await channel.reinvite_answered()
+                if origin == "phone":
+                    await channel.reinvite_answered()
+                else:
+                    await channel.video_codec_set()
                 await channel.wait_for_var("pbx_zrtp_state_video", SETTLED, 10)
                 v = channel.variables
                 assert v["pbx_zrtp_state_video"] == "secure", v

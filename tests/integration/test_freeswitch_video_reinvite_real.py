@@ -46,16 +46,19 @@ KEEP = (
     "variable_local_media_port",
     "variable_local_video_port",
     "variable_rtp_video_recv_pt",
+    "Event-Calling-Function",
+    "channel-video-read-codec-name",
+    "channel-video-write-codec-name",
 )
 
 
-def _save_events(lab: Lab, uuid: str, since: int) -> str:
+def _save_events(lab: Lab, name: str, uuid: str, since: int) -> str:
     out = []
     for event in lab.esl.events[since:]:
         if event.get("Unique-ID") != uuid:
             continue
         out.append("\n".join(f"{k}: {event[k]}" for k in KEEP if k in event))
-    return str(write(lab.base / "video-reinvite-esl-events.txt", "\n\n".join(out) + "\n\n"))
+    return str(write(lab.base / f"{name}-esl-events.txt", "\n\n".join(out) + "\n\n"))
 
 
 def _video(lab: Lab, call_id: str) -> dict[str, Any] | None:
@@ -63,23 +66,26 @@ def _video(lab: Lab, call_id: str) -> dict[str, Any] | None:
     return next((s for s in report.get("streams", []) if s["name"] == "video"), None)
 
 
+@pytest.mark.parametrize("origin", ["phone", "freeswitch"])
 def test_video_added_by_re_invite_is_secured_by_multistream(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, origin: str
 ) -> None:
-    reply, _ = lab.esl.command("event plain CUSTOM sofia::reinvite")
+    """``phone``: linphonec's ``camera on`` re-INVITEs with video (FreeSWITCH fires
+    ``sofia::reinvite``); ``freeswitch``: ``uuid_media_reneg <uuid> =PCMU,H264``
+    re-INVITEs the phone with video (FreeSWITCH fires only CODEC events)."""
+    reply, _ = lab.esl.command("event plain CODEC CUSTOM sofia::reinvite")
     assert reply.get("Reply-Text", "").startswith("+OK"), reply
     # video capable, but calls start audio-only (linphonec: "later add video using
-    # 'camera on'")
+    # 'camera on'"); it accepts video offered to it (automatically_accept=1)
     audio_first = test_freeswitch_real.VIDEO.replace(
         "automatically_initiate=1", "automatically_initiate=0"
     )
     monkeypatch.setattr(test_freeswitch_real, "VIDEO", audio_first)
-    phone = lab.phone("phone-reinvite", zrtp=True, video=True)
+    phone = lab.phone(f"phone-reinvite-{origin}", zrtp=True, video=True)
     try:
         phone.send("camera off")
         phone.wait_for(r"Camera is disabled", 10)
-        since = len(lab.esl.events)
-        started = time.monotonic()
+        started, since = time.monotonic(), len(lab.esl.events)
         phone.send(f"call sip:9712@{lab.net.a}")
         match, _ = phone.wait_for(SECURE, 30)
         phone_sas = match.group(1)
@@ -94,19 +100,34 @@ def test_video_added_by_re_invite_is_secured_by_multistream(
         assert _video(lab, call_id) is None
         time.sleep(1)
         added = time.monotonic()
-        phone.send("camera on")
-        reinvite = lab.esl.wait_event(
-            lambda e: e.get("Event-Subclass") == "sofia::reinvite" and e.get("Unique-ID") == uuid,
-            15,
-            "sofia::reinvite",
-        )
+        if origin == "phone":
+            phone.send("camera on")
+            trigger = lab.esl.wait_event(
+                lambda e: (
+                    e.get("Event-Subclass") == "sofia::reinvite" and e.get("Unique-ID") == uuid
+                ),
+                15,
+                "sofia::reinvite",
+            )
+        else:
+            assert "+OK" in lab.esl.api(f"uuid_media_reneg {uuid} =PCMU,H264")
+            trigger = lab.esl.wait_event(
+                lambda e: (
+                    e.get("Event-Name") == "CODEC"
+                    and e.get("Unique-ID") == uuid
+                    and bool(e.get("channel-video-read-codec-name"))
+                ),
+                15,
+                "CODEC (video)",
+            )
         video_port = lab.esl.getvar(uuid, "local_video_port")
         deadline = time.monotonic() + 20
         video = _video(lab, call_id)
         while time.monotonic() < deadline and (video is None or video["state"] == "pending"):
             time.sleep(0.2)
             video = _video(lab, call_id)
-        events_path = _save_events(lab, uuid, since)
+        time.sleep(0.5)  # the trigger's companions (the write codec's CODEC event)
+        events_path = _save_events(lab, f"video-{origin}-reinvite", uuid, since)
         assert video is not None, (video_port, lab.calls(), events_path)
         assert video["port"] == int(video_port), video
         assert video["state"] == "secure" and video["key_agreement"] == "Mult", video
@@ -141,7 +162,8 @@ def test_video_added_by_re_invite_is_secured_by_multistream(
         summary = {
             "sas": phone_sas,
             "video_port": video_port,
-            "reinvite_event_after_s": round(float(reinvite["_time"]) - added, 3),
+            "origin": origin,
+            "trigger_after_s": round(float(trigger["_time"]) - added, 3),
             "video": [video.get(k) for k in ("state", "key_agreement", "cipher", "auth_tag")],
             "video_handshake_ms": video.get("handshake_ms"),
             "video_counters_at_3s": counters,
