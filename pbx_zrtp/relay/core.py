@@ -223,6 +223,7 @@ class Relay:
             on_unclaimed=self._on_unclaimed,
             fast=self.fast,
         )
+        mirror.peer_has_call = self._peer_has_call
         for attempt in range(3):
             try:
                 await mirror.open()
@@ -480,6 +481,16 @@ class Relay:
             return False  # a further stream's exchange: no call's first stream
         hint = identity.phone_hint
         return hint is None or (mirror.phone is not None and mirror.phone[0] == hint[0])
+
+    def _peer_has_call(self, zid: bytes) -> bool:
+        """A named call's first stream is secure with this peer ZID."""
+        return any(
+            m.first is None
+            and m.port not in self._unclaimed
+            and (secured := m.secured) is not None
+            and secured.peer_zid == zid
+            for m in self._by_call.values()
+        )
 
     def _stream_claimable(self, mirror: Mirror, identity: CallIdentity) -> bool:
         """Is the unclaimed exchange on this port the named call's further stream?

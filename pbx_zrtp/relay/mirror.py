@@ -254,6 +254,9 @@ class Mirror:
         #: Called when media reaches a mirror with no call (a pre-bound port): the
         #: relay attaches its default policy so nothing waits for the adapter.
         self.on_unclaimed = on_unclaimed
+        #: Does this peer ZID have a secure call on the relay? (Relay sets it.) An
+        #: unclaimed exchange with such a peer may be that call's further stream.
+        self.peer_has_call: Callable[[bytes], bool] = lambda zid: False
         self.identity: CallIdentity | None = None
         self.state = CallState.IDLE
         self.reason = ""
@@ -965,7 +968,11 @@ class Mirror:
             if self.partner is not None:
                 self.partner.on_change(self.partner)  # its scope may change too
         elif isinstance(event, PeerHelloReceived):
-            pass
+            host = self._host
+            if self._guard is not None and host is not None and self.peer_has_call(event.peer_zid):
+                # Unclaimed, from a phone with a secure call here: maybe that call's
+                # video. No DH of its own before the adapter says whose it is.
+                host.engine.wait_for_name()
 
     def _srtp_keys(self, event: SrtpKeysReady | Secured) -> SrtpContext | None:
         """The call's one SRTP state (FastLink.keys); None, and the call failed, if

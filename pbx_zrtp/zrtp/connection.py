@@ -258,6 +258,9 @@ class ZrtpConnection:
         #: waits for ``adopt_session`` (named as that stream) or is refused by
         #: ``name_call`` (named as a call's first stream); nothing answers it before.
         self._held_multistream: tuple[p.ZrtpPacket, bytes] | None = None
+        #: ``wait_for_name``: no DH key agreement on this unnamed exchange (ours or
+        #: the peer's) before the host names it, however long that takes.
+        self._dh_waits_for_name = False
         self._commit_after_lookup = False  # a forced responder's fallback Commit waits
         self._closed = False
         self._session_in = session
@@ -631,7 +634,11 @@ class ZrtpConnection:
             self._guarded(self._refuse_multistream, now)
             return
         key = self._cache_key()
-        if self._closed or self._lookup_key is None or key is None:
+        if self._closed or key is None:
+            return
+        if self._lookup_key is None:
+            if self._dh_waits_for_name and self._state is State.DISCOVERY:
+                self._resume_after_lookup(now)  # held past its lookup's time-out
             return
         self._lookup_key = self._lookup_deadline = None
         self._lookup(key, now)
@@ -665,6 +672,21 @@ class ZrtpConnection:
             self._guarded(lambda: self._respond_to_commit(commit, raw, now), now)
         else:
             self._guarded(lambda: self._maybe_commit(now, fallback=True), now)
+
+    def wait_for_name(self) -> None:
+        """The host suspects this unnamed exchange (``await_name``) is a further
+        stream of a call it already has secure (the peer's ZID has one): keyed by a
+        DH exchange of its own, that stream would carry a SAS nobody compares. So
+        neither our DH Commit nor an answer to the peer's DH Commit until the host
+        names it (``name_call``: a call's first stream after all, the exchange goes
+        on; ``adopt_session``: that call's stream, Multistream only); the end of
+        ``cache_timeout`` no longer ends the wait."""
+        if self._awaiting_name:
+            self._dh_waits_for_name = True
+
+    @property
+    def _dh_held(self) -> bool:
+        return self._dh_waits_for_name and self._awaiting_name
 
     @staticmethod
     def _refuse_multistream() -> None:
@@ -1001,6 +1023,8 @@ class ZrtpConnection:
             self.stats["cache_errors"] += 1
         else:
             self._cached = entry
+        if self._dh_held:
+            return  # resumed by name_call (or adopt_session, Multistream only)
         self._resume_after_lookup(now)
 
     def _resume_after_lookup(self, now: float) -> None:
@@ -1033,6 +1057,9 @@ class ZrtpConnection:
             return
         if self._held_multistream is not None:
             return  # the peer committed by Multistream: never a DH Commit of ours
+        if self._dh_held:
+            self._commit_after_lookup = self._commit_after_lookup or fallback
+            return
         if self._config.role == "responder" and not fallback:
             # Discovery is complete: the peer should commit now. Give it time, then
             # commit ourselves (GNU ZRTP, acknowledged before it saw our Hello, only
@@ -1218,7 +1245,7 @@ class ZrtpConnection:
             self._held_multistream = (packet, raw)
             self.stats["commit_held_for_session"] += 1
             return
-        if self._lookup_key is not None and not commit.is_multistream:
+        if (self._lookup_key is not None or self._dh_held) and not commit.is_multistream:
             # DHPart1 names our retained secrets: answer once the store has.
             self._held_commit = (packet, raw)
             self.stats["commit_held_for_cache"] += 1

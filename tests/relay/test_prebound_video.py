@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ from pbx_zrtp.calls import CallState, Policy
 from pbx_zrtp.relay.core import Relay
 from pbx_zrtp.relay.mirror import Mirror
 from pbx_zrtp.zrtp.config import ZrtpConfiguration
-from pbx_zrtp.zrtp.connection import ZrtpConnection
+from pbx_zrtp.zrtp.connection import State, ZrtpConnection
 from pbx_zrtp.zrtp.events import HandshakeFailed, Secured
 from pbx_zrtp.zrtp.packets import is_zrtp_packet
 from tests.relay.helpers import (
@@ -165,8 +165,6 @@ def _start_video(call: _Call, **config: Any) -> None:
     assert call.audio.conn is not None and call.audio.conn.session is not None
     configuration = call.configuration
     if config:
-        from dataclasses import replace
-
         configuration = replace(configuration, **config)
     call.video.start(ZrtpConnection(configuration, ssrc=0x2222, session=call.audio.conn.session))
 
@@ -311,6 +309,82 @@ def test_a_dh_exchange_begun_on_the_port_is_never_adopted_as_a_stream() -> None:
             assert call.video.secured is None
             video = relay.get("fs-dh").stream("video")
             assert video is not None and video.counters["pbx_out"] == 0
+        finally:
+            call.close()
+            await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_video_stream_that_waits_for_our_commit_is_never_keyed_by_dh_before_the_name() -> None:
+    """Linphone's video stream waits for the relay's Commit (seen on real
+    FreeSWITCH). An unclaimed port's engine commits by DH once the wait for the
+    name (cache_timeout) is over, so a phone that never gets named still secures;
+    toward a phone that has a secure call here that would key its video by a DH
+    exchange of its own (a SAS nobody compares). It waits for the name instead,
+    then keys the stream by Multistream."""
+
+    async def scenario() -> None:
+        call = await _audio_secured("fs-wait", required_timeout=10.0, cache_timeout=0.2)
+        relay = call.relay
+        try:
+            _start_video(call, role="responder", responder_commit_wait=60.0)
+            mirror = _mirror(relay, call.video_port)
+            await _until(lambda: mirror._engine is not None, "the unclaimed engine")
+            engine = mirror._engine
+            assert engine is not None
+            # The wait for the name is over (its lookup gave up): before the fix,
+            # the engine sent its DH Commit right then.
+            await _until(lambda: engine.stats["cache_errors"] > 0, "the name's time-out")
+            await asyncio.sleep(0)
+            # (before the fix: COMMIT_SENT, its DH Commit kept from the phone only by
+            # the amplification guard's byte budget; named, the port was set aside
+            # and the phone's video stalled: it had taken the old engine's Hello)
+            assert engine.state is State.DISCOVERY
+            phone = call.video
+            assert "Commit" not in phone.kinds(phone.received), phone.kinds(phone.received)
+            assert phone.secured is None and phone.failure is None
+            assert sum(len(d) for d in phone.received) <= sum(len(d) for d in phone.sent)
+            await relay.add_stream("fs-wait", "video", call.video_port, payload_type=VIDEO_PT)
+            await _until(lambda: phone.secured is not None, "the video stream")
+            assert phone.secured is not None and phone.secured.multistream
+            video = relay.get("fs-wait").stream("video")
+            assert video is not None and video.key_agreement == "Mult"
+            assert video.sas == relay.get("fs-wait").sas
+        finally:
+            call.close()
+            await relay.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_second_call_of_the_same_phone_named_late_still_secures_by_dh() -> None:
+    """The same phone's second call (its own DH exchange, no session) reaches an
+    unclaimed port and waits for our Commit: held like a possible video stream
+    past the name's time-out, it goes on by DH once named as a call."""
+
+    async def scenario() -> None:
+        call = await _audio_secured("fs-one", required_timeout=10.0, cache_timeout=0.2)
+        relay = call.relay
+        try:
+            configuration = replace(
+                call.configuration, role="responder", responder_commit_wait=60.0
+            )
+            call.video.start(ZrtpConnection(configuration, ssrc=0x3333))  # a new call's audio
+            mirror = _mirror(relay, call.video_port)
+            await _until(lambda: mirror._engine is not None, "the unclaimed engine")
+            engine = mirror._engine
+            assert engine is not None
+            await _until(lambda: engine.stats["cache_errors"] > 0, "the name's time-out")
+            await asyncio.sleep(0)
+            assert engine.state is State.DISCOVERY
+            report = await relay.create("fs-two", call.video_port, Policy.REQUIRED)
+            assert report.call_id == "fs-two"
+            second = call.video
+            await _until(lambda: second.secured is not None, "the second call")
+            assert second.secured is not None and not second.secured.multistream
+            assert relay.get("fs-two").key_agreement != "Mult"
+            assert relay.get("fs-two").state is CallState.SECURE
         finally:
             call.close()
             await relay.close()
