@@ -379,6 +379,9 @@ class FreeswitchAdapter(CallBook):
 
     # ------------------------------------------------------------------ CallBook hooks
 
+    async def _catch_up(self, call: PbxCall) -> None:
+        await self._reinvited(call.key)  # video added while ESL was down
+
     async def _stored_policy(self, target: str) -> str | None:
         # the global (fs_cli `global_setvar`, or `zrtp policy` written back), else what
         # `zrtp policy` stored, should FreeSWITCH have restarted before it was written back

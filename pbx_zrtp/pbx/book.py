@@ -200,6 +200,11 @@ class CallBook(ABC):
         """Hook: accept the phone's media only from this address (host, 0)."""
         return None
 
+    async def _catch_up(self, call: PbxCall) -> None:
+        """Hook, at resync: what may have changed in a known call while the link was
+        down and that no event will repeat (FreeSWITCH: video added by a re-INVITE)."""
+        return None
+
     async def _find_video_port(self, call: PbxCall, announced: Announcement) -> int | None:
         """Hook: the PBX's video RTP port of the call (None: no video stream);
         PbxError when the PBX cannot say (a ``required`` call then fails)."""
@@ -639,6 +644,7 @@ class CallBook(ABC):
                 if current is not None:
                     call.written.clear()  # a write may have been lost with the connection
                     await self._locked_write(call, current)
+                    await self._catch_up(call)
                 continue
             try:
                 if not await self._asked(channel):

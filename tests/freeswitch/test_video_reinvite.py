@@ -168,3 +168,24 @@ def test_video_added_by_re_invite_that_bypasses_the_relay_fails_a_required_call(
             assert t.relay.calls() == []
 
     run(scenario())
+
+
+def test_video_added_while_esl_was_down_is_picked_up_at_resync() -> None:
+    """The re-INVITE's events were lost with the ESL connection: the resync reads
+    the known call's video port and mirrors it."""
+
+    async def scenario() -> None:
+        async with lab(required_timeout=10.0) as t:
+            channel, _port = await t.call("required")
+            await channel.set_var("rtp_adv_video_ip", RELAY_HOST)
+            call_id = f"fs-{channel.uuid}"
+            await _until(lambda: channel.variables.get("pbx_zrtp_state") == "pending")
+            await t.fake.drop_connections()
+            video_port = t.free_ports.pop()
+            await channel.set_var("local_video_port", str(video_port))  # while away
+            await _until(lambda: t.relay.get(call_id).stream("video") is not None, timeout=15)
+            video = t.relay.get(call_id).stream("video")
+            assert video is not None and video.port == video_port
+            await _until(lambda: channel.variables.get("pbx_zrtp_state_video") == "pending")
+
+    run(scenario())
