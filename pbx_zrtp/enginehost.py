@@ -110,6 +110,14 @@ class EngineHost:
         self.engine.name_call(self_uri, peer_uri, self._loop.time())
         self.pump()
 
+    def adopt_session(self, session: ZrtpSession) -> None:
+        """The unnamed port is a further stream of a call: Multistream from that
+        call's ``session`` from now on (``ZrtpConnection.adopt_session``)."""
+        if self.closed:
+            return
+        self.engine.adopt_session(session, self._loop.time())
+        self.pump()
+
     def srtp_authenticated(self) -> None:
         """The peer's SRTP authenticated under the new keys (completes an initiator)."""
         if self.closed:

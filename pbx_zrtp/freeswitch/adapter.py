@@ -51,12 +51,16 @@ from pbx_zrtp.pbx.variables import CallView, VariableTable
 log = logging.getLogger("pbx_zrtp.freeswitch")
 
 CALL_PREFIX = "fs-"
+#: mod_sofia fires it (Unique-ID only, no channel data) after its 200 OK to a phone's
+#: re-INVITE; a re-INVITE FreeSWITCH sends itself shows only as a CODEC event.
+REINVITE = "sofia::reinvite"
 #: The [freeswitch] settings of the ESL session itself: a change applies on a restart.
 LINK_SETTINGS = ("host", "port", "password")
 #: pbx_zrtp::request announces a call; pbx_zrtp::enroll (action=confirm|remove) is the
 #: enrollment extension telling us the user confirmed the SAS (or wants out).
 #: pbx_zrtp::admin is a `zrtp …` line typed at fs_cli (pbx_zrtp_admin.lua; console.py).
-SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll", console.REQUEST)
+#: sofia::reinvite: FreeSWITCH answered a phone's re-INVITE (it may have added video).
+SUBCLASSES = ("pbx_zrtp::request", "pbx_zrtp::enroll", console.REQUEST, REINVITE)
 
 #: The dialplan's variables (docs/freeswitch.md), in the order they are set. The
 #: dialplan's own pbx_zrtp_policy is the request (maybe "auto"); pbx_zrtp_active_policy
@@ -232,6 +236,14 @@ class FreeswitchAdapter(CallBook):
                 self._spawn(self._enrollment(uuid, headers.get("action", "")))
         elif name == "CUSTOM" and headers.get("Event-Subclass") == console.REQUEST:
             self._spawn(self._admin(headers))
+        elif name == "CUSTOM" and headers.get("Event-Subclass") == REINVITE:
+            if uuid:
+                self._spawn(self._reinvited(uuid))
+        elif name == "CODEC" and headers.get("channel-video-read-codec-name"):
+            # The channel's video codec was set: video began (at answer, or added by
+            # a re-INVITE FreeSWITCH sent itself, which fires no sofia::reinvite).
+            if uuid:
+                self._spawn(self._reinvited(uuid))
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if uuid in self.calls:
                 self._spawn(self._audit_then_end(uuid, headers))
@@ -336,7 +348,39 @@ class FreeswitchAdapter(CallBook):
             ),
         )
 
+    async def _reinvited(self, uuid: str) -> None:
+        """A re-INVITE was answered (``sofia::reinvite``: the phone's; a CODEC event
+        setting a video codec: FreeSWITCH's own too): a call that had no video may
+        have one now, on a new ``local_video_port`` from the pre-bound range, whose
+        phone starts its Multistream exchange at once (the relay holds it until it
+        is named here). Neither event carries the channel's variables, so they are
+        read (after the call's announcement, spawned before, has registered it)."""
+        if uuid not in self.calls:
+            return  # a channel that asked for no ZRTP
+        names = ("local_video_port", "rtp_adv_video_ip", "rtp_video_recv_pt")
+        try:
+            port, advertised, pt = [await self.esl.get_var(uuid, name) for name in names]
+        except EslError as exc:
+            log.warning("call %s: re-INVITE: its video could not be read: %s", uuid, exc)
+            return
+        if not port:
+            return  # still no video
+        await self.video_added(
+            uuid,
+            Announcement(
+                uuid,
+                uuid,
+                "",
+                video_port=_port(port),
+                video_payload_type=_video_pt(pt),
+                details=(("rtp_adv_video_ip", advertised),),
+            ),
+        )
+
     # ------------------------------------------------------------------ CallBook hooks
+
+    async def _catch_up(self, call: PbxCall) -> None:
+        await self._reinvited(call.key)  # video added while ESL was down
 
     async def _stored_policy(self, target: str) -> str | None:
         # the global (fs_cli `global_setvar`, or `zrtp policy` written back), else what

@@ -212,6 +212,11 @@ class CallBook(ABC):
         """Hook: accept the phone's media only from this address (host, 0)."""
         return None
 
+    async def _catch_up(self, call: PbxCall) -> None:
+        """Hook, at resync: what may have changed in a known call while the link was
+        down and that no event will repeat (FreeSWITCH: video added by a re-INVITE)."""
+        return None
+
     async def _find_video_port(self, call: PbxCall, announced: Announcement) -> int | None:
         """Hook: the PBX's video RTP port of the call (None: no video stream);
         PbxError when the PBX cannot say (a ``required`` call then fails)."""
@@ -392,6 +397,34 @@ class CallBook(ABC):
                 call.policy.value,
             )
             await self._write(call, report)
+
+    async def video_added(self, key: str, announced: Announcement) -> None:
+        """The PBX gave a live call a video stream later (a re-INVITE that adds
+        video): mirror it as one announced with the call (``_add_video``: under
+        ``required`` a video that cannot be mirrored fails the call). A call that
+        already has its video, or whose ``announced.video_port`` is None, is left
+        as it is."""
+        call = self.calls.get(key)
+        if call is None or announced.video_port is None:
+            return
+        with logs.tagged(call.call_id, call.port):
+            async with call.lock:
+                if key not in self.calls:
+                    return
+                try:
+                    current = await self.relay.show(call.call_id)
+                except RelayError:
+                    current = None
+                if current is None or current.stream("video") is not None:
+                    return  # not mirrored (failed, or being set up), or video already is
+                log.info(
+                    "call %s: video added (port %d) during the call",
+                    call.channel,
+                    announced.video_port,
+                )
+                video = await self._add_video(call, announced, await self._phone_hint(call))
+                if isinstance(video, CallReport):
+                    await self._write(call, video)
 
     async def _add_video(
         self, call: PbxCall, announced: Announcement, hint: Address | None
@@ -630,6 +663,7 @@ class CallBook(ABC):
                 if current is not None:
                     call.written.clear()  # a write may have been lost with the connection
                     await self._locked_write(call, current)
+                    await self._catch_up(call)
                 continue
             try:
                 if not await self._asked(channel):

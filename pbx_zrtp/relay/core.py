@@ -223,6 +223,7 @@ class Relay:
             on_unclaimed=self._on_unclaimed,
             fast=self.fast,
         )
+        mirror.peer_has_call = self._peer_has_call
         for attempt in range(3):
             try:
                 await mirror.open()
@@ -390,25 +391,35 @@ class Relay:
                 raise BadRequest(
                     f"pre-bound port {port} already carries call {mirror.identity.call_id!r}"
                 )
-            if mirror.identity is not None:  # nobody vouched for it: none of it carries over
-                self._release_unclaimed(
-                    mirror, f"unclaimed traffic set aside: the port was given to call {call_id!r}"
-                )
         else:
             mirror = await self._open_mirror(port, pbx_host or first.pbx[0], pbx_port)
         identity = first.identity
-        mirror.join(first, name)
-        mirror.attach(
-            CallIdentity(
-                call_id,
-                identity.policy,
-                identity.self_uri,
-                identity.peer_uri,
-                payload_type,
-                phone_hint,
-                identity.bridge,
-            )
+        stream = CallIdentity(
+            call_id,
+            identity.policy,
+            identity.self_uri,
+            identity.peer_uri,
+            payload_type,
+            phone_hint,
+            identity.bridge,
         )
+        if mirror.identity is not None and self._stream_claimable(mirror, stream):
+            # The phone began this stream's ZRTP before the name (its Hello, maybe
+            # its Multistream Commit, held unanswered): that exchange goes on, keyed
+            # by Multistream from the call's session only.
+            self._forget_unclaimed(port)
+            self._by_call.pop(mirror.identity.call_id, None)
+            mirror.claim_stream(first, name, stream)
+            log.info(
+                "%s %s stream named on port %d (its ZRTP began there)", first.tag(), name, port
+            )
+            return first.report()
+        if mirror.identity is not None:  # nobody vouched for it: none of it carries over
+            self._release_unclaimed(
+                mirror, f"unclaimed traffic set aside: the port was given to call {call_id!r}"
+            )
+        mirror.join(first, name)
+        mirror.attach(stream)
         log.info("%s %s stream added on port %d", first.tag(), name, port)
         return first.report()
 
@@ -450,7 +461,7 @@ class Relay:
             return
         self._release_unclaimed(mirror, "unclaimed traffic stopped")
 
-    def _claimable(self, mirror: Mirror, identity: CallIdentity) -> bool:
+    def _claimable(self, mirror: Mirror, identity: CallIdentity, *, stream: bool = False) -> bool:
         """Is the unclaimed media on this port the named call's own early media?
 
         Only a live ZRTP exchange (the phone's Hello accepted, or secure) that began
@@ -465,8 +476,37 @@ class Relay:
             return False
         if mirror.state not in (CallState.PENDING, CallState.SECURE) or not mirror.speaks_zrtp:
             return False
+        engine = mirror._engine
+        if not stream and engine is not None and engine.holds_multistream_commit:
+            return False  # a further stream's exchange: no call's first stream
         hint = identity.phone_hint
         return hint is None or (mirror.phone is not None and mirror.phone[0] == hint[0])
+
+    def _peer_has_call(self, zid: bytes) -> bool:
+        """A named call's first stream is secure with this peer ZID."""
+        return any(
+            m.first is None
+            and m.port not in self._unclaimed
+            and (secured := m.secured) is not None
+            and secured.peer_zid == zid
+            for m in self._by_call.values()
+        )
+
+    def _stream_claimable(self, mirror: Mirror, identity: CallIdentity) -> bool:
+        """Is the unclaimed exchange on this port the named call's further stream?
+
+        ``_claimable``'s rules, and the exchange is still in discovery (the phone's
+        Hello accepted, nothing keyed: at most its Multistream Commit held), so
+        that it can only be keyed by Multistream from the call's session; one that
+        went further (a DH Commit, secure by a DH of its own) starts clean.
+        """
+        engine = mirror._engine
+        return (
+            mirror.state is CallState.PENDING
+            and engine is not None
+            and engine.awaits_session
+            and self._claimable(mirror, identity, stream=True)
+        )
 
     def _forget_unclaimed(self, port: int) -> None:
         watch = self._unclaimed.pop(port, None)

@@ -254,6 +254,9 @@ class Mirror:
         #: Called when media reaches a mirror with no call (a pre-bound port): the
         #: relay attaches its default policy so nothing waits for the adapter.
         self.on_unclaimed = on_unclaimed
+        #: Does this peer ZID have a secure call on the relay? (Relay sets it.) An
+        #: unclaimed exchange with such a peer may be that call's further stream.
+        self.peer_has_call: Callable[[bytes], bool] = lambda zid: False
         self.identity: CallIdentity | None = None
         self.state = CallState.IDLE
         self.reason = ""
@@ -371,6 +374,31 @@ class Mirror:
             self._start_priming()
         self.on_change(self)
 
+    def claim_stream(self, first: Mirror, name: str, identity: CallIdentity) -> None:
+        """The adapter named this unclaimed pre-bound port as the further stream
+        ``name`` of ``first``'s call, whose phone already began this stream's ZRTP
+        here (its Hello, maybe its Multistream Commit, held unanswered): the same
+        engine goes on, keyed by Multistream from the first stream's session only
+        (``ZrtpConnection.adopt_session``), under the call's policy (``awaits_session``
+        was checked by the relay)."""
+        self.join(first, name)
+        self.identity = identity
+        if identity.phone_hint is not None and self.phone is None:
+            self.phone = identity.phone_hint
+        self._guard = None  # the port belongs to a call now
+        self._apply_policy(identity.policy)  # pending; keyed now or once the first is
+        self._adopt_first_session()
+        self.on_change(self)
+
+    def _adopt_first_session(self) -> None:
+        """A held unnamed exchange becomes this stream's, once the first is keyed."""
+        host, first = self._host, self.first
+        engine = first._engine if first is not None else None
+        if host is None or engine is None or engine.session is None or not self._first_keyed():
+            return
+        if host.engine.awaits_session or host.engine.holds_multistream_commit:
+            host.adopt_session(engine.session)
+
     @property
     def speaks_zrtp(self) -> bool:
         """A ZRTP peer's Hello was accepted on this call (or it is secure)."""
@@ -450,14 +478,17 @@ class Mirror:
         if self.state is not CallState.PENDING:
             return
         if self._first_keyed():
-            if self._policy_timer is None and self._host is None:
+            held = self._host is not None and self._host.engine.awaits_session
+            if self._policy_timer is None and (self._host is None or held):
                 timeout = (
                     self.settings.required_timeout
                     if identity.policy is Policy.REQUIRED
                     else self.settings.optional_timeout
                 )
                 self._policy_timer = self._loop.call_later(timeout, self._policy_timeout)
-                if self.phone is not None:
+                if held:
+                    self._adopt_first_session()
+                elif self.phone is not None:
                     self._start_engine()
             return
         if first.state in (CallState.FAILED, CallState.CLEAR, CallState.OFF, CallState.ENDED):
@@ -943,7 +974,11 @@ class Mirror:
             if self.partner is not None:
                 self.partner.on_change(self.partner)  # its scope may change too
         elif isinstance(event, PeerHelloReceived):
-            pass
+            host = self._host
+            if self._guard is not None and host is not None and self.peer_has_call(event.peer_zid):
+                # Unclaimed, from a phone with a secure call here: maybe that call's
+                # video. No DH of its own before the adapter says whose it is.
+                host.engine.wait_for_name()
 
     def _srtp_keys(self, event: SrtpKeysReady | Secured) -> SrtpContext | None:
         """The call's one SRTP state (FastLink.keys); None, and the call failed, if

@@ -253,6 +253,14 @@ class ZrtpConnection:
         #: A DH Commit that arrived while the lookup was outstanding (§4.3: DHPart1
         #: names our retained secrets, so it cannot be built before the answer).
         self._held_commit: tuple[p.ZrtpPacket, bytes] | None = None
+        #: A Multistream Commit that reached this unnamed engine (``await_name``, no
+        #: session): a further stream of some call whose port is not named yet. It
+        #: waits for ``adopt_session`` (named as that stream) or is refused by
+        #: ``name_call`` (named as a call's first stream); nothing answers it before.
+        self._held_multistream: tuple[p.ZrtpPacket, bytes] | None = None
+        #: ``wait_for_name``: no DH key agreement on this unnamed exchange (ours or
+        #: the peer's) before the host names it, however long that takes.
+        self._dh_waits_for_name = False
         self._commit_after_lookup = False  # a forced responder's fallback Commit waits
         self._closed = False
         self._session_in = session
@@ -387,6 +395,25 @@ class ZrtpConnection:
     def session(self) -> ZrtpSession | None:
         """After a DH exchange, the material Multistream streams need."""
         return self._session
+
+    @property
+    def awaits_session(self) -> bool:
+        """An unnamed engine (``await_name``) still in discovery with the peer's
+        Hello in and no key agreement begun but a held Multistream Commit: it may
+        yet become a further stream of a call (``adopt_session``)."""
+        return (
+            self._awaiting_name
+            and self._session_in is None
+            and self._state is State.DISCOVERY
+            and self._peer_hello is not None
+            and self._held_commit is None
+        )
+
+    @property
+    def holds_multistream_commit(self) -> bool:
+        """A Multistream Commit waits here for the session of the call this port
+        belongs to (see ``_held_multistream``)."""
+        return self._held_multistream is not None
 
     @property
     def hello_hash(self) -> str:
@@ -601,13 +628,71 @@ class ZrtpConnection:
         if not self._awaiting_name:
             return
         self._awaiting_name = False
+        if self._held_multistream is not None:
+            # Named as a call's first stream: there is no session to key it from.
+            self._held_multistream = None
+            self._guarded(self._refuse_multistream, now)
+            return
         key = self._cache_key()
-        if self._closed or self._lookup_key is None or key is None:
+        if self._closed or key is None:
+            return
+        if self._lookup_key is None:
+            if self._dh_waits_for_name and self._state is State.DISCOVERY:
+                self._resume_after_lookup(now)  # held past its lookup's time-out
             return
         self._lookup_key = self._lookup_deadline = None
         self._lookup(key, now)
         if not self._host_cache:  # looked up inline: the held exchange goes on now
             self._resume_after_lookup(now)
+
+    def adopt_session(self, session: ZrtpSession, now: float) -> None:
+        """The host named this unnamed engine's port (``await_name``) as a further
+        stream of a call: from now on it is keyed by Multistream from ``session``
+        only, toward that session's peer ZID, exactly like an engine made with
+        ``multistream_only`` (§4.4.3). The Hello we sent stays ours (the peer's
+        Commit hashes it); a held Multistream Commit is answered now, and without
+        one we commit by Multistream once discovery allows. ValueError if the
+        exchange cannot become a stream any more (``awaits_session``)."""
+        if not (self.awaits_session or self.holds_multistream_commit):
+            raise ValueError("this exchange is past discovery: it cannot become a stream")
+        self._session_in = session
+        self._multistream_only = True
+        self._config = replace(self._config, multistream=True, enrollment=False, allow_clear=False)
+        # A Multistream exchange reads and writes no retained secret.
+        self._awaiting_name = False
+        self._has_cache = self._host_cache = False
+        self._cache = None
+        self._lookup_key = self._lookup_deadline = None
+        self._commit_after_lookup = False
+        held, self._held_multistream = self._held_multistream, None
+        if held is not None:
+            packet, raw = held
+            commit = packet.message
+            assert isinstance(commit, p.Commit)
+            self._guarded(lambda: self._respond_to_commit(commit, raw, now), now)
+        else:
+            self._guarded(lambda: self._maybe_commit(now, fallback=True), now)
+
+    def wait_for_name(self) -> None:
+        """The host suspects this unnamed exchange (``await_name``) is a further
+        stream of a call it already has secure (the peer's ZID has one): keyed by a
+        DH exchange of its own, that stream would carry a SAS nobody compares. So
+        neither our DH Commit nor an answer to the peer's DH Commit until the host
+        names it (``name_call``: a call's first stream after all, the exchange goes
+        on; ``adopt_session``: that call's stream, Multistream only); the end of
+        ``cache_timeout`` no longer ends the wait."""
+        if self._awaiting_name:
+            self._dh_waits_for_name = True
+
+    @property
+    def _dh_held(self) -> bool:
+        return self._dh_waits_for_name and self._awaiting_name
+
+    @staticmethod
+    def _refuse_multistream() -> None:
+        raise ZrtpProtocolError(
+            "Multistream Commit without a ZRTP session", ErrorCode.NO_SHARED_SECRET
+        )
 
     def cache_write_failed(self, write: CacheWrite, error: str) -> None:
         """The host could not apply a ``CacheWriteNeeded``: the call stays secure,
@@ -741,6 +826,7 @@ class ZrtpConnection:
         self._session = None
         self._pending_cache_update = False
         self._lookup_key = self._lookup_deadline = self._held_commit = None
+        self._held_multistream = None
         self._closed = True
 
     # ------------------------------------------------------------------ sending
@@ -794,6 +880,7 @@ class ZrtpConnection:
         self._commit_wait_deadline = None
         self._retransmission = None
         self._lookup_key = self._lookup_deadline = self._held_commit = None
+        self._held_multistream = None
         self._wipe_keys()
         if send_error and code is not None:
             self._send_reliably(p.Error(code=code), now)
@@ -936,6 +1023,8 @@ class ZrtpConnection:
             self.stats["cache_errors"] += 1
         else:
             self._cached = entry
+        if self._dh_held:
+            return  # resumed by name_call (or adopt_session, Multistream only)
         self._resume_after_lookup(now)
 
     def _resume_after_lookup(self, now: float) -> None:
@@ -965,6 +1054,11 @@ class ZrtpConnection:
 
     def _maybe_commit(self, now: float, *, fallback: bool = False) -> None:
         if self._state is not State.DISCOVERY or self._peer_hello is None or not self._hello_acked:
+            return
+        if self._held_multistream is not None:
+            return  # the peer committed by Multistream: never a DH Commit of ours
+        if self._dh_held:
+            self._commit_after_lookup = self._commit_after_lookup or fallback
             return
         if self._config.role == "responder" and not fallback:
             # Discovery is complete: the peer should commit now. Give it time, then
@@ -1100,6 +1194,9 @@ class ZrtpConnection:
             # would had it been answered at once (later ones could not re-pick the Hello).
             self.stats["commit_held_for_cache"] += 1
             return
+        if self._held_multistream is not None:
+            self.stats["commit_held_for_session"] += 1  # the peer's retransmission
+            return
         if self._state is State.DISCOVERY:
             # The Commit's H2 tells which candidate Hello is the live one (§9).
             for hello, hello_raw, ssrc in self._hello_candidates:
@@ -1137,7 +1234,18 @@ class ZrtpConnection:
                 " of the call, RFC 6189 §4.4.3) is refused",
                 ErrorCode.UNSUPPORTED_KEY_AGREEMENT,
             )
-        if self._lookup_key is not None and not commit.is_multistream:
+        if (
+            commit.is_multistream
+            and self._awaiting_name
+            and self._session_in is None
+            and self._state is State.DISCOVERY
+        ):
+            # An unnamed port: the further stream of a call the host has not named
+            # yet. Held, unanswered, until the host says whose stream this is.
+            self._held_multistream = (packet, raw)
+            self.stats["commit_held_for_session"] += 1
+            return
+        if (self._lookup_key is not None or self._dh_held) and not commit.is_multistream:
             # DHPart1 names our retained secrets: answer once the store has.
             self._held_commit = (packet, raw)
             self.stats["commit_held_for_cache"] += 1

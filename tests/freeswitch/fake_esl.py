@@ -970,6 +970,35 @@ class FakeFsChannel:
         self._custom(subclass, headers)
         await self._fs._drain()
 
+    async def reinvite_answered(self) -> None:
+        """mod_sofia answered the phone's re-INVITE (sofia.c, after its 200 OK): the
+        CUSTOM ``sofia::reinvite`` event, with the Unique-ID and no channel data
+        (as captured from FreeSWITCH 1.10.12: fixtures/video-reinvite-esl-events.txt)."""
+        ev = self._fs._new_event("CUSTOM", "sofia.c", "sofia_handle_sip_i_state", 8489)
+        ev.subclass = "sofia::reinvite"
+        ev.add("Event-Subclass", "sofia::reinvite")
+        ev.add("Unique-ID", self.uuid)
+        self._fs._fire(ev)
+        await self._fs._drain()
+
+    async def video_codec_set(self, codec: str = "H264") -> None:
+        """``switch_core_session_set_video_read_codec``: the CODEC event, with the
+        channel's basic data and no variables (as FreeSWITCH 1.10.12 sent it when
+        ``uuid_media_reneg`` added video: fixtures/video-reneg-esl-events.txt)."""
+        ev = self._fs._new_event(
+            "CODEC", "switch_core_codec.c", "switch_core_session_set_video_read_codec", 510
+        )
+        for k, v in (
+            ("Channel-Name", self.name),
+            ("Unique-ID", self.uuid),
+            ("Channel-Call-UUID", self.variables.get("call_uuid", self.uuid)),
+            ("channel-video-read-codec-name", codec),
+            ("channel-video-read-codec-rate", "90000"),
+        ):
+            ev.add(k, v)
+        self._fs._fire(ev)
+        await self._fs._drain()
+
     async def wait_for_var(
         self, name: str, predicate: Callable[[str | None], bool], timeout: float
     ) -> str | None:
