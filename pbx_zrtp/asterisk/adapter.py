@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
-from pbx_zrtp import logs
 from pbx_zrtp.asterisk.ami import Ami, AmiError, AmiEvent
 from pbx_zrtp.asterisk.config import AsteriskConfig, match_policy
 from pbx_zrtp.calls import Address, CallReport, Policy, RelayDirectory, RelayError, RelayHandle
@@ -323,17 +323,13 @@ class AsteriskAdapter(CallBook):
                     log.warning("call %s: looking for video: %s", call.channel, exc)
 
     async def _video_added(self, call: PbxCall, announced: Announcement) -> None:
-        async with call.lock:
-            if call.key not in self.calls or call.key not in self._audio_only:
-                return
-            if await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)") in NO_FORMAT:
-                return
-            with logs.tagged(call.call_id, call.port):
-                log.info("call %s: a re-INVITE added video: mirroring it", call.channel)
-                video = await self._add_video(call, announced, await self._phone_hint(call))
-                self._audio_only.pop(call.key, None)
-                if isinstance(video, CallReport):
-                    await self._write(call, video)
+        if await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)") in NO_FORMAT:
+            return
+        port = parse_port(await self.ami.get_var(call.channel, "CHANNEL(rtp,src,video)"))
+        if port is None:
+            return  # negotiated, not set up yet: the next look
+        self._audio_only.pop(call.key, None)
+        await self.video_added(call.key, dataclasses.replace(announced, video_port=port))
 
     async def _live_bridges(self) -> dict[str, list[str]] | None:
         """Asterisk's bridges now; the adapter's own map of them starts again from it,
