@@ -171,27 +171,7 @@ BASIC_CALL_COLUMNS = [
     "sent_callee_name",
     "sent_callee_num",
 ]
-BASIC_CALL_B_COLUMNS = [
-    "uuid",
-    "direction",
-    "created",
-    "created_epoch",
-    "name",
-    "state",
-    "cid_name",
-    "cid_num",
-    "ip_addr",
-    "dest",
-    "presence_id",
-    "presence_data",
-    "accountcode",
-    "callstate",
-    "callee_name",
-    "callee_num",
-    "callee_direction",
-    "sent_callee_name",
-    "sent_callee_num",
-]
+BASIC_CALL_B_COLUMNS = [c for c in BASIC_CALL_COLUMNS if c not in ("call_uuid", "hostname")]
 
 
 # --- FreeSWITCH string helpers -----------------------------------------------------------------
