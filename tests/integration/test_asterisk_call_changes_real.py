@@ -616,12 +616,30 @@ def test_hold_and_resume(lab: Lab) -> None:
             proc.stop()
 
 
+#: Asterisk 22.10.1's own failure on a codec change by re-INVITE, about 1 run in 4: the
+#: bridge writes the far end's ulaw frame to the leg just renegotiated to PCMA only,
+#: ast_rtp_write refuses it, and Asterisk hangs the call up (no relay involved).
+ASTERISK_CODEC_RACE = "Don't know how to send format ulaw packets with RTP"
+
+
 def test_codec_change_by_re_invite(lab: Lab) -> None:
     """alice's phone drops PCMU and re-INVITEs (pause/resume: liblinphone then offers
     only the codecs still enabled): Asterisk switches alice's leg to PCMA. The ZRTP
     sessions and the link stay, media flows as SRTP, nothing reaches a phone in the
-    clear."""
+    clear. A run that Asterisk itself hangs up (``ASTERISK_CODEC_RACE`` in its log)
+    is tried again, up to 3 times, and counted; any other failure fails at once."""
     guarded(lab)  # Asterisk's re-INVITE leak is closed by the host's guard
+    for killed_by_asterisk in range(3):
+        figures = _codec_change_once(lab)
+        if figures is not None:
+            figures["attempts_asterisk_hung_up"] = killed_by_asterisk
+            print("CODEC CHANGE:", json.dumps(figures))
+            return
+    raise AssertionError(f"Asterisk hung up all 3 codec changes ({ASTERISK_CODEC_RACE})")
+
+
+def _codec_change_once(lab: Lab) -> dict[str, Any] | None:
+    """One codec change; None when Asterisk hung the call up with its own race."""
     carol, alice = phone(lab, "carol"), phone(lab, "alice")
     try:
         mark = log_mark(lab)
@@ -640,6 +658,9 @@ def test_codec_change_by_re_invite(lab: Lab) -> None:
         while "alaw" not in lab.ami.action(
             "Getvar", Channel=name, Variable="CHANNEL(audionativeformat)"
         ).get("Value", ""):
+            if ASTERISK_CODEC_RACE in lab.asterisk_log()[mark:] and a not in ours(lab):
+                wait_calls(lab, lambda x: not x, 20, "every call ended")
+                return None
             assert time.monotonic() < deadline, "Asterisk did not switch alice's leg to PCMA"
             time.sleep(0.2)
         time.sleep(1)
@@ -649,13 +670,9 @@ def test_codec_change_by_re_invite(lab: Lab) -> None:
         leaks = sent_to_phones(lab, mark)
         assert leaks == [], leaks[:5]
         assert srtp_failures(alice) == srtp_failures(carol) == 0
-        print(
-            "CODEC CHANGE:",
-            json.dumps(
-                {"codec": "PCMU->PCMA", "flow_2s": figures, "guard": guard_figures(lab, mark)}
-            ),
-        )
+        result = {"codec": "PCMU->PCMA", "flow_2s": figures, "guard": guard_figures(lab, mark)}
         finish(lab, alice, carol)
+        return result
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.diagnostics()}") from None
     finally:
