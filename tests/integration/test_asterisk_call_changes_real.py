@@ -616,7 +616,7 @@ def test_hold_and_resume(lab: Lab) -> None:
             proc.stop()
 
 
-#: Asterisk 22.10.1's own failure on a codec change by re-INVITE, about 1 run in 4: the
+#: Asterisk 22.10.1's own failure on a codec change by re-INVITE (1 of 9 runs here): the
 #: bridge writes the far end's ulaw frame to the leg just renegotiated to PCMA only,
 #: ast_rtp_write refuses it, and Asterisk hangs the call up (no relay involved).
 ASTERISK_CODEC_RACE = "Don't know how to send format ulaw packets with RTP"
