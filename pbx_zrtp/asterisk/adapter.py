@@ -298,7 +298,6 @@ class AsteriskAdapter(CallBook):
         if await self.ami.get_var(call.channel, "CHANNEL(videonativeformat)") in NO_FORMAT:
             self._audio_only[call.key] = announced  # until a re-INVITE adds video
             return None
-        self._audio_only.pop(call.key, None)
         return parse_port(await self.ami.get_var(call.channel, "CHANNEL(rtp,src,video)"))
 
     async def _watch_video(self) -> None:
@@ -314,7 +313,7 @@ class AsteriskAdapter(CallBook):
                 continue
             for key, announced in list(self._audio_only.items()):
                 call = self.calls.get(key)
-                if call is None or call.port is None:
+                if call is None:  # gone (_ended forgets it too, even with the watch off)
                     self._audio_only.pop(key, None)
                     continue
                 try:
@@ -334,9 +333,9 @@ class AsteriskAdapter(CallBook):
     async def _live_bridges(self) -> dict[str, list[str]] | None:
         """Asterisk's bridges now; the adapter's own map of them starts again from it,
         unless bridge events came in the meantime (they keep the map current)."""
-        asked_after = self.bridge_events
-        bridges = await self.ami.live_bridges()  # AmiError is a PbxError
-        if self.bridge_events == asked_after:
+        with self.bridge_changes() as changed:
+            bridges = await self.ami.live_bridges()  # AmiError is a PbxError
+        if not changed:
             self._bridges = {name: list(members) for name, members in bridges.items()}
             self._bridge_of = {key: name for name, members in bridges.items() for key in members}
         return bridges
@@ -384,6 +383,7 @@ class AsteriskAdapter(CallBook):
         await self.ami.db_put("pbx_zrtp/calls", call.key, f"{call.key} {call.channel} {summary}")
 
     async def _ended(self, call: PbxCall) -> None:
+        self._audio_only.pop(call.key, None)
         await self.ami.db_del("pbx_zrtp/calls", call.key)
 
     async def _publish_relays(self, directory: RelayDirectory) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -139,10 +139,9 @@ class CallBook(ABC):
         self.failed_cause = failed_cause
         self.calls: dict[str, PbxCall] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
-        #: Bridge events so far, and the last one that named each channel: a snapshot
-        #: of the PBX's bridges read at resync never undoes a newer event.
-        self.bridge_events = 0
-        self._bridge_touched: dict[str, int] = {}
+        #: While a snapshot of the PBX's bridges is read, the channels bridge events
+        #: name (``bridge_changes``): the snapshot never undoes a newer event.
+        self._bridge_watchers: list[set[str]] = []
         #: Resyncs finished (one after every (re)connection).
         self.resyncs = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -567,9 +566,19 @@ class CallBook(ABC):
         self._spawn(self._after_earlier_events(self._bridged, name, list(members)))
 
     def _touch(self, keys: list[str]) -> None:
-        self.bridge_events += 1
-        for key in keys:  # ours or not yet: an announcement may still be on its way
-            self._bridge_touched[key] = self.bridge_events
+        for watcher in self._bridge_watchers:  # ours or not yet: an announcement may be late
+            watcher.update(keys)
+
+    @contextlib.contextmanager
+    def bridge_changes(self) -> Iterator[set[str]]:
+        """The channels that bridge events name while the block runs (e.g. while a
+        snapshot of the PBX's bridges is being read)."""
+        changed: set[str] = set()
+        self._bridge_watchers.append(changed)
+        try:
+            yield changed
+        finally:
+            self._bridge_watchers.remove(changed)
 
     @staticmethod
     async def _after_earlier_events(step: Callable[..., None], *args: Any) -> None:
@@ -685,17 +694,15 @@ class CallBook(ABC):
         """Bridge changes made while the link was down (a transfer, a pickup, a park):
         each bridge the PBX holds now is applied as if it had just been announced, and
         a leg we had moved (``bridge:…``) that is in no bridge now talks to no one."""
-        asked_after = self.bridge_events
         try:
-            bridges = await self._live_bridges()
+            # Channels a bridge event named while the PBX answered: the event is newer.
+            with self.bridge_changes() as newer:
+                bridges = await self._live_bridges()
         except PbxError as exc:
             log.warning("resync: bridges not re-learned: %s", exc)
             return
         if bridges is None:
             return
-        # Channels a bridge event named while the PBX answered: the event is newer.
-        newer = {k for k, n in self._bridge_touched.items() if n > asked_after}
-        self._bridge_touched = {k: n for k, n in self._bridge_touched.items() if k in newer}
         inside: set[str] = set()
         for name, members in bridges.items():
             inside.update(members)

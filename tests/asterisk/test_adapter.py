@@ -210,6 +210,10 @@ def test_without_video_watch_video_added_later_is_not_mirrored() -> None:
             assert t.relay.get(f"ast-{channel.uniqueid}").streams == ()
             reads = [a.get("Variable", "") for a in t.fake.actions if a.get("Action") == "Getvar"]
             assert reads.count("CHANNEL(videonativeformat)") == 1  # at the call's start only
+            # the audio-only call it would watch is forgotten when it ends, watch or not
+            assert channel.uniqueid in t.adapter._audio_only
+            await channel.hangup()
+            await _until(lambda: channel.uniqueid not in t.adapter._audio_only)
 
     run(scenario())
 
