@@ -598,6 +598,22 @@ class Lab:
                 found.append(f"{body[0]}|{cseq}")
         return found
 
+    def hang_up(self, phone: Proc, uuid: str) -> dict[str, str]:
+        """The phone hangs up: FreeSWITCH's CHANNEL_HANGUP_COMPLETE for ``uuid`` (its
+        RTP counters), once the relay's calls are gone too (or 10 s have passed)."""
+        hangup_phone(phone)
+        hangup = self.esl.wait_event(
+            lambda e: (
+                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
+            ),
+            15,
+            "CHANNEL_HANGUP_COMPLETE",
+        )
+        deadline = time.monotonic() + 10
+        while self.calls() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return hangup
+
     def channel_log(self, uuid: str) -> list[str]:
         return [line for line in self.freeswitch_log().splitlines() if line.startswith(uuid)]
 
@@ -889,18 +905,8 @@ def test_required_zrtp_call_is_secured_through_freeswitch(lab: Lab) -> None:
         assert secured and float(answer["_time"]) > float(secured[0]["_time"]), "answered early"
         problems = [line for line in lab.channel_log(uuid) if re.search(r"\[(ERR|CRIT)\]", line)]
         assert problems == [], problems
-        hangup_phone(phone)
-        hangup = lab.esl.wait_event(
-            lambda e: (
-                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
-            ),
-            15,
-            "CHANNEL_HANGUP_COMPLETE",
-        )
+        hangup = lab.hang_up(phone, uuid)
         freeswitch_sent = int(hangup.get("variable_rtp_audio_out_packet_count", "0") or 0)
-        deadline = time.monotonic() + 10
-        while lab.calls() and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert lab.calls() == []
         events = lab.relay_events(call_id)
         states = [e["state"] for e in events]
@@ -1001,18 +1007,8 @@ def test_video_call_secures_audio_and_video_through_freeswitch(lab: Lab) -> None
             "zrtp_secure_media_confirmed_video": "true",
             "remote_video_ip": lab.net.r,
         }, values
-        hangup_phone(phone)
-        hangup = lab.esl.wait_event(
-            lambda e: (
-                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
-            ),
-            15,
-            "CHANNEL_HANGUP_COMPLETE",
-        )
+        hangup = lab.hang_up(phone, uuid)
         freeswitch_sent = int(hangup.get("variable_rtp_video_out_packet_count", "0") or 0)
-        deadline = time.monotonic() + 10
-        while lab.calls() and time.monotonic() < deadline:
-            time.sleep(0.2)
         ended = lab.relay_events(call_id)[-1]
         ended_video = next(s for s in ended["streams"] if s["name"] == "video")
         relay_heard = ended_video["counters"]["pbx_in"]

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.integration import test_freeswitch_real
-from tests.integration.procs import hangup_phone, write
+from tests.integration.procs import write
 
 # The lab fixture of test_freeswitch_real, its own instance for this module (the
 # tests' `lab` parameters name it, hence F811).
@@ -145,18 +145,8 @@ def test_video_added_by_re_invite_is_secured_by_multistream(
             "zrtp_secure_media_confirmed_video": "true",
             "remote_video_ip": lab.net.r,
         }, values
-        hangup_phone(phone)
-        hangup = lab.esl.wait_event(
-            lambda e: (
-                e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") == uuid
-            ),
-            15,
-            "CHANNEL_HANGUP_COMPLETE",
-        )
+        hangup = lab.hang_up(phone, uuid)
         freeswitch_sent = int(hangup.get("variable_rtp_video_out_packet_count", "0") or 0)
-        deadline = time.monotonic() + 10
-        while lab.calls() and time.monotonic() < deadline:
-            time.sleep(0.2)
         ended = lab.relay_events(call_id)[-1]
         relay_heard = next(s for s in ended["streams"] if s["name"] == "video")["counters"]
         summary = {
