@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -214,9 +216,6 @@ def ctl_json(control: str, *args: str) -> Any:
 
 def guard_unavailable() -> str | None:
     """Why this host cannot load the PBX egress guard (``pbx-zrtp guard``), or None."""
-    import os
-    import shutil
-
     if shutil.which("nft") is None:
         return "needs nft (Debian's nftables) for the PBX egress guard"
     if os.geteuid() != 0:
@@ -224,7 +223,7 @@ def guard_unavailable() -> str | None:
     return None
 
 
-class EgressGuard:
+class LabGuard:
     """The lab's PBX egress guard: ``pbx-zrtp guard --config … --table …`` loaded with
     ``nft -f -`` into this host's ruleset, exactly as docs/asterisk.md has the admin do
     it. Its rules only match the lab's own PBX address, so other labs are untouched; the

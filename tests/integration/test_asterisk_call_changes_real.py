@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from tests.integration.procs import (
-    EgressGuard,
+    LabGuard,
     Proc,
     free_tcp_port,
     guard_unavailable,
@@ -150,7 +150,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tone = write_tone(base / "tone.wav", 30.0)
     started: list[Proc] = []
     ami: AmiClient | None = None
-    guard: EgressGuard | None = None
+    guard: LabGuard | None = None
     try:
         asterisk = Proc("asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], base / "asterisk.out")
         started.append(asterisk)
@@ -161,7 +161,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         # The PBX host's egress guard, as docs/asterisk.md has the admin load it: a
         # re-INVITE makes Asterisk send to the phone's own address until it relatches.
         if guard_unavailable() is None:
-            guard = EgressGuard(relay_conf, f"pbx_zrtp_guard_lab{os.getpid()}")
+            guard = LabGuard(relay_conf, f"pbx_zrtp_guard_lab{os.getpid()}")
         the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port, guard=guard)
         the_lab.ports = ports  # type: ignore[attr-defined]
         # Every RTP packet Asterisk sends is logged with its destination: a packet to
@@ -185,7 +185,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             guard.remove()
 
 
-def guarded(lab: Lab) -> EgressGuard:
+def guarded(lab: Lab) -> LabGuard:
     """The lab's egress guard; the test is skipped where this host cannot load one (a
     re-INVITE then lets Asterisk send 1-2 packets to the phone in the clear)."""
     if lab.guard is None:

@@ -37,7 +37,7 @@ import pytest
 
 from tests.integration.procs import (
     ROOT,
-    EgressGuard,
+    LabGuard,
     Proc,
     ctl_json,
     free_tcp_port,
@@ -524,7 +524,7 @@ class Lab:
     carol_port: int
     procs: list[Proc] = field(default_factory=list)
     #: The host's egress guard for A (docs/asterisk.md), where this host can load one.
-    guard: EgressGuard | None = None
+    guard: LabGuard | None = None
 
     @property
     def control(self) -> str:
@@ -641,7 +641,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tone = write_tone(base / "tone.wav")
     started: list[Proc] = []
     ami: AmiClient | None = None
-    guard: EgressGuard | None = None
+    guard: LabGuard | None = None
     try:
         asterisk = Proc("asterisk", [ASTERISK, "-C", str(conf), "-f", "-n"], base / "asterisk.out")
         started.append(asterisk)
@@ -651,7 +651,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         relay, watch = start_relay(base, relay_conf, r"AMI logged in at", started)
         # the documented set-up: the host's egress guard for A (docs/asterisk.md)
         if guard_unavailable() is None:
-            guard = EgressGuard(relay_conf, f"pbx_zrtp_guard_lab{os.getpid()}")
+            guard = LabGuard(relay_conf, f"pbx_zrtp_guard_lab{os.getpid()}")
         the_lab = Lab(base, asterisk, relay, ami, watch, tone, carol_port, guard=guard)
         # The watcher is subscribed once it reports a probe mirror (no call is running yet).
         probe = str((RTP_PORTS[1] - 2) & ~1)  # P and P+1 inside the range

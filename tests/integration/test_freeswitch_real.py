@@ -51,7 +51,7 @@ import pytest
 
 from tests.integration.procs import (
     ROOT,
-    EgressGuard,
+    LabGuard,
     Proc,
     ctl_json,
     free_tcp_port,
@@ -1528,7 +1528,7 @@ def test_the_egress_guard_keeps_even_the_unsafe_settings_clear_rtp_from_the_phon
     reason = guard_unavailable()
     if reason:
         pytest.skip(reason)
-    guard = EgressGuard(lab.base / "pbx-zrtp.toml", f"pbx_zrtp_guard_fs{os.getpid()}")
+    guard = LabGuard(lab.base / "pbx-zrtp.toml", f"pbx_zrtp_guard_fs{os.getpid()}")
     carol = lab.phone(f"carol-guarded-{len(lab.procs)}", zrtp=True, carol=True)
     alice = lab.phone(f"alice-guarded-{len(lab.procs)}", zrtp=True)
     try:
