@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import struct
 from collections.abc import Callable
@@ -32,14 +33,27 @@ def family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _ephemeral_low() -> int:
+    """The kernel's first ephemeral port (net.ipv4.ip_local_port_range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Test ports come from below the ephemeral range: a socket bound to port 0 (the
+#: relay's PBX-side sockets, an endpoint's) never takes a port a test chose for a
+#: pre-bound range a moment before.
+_PORTS = random.Random()
+
+
 def free_even_port(relay_host: str = RELAY_HOST, pbx_host: str = PBX_HOST) -> int:
-    """An even port free on both the relay and the PBX address (and +1)."""
+    """An even port free on both the relay and the PBX address (and +1), below the
+    kernel's ephemeral range."""
+    high = _ephemeral_low() - 2
     for _ in range(200):
-        with socket.socket(family(relay_host), socket.SOCK_DGRAM) as probe:
-            probe.bind((relay_host, 0))
-            port = probe.getsockname()[1] & ~1
-        if port < 1024 or port + 1 > 65535:
-            continue
+        port = _PORTS.randrange(10000, high) & ~1
         try:
             for host in (relay_host, pbx_host):
                 for p in (port, port + 1):
